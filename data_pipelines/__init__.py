@@ -1,0 +1,1 @@
+"""Everything that produces batches. Knows nothing of models: imports nothing from `videogen`."""

@@ -1,0 +1,1 @@
+"""videogen: text-to-video diffusion transformers over spacetime patches, in JAX/Flax."""
