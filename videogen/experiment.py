@@ -20,7 +20,7 @@ SECTIONS: dict[str, str] = {
     "data": "data_pipelines.loader:DataConfig",
     "tokenizer": "data_pipelines.tokenizer:TokenizerConfig",
     "mesh": "videogen.parallel.mesh:MeshConfig",
-    "standin": "videogen.train.standin:StandinConfig",
+    "standin": "videogen.models.standin:StandinConfig",
     "autoencoder": "videogen.models.autoencoder:AutoencoderConfig",
     "autoencoder_loss": "videogen.train.autoencoder_stage:AutoencoderLossConfig",
     "text_encoder": "videogen.models.text_encoder:TextEncoderConfig",
