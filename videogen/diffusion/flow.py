@@ -1,0 +1,276 @@
+"""Rectified flow: the training objective, timestep sampling and the resolution-dependent shift.
+
+Time convention: t = 0 is data, t = 1 is pure noise, and the path between them is a straight line
+
+    x_t = (1 - t) x0 + t eps,        eps ~ N(0, I),
+
+whose velocity dx_t/dt = eps - x0 is what the network predicts. Sampling integrates that velocity
+from t = 1 down to t = 0 (`videogen.diffusion.samplers`).
+
+Timesteps are drawn logit-normal (logit(t) ~ N(logit_mean, logit_std^2)) and then shifted towards
+noise by the SD3 time shift
+
+    shift(t, s) = s t / (1 + (s - 1) t),
+
+with s growing with the number of tokens: more tokens carry more redundant signal, so the same t
+destroys less of the content and training must spend more of its time at high noise. We use the
+SD3 rule s = base_shift * sqrt(num_tokens / base_tokens) (it keeps the signal-to-noise ratio of a
+token group fixed when the token count changes), clipped to [min_shift, max_shift]. The sampler
+uses the same shift for its timestep grid, so training and sampling agree on where the steps go.
+
+Frame conditioning (image-to-video, extension, loops, connecting clips) is one mechanism: a
+per-latent-frame mask of frames given clean at timestep 0 and left out of the loss (see
+`videogen.diffusion.conditioning`). Every function here is pure and jittable; the diffusion
+transformer's stage calls `training_inputs` and `flow_loss` inside its loss:
+
+    inputs = flow.training_inputs(rng, latents, num_tokens=n, config=flow_config)
+    prediction = model(inputs.noisy_latents, inputs.timesteps, text, text_mask)
+    loss = flow.flow_loss(prediction, inputs.target, inputs.loss_mask)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from videogen.diffusion import conditioning
+
+# Keeps logit-normal draws away from exactly 0 and 1, where the shift and the loss weighting of
+# some callers are singular; 1e-5 in t is far below any sampler step.
+_TIME_EPSILON = 1e-5
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowConfig:
+  """The `config.diffusion` section: the rectified-flow training objective.
+
+  Attributes:
+    logit_mean: mean of logit(t) before the shift (0 puts the mode at t = 0.5).
+    logit_std: standard deviation of logit(t) before the shift.
+    base_shift: the time shift at `base_tokens` tokens.
+    base_tokens: token count at which the shift is `base_shift`; the shift grows as
+      sqrt(num_tokens / base_tokens).
+    min_shift: lower clip of the shift (1 = no shift).
+    max_shift: upper clip of the shift, so very long videos do not push every step to pure noise.
+    caption_dropout: probability that a training caption is replaced by the null caption (an
+      all-False token mask), which trains the unconditional branch of classifier-free guidance.
+    condition_probability: probability that a training video gets some latent frames given clean
+      (frame conditioning); the rest of the time no frame is given.
+    condition_weights: relative weights of the conditioning modes, in the order of
+      `conditioning.CONDITION_MODES` (first, last, prefix, suffix, first_and_last).
+  """
+  logit_mean: float = 0.0
+  logit_std: float = 1.0
+  base_shift: float = 1.0
+  base_tokens: int = 256
+  min_shift: float = 1.0
+  max_shift: float = 6.0
+  caption_dropout: float = 0.1
+  condition_probability: float = 0.25
+  condition_weights: tuple[float, ...] = (0.4, 0.1, 0.2, 0.15, 0.15)
+
+  def __post_init__(self):
+    if self.logit_std <= 0:
+      raise ValueError(f"logit_std = {self.logit_std} must be > 0 (try 1.0)")
+    if self.base_tokens <= 0 or self.base_shift <= 0:
+      raise ValueError(f"base_tokens = {self.base_tokens} and base_shift = {self.base_shift} "
+                       f"must be > 0")
+    if not 0 < self.min_shift <= self.max_shift:
+      raise ValueError(f"need 0 < min_shift <= max_shift, got min_shift = {self.min_shift}, "
+                       f"max_shift = {self.max_shift}")
+    for name in ("caption_dropout", "condition_probability"):
+      value = getattr(self, name)
+      if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} = {value} must be a probability in [0, 1]")
+    modes = conditioning.CONDITION_MODES
+    if len(self.condition_weights) != len(modes):
+      raise ValueError(f"condition_weights = {self.condition_weights} needs {len(modes)} "
+                       f"entries, one per mode: {', '.join(modes)}")
+    if any(w < 0 for w in self.condition_weights) or sum(self.condition_weights) <= 0:
+      raise ValueError(f"condition_weights = {self.condition_weights} must be >= 0 with a "
+                       f"positive sum")
+
+
+class FlowTrainingInputs(NamedTuple):
+  """What one training step feeds the network and the loss (a pytree, so it passes through jit).
+
+  Attributes:
+    noisy_latents: x_t, [B, t, h, w, C]; equal to the clean latents at conditioning frames.
+    timesteps: per-latent-frame t, float32 [B, t]; 0 at conditioning frames.
+    target: the velocity eps - x0 to predict, [B, t, h, w, C].
+    loss_mask: bool [B, t], True where a frame counts in the loss (valid and not given clean).
+    condition_mask: bool [B, t], True where a frame was given clean.
+  """
+  noisy_latents: jax.Array
+  timesteps: jax.Array
+  target: jax.Array
+  loss_mask: jax.Array
+  condition_mask: jax.Array
+
+
+def time_shift(t: jax.Array, shift: jax.Array | float) -> jax.Array:
+  """The SD3 time shift s t / (1 + (s - 1) t): monotone, fixes 0 and 1, pushes t up for s > 1.
+
+  Equivalent to multiplying the noise-to-signal ratio t / (1 - t) by s.
+  """
+  return shift * t / (1.0 + (shift - 1.0) * t)
+
+
+def inverse_time_shift(t: jax.Array, shift: jax.Array | float) -> jax.Array:
+  """The inverse of `time_shift`: t / (s - (s - 1) t)."""
+  return t / (shift - (shift - 1.0) * t)
+
+
+def resolution_shift(num_tokens: jax.Array | int, config: FlowConfig) -> jax.Array:
+  """The time shift for a sequence of `num_tokens` tokens (scalar or per example).
+
+  s = clip(base_shift * sqrt(num_tokens / base_tokens), min_shift, max_shift): non-decreasing in
+  the token count.
+  """
+  unclipped = config.base_shift * jnp.sqrt(jnp.asarray(num_tokens, jnp.float32)
+                                           / config.base_tokens)
+  return jnp.clip(unclipped, config.min_shift, config.max_shift)
+
+
+def resolution_shift_value(num_tokens: int, config: FlowConfig) -> float:
+  """`resolution_shift` as a Python float, for static uses such as a sampler's timestep grid."""
+  unclipped = config.base_shift * math.sqrt(num_tokens / config.base_tokens)
+  return float(min(max(unclipped, config.min_shift), config.max_shift))
+
+
+def sample_timesteps(rng: jax.Array, batch: int, num_tokens: jax.Array | int,
+                     config: FlowConfig) -> jax.Array:
+  """Training timesteps: logit-normal, then shifted for the token count.
+
+  Args:
+    rng: a PRNG key.
+    batch: number of examples B.
+    num_tokens: tokens per example (an int, or [B] for examples of different sizes).
+    config: the flow config.
+
+  Returns:
+    float32 [B] in (0, 1).
+  """
+  logits = config.logit_mean + config.logit_std * jax.random.normal(rng, (batch,), jnp.float32)
+  t = time_shift(jax.nn.sigmoid(logits), resolution_shift(num_tokens, config))
+  return jnp.clip(t, _TIME_EPSILON, 1.0 - _TIME_EPSILON)
+
+
+def frame_timesteps(t: jax.Array, condition_mask: jax.Array) -> jax.Array:
+  """Per-latent-frame timesteps: t [B] everywhere except 0 at conditioning frames.
+
+  Args:
+    t: float [B].
+    condition_mask: bool [B, t_frames], True = frame given clean.
+
+  Returns:
+    float32 [B, t_frames].
+  """
+  return jnp.where(condition_mask, 0.0, t[:, None]).astype(jnp.float32)
+
+
+def _expand_frames(values: jax.Array, like: jax.Array) -> jax.Array:
+  """Appends trailing axes so that per-frame `values` [B, t, ...] broadcast against `like`."""
+  return jnp.reshape(values, values.shape + (1,) * (like.ndim - values.ndim))
+
+
+def noisy_input(x0: jax.Array, noise: jax.Array, t: jax.Array) -> jax.Array:
+  """x_t = (1 - t) x0 + t eps.
+
+  Args:
+    x0: clean latents [B, t, h, w, C].
+    noise: eps, same shape.
+    t: timesteps, [B, t] per latent frame (or any shape that prefixes x0's).
+
+  Returns:
+    x_t in x0's dtype; exactly x0 where t = 0.
+  """
+  t = _expand_frames(t, x0).astype(jnp.float32)
+  mixed = (1.0 - t) * x0.astype(jnp.float32) + t * noise.astype(jnp.float32)
+  # Where t = 0 keep x0 itself, so conditioning frames are bit-exact even in low precision.
+  return jnp.where(t == 0.0, x0, mixed.astype(x0.dtype))
+
+
+def velocity_target(x0: jax.Array, noise: jax.Array) -> jax.Array:
+  """The regression target eps - x0 (float32)."""
+  return noise.astype(jnp.float32) - x0.astype(jnp.float32)
+
+
+def flow_loss(prediction: jax.Array, target: jax.Array,
+              loss_mask: jax.Array | None = None) -> jax.Array:
+  """Mean squared error over the valid elements only.
+
+  Args:
+    prediction: the network's velocity, [B, t, h, w, C].
+    target: `velocity_target(x0, noise)`, same shape.
+    loss_mask: bool (or 0/1) mask of the elements that count, with a shape that prefixes the
+      prediction's: [B, t] per latent frame, [B, t, h, w] per token, or the full shape. False at
+      conditioning frames and padding. None counts everything.
+
+  Returns:
+    float32 scalar: sum(mask * (prediction - target)^2) / (number of valid elements); 0 when
+    nothing is valid.
+  """
+  squared_error = jnp.square(prediction.astype(jnp.float32) - target.astype(jnp.float32))
+  if loss_mask is None:
+    return jnp.mean(squared_error)
+  weights = jnp.broadcast_to(_expand_frames(loss_mask.astype(jnp.float32), squared_error),
+                             squared_error.shape)
+  return jnp.sum(weights * squared_error) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def drop_captions(rng: jax.Array, token_mask: jax.Array, probability: float) -> jax.Array:
+  """Replaces each caption by the null caption with the given probability.
+
+  Args:
+    rng: a PRNG key.
+    token_mask: bool [B, L], True at real text tokens.
+    probability: chance of dropping each example's caption.
+
+  Returns:
+    bool [B, L]: all False for dropped captions (the null conditioning the sampler's
+    unconditional branch uses), unchanged otherwise.
+  """
+  keep = jax.random.bernoulli(rng, 1.0 - probability, (token_mask.shape[0],))
+  return token_mask & keep[:, None]
+
+
+def training_inputs(rng: jax.Array, latents: jax.Array, *, num_tokens: jax.Array | int,
+                    config: FlowConfig, frame_valid: jax.Array | None = None,
+                    noise: jax.Array | None = None) -> FlowTrainingInputs:
+  """Everything the flow objective draws for one batch: noise, timesteps, conditioning frames.
+
+  Args:
+    rng: a PRNG key (split here into noise, timestep and conditioning keys).
+    latents: clean latents x0, [B, t, h, w, C].
+    num_tokens: tokens per example seen by the transformer (sets the time shift).
+    config: the flow config.
+    frame_valid: optional bool [B, t], False at padding frames after each video's end: they are
+      left out of the loss, and the conditioning modes count only the valid frames ("last" is
+      the last valid frame).
+    noise: optional eps; drawn from N(0, I) when None.
+
+  Returns:
+    `FlowTrainingInputs`.
+  """
+  noise_rng, time_rng, condition_rng = jax.random.split(rng, 3)
+  batch, latent_frames = latents.shape[:2]
+  if noise is None:
+    noise = jax.random.normal(noise_rng, latents.shape, jnp.float32).astype(latents.dtype)
+  t = sample_timesteps(time_rng, batch, num_tokens, config)
+  condition_mask = conditioning.sample_condition_mask(condition_rng, batch, latent_frames, config,
+                                                      frame_valid=frame_valid)
+  loss_mask = ~condition_mask
+  if frame_valid is not None:
+    loss_mask = loss_mask & frame_valid
+  timesteps = frame_timesteps(t, condition_mask)
+  return FlowTrainingInputs(
+      noisy_latents=noisy_input(latents, noise, timesteps),
+      timesteps=timesteps,
+      target=velocity_target(latents, noise),
+      loss_mask=loss_mask,
+      condition_mask=condition_mask)
