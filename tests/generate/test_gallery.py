@@ -1,0 +1,45 @@
+"""videogen/generate/gallery.py: the index page shows every video with its prompt."""
+
+import html.parser
+
+import pytest
+
+from videogen.generate import gallery
+
+
+class _Collector(html.parser.HTMLParser):
+  def __init__(self):
+    super().__init__()
+    self.videos, self.captions, self._in_caption = [], [], False
+
+  def handle_starttag(self, tag, attrs):
+    if tag == "video":
+      self.videos.append(dict(attrs)["src"])
+    self._in_caption = self._in_caption or tag == "figcaption"
+
+  def handle_endtag(self, tag):
+    if tag == "figcaption":
+      self._in_caption = False
+
+  def handle_data(self, data):
+    if self._in_caption and data.strip():
+      self.captions.append(data.strip())
+
+
+def test_every_entry_is_shown_with_its_prompt(tmp_path):
+  entries = []
+  for i, prompt in enumerate(["a red circle", "a <large> blue square & a small cyan triangle"]):
+    (tmp_path / f"{i}.mp4").write_bytes(b"x")
+    (tmp_path / f"{i}.gif").write_bytes(b"x")
+    entries.append(gallery.GalleryEntry(prompt=prompt, video=f"{i}.mp4", gif=f"{i}.gif"))
+  path = gallery.write_index(str(tmp_path), entries, title="t")
+  collector = _Collector()
+  collector.feed(open(path, encoding="utf-8").read())
+  assert collector.videos == ["0.mp4", "1.mp4"]
+  assert "a <large> blue square & a small cyan triangle" in collector.captions  # escaped, intact
+
+
+def test_missing_video_is_an_error(tmp_path):
+  entry = gallery.GalleryEntry(prompt="a red circle", video="absent.mp4")
+  with pytest.raises(FileNotFoundError, match="absent.mp4"):
+    gallery.write_index(str(tmp_path), [entry], title="t")

@@ -1,0 +1,72 @@
+"""A gallery of generated videos: one `index.html` that shows every video beside its prompt.
+
+    write_index(out_dir, entries, title="videogen: experiments/shapes.py:tiny")
+
+Each entry names files inside `out_dir` (relative paths, so the folder can be moved or zipped and
+opened anywhere) and the text to show under it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import os
+
+
+@dataclasses.dataclass(frozen=True)
+class GalleryEntry:
+  """One generated video. Paths are relative to the gallery folder."""
+  prompt: str
+  video: str            # .mp4 shown with <video>
+  gif: str | None = None  # .gif fallback, linked under the video
+  note: str = ""        # e.g. "held-out combination", "seed 3, 20 Heun steps"
+
+
+def write_index(out_dir: str, entries: list[GalleryEntry], *, title: str,
+                contact_sheet: str | None = None) -> str:
+  """Writes `out_dir/index.html` and returns its path.
+
+  Raises:
+    FileNotFoundError: an entry names a file that is not in `out_dir` (the page would show a
+      broken video).
+  """
+  for entry in entries:
+    for path in (entry.video, entry.gif):
+      if path is not None and not os.path.exists(os.path.join(out_dir, path)):
+        raise FileNotFoundError(
+            f"gallery entry for {entry.prompt!r} names {path!r}, which is not in {out_dir}: "
+            f"write the video before the index")
+  cards = []
+  for entry in entries:
+    gif_link = (f' · <a href="{html.escape(entry.gif)}">gif</a>' if entry.gif else "")
+    note = f'<div class="note">{html.escape(entry.note)}</div>' if entry.note else ""
+    cards.append(
+        f'<figure><video src="{html.escape(entry.video)}" autoplay loop muted playsinline '
+        f'controls></video><figcaption>{html.escape(entry.prompt)}{note}'
+        f'<div class="links"><a href="{html.escape(entry.video)}">mp4</a>{gif_link}</div>'
+        f'</figcaption></figure>')
+  sheet = (f'<h2>Contact sheet</h2><img class="sheet" src="{html.escape(contact_sheet)}" '
+           f'alt="frames of every video">' if contact_sheet else "")
+  page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; background: #fafafa; }}
+.grid {{ display: flex; flex-wrap: wrap; gap: 1.5em; }}
+figure {{ margin: 0; width: 240px; }}
+video {{ width: 240px; image-rendering: pixelated; background: #000; }}
+figcaption {{ font-size: 0.9em; margin-top: 0.3em; }}
+.note {{ color: #a33; font-size: 0.85em; }}
+.links {{ font-size: 0.8em; color: #666; }}
+.sheet {{ max-width: 100%; image-rendering: pixelated; }}
+</style></head>
+<body><h1>{html.escape(title)}</h1><p>{len(entries)} videos.</p>
+<div class="grid">
+{chr(10).join(cards)}
+</div>
+{sheet}
+</body></html>
+"""
+  path = os.path.join(out_dir, "index.html")
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(page)
+  return path
