@@ -57,3 +57,25 @@ def test_unknown_backend_is_a_clear_error():
   q, k, v = _inputs()
   with pytest.raises(ValueError, match="unknown attention backend 'flash'"):
     attention.dot_product_attention(q, k, v, backend="flash")
+
+
+def test_rows_without_keys_are_zeroed_for_every_backend():
+  # The cuDNN kernel's output for an all-masked row is not specified; the wrapper zeros it.
+  out = np.ones((2, 5, 3, 4), np.float32)
+  mask = np.ones((2, 1, 5, 7), bool)
+  mask[1, :, 2, :] = False
+  zeroed = np.array(attention._zero_rows_without_keys(out, mask))
+  np.testing.assert_array_equal(zeroed[1, 2], 0.0)
+  zeroed[1, 2] = 1.0
+  np.testing.assert_array_equal(zeroed, out)
+  per_key = np.zeros((2, 1, 1, 7), bool)  # a fully padded caption: every row of sample 0 empty
+  per_key[1] = True
+  zeroed = np.asarray(attention._zero_rows_without_keys(out, per_key))
+  np.testing.assert_array_equal(zeroed[0], 0.0)
+  np.testing.assert_array_equal(zeroed[1], 1.0)
+
+
+def test_cudnn_backend_asks_for_half_precision():
+  q, k, v = _inputs()
+  with pytest.raises(ValueError, match="needs bfloat16 or float16 inputs"):
+    attention._cudnn_attention(q, k, v, None)

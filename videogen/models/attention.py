@@ -8,6 +8,9 @@ attend). Backends:
   "cudnn":  `jax.nn.dot_product_attention(implementation="cudnn")`, flash attention on NVIDIA GPUs.
   "splash": the Pallas TPU splash kernel.
   "auto":   the fastest one the current backend supports, falling back to "xla".
+
+Every backend gives zeros (never NaN) for a query row with no allowed key, e.g. cross-attention to
+a fully padded caption (the null conditioning of classifier-free guidance).
 """
 
 from __future__ import annotations
@@ -36,7 +39,20 @@ def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array,
 
 
 def _cudnn_attention(q, k, v, mask):
+  if q.dtype not in (jnp.bfloat16, jnp.float16):
+    raise ValueError(
+        f"the cudnn attention backend needs bfloat16 or float16 inputs, got {q.dtype}: set the "
+        f"model's dtype to bfloat16, or use backend='xla' (or 'auto') for float32")
   return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+
+
+def _zero_rows_without_keys(out: jax.Array, mask: jax.Array | None) -> jax.Array:
+  """Zeros the outputs [B, Tq, N, H] of query rows whose mask row allows no key."""
+  if mask is None:
+    return out
+  has_key = jnp.any(mask, axis=-1)  # broadcastable to [B, N, Tq]
+  has_key = jnp.broadcast_to(has_key, (out.shape[0], out.shape[2], out.shape[1]))
+  return jnp.where(jnp.swapaxes(has_key, 1, 2)[..., None], out, jnp.zeros_like(out))
 
 
 def _splash_attention(q, k, v, mask):
@@ -77,7 +93,7 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   if backend == "xla":
     return reference_attention(q, k, v, mask)
   if backend == "cudnn":
-    return _cudnn_attention(q, k, v, mask)
+    return _zero_rows_without_keys(_cudnn_attention(q, k, v, mask), mask)
   if backend == "splash":
     return _splash_attention(q, k, v, mask)
   raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")

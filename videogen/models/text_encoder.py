@@ -1,0 +1,178 @@
+"""Text conditioning for the diffusion transformer: a small transformer encoder, or class labels.
+
+    encoder = TextEncoder(TextEncoderConfig.tiny(), rngs=nnx.Rngs(0))
+    embeddings, pooled = encoder(tokens, mask)      # "text": [B, L, D], [B, D]
+    embeddings, pooled = encoder(labels)            # "class": [B, 1, D], [B, D]
+
+Text mode: sentencepiece ids [B, L] -> token + learned position embeddings -> pre-norm transformer
+blocks (bidirectional self-attention over the valid tokens) -> RMSNorm. Padded positions come out
+as zeros; `pooled` is the mean over the valid tokens (zeros for a fully padded caption, which is
+how the trainer drops captions for classifier-free guidance).
+
+Class mode (the DiT paper, class-conditional video benchmarks): an embedding table with one extra
+"null" row for classifier-free guidance. A label < 0, or a False entry of the optional mask [B],
+selects the null class.
+
+The encoder is trained jointly with the transformer by default; `frozen=True` asks the stage to
+leave its parameters out of the optimizer (its trainable filter), and stops gradients at its
+outputs so no backward pass runs through it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from videogen.models import attention as attention_lib
+from videogen.models import layers
+
+
+@dataclasses.dataclass(frozen=True)
+class TextEncoderConfig:
+  """The `config.text_encoder` section.
+
+  Attributes:
+    mode: "text" (token ids -> transformer) or "class" (label embedding).
+    vocab_size: sentencepiece vocabulary size (must match the tokenizer's).
+    max_length: longest token sequence (must match the tokenizer's max_length).
+    num_classes: number of class labels in class mode (one more "null" row is added).
+    width: embedding width D (the DiT's context_dim / pooled_dim).
+    depth, num_heads, mlp_ratio: transformer size in text mode.
+    frozen: keep the encoder fixed while the transformer trains.
+    dtype, param_dtype, attention_backend: as in `DiTConfig`.
+  """
+  mode: Literal["text", "class"] = "text"
+  vocab_size: int = 512
+  max_length: int = 48
+  num_classes: int = 1000
+  width: int = 128
+  depth: int = 2
+  num_heads: int = 4
+  mlp_ratio: float = 4.0
+  frozen: bool = False
+  dtype: layers.DTypeName = "float32"
+  param_dtype: layers.DTypeName = "float32"
+  attention_backend: attention_lib.Backend = "auto"
+
+  def __post_init__(self):
+    if self.mode == "text" and self.width % self.num_heads:
+      raise ValueError(f"text encoder width {self.width} is not divisible by num_heads "
+                       f"{self.num_heads}")
+    if min(self.vocab_size, self.max_length, self.num_classes, self.width) < 1:
+      raise ValueError("vocab_size, max_length, num_classes and width must be positive")
+
+  @property
+  def null_class(self) -> int:
+    """The label index of the null (unconditional) class in class mode."""
+    return self.num_classes
+
+  @property
+  def context_length(self) -> int:
+    """Tokens the encoder emits per sample: max_length in text mode, 1 in class mode."""
+    return self.max_length if self.mode == "text" else 1
+
+  @classmethod
+  def tiny(cls, **overrides) -> TextEncoderConfig:
+    """CPU size: width 128, depth 2, 4 heads, 512-piece vocabulary, 48 tokens."""
+    return cls(**overrides)
+
+  @classmethod
+  def small(cls, **overrides) -> TextEncoderConfig:
+    """One-GPU size: width 512, depth 6, 8 heads, 4096-piece vocabulary, 64 tokens."""
+    settings = dict(vocab_size=4096, max_length=64, width=512, depth=6, num_heads=8,
+                    dtype="bfloat16")
+    return cls(**{**settings, **overrides})
+
+  @classmethod
+  def classes(cls, num_classes: int, width: int, **overrides) -> TextEncoderConfig:
+    """Class-conditional mode: `num_classes` labels (+ null) embedded at `width`."""
+    return cls(**{"mode": "class", "num_classes": num_classes, "width": width, **overrides})
+
+
+class _EncoderBlock(nnx.Module):
+  """Pre-norm transformer block: x + attn(norm(x)), x + mlp(norm(x)). x: [B, L, D]."""
+
+  def __init__(self, config: TextEncoderConfig, *, rngs: nnx.Rngs):
+    dtype, param_dtype = layers.dtype_of(config.dtype), layers.dtype_of(config.param_dtype)
+    common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.attention_norm = layers.RMSNorm(config.width, **common)
+    self.attention = layers.Attention(config.width, config.num_heads,
+                                      backend=config.attention_backend, **common)
+    self.mlp_norm = layers.RMSNorm(config.width, **common)
+    self.mlp = layers.MLP(config.width, int(config.width * config.mlp_ratio), **common)
+
+  def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+    x = x + self.attention(self.attention_norm(x), mask=mask)
+    return x + self.mlp(self.mlp_norm(x))
+
+
+class TextEncoder(nnx.Module):
+  """Token ids (or class labels) -> (embeddings, pooled); see the module docstring."""
+
+  def __init__(self, config: TextEncoderConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    dtype, param_dtype = layers.dtype_of(config.dtype), layers.dtype_of(config.param_dtype)
+    self.dtype = dtype
+    init = nnx.initializers.normal(0.02)
+    is_text = config.mode == "text"
+    rows = config.vocab_size if is_text else config.num_classes + 1
+    row_axis = "vocab" if is_text else None  # 1001 class rows rarely divide a mesh axis.
+    self.embedding = nnx.Param(nnx.with_partitioning(init, (row_axis, "embed"))(
+        rngs.params(), (rows, config.width), param_dtype))
+    self.positions = nnx.Param(nnx.with_partitioning(init, (None, "embed"))(
+        rngs.params(), (config.max_length, config.width), param_dtype)) if is_text else None
+    self.blocks = nnx.List(
+        [_EncoderBlock(config, rngs=rngs) for _ in range(config.depth)] if is_text else [])
+    self.final_norm = layers.RMSNorm(config.width, dtype=dtype, param_dtype=param_dtype,
+                                     rngs=rngs) if is_text else None
+
+  def __call__(self, tokens: jax.Array,
+               mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Text mode: tokens int [B, L], mask bool [B, L] -> ([B, L, D], [B, D]).
+
+    Class mode: labels int [B] (< 0 = null), optional mask bool [B] (False = null) ->
+    ([B, 1, D], [B, D]).
+    """
+    if self.config.mode == "class":
+      embeddings, pooled = self._classes(tokens, mask)
+    else:
+      embeddings, pooled = self._text(tokens, mask)
+    if self.config.frozen:
+      embeddings, pooled = jax.lax.stop_gradient((embeddings, pooled))
+    return embeddings, pooled
+
+  def _classes(self, labels: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    if labels.ndim != 1:
+      raise ValueError(f"class mode takes labels of shape [batch], got {labels.shape}; for "
+                       f"token ids set config.text_encoder.mode='text'")
+    labels = jnp.where(labels < 0, self.config.null_class, labels)
+    if mask is not None:
+      labels = jnp.where(mask.astype(bool), labels, self.config.null_class)
+    pooled = jnp.take(self.embedding[...], labels, axis=0).astype(self.dtype)  # [B, D]
+    return pooled[:, None, :], pooled
+
+  def _text(self, tokens: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    if tokens.ndim != 2:
+      raise ValueError(f"text mode takes token ids of shape [batch, length], got {tokens.shape}")
+    length = tokens.shape[1]
+    if length > self.config.max_length:
+      raise ValueError(f"{length} tokens exceed config.text_encoder.max_length "
+                       f"{self.config.max_length}: raise max_length or truncate in the tokenizer")
+    if mask is None:
+      raise ValueError("text mode needs the token mask (bool [batch, length], False at padding)")
+    mask = mask.astype(bool)
+    x = jnp.take(self.embedding[...], tokens, axis=0) + self.positions[...][None, :length]
+    x = x.astype(self.dtype)
+    attention_mask = mask[:, None, None, :]  # padded keys are never attended to.
+    for block in self.blocks:
+      x = block(x, attention_mask)
+    x = self.final_norm(x)
+    weights = mask[..., None].astype(jnp.float32)
+    embeddings = (x.astype(jnp.float32) * weights).astype(self.dtype)  # padding -> zeros
+    counts = jnp.maximum(jnp.sum(weights, axis=1), 1.0)  # a fully padded caption pools to zero
+    pooled = (jnp.sum(embeddings.astype(jnp.float32), axis=1) / counts).astype(self.dtype)
+    return embeddings, pooled
