@@ -1,0 +1,104 @@
+"""videogen/parallel/multihost.py: when to start jax.distributed, and a real 2-process run."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import standin as standin_experiment
+from videogen import experiment as experiment_lib
+from videogen.parallel import mesh as mesh_lib
+from videogen.parallel import multihost
+from videogen.train import metrics as metrics_lib
+from videogen.train import stages as stages_lib
+from videogen.train import trainer
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+NUM_STEPS = 4
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({}, None),
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}, None),
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}, "SLURM"),
+    ({"OMPI_COMM_WORLD_SIZE": "2"}, "Open MPI"),
+    ({"TPU_WORKER_HOSTNAMES": "host-0"}, None),
+    ({"TPU_WORKER_HOSTNAMES": "host-0,host-1"}, "TPU pod"),
+    ({"MEGASCALE_COORDINATOR_ADDRESS": "10.0.0.1"}, "TPU multi-slice"),
+    ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}, "JAX_COORDINATOR_ADDRESS"),
+])
+def test_cluster_detection(environ, expected):
+  assert multihost.cluster_requested(environ) == expected
+
+
+def test_incomplete_coordinator_flags_name_the_missing_ones():
+  with pytest.raises(ValueError, match=r"needs all of --coordinator_address.*process_id=None"):
+    multihost.initialize("127.0.0.1:1234", 2, None)
+
+
+def test_a_single_process_starts_nothing(devices):
+  assert multihost.initialize() is False
+  assert multihost.is_primary() and multihost.all_true(True) and not multihost.all_true(False)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _overrides():
+  return {"standin.depth": 1, "standin.lengths": (8,), "mesh.data": 2, "mesh.fsdp": 2,
+          "mesh.tensor": 2, "train.standin.num_steps": NUM_STEPS, "train.standin.log_every": 1,
+          "train.standin.checkpoint_every": 2, "train.standin.progress_bar": False}
+
+
+@pytest.mark.slow
+def test_two_processes_of_four_devices_match_one_process(tmp_path):
+  workdir = tmp_path / "two_processes"
+  port = _free_port()
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  command = [sys.executable, "-m", "videogen.main", "train",
+             f"--config={ROOT / 'experiments' / 'standin.py'}:tiny", f"--workdir={workdir}",
+             *(f"--config.{key}={value}" for key, value in _overrides().items()),
+             f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
+  processes = [subprocess.Popen([*command, f"--process_id={index}"], env=env, cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+               for index in range(2)]
+  # The one-process reference trains here while the two processes run.
+  config = standin_experiment.get_config("tiny")
+  for key, value in _overrides().items():
+    section, *rest = key.split(".")
+    target = config[section]
+    for part in rest[:-1]:
+      target = target[part]
+    target[rest[-1]] = value
+  experiment = experiment_lib.validate(config)
+  mesh = mesh_lib.create_mesh(mesh_lib.MeshConfig(), jax.devices()[:1])
+  reference_dir = tmp_path / "one_process"
+  trainer.train_stage(stages_lib.make_stage("standin", experiment), experiment,
+                      str(reference_dir), mesh=mesh)
+  errors = []
+  for process in processes:
+    try:
+      _, stderr = process.communicate(timeout=400)
+    except subprocess.TimeoutExpired:
+      process.kill()
+      _, stderr = process.communicate()
+    errors.append(stderr)
+  assert [p.returncode for p in processes] == [0, 0], errors[0][-3000:] + errors[1][-3000:]
+  losses = [row["loss"] for row in metrics_lib.read_metrics(str(workdir))]
+  expected = [row["loss"] for row in metrics_lib.read_metrics(str(reference_dir))]
+  assert len(losses) == NUM_STEPS  # written once, by process 0
+  np.testing.assert_allclose(losses, expected, rtol=0, atol=1e-5)
+  # Each process saved its own data-iterator state; the arrays were written by both.
+  data = workdir / "checkpoints" / "standin" / str(NUM_STEPS) / "data"
+  assert sorted(os.listdir(data)) == ["process_0-of-2.json", "process_1-of-2.json"]

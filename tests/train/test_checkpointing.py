@@ -1,0 +1,148 @@
+"""videogen/train/checkpointing.py: named items, restore onto another mesh, damaged checkpoints."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec
+
+from videogen.train import checkpointing
+
+
+def _tree(scale: float) -> dict:
+  return {"step": jnp.asarray(int(scale), jnp.int32),
+          "params": {"w": jnp.arange(32.0).reshape(8, 4) * scale, "b": jnp.ones(4) * scale}}
+
+
+def _target(tree, mesh, spec_of_matrices=PartitionSpec()):
+  def leaf(x):
+    spec = spec_of_matrices if x.ndim == 2 else PartitionSpec()
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, spec))
+  return jax.tree.map(leaf, tree)
+
+
+def _mesh(devices, shape=(1,), names=("fsdp",)):
+  return jax.sharding.Mesh(np.asarray(devices).reshape(shape), names)
+
+
+def _save_steps(directory, steps):
+  checkpointer = checkpointing.Checkpointer(str(directory), keep=5, async_save=True)
+  for step in steps:
+    checkpointer.save(step, _tree(step), {"next_index": step * 10}, {"seed": 0, "lr": 0.1})
+  checkpointer.close()
+
+
+def test_round_trip_of_all_items_onto_another_mesh(tmp_path, devices):
+  _save_steps(tmp_path, [1, 2])
+  checkpointer = checkpointing.Checkpointer(str(tmp_path))
+  assert checkpointer.all_steps() == [1, 2]
+  mesh = _mesh(devices, (8,))
+  restored = checkpointer.restore_latest(_target(_tree(0), mesh, PartitionSpec("fsdp")))
+  checkpointer.close()
+  assert restored.step == 2
+  assert restored.data == {"next_index": 20}
+  assert restored.config == {"seed": 0, "lr": 0.1}
+  np.testing.assert_array_equal(restored.state["params"]["w"], np.arange(32.0).reshape(8, 4) * 2)
+  # Saved from one device, restored split over eight.
+  assert restored.state["params"]["w"].sharding.spec == PartitionSpec("fsdp")
+  assert len(restored.state["params"]["w"].addressable_shards) == 8
+  assert os.path.exists(tmp_path / "2" / "data" / "process_0-of-1.json")
+
+
+def _corrupt(step_dir):
+  """Truncates every array data file of a checkpoint, as a crash mid-copy would."""
+  damaged = 0
+  for root, _, files in os.walk(step_dir / "state"):
+    for name in files:
+      path = os.path.join(root, name)
+      if os.sep + "d" + os.sep in path + os.sep or "manifest" in name:
+        with open(path, "r+b") as f:
+          f.truncate(max(os.path.getsize(path) // 3, 1))
+        damaged += 1
+  assert damaged, "found no data files to damage"
+
+
+def test_damaged_latest_checkpoint_falls_back_with_a_warning(tmp_path, devices, caplog):
+  _save_steps(tmp_path, [1, 2])
+  _corrupt(tmp_path / "2")
+  checkpointer = checkpointing.Checkpointer(str(tmp_path))
+  with caplog.at_level(logging.WARNING):
+    restored = checkpointer.restore_latest(_target(_tree(0), _mesh(devices[:1])))
+  assert restored.step == 1
+  np.testing.assert_array_equal(restored.state["params"]["b"], np.ones(4))
+  assert any("(step 2) is damaged" in record.getMessage() and "step 1 instead" in
+             record.getMessage() for record in caplog.records)
+  # The damaged one is set aside, so that training can write step 2 again.
+  assert (tmp_path / "2.corrupt").exists() and not (tmp_path / "2").exists()
+  assert checkpointer.all_steps() == [1]
+  checkpointer.save(2, _tree(2), {"next_index": 20}, {"seed": 0})
+  checkpointer.close()
+  assert checkpointing.Checkpointer(str(tmp_path)).all_steps() == [1, 2]
+
+
+def test_when_no_checkpoint_restores_nothing_is_renamed(tmp_path, devices):
+  _save_steps(tmp_path, [1, 2])
+  checkpointer = checkpointing.Checkpointer(str(tmp_path))
+  # A target of another structure (as after an incompatible code change) fails on every step.
+  incompatible = {"step": _tree(0)["step"], "weights": _tree(0)["params"]}
+  with pytest.raises(checkpointing.CheckpointRestoreError,
+                     match=r"none of the checkpoints .*\(step 2: .*; step 1: .*nothing was "
+                           r"renamed"):
+    checkpointer.restore_latest(_target(incompatible, _mesh(devices[:1])))
+  assert checkpointer.all_steps() == [1, 2]
+  assert sorted(os.listdir(tmp_path)) == ["1", "2"]
+  checkpointer.close()
+
+
+def test_damaged_config_item_also_falls_back(tmp_path, devices):
+  _save_steps(tmp_path, [1, 2])
+  for root, _, files in os.walk(tmp_path / "2" / "config"):
+    for name in files:
+      with open(os.path.join(root, name), "w") as f:
+        f.write("{not json")
+  checkpointer = checkpointing.Checkpointer(str(tmp_path))
+  assert checkpointer.restore_latest(_target(_tree(0), _mesh(devices[:1]))).step == 1
+  checkpointer.close()
+
+
+def test_config_check_refusal_is_not_treated_as_damage(tmp_path, devices):
+  _save_steps(tmp_path, [1])
+
+  def refuse(saved):
+    raise ValueError(f"different config: {saved}")
+
+  checkpointer = checkpointing.Checkpointer(str(tmp_path))
+  with pytest.raises(ValueError, match="different config"):
+    checkpointer.restore_latest(_target(_tree(0), _mesh(devices[:1])), check_config=refuse)
+  assert checkpointer.all_steps() == [1]  # not quarantined
+  checkpointer.close()
+
+
+def test_restore_subtree_reads_one_part(tmp_path, devices):
+  _save_steps(tmp_path, [3])
+  checkpointer = checkpointing.Checkpointer(str(tmp_path))
+  target = _target(_tree(0)["params"], _mesh(devices, (8,)), PartitionSpec("fsdp"))
+  params = checkpointer.restore_subtree(3, "params", target)
+  checkpointer.close()
+  assert set(params) == {"w", "b"}
+  np.testing.assert_array_equal(params["w"], np.arange(32.0).reshape(8, 4) * 3)
+  assert params["w"].sharding.spec == PartitionSpec("fsdp")
+
+
+def test_empty_directory_restores_nothing(tmp_path, devices):
+  checkpointer = checkpointing.Checkpointer(str(tmp_path / "none"))
+  assert checkpointer.latest_step() is None
+  assert checkpointer.restore_latest(_target(_tree(0), _mesh(devices[:1]))) is None
+  checkpointer.close()
+
+
+def test_read_only_opens_nothing_new(tmp_path):
+  checkpointer = checkpointing.Checkpointer(str(tmp_path / "absent"), read_only=True)
+  assert checkpointer.latest_step() is None
+  checkpointer.close()
+  assert not (tmp_path / "absent").exists()

@@ -1,0 +1,95 @@
+"""Multi-host start-up and the process-0-only rules for logs and files.
+
+    multihost.initialize(coordinator_address=..., num_processes=2, process_id=0)  # before jax ops
+    if multihost.is_primary(): write_the_file()
+
+`initialize` calls `jax.distributed.initialize` only when the run asks for several processes:
+explicit coordinator flags, or a cluster environment that JAX detects by itself (a multi-host TPU
+slice or Megascale job, SLURM with more than one task, Open MPI with more than one rank, or a
+`JAX_COORDINATOR_ADDRESS`). A single-process run on one machine starts nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+import jax
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+
+def cluster_requested(environ: Mapping[str, str] | None = None) -> str | None:
+  """Names the multi-process environment found in `environ`, or None for a single process."""
+  environ = os.environ if environ is None else environ
+  if environ.get("JAX_COORDINATOR_ADDRESS"):
+    return "JAX_COORDINATOR_ADDRESS"
+  if int(environ.get("SLURM_NTASKS", "1") or 1) > 1 and environ.get("SLURM_JOB_ID"):
+    return "SLURM"
+  if int(environ.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1:
+    return "Open MPI"
+  if environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
+    return "TPU multi-slice"
+  if "," in environ.get("TPU_WORKER_HOSTNAMES", ""):
+    return "TPU pod"
+  return None
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> bool:
+  """Joins the processes of a multi-host run; returns whether `jax.distributed` was started.
+
+  Must run before anything touches a JAX backend. With a coordinator address all three arguments
+  are needed (a local CPU test: "127.0.0.1:12345", 2, 0/1); without one, the environment decides.
+
+  Raises:
+    ValueError: the coordinator flags are incomplete.
+  """
+  if jax.distributed.is_initialized():
+    return True
+  explicit = (coordinator_address, num_processes, process_id)
+  if any(value is not None for value in explicit):
+    if any(value is None for value in explicit):
+      raise ValueError(
+          "a multi-process run needs all of --coordinator_address, --num_processes and "
+          f"--process_id; got coordinator_address={coordinator_address!r}, "
+          f"num_processes={num_processes!r}, process_id={process_id!r}")
+    if num_processes == 1:
+      return False
+    logging.info("joining %d processes at %s as process %d", num_processes, coordinator_address,
+                 process_id)
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
+    return True
+  found = cluster_requested()
+  if found is None:
+    return False
+  logging.info("multi-process environment detected (%s): starting jax.distributed", found)
+  jax.distributed.initialize()
+  return True
+
+
+def is_primary() -> bool:
+  """True on process 0, the one that writes logs, metrics and single-copy files."""
+  return jax.process_index() == 0
+
+
+def quiet_secondary_logging() -> None:
+  """Keeps warnings and errors from processes other than 0, drops their info logs."""
+  if not is_primary():
+    logging.set_verbosity(logging.WARNING)
+
+
+def all_true(flag: bool) -> bool:
+  """Whether `flag` holds on every process (collective: every process must call it)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  flags = multihost_utils.process_allgather(np.asarray(flag, dtype=np.int32))
+  return bool(np.all(flags))
+
+
+def sync(name: str) -> None:
+  """A barrier across processes (no-op on one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)

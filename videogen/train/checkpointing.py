@@ -1,0 +1,233 @@
+"""Orbax checkpoints of a stage: the train state, each process's data-iterator state, the config.
+
+    checkpointer = Checkpointer(f"{workdir}/checkpoints/{stage}", keep=3, async_save=True)
+    checkpointer.save(step, state, iterator.get_state(), config_json)
+    restored = checkpointer.restore_latest(target, iterator)   # None on a fresh workdir
+
+A checkpoint is a step directory with three named items:
+  state   the `TrainState` as a tree of (sharded) arrays; restored onto whatever shardings the
+          target carries, so a run saved on 1 device resumes sharded over 8 and back.
+  data    one JSON file per process with its iterator's `get_state()`.
+  config  the experiment config as JSON, to refuse resuming a workdir made by another config.
+
+`restore_latest` walks back from the newest step: a checkpoint that fails to restore (truncated or
+corrupt files) is passed over for the one before, then renamed `<step>.corrupt` with a warning that
+names it. When no checkpoint restores at all, it renames nothing and raises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+
+from videogen.parallel import multihost
+
+STATE, DATA, CONFIG = "state", "data", "config"
+
+
+class IteratorStateHandler(ocp.CheckpointHandler):
+  """Writes each process's iterator state to `process_<i>-of-<n>.json` in the item directory."""
+
+  def save(self, directory: epath.Path, args: IteratorStateSave) -> None:
+    path = epath.Path(directory) / _process_file()
+    path.write_text(json.dumps(args.state, indent=1, sort_keys=True))
+
+  def restore(self, directory: epath.Path, args: IteratorStateRestore | None = None) -> Any:
+    del args
+    path = epath.Path(directory) / _process_file()
+    if not path.exists():
+      saved = sorted(p.name for p in epath.Path(directory).iterdir())
+      raise FileNotFoundError(
+          f"{path} does not exist: the checkpoint holds data-iterator states {saved}, written by "
+          f"another number of processes; resume with {jax.process_count()} processes replaced by "
+          f"the saved count, or start a new --workdir")
+    return json.loads(path.read_text())
+
+  def metadata(self, directory: epath.Path) -> None:
+    del directory
+    return None
+
+
+def _process_file() -> str:
+  return f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+
+
+@ocp.args.register_with_handler(IteratorStateHandler, for_save=True)
+@dataclasses.dataclass
+class IteratorStateSave(ocp.args.CheckpointArgs):
+  state: dict[str, Any]
+
+
+@ocp.args.register_with_handler(IteratorStateHandler, for_restore=True)
+@dataclasses.dataclass
+class IteratorStateRestore(ocp.args.CheckpointArgs):
+  pass
+
+
+@dataclasses.dataclass
+class Restored:
+  """What `restore_latest` found: the state tree, the iterator state, the config and the step."""
+  step: int
+  state: Any
+  data: dict[str, Any]
+  config: dict[str, Any]
+
+
+# Errors a damaged checkpoint raises on restore: missing or truncated files (OSError,
+# FileNotFoundError), bad JSON or tensorstore/OCDBT read failures (ValueError, including
+# json.JSONDecodeError), and tree-structure mismatches from a partial write (KeyError, TypeError).
+RESTORE_ERRORS = (OSError, ValueError, KeyError, TypeError)
+
+
+def _describe(error: Exception) -> str:
+  """"ValueError: ..." on one line, for warnings and error messages."""
+  return f"{type(error).__name__}: {' '.join(str(error).split())}"
+
+
+class CheckpointRestoreError(RuntimeError):
+  """A stage has checkpoints, but none of them can be restored."""
+
+
+class Checkpointer:
+  """One stage's `orbax.checkpoint.CheckpointManager`, with corrupt-checkpoint fallback."""
+
+  def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True,
+               read_only: bool = False):
+    """Opens (and unless `read_only`, creates) the checkpoint directory of one stage.
+
+    Args:
+      directory: WORKDIR/checkpoints/<stage>.
+      keep: how many of the newest checkpoints to keep; <= 0 keeps all.
+      async_save: write checkpoints in a background thread.
+      read_only: only read (for sampling and evaluation): creates, cleans and deletes nothing.
+    """
+    self.directory = epath.Path(os.path.abspath(directory))
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep if keep > 0 else None, create=not read_only,
+        cleanup_tmp_directories=not read_only, read_only=read_only,
+        enable_async_checkpointing=async_save and not read_only)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options, item_names=(STATE, DATA, CONFIG),
+        item_handlers={STATE: ocp.StandardCheckpointHandler(),
+                       DATA: IteratorStateHandler(),
+                       CONFIG: ocp.JsonCheckpointHandler()})
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    steps = self.all_steps()
+    return steps[-1] if steps else None
+
+  def save(self, step: int, state: Any, data: dict[str, Any], config: dict[str, Any]) -> None:
+    """Starts saving (async: returns once the arrays are copied off the devices)."""
+    self._manager.save(step, args=ocp.args.Composite(**{
+        STATE: ocp.args.StandardSave(state),
+        DATA: IteratorStateSave(data),
+        CONFIG: ocp.args.JsonSave(config),
+    }), force=True)
+
+  def read_config(self, step: int) -> dict[str, Any]:
+    """The config saved with checkpoint `step`."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(**{
+        CONFIG: ocp.args.JsonRestore()}))
+    return restored[CONFIG]
+
+  def restore(self, step: int, target: Any) -> Restored:
+    """Restores checkpoint `step` onto `target` (a tree of `ShapeDtypeStruct`s with shardings)."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(**{
+        STATE: ocp.args.StandardRestore(target),
+        DATA: IteratorStateRestore(),
+        CONFIG: ocp.args.JsonRestore(),
+    }))
+    return Restored(step=step, state=restored[STATE], data=restored[DATA],
+                    config=restored[CONFIG])
+
+  def restore_subtrees(self, step: int, targets: dict[str, Any]) -> dict[str, Any]:
+    """Restores only the named parts of `state` (e.g. {"ema_params": ..., "frozen": ...}).
+
+    Reads just those parts of checkpoint `step`, onto the shardings the targets carry: a model
+    for sampling needs no optimizer state.
+    """
+    handler = ocp.PyTreeCheckpointHandler()
+    restore_args = ocp.checkpoint_utils.construct_restore_args(targets)
+    with ocp.Checkpointer(handler) as checkpointer:
+      return checkpointer.restore(
+          self.directory / str(step) / STATE,
+          args=ocp.args.PyTreeRestore(item=targets, restore_args=restore_args,
+                                      partial_restore=True))
+
+  def restore_subtree(self, step: int, key: str, target: Any) -> Any:
+    """Restores only `state[key]` (e.g. "ema_params") of checkpoint `step` onto `target`."""
+    return self.restore_subtrees(step, {key: target})[key]
+
+  def restore_latest(self, target: Any, check_config=None) -> Restored | None:
+    """Restores the newest checkpoint that reads back whole; None when there is none.
+
+    Newer checkpoints that fail to read are set aside (renamed `<step>.corrupt`) with a warning
+    once an older one has restored. If none restores, nothing is renamed and an error is raised:
+    every checkpoint failing at once means an incompatible format more likely than damage.
+
+    Args:
+      target: the abstract state tree with the shardings to restore onto.
+      check_config: called with each candidate's saved config before its state is read; raises
+        to refuse the workdir (that error is not treated as damage).
+
+    Raises:
+      CheckpointRestoreError: there are checkpoints but none could be restored.
+    """
+    failures: list[tuple[int, str]] = []
+    for step in reversed(self.all_steps()):
+      restored, problem = None, "another process failed to read it"
+      try:
+        config = self.read_config(step)
+      except RESTORE_ERRORS as error:
+        config, problem = None, _describe(error)
+      if config is not None:
+        if check_config is not None:
+          check_config(config)
+        try:
+          restored = self.restore(step, target)
+        except RESTORE_ERRORS as error:
+          problem = _describe(error)
+      if multihost.all_true(restored is not None):
+        for failed_step, failed_problem in failures:
+          self._quarantine(failed_step, failed_problem, step)
+        return restored
+      failures.append((step, problem))
+    if failures:
+      listed = "; ".join(f"step {step}: {problem[:300]}" for step, problem in failures)
+      raise CheckpointRestoreError(
+          f"none of the checkpoints in {self.directory} could be restored ({listed}). They were "
+          f"written by an incompatible version of the code or are all damaged; nothing was "
+          f"renamed. Use a new --workdir, or move the checkpoints away to start over")
+    return None
+
+  def _quarantine(self, step: int, problem: str, restored_step: int) -> None:
+    path = self.directory / str(step)
+    logging.warning("checkpoint %s (step %d) is damaged and cannot be restored (%s); renamed it "
+                    "to %s.corrupt and resumed from the checkpoint at step %d instead", path, step,
+                    problem, path.name, restored_step)
+    multihost.sync(f"quarantine_{step}_start")
+    if multihost.is_primary() and path.exists():
+      quarantined = self.directory / f"{step}.corrupt"
+      if quarantined.exists():
+        quarantined.rmtree()
+      path.rename(quarantined)
+    multihost.sync(f"quarantine_{step}_done")
+    self._manager.reload()
+
+  def wait(self) -> None:
+    """Blocks until every pending async save is on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()

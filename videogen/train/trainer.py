@@ -1,0 +1,546 @@
+r"""The one trainer: every stage of an experiment, with sharding, checkpoints, resume and guards.
+
+    python -m videogen.main train --config=experiments/standin.py:tiny --workdir=runs/standin \
+        --config.train.standin.num_steps=100
+
+`train` builds the mesh from `config.mesh` and trains each stage of `config.stages` in order; a
+stage whose latest checkpoint is already at `num_steps` is skipped. For one stage (`train_stage`):
+
+  1. Model: `nnx.eval_shape` gives the abstract state; the rules table turns its logical axis
+     names into `NamedSharding`s on the concrete mesh; `jax.jit(init, out_shardings=...)` builds
+     the state already sharded, so no model ever lands whole on one device. `stage.load_frozen`
+     then fills the frozen variables.
+  2. Resume: the newest checkpoint in WORKDIR/checkpoints/<stage>/ that reads back whole is
+     restored onto those shardings (whatever mesh saved it), with the data iterator's position; a
+     damaged one is set aside with a warning; a checkpoint written under another config is refused
+     unless `allow_config_change`. The checkpoint holds the frozen variables too, so that it alone
+     rebuilds the model for sampling.
+  3. Loop: the pure step is compiled once per batch shape (`.lower().compile()`, memory analysis
+     logged) with explicit in/out shardings and a donated state. Metrics go to metrics.jsonl and
+     TensorBoard; checkpoints are saved every `checkpoint_every` steps (async), at the end and on
+     SIGTERM. A non-finite loss or gradient stops the run naming the step; the state it produced
+     is never saved, so the last checkpoint on disk is the last good one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import sys
+import threading
+import time
+import zlib
+from typing import Any, Literal, Optional
+
+import jax
+import numpy as np
+import tqdm
+from absl import logging
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
+
+from videogen import experiment as experiment_lib
+from videogen.parallel import mesh as mesh_lib
+from videogen.parallel import multihost
+from videogen.parallel import sharding as sharding_lib
+from videogen.train import checkpointing
+from videogen.train import metrics as metrics_lib
+from videogen.train import stage as stage_lib
+from videogen.train import stages as stages_lib
+from videogen.train import train_state as train_state_lib
+from videogen.train.train_state import TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """How one stage is trained (`config.train.<stage>`).
+
+  Attributes:
+    num_steps: total optimizer steps of the stage.
+    optimizer: "adamw" or "adafactor".
+    learning_rate: peak learning rate, reached after `warmup_steps` of linear warm-up.
+    schedule: "cosine" decays to `final_learning_rate_fraction * learning_rate` at
+      `decay_steps` (default `num_steps`); "constant" stays at the peak.
+    b1, b2, eps: Adam moments.
+    weight_decay: decoupled weight decay of matrices (norm scales and biases are not decayed).
+    clip_grad_norm: global gradient-norm clipping threshold; <= 0 turns clipping off.
+    ema_decay: decay of the parameters' exponential moving average (0 = a copy).
+    grad_accum_steps: split each batch into this many microbatches and average their gradients.
+    log_every: steps between metric rows (the last step is always logged).
+    checkpoint_every: steps between checkpoints (the last step is always saved).
+    keep_checkpoints: how many of the newest checkpoints to keep (<= 0 keeps all).
+    eval_every: steps between `stage.evaluate` calls; 0 = never.
+    async_checkpoints: write checkpoints in the background.
+    progress_bar: show a progress bar on process 0.
+  """
+  num_steps: int = 1000
+  optimizer: Literal["adamw", "adafactor"] = "adamw"
+  learning_rate: float = 1e-3
+  warmup_steps: int = 100
+  schedule: Literal["cosine", "constant"] = "cosine"
+  decay_steps: Optional[int] = None
+  final_learning_rate_fraction: float = 0.1
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  weight_decay: float = 0.01
+  clip_grad_norm: float = 1.0
+  ema_decay: float = 0.999
+  grad_accum_steps: int = 1
+  log_every: int = 10
+  checkpoint_every: int = 500
+  keep_checkpoints: int = 3
+  eval_every: int = 0
+  async_checkpoints: bool = True
+  progress_bar: bool = True
+
+  def __post_init__(self):
+    for name in ("num_steps", "grad_accum_steps", "log_every", "checkpoint_every"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} = {getattr(self, name)} must be at least 1")
+    if not 0.0 <= self.ema_decay < 1.0:
+      raise ValueError(f"ema_decay = {self.ema_decay} must be in [0, 1)")
+
+
+# Config keys that may change between a run and its resumption: bookkeeping that does not change
+# what is computed, the mesh (restoring onto another mesh is supported) and the sampler settings
+# (used by generation only). A name matches a top-level section or a last key.
+RESUMABLE_CHANGES = ("name", "mesh", "sample", "log_every", "checkpoint_every",
+                     "keep_checkpoints", "eval_every", "async_checkpoints", "progress_bar")
+
+
+class NonFiniteError(FloatingPointError):
+  """A step produced a non-finite loss or gradient norm."""
+
+
+class ConfigChangedError(ValueError):
+  """The workdir holds checkpoints written under a different config."""
+
+
+@dataclasses.dataclass
+class StageResult:
+  """How `train_stage` ended: "done", "skipped" (trained before) or "preempted" (saved, stopped)."""
+  name: str
+  status: Literal["done", "skipped", "preempted"]
+  step: int
+  state: TrainState | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Config snapshots.
+
+
+def _jsonable(value: Any) -> Any:
+  if dataclasses.is_dataclass(value):
+    return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+  if isinstance(value, dict):
+    return {str(k): _jsonable(v) for k, v in sorted(value.items())}
+  if isinstance(value, (tuple, list)):
+    return [_jsonable(v) for v in value]
+  return value
+
+
+def experiment_json(experiment: experiment_lib.Experiment) -> dict[str, Any]:
+  """The typed experiment as JSON: every section with its defaults filled in."""
+  return {"name": experiment.name, "seed": experiment.seed, "stages": list(experiment.stages),
+          **{key: _jsonable(section) for key, section in sorted(experiment.sections.items())}}
+
+
+def _flatten(tree: Any, prefix: str = "config") -> dict[str, Any]:
+  if isinstance(tree, dict):
+    flat = {}
+    for key, value in tree.items():
+      flat.update(_flatten(value, f"{prefix}.{key}"))
+    return flat
+  return {prefix: tree}
+
+
+def _schedule_ignores_num_steps(train_config: Any) -> bool:
+  """True when the learning-rate schedule does not depend on num_steps (so it may grow)."""
+  return isinstance(train_config, dict) and (
+      train_config.get("schedule") == "constant" or train_config.get("decay_steps") is not None)
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+  """"config.key: old -> new" for each difference that matters for resuming.
+
+  Bookkeeping keys (`RESUMABLE_CHANGES`) and the mesh may change; so may a stage's num_steps
+  when its schedule does not depend on it (constant, or an explicit decay_steps).
+  """
+  current = json.loads(json.dumps(current))
+  old, new = _flatten(saved), _flatten(current)
+  differences = []
+  for key in sorted(set(old) | set(new)):
+    parts = key.split(".")
+    if any(part in RESUMABLE_CHANGES for part in parts[1:2] + parts[-1:]):
+      continue
+    if parts[1] == "train" and parts[-1] == "num_steps" and len(parts) == 4:
+      stage = parts[2]
+      if all(_schedule_ignores_num_steps(c.get("train", {}).get(stage)) for c in (saved, current)):
+        continue
+    if old.get(key, "<absent>") != new.get(key, "<absent>"):
+      differences.append(f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}")
+  return differences
+
+
+# ---------------------------------------------------------------------------------------------
+# Preemption.
+
+
+class _PreemptionWatch:
+  """Turns SIGTERM into a request to save and stop at the next step boundary.
+
+  With several processes, JAX's preemption service (started by `jax.distributed.initialize`)
+  catches the signal and `reached_preemption_sync_point` makes all processes stop at the same
+  step; a single process uses its own SIGTERM handler.
+  """
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+    self._installed = False
+    self._service_missing = False
+
+  def __enter__(self) -> _PreemptionWatch:
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      self._installed = True
+    return self
+
+  def _handle(self, signum, frame) -> None:
+    del signum, frame
+    logging.warning("SIGTERM received: saving a checkpoint at the end of this step, then stopping")
+    self.requested = True
+
+  def should_stop(self, step: int) -> bool:
+    if jax.process_count() > 1 and not self._service_missing:
+      try:
+        return multihost_utils.reached_preemption_sync_point(step)
+      except RuntimeError as error:  # jax_enable_preemption_service was turned off
+        logging.warning("no preemption sync across processes (%s): SIGTERM will not save", error)
+        self._service_missing = True
+    return self.requested
+
+  def __exit__(self, *exc_info) -> None:
+    if self._installed:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage loop.
+
+
+def _batch_signature(batch: dict[str, jax.Array]) -> tuple:
+  return tuple((name, value.shape, str(value.dtype)) for name, value in sorted(batch.items()))
+
+
+def _log_memory(compiled: Any, signature: tuple, seconds: float) -> None:
+  shapes = ", ".join(f"{name}{list(shape)}" for name, shape, _ in signature)
+  analysis = compiled.memory_analysis()
+  if analysis is None:
+    logging.info("compiled the train step for %s in %.1fs", shapes, seconds)
+    return
+  mib = lambda n: f"{n / 2**20:.1f} MiB"
+  logging.info("compiled the train step for %s in %.1fs; per device: arguments %s, outputs %s, "
+               "temporaries %s, aliased (donated) %s, code %s", shapes, seconds,
+               mib(analysis.argument_size_in_bytes), mib(analysis.output_size_in_bytes),
+               mib(analysis.temp_size_in_bytes), mib(analysis.alias_size_in_bytes),
+               mib(analysis.generated_code_size_in_bytes))
+
+
+class _StepCompiler:
+  """Compiles the train step once per distinct batch signature, ahead of running it."""
+
+  def __init__(self, step_fn, state_shardings: Any, mesh: jax.sharding.Mesh):
+    self._step_fn = step_fn
+    self._state_shardings = state_shardings
+    self._replicated = NamedSharding(mesh, PartitionSpec())
+    self._compiled: dict[tuple, Any] = {}
+
+  def __call__(self, state: TrainState, batch: dict[str, jax.Array]) -> Any:
+    signature = _batch_signature(batch)
+    if signature not in self._compiled:
+      start = time.perf_counter()
+      batch_shardings = {name: value.sharding for name, value in batch.items()}
+      jitted = jax.jit(self._step_fn, in_shardings=(self._state_shardings, batch_shardings),
+                       out_shardings=(self._state_shardings, self._replicated),
+                       donate_argnums=(0,))
+      compiled = jitted.lower(state, batch).compile()
+      _log_memory(compiled, signature, time.perf_counter() - start)
+      self._compiled[signature] = compiled
+    return self._compiled[signature]
+
+  @property
+  def num_compiled(self) -> int:
+    return len(self._compiled)
+
+
+def _check_finite(name: str, step: int, metrics: dict[str, float],
+                  checkpointer: checkpointing.Checkpointer) -> None:
+  loss, grad_norm = metrics["loss"], metrics["grad_norm"]
+  if np.isfinite(loss) and np.isfinite(grad_norm):
+    return
+  checkpointer.wait()
+  last = checkpointer.latest_step()
+  kept = (f"the last good checkpoint is step {last} in {checkpointer.directory}" if last is not None
+          else "no checkpoint was saved yet")
+  raise NonFiniteError(
+      f"stage {name}: non-finite {'loss' if not np.isfinite(loss) else 'gradient'} at step {step} "
+      f"(loss={loss}, grad_norm={grad_norm}); the run stopped and {kept}. Lower "
+      f"config.train.{name}.learning_rate or clip harder (clip_grad_norm), then run the same "
+      f"command to resume from that checkpoint")
+
+
+def train_stage(stage: stage_lib.Stage, experiment: experiment_lib.Experiment, workdir: str, *,
+                mesh: jax.sharding.Mesh, writer: metrics_lib.MetricWriter | None = None,
+                allow_config_change: bool = False) -> StageResult:
+  """Trains one stage to `config.train.<stage>.num_steps`, resuming from its checkpoints.
+
+  Args:
+    stage: what to train.
+    experiment: the validated experiment (its `train[stage.name]` config is used).
+    workdir: the run's directory; checkpoints go to WORKDIR/checkpoints/<stage>/.
+    mesh: the device mesh.
+    writer: where metrics go (default: a new `MetricWriter(workdir)`).
+    allow_config_change: resume even if the checkpoint's config differs from this one.
+
+  Returns:
+    How the stage ended, with the final state ("done" and "preempted").
+
+  Raises:
+    NonFiniteError: a step had a non-finite loss or gradient.
+    ConfigChangedError: the checkpoints were written under another config.
+    checkpointing.CheckpointRestoreError: there are checkpoints but none restores.
+  """
+  name = stage.name
+  config: TrainConfig = experiment.train[name]
+  rules = experiment.sections.get("mesh", mesh_lib.MeshConfig()).rules
+  own_writer = writer is None
+  writer = metrics_lib.MetricWriter(workdir) if writer is None else writer
+  checkpointer = checkpointing.Checkpointer(
+      f"{workdir}/checkpoints/{name}", keep=config.keep_checkpoints,
+      async_save=config.async_checkpoints)
+  current_config = experiment_json(experiment)
+  progress = None
+
+  def check_config(saved: dict[str, Any]) -> None:
+    differences = config_differences(saved, current_config)
+    if not differences:
+      return
+    listed = "; ".join(differences[:12]) + ("; ..." if len(differences) > 12 else "")
+    if allow_config_change:
+      logging.warning("stage %s: resuming under a changed config (--allow_config_change): %s",
+                      name, listed)
+      return
+    raise ConfigChangedError(
+        f"{workdir} holds checkpoints of stage {name} made with a different config: {listed}. "
+        f"Use a new --workdir, or pass --allow_config_change to resume under the new config")
+
+  try:
+    latest = checkpointer.latest_step()
+    if latest is not None and latest >= config.num_steps:
+      try:
+        saved_config = checkpointer.read_config(latest)
+      except checkpointing.RESTORE_ERRORS:
+        saved_config = None  # damaged: the restore below falls back past it
+      if saved_config is not None:
+        check_config(saved_config)
+        logging.info("stage %s: already trained (checkpoint at step %d >= num_steps=%d); skipping",
+                     name, latest, config.num_steps)
+        return StageResult(name, "skipped", latest)
+
+    # 1. The model, initialised directly into its shardings.
+    tx = train_state_lib.make_optimizer(config)
+    # Keys distinct per stage and fixed by the experiment seed, derived inside the jitted init.
+    stage_salt = zlib.crc32(name.encode()) & 0x7FFFFFFF
+    init = lambda: train_state_lib.init_train_state(stage, tx, experiment.seed, stage_salt)
+    abstract_state = jax.eval_shape(init)
+    state_shardings = sharding_lib.tree_shardings(abstract_state, mesh, rules)
+    state = jax.jit(init, out_shardings=state_shardings)()
+    graphdef, _, _ = train_state_lib.abstract_model(stage)
+    full = stage.load_frozen(nnx.merge_state(state.params, state.frozen), workdir)
+    _, frozen = nnx.split_state(full, stage.trainable, ...)
+    state = state.replace(frozen=frozen)
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    logging.info("stage %s: %d trainable parameters; mesh %s; parameters + optimizer state + EMA "
+                 "take %.2f MiB per device", name, num_params, mesh_lib.describe(mesh),
+                 sharding_lib.bytes_per_device(state) / 2**20)
+
+    # 2. Resume.
+    iterator = stage.make_iterator(mesh=mesh, seed=experiment.seed, workdir=workdir)
+    target = sharding_lib.with_shardings(abstract_state, state_shardings).checkpoint_tree()
+    restored = checkpointer.restore_latest(target, check_config=check_config)
+    if restored is not None:
+      state = TrainState.from_checkpoint_tree(restored.state)
+      iterator.set_state(restored.data)
+      writer.resume(name, restored.step)
+      logging.info("stage %s: resumed from step %d", name, restored.step)
+    step = int(state.step)
+    if step >= config.num_steps:
+      return StageResult(name, "skipped", step, state)
+
+    # 3. The loop.
+    step_fn = train_state_lib.make_train_step(stage, graphdef, tx, config, mesh=mesh, rules=rules)
+    compiler = _StepCompiler(step_fn, state_shardings, mesh)
+    progress = tqdm.tqdm(total=config.num_steps, initial=step, desc=f"train {name}", unit="step",
+                         disable=not (multihost.is_primary() and config.progress_bar),
+                         dynamic_ncols=True, mininterval=1.0)
+    pending: list[tuple[int, dict[str, jax.Array]]] = []
+    # Steps/s between logged steps, from the step count and the wall clock (reset after a compile).
+    timer = {"time": time.perf_counter(), "step": step}
+
+    def drain() -> None:
+      """Fetches the metrics of finished steps, checks them and logs the due ones."""
+      for done_step, device_metrics in pending:
+        values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+        _check_finite(name, done_step, values, checkpointer)
+        progress.update(1)
+        if done_step % config.log_every == 0 or done_step == config.num_steps:
+          now = time.perf_counter()
+          if done_step > timer["step"]:
+            values["steps_per_second"] = (done_step - timer["step"]) / (now - timer["time"])
+          timer.update(time=now, step=done_step)
+          writer.write(name, done_step, values)
+          progress.set_postfix(loss=f"{values['loss']:.4g}", refresh=False)
+      pending.clear()
+
+    status = "done"
+    with _PreemptionWatch() as preemption:
+      while step < config.num_steps:
+        batch = next(iterator)
+        compiled_before = compiler.num_compiled
+        compiled = compiler(state, batch)
+        if compiler.num_compiled != compiled_before:
+          drain()
+          timer.update(time=time.perf_counter(), step=step)  # keep compilation out of steps/s
+        state, step_metrics = compiled(state, batch)
+        step += 1
+        drain()  # the previous step's metrics: this one is already queued behind it
+        pending.append((step, step_metrics))
+        stopping = preemption.should_stop(step)
+        save_now = stopping or step % config.checkpoint_every == 0 or step == config.num_steps
+        evaluate_now = config.eval_every > 0 and step % config.eval_every == 0
+        if save_now or evaluate_now:
+          drain()  # never save or evaluate a state whose loss was not checked
+        if evaluate_now:
+          model = nnx.merge(graphdef, state.ema_params, state.frozen)
+          scores = stage.evaluate(model, step, workdir)
+          if scores:
+            writer.write(name, step, {f"eval/{k}": v for k, v in scores.items()})
+        if save_now:
+          checkpointer.save(step, state.checkpoint_tree(), iterator.get_state(), current_config)
+        if stopping:
+          logging.warning("stage %s: stopped by preemption at step %d after saving; run the same "
+                          "command to resume", name, step)
+          status = "preempted"
+          break
+      drain()
+    checkpointer.wait()
+    writer.flush()
+    return StageResult(name, status, step, state)
+  finally:
+    if progress is not None:
+      progress.close()
+    checkpointer.close()
+    if own_writer:
+      writer.close()
+
+
+def load_model(experiment: experiment_lib.Experiment, workdir: str, stage_name: str, *,
+               mesh: jax.sharding.Mesh | None = None, use_ema: bool = True,
+               step: int | None = None) -> tuple[nnx.Module, int]:
+  """A trained stage's model from WORKDIR/checkpoints/<stage>/, sharded over `mesh`.
+
+  For generation, evaluation and export. Only the (EMA) parameters and the frozen variables are
+  read from the checkpoint; the optimizer state stays on disk.
+
+  Args:
+    experiment: the validated experiment the workdir was trained with.
+    workdir: the run's directory.
+    stage_name: which stage's model.
+    mesh: where to place it (default: the mesh of `config.mesh` over all devices).
+    use_ema: the EMA parameters (default) or the raw ones.
+    step: which checkpoint (default: the latest).
+
+  Returns:
+    (model, step of the checkpoint it came from).
+
+  Raises:
+    FileNotFoundError: the stage has no checkpoint in `workdir`.
+  """
+  stage = stages_lib.make_stage(stage_name, experiment)
+  if mesh is None:
+    mesh = mesh_lib.create_mesh(experiment.sections.get("mesh", mesh_lib.MeshConfig()))
+  rules = experiment.sections.get("mesh", mesh_lib.MeshConfig()).rules
+  checkpointer = checkpointing.Checkpointer(f"{workdir}/checkpoints/{stage_name}",
+                                            read_only=True)
+  try:
+    step = checkpointer.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint of stage {stage_name} in {workdir}/checkpoints: "
+                              f"train it first (python -m videogen.main train ...)")
+    graphdef, abstract_params, abstract_frozen = train_state_lib.abstract_model(stage)
+    parts = {"ema_params" if use_ema else "params": abstract_params, "frozen": abstract_frozen}
+    target = {name: sharding_lib.with_shardings(tree, sharding_lib.tree_shardings(tree, mesh, rules))
+              for name, tree in parts.items()}
+    restored = checkpointer.restore_subtrees(step, target)
+    params = restored["ema_params" if use_ema else "params"]
+    frozen = restored["frozen"]
+    return nnx.merge(graphdef, params, frozen), step
+  finally:
+    checkpointer.close()
+
+
+def train(experiment: experiment_lib.Experiment, workdir: str, *, allow_config_change: bool = False,
+          devices: list[jax.Device] | None = None) -> list[StageResult]:
+  """Trains every stage of `experiment.stages` in order; stops after a preempted stage.
+
+  Args:
+    experiment: the validated experiment.
+    workdir: the run's directory (created if missing).
+    allow_config_change: resume checkpoints written under a different config.
+    devices: the devices of the mesh (default: all).
+  """
+  mesh = mesh_lib.create_mesh(experiment.sections.get("mesh", mesh_lib.MeshConfig()), devices)
+  logging.info("mesh: %s", mesh_lib.describe(mesh))
+  writer = metrics_lib.MetricWriter(workdir)
+  results = []
+  try:
+    for name in experiment.stages:
+      stage = stages_lib.make_stage(name, experiment)
+      result = train_stage(stage, experiment, workdir, mesh=mesh, writer=writer,
+                           allow_config_change=allow_config_change)
+      results.append(dataclasses.replace(result, state=None))
+      if result.status == "preempted":
+        break
+  finally:
+    writer.close()
+  return results
+
+
+def command(experiment: experiment_lib.Experiment, workdir: str | None) -> int:
+  """`python -m videogen.main train`: reads the multi-host and resume flags, then trains.
+
+  Exit codes: 0 trained (or preempted after a save: rerun to resume), 1 non-finite loss,
+  2 config changed or checkpoints unreadable.
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  values = flags.FLAGS
+  flag = lambda key, default=None: values[key].value if key in values else default
+  if not workdir:
+    print("train needs --workdir=DIR (checkpoints and metrics go there)", file=sys.stderr)
+    return 2
+  multihost.initialize(flag("coordinator_address"), flag("num_processes"), flag("process_id"))
+  multihost.quiet_secondary_logging()
+  try:
+    results = train(experiment, workdir, allow_config_change=bool(flag("allow_config_change",
+                                                                      False)))
+  except (NonFiniteError, ConfigChangedError, checkpointing.CheckpointRestoreError) as error:
+    logging.error("%s", error)
+    print(f"error: {error}", file=sys.stderr)
+    return 1 if isinstance(error, NonFiniteError) else 2
+  for result in results:
+    logging.info("stage %s: %s at step %d", result.name, result.status, result.step)
+  return 0
