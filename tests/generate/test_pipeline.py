@@ -1,0 +1,330 @@
+"""videogen/generate/pipeline.py: shapes, windows, determinism, conditioning, loading a workdir."""
+
+import logging
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import ml_collections
+from absl.testing import flagsaver
+from flax import nnx
+
+import videogen.main  # noqa: F401  (defines the generate command's flags)
+
+from data_pipelines import loader
+from data_pipelines import tokenizer as tokenizer_lib
+from data_pipelines import video_io
+from videogen import config as config_lib
+from videogen import experiment as experiment_lib
+from videogen.diffusion import flow
+from videogen.generate import command
+from videogen.generate import pipeline
+from videogen.parallel import mesh as mesh_lib
+from videogen.train import checkpointing
+from videogen.train import dit_stage
+from videogen.train import trainer
+
+
+@pytest.mark.parametrize("frames, continuing, expected", [
+    (9, False, 9), (8, False, 9), (10, False, 11), (1, False, 1), (0, False, 1), (2, False, 3),
+    (4, True, 4), (5, True, 6), (1, True, 2), (0, True, 2),
+])
+def test_round_frames_picks_the_nearest_valid_count(frames, continuing, expected, caplog):
+  with caplog.at_level(logging.WARNING):
+    assert pipeline.round_frames(frames, 2, continuing=continuing) == expected
+  assert ("generating" in caplog.text) == (frames != expected)
+
+
+def test_round_frames_with_temporal_factor_four():
+  assert pipeline.round_frames(16, 4, continuing=False) == 17
+  assert pipeline.round_frames(14, 4, continuing=False) == 13
+  assert pipeline.round_frames(7, 4, continuing=True) == 8
+
+
+def test_round_size():
+  assert pipeline.round_size(16, 4, "height") == 16
+  assert pipeline.round_size(18, 4, "height") == 20
+  assert pipeline.round_size(17, 4, "height") == 16
+  assert pipeline.round_size(1, 4, "width") == 4
+
+
+@pytest.mark.parametrize("total, window, overlap, history, suffix", [
+    (5, 5, 2, 0, 0), (9, 5, 2, 0, 0), (8, 5, 2, 0, 0), (3, 5, 2, 3, 0), (10, 5, 2, 3, 1),
+    (2, 5, 2, 4, 1), (7, None, 2, 0, 1), (12, 4, 1, 1, 2), (1, 5, 2, 0, 1),
+])
+def test_plan_windows_properties(total, window, overlap, history, suffix):
+  windows = pipeline.plan_windows(total, window=window, overlap=overlap, history=history,
+                                  suffix=suffix)
+  assert sum(w.new for w in windows) == total
+  assert all(w.new >= 1 for w in windows)
+  assert [w.suffix for w in windows] == [0] * (len(windows) - 1) + [suffix]
+  if window is not None:
+    assert all(w.total <= window for w in windows)
+    if len(windows) > 1 and not suffix:  # the last window is padded to the shape of the others
+      assert windows[-1].total == window
+  assert all(w.extra == 0 for w in windows[:-1])
+  available = history
+  for w in windows:
+    assert w.context == min(overlap, available)
+    available += w.new
+
+
+def test_plan_windows_exact():
+  # 15 frames at F = 2 are 8 latent frames: a full first window, then 3 new after 2 given.
+  assert pipeline.plan_windows(8, window=5, overlap=2, history=0, suffix=0) == [
+      pipeline.Window(0, 5, 0), pipeline.Window(2, 3, 0)]
+  assert pipeline.plan_windows(4, window=None, overlap=2, history=3, suffix=1) == [
+      pipeline.Window(2, 4, 1)]
+  # 17 frames are 9 latent frames: the last window makes 1 frame and 2 that are dropped.
+  assert pipeline.plan_windows(9, window=5, overlap=2, history=0, suffix=0) == [
+      pipeline.Window(0, 5, 0), pipeline.Window(2, 3, 0), pipeline.Window(2, 1, 0, extra=2)]
+  assert pipeline.plan_windows(9, window=5, overlap=2, history=0, suffix=0, pad_last=False)[
+      -1] == pipeline.Window(2, 1, 0)
+
+
+def test_plan_windows_rejects_a_window_too_small_for_its_given_frames():
+  with pytest.raises(ValueError, match="cannot hold"):
+    pipeline.plan_windows(4, window=3, overlap=2, history=2, suffix=1)
+
+
+def test_window_mask_and_new_pixel_frames():
+  window = pipeline.Window(2, 3, 1)
+  np.testing.assert_array_equal(window.mask(), [True, True, False, False, False, True])
+  np.testing.assert_array_equal(pipeline.Window(1, 1, 1, extra=1).mask(),
+                                [True, False, False, True])
+  assert window.new_pixel_frames(4) == 12
+  assert pipeline.Window(0, 3, 0).new_pixel_frames(4) == 9
+
+
+def test_decode_in_chunks_equals_one_pass(generator):
+  latents = jax.random.normal(jax.random.key(0), (1, 5, 8, 8, 4))
+  chunked = generator.decode(latents)  # chunks of 3 and 2 latent frames
+  graphdef, state = nnx.split(generator.autoencoder)
+
+  @jax.jit
+  def one_pass(state, latents):
+    autoencoder = nnx.merge(graphdef, state)
+    return pipeline.to_uint8(autoencoder.decode(autoencoder.denormalize_latents(latents)))[0]
+
+  whole = np.asarray(one_pass(state, latents))
+  assert chunked.shape == (9, 16, 16, 3) and chunked.dtype == np.uint8
+  assert np.max(np.abs(chunked.astype(int) - whole.astype(int))) <= 1
+  assert np.std(whole) > 5  # a random decoder draws something, not a flat frame
+
+
+def test_same_seed_same_video_and_another_seed_another(generator):
+  first = generator.generate("a red circle moving right", frames=9, seed=1)
+  again = generator.generate("a red circle moving right", frames=9, seed=1)
+  other = generator.generate("a red circle moving right", frames=9, seed=2)
+  assert first.shape == (9, 16, 16, 3) and first.dtype == np.uint8
+  np.testing.assert_array_equal(first, again)
+  assert np.mean(first != other) > 0.1
+
+
+def test_the_prompt_changes_the_video(generator):
+  red = generator.generate("a red circle", frames=9, seed=1)
+  blue = generator.generate("a blue square moving up", frames=9, seed=1)
+  assert np.any(red != blue)
+
+
+@pytest.mark.parametrize("prompt", ["", "   "])
+def test_an_empty_prompt_is_a_clear_error(generator, prompt):
+  with pytest.raises(ValueError, match="prompt is empty"):
+    generator.generate(prompt, frames=9)
+
+
+def test_frames_and_sizes_are_rounded_not_refused(generator, caplog):
+  with caplog.at_level(logging.WARNING):
+    video = generator.generate("a red circle", frames=8, height=15, width=17, seed=0)
+  # 8 -> 9 frames (1 + 2k); 15, 17 -> 16 (a multiple of 2 x 2 x 2: autoencoder and patch).
+  assert video.shape == (9, 16, 16, 3)
+  assert "generating 9 frames" in caplog.text and "using 16" in caplog.text
+
+
+def test_fit_size_defaults_to_the_input_and_keeps_its_aspect_ratio(generator):
+  # Sizes are multiples of 4: the autoencoder halves them, the transformer's patch is 2x2.
+  assert generator.spatial_multiple == (4, 4)
+  assert generator.fit_size(None, None) == (16, 16)  # the default shape
+  assert generator.fit_size(None, None, like=(12, 20)) == (12, 20)
+  assert generator.fit_size(None, 24, like=(12, 20)) == (16, 24)  # 14.4 -> 16
+  assert generator.fit_size(None, 24) == (16, 24)
+
+
+def _record_decodes(generator, monkeypatch):
+  """Makes `generator.decode` keep every latent window it decodes."""
+  decoded = []
+  original = generator.decode
+
+  def recording(latents, **kwargs):
+    decoded.append(np.asarray(latents))
+    return original(latents, **kwargs)
+
+  monkeypatch.setattr(generator, "decode", recording)
+  return decoded
+
+
+def test_long_videos_are_windows_that_continue_each_other(generator, monkeypatch):
+  decoded = _record_decodes(generator, monkeypatch)
+  video = generator.generate("a red circle moving right", frames=17, seed=3)
+  assert video.shape == (17, 16, 16, 3)
+  # 9 latent frames with a 5-frame window: [5 new], [2 given | 3 new], [2 given | 1 new | 2
+  # dropped]: one shape for all three.
+  assert [latents.shape[1] for latents in decoded] == [5, 5, 5]
+  # Each window is given the last 3 frames made so far, encoded as a clip of their own...
+  np.testing.assert_array_equal(decoded[1][:, :2], generator.prefix_latents(video[:9], 2))
+  np.testing.assert_array_equal(decoded[2][:, :2], generator.prefix_latents(video[:15], 2))
+  # ...and keeps only its new frames (after the 1 + 2 given ones).
+  np.testing.assert_array_equal(video[9:15], generator.decode(jnp.asarray(decoded[1]))[3:])
+  np.testing.assert_array_equal(video[15:], generator.decode(jnp.asarray(decoded[2]))[3:5])
+
+
+class CopyGivenFrames(nnx.Module):
+  """A stand-in network whose prediction of the clean latents is the mean of the given frames.
+
+  Given frames are the ones fed at timestep 0; the velocity (x - x0) / t then carries every
+  other frame exactly onto that mean with Euler steps, so the result shows which latents were
+  given, and where.
+  """
+
+  def __init__(self, config):
+    self.config = config
+
+  def __call__(self, latents, timesteps, context, context_mask, pooled):
+    given = (timesteps == 0).astype(jnp.float32)[..., None, None, None]  # [B, t, 1, 1, 1]
+    target = jnp.sum(latents * given, axis=1, keepdims=True) / jnp.maximum(
+        jnp.sum(given, axis=1, keepdims=True), 1.0)
+    t = timesteps[..., None, None, None]
+    return jnp.where(t > 0, (latents - target) / jnp.maximum(t, 1e-6), 0.0)
+
+
+@pytest.fixture(scope="module")
+def copying_generator(generator):
+  return pipeline.Generator(
+      autoencoder=generator.autoencoder, text_encoder=generator.text_encoder,
+      dit=CopyGivenFrames(generator.dit.config), tokenizer=generator.tokenizer,
+      flow_config=generator.flow_config, sample_config=generator.sample_config,
+      window_frames=9, default_shape=(9, 16, 16), chunk_latent_frames=3, progress=False)
+
+
+def test_given_frames_are_held_at_timestep_zero_where_they_belong(copying_generator, clip,
+                                                                   monkeypatch):
+  decoded = _record_decodes(copying_generator, monkeypatch)
+  before, after = clip[:5], clip[4:][::-1]
+  new = copying_generator.generate("a red circle", frames=4, before=before, after=after, seed=0)
+  (latents,) = decoded
+  assert latents.shape[1] == 5  # [2 given | 2 new | 1 given]
+  prefix = np.asarray(copying_generator.prefix_latents(before, 2))
+  suffix = np.asarray(copying_generator.suffix_latents(after, 1))
+  np.testing.assert_array_equal(latents[:, :2], prefix)
+  np.testing.assert_array_equal(latents[:, 4:], suffix)
+  given_mean = np.concatenate([prefix, suffix], axis=1).mean(axis=1)
+  np.testing.assert_allclose(latents[:, 2], given_mean, atol=1e-4)
+  np.testing.assert_allclose(latents[:, 3], given_mean, atol=1e-4)
+  # The new pixel frames are the 4 decoded after the 1 + 2 given ones.
+  np.testing.assert_array_equal(new, copying_generator.decode(jnp.asarray(latents))[3:7])
+
+
+def test_prefix_latents_are_the_start_of_a_clip(generator, clip):
+  """A causal encoder: the last 3 frames encoded alone are a clip's first 2 latent frames."""
+  np.testing.assert_allclose(generator.prefix_latents(clip, 2), generator.encode(clip[-3:]))
+  assert not np.allclose(generator.prefix_latents(clip, 2), generator.encode(clip[:3]))
+
+
+def test_edit_at_low_strength_stays_near_the_input(generator, clip):
+  reconstruction = generator.decode(generator.encode(clip)).astype(float)
+  light = generator.generate("a red circle", edit_source=clip, strength=0.05, seed=0)
+  full = generator.generate("a red circle", edit_source=clip, strength=1.0, seed=0)
+  assert light.shape == clip.shape
+  assert np.mean(np.abs(light - reconstruction)) < 0.5 * np.mean(np.abs(full - reconstruction))
+
+
+def test_edit_of_a_short_input_edits_what_there_is(generator, clip, caplog):
+  with caplog.at_level(logging.WARNING):
+    video = generator.generate("a red circle", edit_source=clip, frames=11, seed=0)
+  assert video.shape == (9, 16, 16, 3)
+  assert "editing 9 frames: the input has 9" in caplog.text
+
+
+def test_edit_strength_out_of_range_is_a_clear_error(generator, clip):
+  with pytest.raises(ValueError, match="strength"):
+    generator.generate("a red circle", edit_source=clip, strength=0.0)
+
+
+def _tiny_experiment(model_configs, sample_config, max_tokens):
+  config = ml_collections.ConfigDict()
+  config.name, config.seed, config.stages = "generate_test", 0, ("dit",)
+  for name, section in model_configs.items():
+    config[name] = config_lib.to_config_dict(section)
+  config.diffusion = config_lib.to_config_dict(flow.FlowConfig())
+  config.sample = config_lib.to_config_dict(sample_config)
+  config.tokenizer = config_lib.to_config_dict(
+      tokenizer_lib.TokenizerConfig(vocab_size=300, max_length=max_tokens))
+  config.data = config_lib.to_config_dict(loader.DataConfig(buckets=("9x16x16:8",)))
+  config.mesh = config_lib.to_config_dict(mesh_lib.MeshConfig(data=1, fsdp=4, tensor=2))
+  config.train = ml_collections.ConfigDict()
+  config.train.dit = config_lib.to_config_dict(trainer.TrainConfig(num_steps=1))
+  return experiment_lib.validate(config)
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory, make_generator, model_configs, generator):
+  """A workdir as the trainer leaves it: WORKDIR/checkpoints/dit/<step> and the tokenizer.
+
+  Its EMA weights are the session generator's models; its raw (non-EMA) weights are zeros, so
+  a load that restored the wrong ones would generate another video.
+  """
+  workdir = tmp_path_factory.mktemp("workdir")
+  experiment = _tiny_experiment(model_configs, generator.sample_config,
+                                generator.tokenizer.max_length)
+  stage = dit_stage.DiTStage(experiment)
+  with nnx.use_eager_sharding(False):
+    model = nnx.eval_shape(lambda: stage.create_model(nnx.Rngs(0)))
+  fresh = make_generator()
+  model.autoencoder, model.text_encoder, model.dit = (fresh.autoencoder, fresh.text_encoder,
+                                                      fresh.dit)
+  _, ema_params, frozen = nnx.split(model, stage.trainable, ...)
+  state = {"step": jnp.asarray(7, jnp.int32), "params": jax.tree.map(jnp.zeros_like, ema_params),
+           "frozen": frozen, "opt_state": {"count": jnp.zeros((), jnp.int32)},
+           "ema_params": ema_params, "rng": jax.random.key_data(jax.random.key(0))}
+  checkpointer = checkpointing.Checkpointer(pipeline.checkpoint_dir(workdir, "dit"),
+                                            async_save=False)
+  checkpointer.save(7, state, {}, trainer.experiment_json(experiment))
+  checkpointer.close()
+  generator.tokenizer.save(pipeline.tokenizer_path(str(workdir)))
+  return str(workdir)
+
+
+def test_load_restores_the_ema_weights_onto_a_mesh(trained_workdir, generator, devices,
+                                                   monkeypatch, tmp_path, capsys):
+  # FSDP x tensor over 4 of the 8 devices: every device runs the whole (tiny) model on this
+  # 2-core machine, so more devices only cost time.
+  mesh = mesh_lib.create_mesh(mesh_lib.MeshConfig(data=1, fsdp=2, tensor=2), devices[:4])
+  loaded = pipeline.load(trained_workdir, mesh=mesh, progress=False)  # the saved experiment
+  for kernel in (loaded.dit.blocks.mlp.up.kernel, loaded.autoencoder.decoder.conv_in.kernel):
+    assert len(kernel.sharding.device_set) == 4 and not kernel.sharding.is_fully_replicated
+  assert loaded.default_shape == (9, 16, 16) and loaded.window_latents == 5
+  assert loaded.sample_config == generator.sample_config
+  expected = generator.generate("a red circle moving right", frames=9, seed=4)
+  video = loaded.generate("a red circle moving right", frames=9, seed=4)
+  assert np.max(np.abs(video.astype(int) - expected.astype(int))) <= 1
+
+  # The command on that workdir: the same video, written as .mp4 and .gif, and its speed.
+  monkeypatch.setattr(pipeline, "load", lambda workdir, experiment: loaded)
+  out = tmp_path / "red.mp4"
+  with flagsaver.flagsaver(prompt="a red circle moving right", out=str(out), frames=9, seed=4):
+    assert command.command(None, trained_workdir) == 0
+  assert "real-time factor" in capsys.readouterr().out
+  assert video_io.read_video(out.with_suffix(".gif"))[0].shape == (9, 16, 16, 3)
+
+
+def test_load_names_what_is_missing(trained_workdir, tmp_path):
+  with pytest.raises(FileNotFoundError, match="no diffusion-transformer .* train it first"):
+    pipeline.load(str(tmp_path))
+  workdir = tmp_path / "copy"
+  shutil.copytree(trained_workdir, workdir)
+  os.remove(pipeline.tokenizer_path(str(workdir)))
+  with pytest.raises(FileNotFoundError, match="tokenizer .* is missing"):
+    pipeline.load(str(workdir), progress=False)

@@ -1,0 +1,683 @@
+"""The generation pipeline: prompt -> uint8 video [T, H, W, 3], from modules or a trained workdir.
+
+    generator = pipeline.load("runs/tiny")                 # restores the dit stage's EMA weights
+    frames = generator.generate("a red circle moving right", frames=17, height=32, width=32)
+
+`Generator` holds the models in memory (the autoencoder, the text encoder, the diffusion
+transformer) with the tokenizer and the configs; tests build it from tiny randomly initialised
+modules, `load` builds it from a workdir's checkpoints onto any mesh. The user-facing modes
+(text-to-video, image-to-video, extension, loops, connecting clips, editing) live in
+`videogen.generate.modes` and are thin layers over `Generator.generate`, the one mechanism:
+
+    [ given prefix | new latent frames | given suffix ]      one sampling window
+
+Given latent frames are held clean at timestep 0 while the others are denoised
+(`samplers.sample(cond_latents=..., cond_mask=...)`, as in training's frame conditioning). The
+given frames always come from *pixels* (`before`, the frames the new ones continue; `after`, the
+frames they lead into), encoded as follows:
+
+  prefix  the last 1 + F (c - 1) frames of `before`, encoded as a clip of their own -> c latents.
+          The autoencoder is causal, so these are exactly the latents the start of a clip has:
+          latent 0 a lone frame, then groups of F frames; this is what training's "first" and
+          "prefix" modes show the model.
+  suffix  the first c F frames of `after`, behind one copy of its first frame, encoded -> latents
+          1..c (by causality, the same as encoding that copy followed by the whole clip). In the
+          final video these groups follow generated frames, whereas the encoder saw the clip's
+          first frame held still before them (the causal padding of any clip's start): an
+          approximation confined to the encoder's receptive field, at the seam only.
+
+Windows. A video longer than the model's window (`window_frames`, by default the longest training
+clip) is made window by window: each next window is given the last `overlap` latent frames of
+what exists so far (re-encoded from its decoded pixels, so the given frames sit where the model
+saw them in training: latent 0 a lone frame) and generates the rest of its window. Only the last
+window holds the suffix; a last window without one is filled up to the full window with frames
+that are then dropped, so every window runs the same compiled shape. Each window is decoded
+whole (its given frames are the causal decoder's past) and only its new frames are kept, so the
+caller's given pixel frames appear verbatim in the final video and the seams are the only new
+content.
+
+Compilation. The networks are jitted once with their parameters as arguments, so a shape is
+compiled once and reused by every later request of that shape (`samplers.sample(jit=False)`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+from absl import logging
+from flax import nnx
+
+from videogen.diffusion import conditioning as conditioning_lib
+from videogen.diffusion import flow
+from videogen.diffusion import samplers
+
+# Frames per second written when the experiment does not say (the procedural world's rate).
+DEFAULT_FPS = 8.0
+# Latent frames given from `before` (prefix) and `after` (suffix) unless the caller says otherwise.
+# Two prefix latents carry 1 + F frames, enough to show the model the motion it must continue.
+DEFAULT_OVERLAP = 2
+DEFAULT_SUFFIX_OVERLAP = 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Shapes: rounding to what the autoencoder and the transformer accept, and the window plan.
+# ------------------------------------------------------------------------------------------------
+
+
+def round_frames(frames: int, temporal_factor: int, *, continuing: bool,
+                 what: str = "frames") -> int:
+  """The valid frame count nearest to `frames`, with a logged warning when it differs.
+
+  A fresh clip starts with a frame encoded alone, so it has 1 + F k frames (k >= 0); frames that
+  continue a clip come in whole groups of F (F k, k >= 1).
+
+  Args:
+    frames: the requested count.
+    temporal_factor: F, the autoencoder's temporal compression.
+    continuing: whether the frames continue existing ones.
+    what: how the count is called in the warning (e.g. "--frames").
+  """
+  if continuing:
+    groups = max(1, math.floor(frames / temporal_factor + 0.5))
+    valid = temporal_factor * groups
+    form = f"a multiple of {temporal_factor}"
+  else:
+    groups = max(0, math.floor((frames - 1) / temporal_factor + 0.5))
+    valid = 1 + temporal_factor * groups
+    form = f"1 + {temporal_factor}k"
+  if valid != frames:
+    logging.warning("%s = %d is not %s (the autoencoder's temporal compression is %d): "
+                    "generating %d frames instead", what, frames, form, temporal_factor, valid)
+  return valid
+
+
+def round_size(size: int, multiple: int, what: str) -> int:
+  """`size` rounded to the nearest positive multiple of `multiple`, warning when it changes."""
+  valid = max(multiple, multiple * math.floor(size / multiple + 0.5))
+  if valid != size:
+    logging.warning("%s = %d is not a multiple of %d (autoencoder downsampling x transformer "
+                    "patch): using %d", what, size, multiple, valid)
+  return valid
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+  """One sampling call, in latent frames: [context | new | extra | suffix].
+
+  Attributes:
+    context: latent frames given at the start (the end of what exists); 0 starts a fresh clip.
+    new: latent frames generated and kept.
+    suffix: latent frames given at the end (the start of what must follow).
+    extra: latent frames generated after the new ones and dropped: they pad the last window of a
+      long video to the full window, so that it reuses the compiled shape of the others.
+  """
+  context: int
+  new: int
+  suffix: int
+  extra: int = 0
+
+  @property
+  def total(self) -> int:
+    return self.context + self.new + self.extra + self.suffix
+
+  def mask(self) -> np.ndarray:
+    """bool [total], True at the given frames."""
+    frames = np.arange(self.total)
+    return (frames < self.context) | (frames >= self.total - self.suffix)
+
+  def new_pixel_frames(self, temporal_factor: int) -> int:
+    """Pixel frames the new latents decode to: F per latent, plus the lone first frame of a
+    fresh clip."""
+    if self.context:
+      return temporal_factor * self.new
+    return 1 + temporal_factor * (self.new - 1)
+
+
+def plan_windows(new_latent_frames: int, *, window: int | None, overlap: int,
+                 history: int, suffix: int, pad_last: bool = True) -> list[Window]:
+  """Splits a generation of `new_latent_frames` into sampling windows.
+
+  Args:
+    new_latent_frames: latent frames to generate in all (>= 1).
+    window: the most latent frames one sampling call holds; None = everything in one call.
+    overlap: latent frames each window is given from the end of what exists (>= 1).
+    history: latent frames that exist before the first window (0 for a fresh clip).
+    suffix: latent frames given at the end of the last window.
+    pad_last: when there are several windows and the last has no suffix, fill it up to the
+      window with `extra` frames (one compiled shape for every window of a long video).
+
+  Returns:
+    The windows in order; their `new` sum to `new_latent_frames`, only the last has a suffix,
+    and every window holds at most `window` latent frames.
+
+  Raises:
+    ValueError: the window cannot hold a context, one new frame and the suffix.
+  """
+  if new_latent_frames < 1:
+    raise ValueError(f"nothing to generate: new_latent_frames = {new_latent_frames}")
+  if overlap < 1:
+    raise ValueError(f"overlap = {overlap} must be >= 1 latent frame")
+  if window is not None and window < overlap + suffix + 1:
+    raise ValueError(
+        f"a window of {window} latent frames cannot hold {overlap} given + 1 new + {suffix} "
+        f"suffix latent frames: use a longer window or a smaller overlap")
+  windows = []
+  remaining, available = new_latent_frames, history
+  while remaining > 0:
+    context = min(overlap, available)
+    capacity = math.inf if window is None else window - context
+    if remaining + suffix <= capacity:
+      extra = 0
+      if pad_last and windows and not suffix:
+        extra = capacity - remaining
+      windows.append(Window(context, remaining, suffix, extra))
+      break
+    # The last window must keep at least one new frame beside the suffix.
+    new = capacity if suffix == 0 else min(capacity, remaining - 1)
+    windows.append(Window(context, new, 0))
+    remaining -= new
+    available += new
+  return windows
+
+
+# ------------------------------------------------------------------------------------------------
+# Pixels.
+# ------------------------------------------------------------------------------------------------
+
+
+def to_model_range(frames: np.ndarray) -> np.ndarray:
+  """uint8 [..., 3] -> float32 in [-1, 1] (the autoencoder's input range)."""
+  return np.asarray(frames, np.float32) / 127.5 - 1.0
+
+
+def to_uint8(video: jax.Array) -> jax.Array:
+  """float in [-1, 1] (unclipped) -> uint8 [0, 255]."""
+  return jnp.round((jnp.clip(video, -1.0, 1.0) + 1.0) * 127.5).astype(jnp.uint8)
+
+
+def fit_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Scales uint8 frames [T, H, W, 3] to cover height x width, then centre-crops (as training
+  data is fitted); returns the frames themselves when they already have that size."""
+  # Imported here: the loader imports grain and TFDS, which the in-memory generator never needs.
+  from data_pipelines import loader  # pylint: disable=g-import-not-at-top
+  frames = np.asarray(frames)
+  if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+    raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
+  return loader.resize_and_crop(frames, height, width)
+
+
+# ------------------------------------------------------------------------------------------------
+# The generator.
+# ------------------------------------------------------------------------------------------------
+
+
+def _patch_size(dit: nnx.Module) -> tuple[int, int, int]:
+  """The transformer's (time, height, width) patch on the latent; (1, 1, 1) if it has none."""
+  config = getattr(dit, "config", None)
+  patch = getattr(config, "patch_size", None)
+  if patch is None:
+    return (1, 1, 1)
+  if isinstance(patch, int):
+    return (1, patch, patch)
+  return tuple(int(p) for p in patch)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply_text_encoder(graphdef: nnx.GraphDef, state: nnx.State, ids: jax.Array,
+                        mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """ids, mask [B, L] -> (embeddings [B, L, D], pooled [B, D])."""
+  return nnx.merge(graphdef, state)(ids, mask)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply_dit(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, t: jax.Array,
+               cond: dict[str, jax.Array]) -> jax.Array:
+  """The velocity [B, t, h, w, C] at latents x [B, t, h, w, C] and timesteps t [B, t]."""
+  model = nnx.merge(graphdef, state)
+  pooled = cond["pooled"] if model.config.pooled_dim is not None else None
+  return model(x, t, cond["context"], cond["context_mask"], pooled)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _encode_video(graphdef: nnx.GraphDef, state: nnx.State, video: jax.Array,
+                  chunk_latent_frames: int) -> jax.Array:
+  """video [B, T, H, W, 3] in [-1, 1] -> normalised posterior-mean latents [B, t, h, w, C].
+
+  In chunks of `chunk_latent_frames` latent frames (bounded memory; equal to one pass).
+  """
+  model = nnx.merge(graphdef, state)
+  mean, _ = model.encode_chunked(video, chunk_latent_frames)
+  return model.normalize_latents(mean)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _decode_chunk(graphdef: nnx.GraphDef, state: nnx.State, latents: jax.Array,
+                  cache: Any) -> tuple[jax.Array, Any]:
+  """Normalised latents [B, c, h, w, C] -> (uint8 frames, the causal decoder's carried frames).
+
+  `cache` is None for the first chunk of a video, then what the previous chunk returned.
+  """
+  model = nnx.merge(graphdef, state)
+  latents = model.denormalize_latents(latents).astype(jnp.dtype(model.config.dtype))
+  video, cache = model.decoder(latents, cache)
+  return to_uint8(video.astype(jnp.float32)), cache
+
+
+class Generator:
+  """Prompt -> video with in-memory models. See the module docstring for the mechanism.
+
+  Shapes: pixel frames are uint8 [T, H, W, 3]; latents are [1, t, h, w, C], normalised for the
+  diffusion transformer (`autoencoder.normalize_latents`).
+  """
+
+  def __init__(self, *, autoencoder: nnx.Module, text_encoder: nnx.Module, dit: nnx.Module,
+               tokenizer: Any, flow_config: flow.FlowConfig,
+               sample_config: samplers.SamplerConfig | None = None,
+               window_frames: int | None = None, overlap: int = DEFAULT_OVERLAP,
+               suffix_overlap: int = DEFAULT_SUFFIX_OVERLAP,
+               default_shape: tuple[int, int, int] = (9, 32, 32), fps: float = DEFAULT_FPS,
+               chunk_latent_frames: int = 4, progress: bool = True):
+    """Builds the generator (nothing is compiled until the first request).
+
+    Args:
+      autoencoder: a `VideoAutoencoder` (`encode`, `decoder`, `normalize_latents`, config).
+      text_encoder: `text_encoder(tokens [B, L], mask [B, L]) -> (embeddings [B, L, D],
+        pooled [B, D])`.
+      dit: `dit(latents [B, t, h, w, C], timesteps [B, t], context, context_mask, pooled) ->
+        velocity [B, t, h, w, C]`.
+      tokenizer: `encode(texts) -> (ids int32 [N, L], mask bool [N, L])`, with `pad_id` and
+        `max_length`.
+      flow_config: the training objective's config (its time shift sets the sampling grid).
+      sample_config: default sampler settings (steps, guidance, method, seed, negative prompt).
+      window_frames: the most pixel frames one sampling call generates (rounded to 1 + F k);
+        longer videos are made window by window. None: any length in one call.
+      overlap: latent frames each window is given from what precedes it.
+      suffix_overlap: latent frames given from what must follow (connect, loop, extend
+        backwards).
+      default_shape: (frames, height, width) when a request gives none (the training clip's).
+      fps: frame rate of the written videos and of the real-time factor.
+      chunk_latent_frames: latent frames encoded or decoded per step (bounded memory; one
+        progress bar step each).
+      progress: show progress bars.
+    """
+    self.autoencoder = autoencoder
+    self.text_encoder = text_encoder
+    self.dit = dit
+    self.tokenizer = tokenizer
+    self.flow_config = flow_config
+    self.sample_config = sample_config or samplers.SamplerConfig()
+    ae_config = autoencoder.config
+    self.temporal_factor: int = ae_config.temporal_factor
+    self.patch_size = _patch_size(dit)
+    self.spatial_multiple: tuple[int, int] = (ae_config.spatial_factor * self.patch_size[1],
+                                              ae_config.spatial_factor * self.patch_size[2])
+    self.window_latents = (None if window_frames is None else
+                           1 + (round_frames(window_frames, self.temporal_factor,
+                                             continuing=False, what="window_frames") - 1)
+                           // self.temporal_factor)
+    if overlap < 1 or suffix_overlap < 1:
+      raise ValueError(f"overlap = {overlap} and suffix_overlap = {suffix_overlap} must be >= 1")
+    if self.window_latents is not None:
+      # The window must hold the given frames of both ends and one new latent frame.
+      self.window_latents = max(self.window_latents, overlap + suffix_overlap + 1)
+    self.overlap = overlap
+    self.suffix_overlap = suffix_overlap
+    self.default_shape = default_shape
+    self.fps = float(fps)
+    if chunk_latent_frames < 1:
+      raise ValueError(f"chunk_latent_frames = {chunk_latent_frames} must be >= 1")
+    self.chunk_latent_frames = chunk_latent_frames
+    self.progress = progress
+
+    # Split once: the jitted functions below take the graph as a static argument and the
+    # parameters as arguments, so each input shape is compiled once (and shared by every
+    # generator built from the same architecture).
+    self._ae_graph, self._ae_state = nnx.split(autoencoder)
+    self._text_graph, self._text_state = nnx.split(text_encoder)
+    self._dit_graph, self._dit_state = nnx.split(dit)
+
+  # -- shapes ---------------------------------------------------------------------------------
+
+  def fit_size(self, height: int | None, width: int | None,
+               like: tuple[int, int] | None = None) -> tuple[int, int]:
+    """(height, width) rounded to what the models accept.
+
+    Args:
+      height, width: the requested size; None fills a side from `like` (the other side scaled by
+        its aspect ratio when one side is given), else from the default shape.
+      like: (height, width) of an input whose size the output takes by default.
+    """
+    default_height, default_width = like or self.default_shape[1:]
+    if height is None and width is None:
+      height, width = default_height, default_width
+    elif height is None:
+      height = round(width * default_height / default_width) if like else default_height
+    elif width is None:
+      width = round(height * default_width / default_height) if like else default_width
+    return (round_size(height, self.spatial_multiple[0], "height"),
+            round_size(width, self.spatial_multiple[1], "width"))
+
+  def latent_frames(self, frames: int) -> int:
+    """Latent frames of a clip of 1 + F k pixel frames."""
+    return 1 + (frames - 1) // self.temporal_factor
+
+  def num_tokens(self, latent_frames: int, height: int, width: int) -> int:
+    """Tokens the transformer sees for one window (sets the sampling grid's time shift)."""
+    ae_factor = self.autoencoder.config.spatial_factor
+    patch_t, patch_h, patch_w = self.patch_size
+    return (math.ceil(latent_frames / patch_t) * (height // ae_factor // patch_h)
+            * (width // ae_factor // patch_w))
+
+  # -- text -----------------------------------------------------------------------------------
+
+  def encode_prompt(self, prompt: str) -> dict[str, jax.Array]:
+    """The conditioning pytree of one prompt; "" is the null caption (an all-False mask).
+
+    Returns:
+      {"context": [1, L, D], "context_mask": bool [1, L], "pooled": [1, D]}.
+    """
+    if not isinstance(prompt, str):
+      raise TypeError(f"a prompt must be a string, got {type(prompt).__name__}: {prompt!r}")
+    if prompt.strip():
+      ids, mask = self.tokenizer.encode([prompt])
+    else:
+      # The null caption: what training's caption dropout feeds the unconditional branch.
+      length = self.tokenizer.max_length
+      ids = np.full((1, length), getattr(self.tokenizer, "pad_id", 0), np.int32)
+      mask = np.zeros((1, length), bool)
+    embeddings, pooled = _apply_text_encoder(self._text_graph, self._text_state,
+                                             jnp.asarray(ids), jnp.asarray(mask))
+    return {"context": embeddings, "context_mask": jnp.asarray(mask), "pooled": pooled}
+
+  # -- pixels <-> latents ---------------------------------------------------------------------
+
+  def encode(self, frames: np.ndarray) -> jax.Array:
+    """uint8 [T, H, W, 3] with T = 1 + F k -> normalised latents [1, 1 + k, h, w, C]."""
+    frames = np.asarray(frames)
+    if (frames.shape[0] - 1) % self.temporal_factor:
+      raise ValueError(f"cannot encode {frames.shape[0]} frames: a clip has 1 + "
+                       f"{self.temporal_factor}k frames")
+    video = jnp.asarray(to_model_range(frames))[None]
+    return _encode_video(self._ae_graph, self._ae_state, video, self.chunk_latent_frames)
+
+  def decode(self, latents: jax.Array, *, desc: str = "decoding") -> np.ndarray:
+    """Normalised latents [1, t, h, w, C] -> uint8 frames [1 + F (t - 1), H, W, 3].
+
+    Runs `chunk_latent_frames` latent frames per call, carrying the causal decoder's past frames
+    from one call to the next (equal to one pass), with a progress bar.
+    """
+    outputs, cache = [], None
+    starts = range(0, latents.shape[1], self.chunk_latent_frames)
+    for start in tqdm.tqdm(starts, desc=desc, unit="chunk", leave=False,
+                           disable=not self.progress or len(starts) < 2):
+      chunk = latents[:, start:start + self.chunk_latent_frames]
+      video, cache = _decode_chunk(self._ae_graph, self._ae_state, chunk, cache)
+      outputs.append(np.asarray(video[0]))
+    return np.concatenate(outputs, axis=0)
+
+  def prefix_latents(self, before: np.ndarray, count: int) -> jax.Array:
+    """The last 1 + F (count - 1) frames of `before` encoded as a clip: [1, count, h, w, C]."""
+    frames = before[len(before) - (1 + self.temporal_factor * (count - 1)):]
+    return self.encode(frames)
+
+  def suffix_latents(self, after: np.ndarray, count: int) -> jax.Array:
+    """The first count F frames of `after` (edge-padded if shorter) as latent groups.
+
+    They are encoded behind one copy of `after[0]`, which stands for the frames that will precede
+    them (see the module docstring); returns [1, count, h, w, C].
+    """
+    needed = self.temporal_factor * count
+    frames = after[:needed]
+    if len(frames) < needed:
+      frames = np.concatenate([frames, np.repeat(frames[-1:], needed - len(frames), axis=0)])
+    return self.encode(np.concatenate([frames[:1], frames]))[:, 1:]
+
+  # -- sampling -------------------------------------------------------------------------------
+
+  def sampler_config(self, *, steps: int | None = None, guidance: float | None = None,
+                     sampler: str | None = None, seed: int | None = None,
+                     negative_prompt: str | None = None) -> samplers.SamplerConfig:
+    """The default sampler config with the given settings replaced (validated)."""
+    changes = dict(num_steps=steps, guidance_scale=guidance, method=sampler, seed=seed,
+                   negative_prompt=negative_prompt)
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if "method" in changes and changes["method"] not in ("euler", "heun"):
+      raise ValueError(f"sampler = {changes['method']!r}: choose 'euler' or 'heun'")
+    return dataclasses.replace(self.sample_config, **changes)
+
+  def _velocity(self, x: jax.Array, t: jax.Array, cond: dict[str, jax.Array]) -> jax.Array:
+    return _apply_dit(self._dit_graph, self._dit_state, x, t, cond)
+
+  def generate(self, prompt: str, *, frames: int | None = None, height: int | None = None,
+               width: int | None = None, before: np.ndarray | None = None,
+               after: np.ndarray | None = None, edit_source: np.ndarray | None = None,
+               strength: float = 1.0, negative_prompt: str | None = None,
+               steps: int | None = None, guidance: float | None = None,
+               sampler: str | None = None, seed: int | None = None,
+               stream: int = 0) -> np.ndarray:
+    """Generates new frames that follow `before` and lead into `after`.
+
+    Args:
+      prompt: the text (must not be empty).
+      frames: how many new frames; rounded (with a warning) to 1 + F k for a fresh clip, to a
+        multiple of F when continuing `before`. None: the default clip length.
+      height, width: the frame size (rounded to the models' multiple); None takes the size of
+        `before`/`after`/`edit_source`, or the default.
+      before: uint8 [Tb, H, W, 3], frames the new ones continue (its last frames are given).
+      after: uint8 [Ta, H, W, 3], frames the new ones lead into (its first frames are given).
+      edit_source: uint8 [frames, H, W, 3], a video to edit (SDEdit): sampling starts from its
+        latents noised to t = strength instead of pure noise. Not with `before`.
+      strength: edit strength in (0, 1]; 1 ignores the source.
+      negative_prompt, steps, guidance, sampler, seed: override the sampler config.
+      stream: folded into the seed's key, so that several calls of one request (a loop's clip
+        and its closing bridge) draw different noise.
+
+    Returns:
+      uint8 [frames, H, W, 3], the new frames only.
+    """
+    if not isinstance(prompt, str) or not prompt.strip():
+      raise ValueError(f"prompt is empty ({prompt!r}): pass a description such as "
+                       f"--prompt='a red circle moving right'")
+    config = self.sampler_config(steps=steps, guidance=guidance, sampler=sampler, seed=seed,
+                                 negative_prompt=negative_prompt)
+    given = [x for x in (before, after, edit_source) if x is not None]
+    height, width = self.fit_size(height, width, like=given[0].shape[1:3] if given else None)
+    before, after, edit_source = (None if x is None else fit_frames(x, height, width)
+                                  for x in (before, after, edit_source))
+    factor = self.temporal_factor
+    continuing = before is not None
+    if edit_source is not None:
+      if continuing:
+        raise ValueError("edit_source cannot be combined with before: edit a clip on its own")
+      if not 0.0 < strength <= 1.0:
+        raise ValueError(f"edit strength = {strength} must be in (0, 1]: small keeps more of the "
+                         f"input video, 1 ignores it")
+      frames = len(edit_source) if frames is None else frames
+    if frames is None:
+      frames = factor * (self.latent_frames(self.default_shape[0]) - 1) if continuing else (
+          self.default_shape[0])
+    frames = round_frames(frames, factor, continuing=continuing)
+    new_latents = frames // factor if continuing else self.latent_frames(frames)
+    source_latents = None
+    if edit_source is not None:
+      usable = 1 + factor * ((len(edit_source) - 1) // factor)
+      if frames > usable:
+        logging.warning("editing %d frames: the input has %d (a clip has 1 + %dk frames)",
+                        usable, len(edit_source), factor)
+        frames = usable
+      new_latents = self.latent_frames(frames)
+      source_latents = self.encode(edit_source[:frames])
+
+    history = self.latent_frames(len(before)) if continuing else 0
+    suffix = 0 if after is None else min(self.suffix_overlap,
+                                         max(1, len(after) // factor))
+    # An edit has no source latents to start the padding frames from: no padded window.
+    windows = plan_windows(new_latents, window=self.window_latents, overlap=self.overlap,
+                           history=history, suffix=suffix, pad_last=edit_source is None)
+    suffix_given = None if after is None else self.suffix_latents(after, suffix)
+    cond = self.encode_prompt(prompt)
+    negative = None if config.guidance_scale == 1.0 else self.encode_prompt(config.negative_prompt)
+    key = jax.random.fold_in(jax.random.key(config.seed), stream)
+
+    made: list[np.ndarray] = []
+    offset = 0  # latent frames of the new clip generated so far
+    for index, window in enumerate(tqdm.tqdm(windows, desc="windows", unit="window", leave=False,
+                                             disable=not self.progress or len(windows) < 2)):
+      existing_parts = ([before] if continuing else []) + made
+      existing = np.concatenate(existing_parts) if existing_parts else None
+      parts, mask = [], window.mask()
+      if window.context:
+        parts.append(self.prefix_latents(existing, window.context))
+      if window.suffix:
+        parts.append(suffix_given)
+      latent_shape = (1, window.total, height // self.autoencoder.config.spatial_factor,
+                      width // self.autoencoder.config.spatial_factor,
+                      self.autoencoder.config.latent_channels)
+      noise = samplers.initial_noise(jax.random.fold_in(key, index), latent_shape)
+      cond_latents = (conditioning_lib.place_frames(jnp.concatenate(parts, axis=1), mask)
+                      if parts else None)
+      start, start_time = noise, 1.0
+      if source_latents is not None:
+        # SDEdit: the new frames start from the source's latents at the same times, noised.
+        source = source_latents[:, offset:offset + window.new]
+        placed = jnp.zeros(latent_shape, source.dtype).at[
+            :, window.context:window.context + window.new].set(source)
+        start, start_time = samplers.edit_start(placed, noise, strength), strength
+      shift = samplers.sampling_shift(config, self.flow_config,
+                                      self.num_tokens(window.total, height, width))
+      latents = samplers.sample(
+          self._velocity, start, config=config, shift=shift, conditioning=cond,
+          negative_conditioning=negative, cond_latents=cond_latents,
+          cond_mask=None if cond_latents is None else mask, start_time=start_time,
+          progress=self.progress, jit=False)
+      decoded = self.decode(latents)
+      first = 0 if not window.context else 1 + factor * (window.context - 1)
+      made.append(decoded[first:first + window.new_pixel_frames(factor)])
+      offset += window.new
+    return np.concatenate(made, axis=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading a trained workdir.
+# ------------------------------------------------------------------------------------------------
+
+DIT_STAGE = "dit"
+
+
+def checkpoint_dir(workdir: str, stage: str) -> str:
+  """Where the trainer keeps a stage's checkpoints: WORKDIR/checkpoints/<stage>."""
+  return os.path.join(os.path.abspath(workdir), "checkpoints", stage)
+
+
+def tokenizer_path(workdir: str, experiment: Any = None) -> str:
+  """The tokenizer a run uses: config.tokenizer.model_path if set, else WORKDIR/tokenizer.model."""
+  tokenizer_config = getattr(experiment, "sections", {}).get("tokenizer") if experiment else None
+  if tokenizer_config is not None and tokenizer_config.model_path:
+    return tokenizer_config.model_path
+  return os.path.join(workdir, "tokenizer.model")
+
+
+def experiment_from_json(saved: dict[str, Any]) -> Any:
+  """Re-validates the typed experiment a checkpoint saved (`trainer.experiment_json`)."""
+  from videogen import experiment as experiment_lib  # pylint: disable=g-import-not-at-top
+  return experiment_lib.validate(ml_collections.ConfigDict(saved))
+
+
+def _train_command(workdir: str) -> str:
+  return (f"python -m videogen.main train --config=experiments/<file>.py:<variant> "
+          f"--workdir={workdir}")
+
+
+def _latest_step(directory: str, what: str, workdir: str) -> int:
+  steps = []
+  if os.path.isdir(directory):
+    steps = sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+  if not steps:
+    raise FileNotFoundError(
+        f"no {what} checkpoint in {directory}: train it first with `{_train_command(workdir)}` "
+        f"(or point --workdir at a trained run)")
+  return steps[-1]
+
+
+def load(workdir: str, experiment: Any = None, *, mesh: jax.sharding.Mesh | None = None,
+         step: int | None = None, **generator_kwargs: Any) -> Generator:
+  """Restores a trained workdir's models (EMA weights) onto `mesh` and builds a `Generator`.
+
+  The diffusion stage's checkpoint holds the whole sampling model: its trainable variables (the
+  transformer and the text encoder, restored from their EMA) and its frozen ones (the
+  autoencoder, copied from the autoencoder stage). Only those two parts of the train state are
+  read; the optimizer state stays on disk.
+
+  Args:
+    workdir: the run's directory (WORKDIR/checkpoints/dit/<step>/, WORKDIR/tokenizer.model).
+    experiment: the validated experiment; None reads the one saved with the checkpoint.
+    mesh: where the parameters go, sharded by the experiment's logical-axis rules; None builds
+      the experiment's mesh over all devices.
+    step: which checkpoint (default: the newest).
+    **generator_kwargs: passed to `Generator` (e.g. `progress=False`, `window_frames=...`).
+
+  Raises:
+    FileNotFoundError: no checkpoint or no tokenizer, naming the path and the command that
+      makes it.
+  """
+  from data_pipelines import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  from videogen.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from videogen.parallel import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
+  from videogen.train import checkpointing  # pylint: disable=g-import-not-at-top
+  from videogen.train import stages as stages_lib  # pylint: disable=g-import-not-at-top
+  from videogen.train import train_state as train_state_lib  # pylint: disable=g-import-not-at-top
+
+  directory = checkpoint_dir(workdir, DIT_STAGE)
+  step = _latest_step(directory, "diffusion-transformer (stage 'dit')", workdir) if (
+      step is None) else step
+  checkpointer = checkpointing.Checkpointer(directory, read_only=True)
+  try:
+    if experiment is None:
+      experiment = experiment_from_json(checkpointer.read_config(step))
+    # The tokenizer is checked before the (slow) restore, so a broken workdir fails at once.
+    tokenizer_config = experiment.sections.get("tokenizer", tokenizer_lib.TokenizerConfig())
+    path = tokenizer_path(workdir, experiment)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"tokenizer {path} is missing: the dit stage writes it when it "
+                              f"trains (`{_train_command(workdir)}`)")
+    tokenizer = tokenizer_lib.Tokenizer.load(path, tokenizer_config.max_length)
+    mesh_config = experiment.sections.get("mesh", mesh_lib.MeshConfig())
+    mesh = mesh_lib.create_mesh(mesh_config) if mesh is None else mesh
+    stage = stages_lib.make_stage(DIT_STAGE, experiment)
+    graphdef, params, frozen = train_state_lib.abstract_model(stage)
+    # Only the EMA weights and the frozen variables are read: the optimizer state stays on disk.
+    targets = {name: sharding_lib.with_shardings(
+                   tree, sharding_lib.tree_shardings(tree, mesh, mesh_config.rules))
+               for name, tree in (("ema_params", params), ("frozen", frozen))}
+    restored = checkpointer.restore_subtrees(step, targets)
+  finally:
+    checkpointer.close()
+  model = nnx.merge(graphdef, restored["ema_params"], restored["frozen"])
+  logging.info("restored %s step %d onto mesh %s", directory, step, mesh_lib.describe(mesh))
+
+  kwargs = dict(experiment_defaults(experiment))
+  kwargs.update(generator_kwargs)
+  return Generator(autoencoder=model.autoencoder, text_encoder=model.text_encoder,
+                   dit=model.dit, tokenizer=tokenizer,
+                   flow_config=experiment.sections.get("diffusion", flow.FlowConfig()),
+                   sample_config=experiment.sections.get("sample"), **kwargs)
+
+
+def experiment_defaults(experiment: Any) -> dict[str, Any]:
+  """Generator settings an experiment implies: its longest training clip is the window and the
+  default shape, its world's frame rate the fps."""
+  data = experiment.sections.get("data")
+  if data is None:
+    return {}
+  longest = max(data.parsed_buckets(), key=lambda bucket: bucket.frames)
+  return dict(window_frames=longest.frames, default_shape=longest.shape,
+              fps=float(getattr(getattr(data, "world", None), "fps", DEFAULT_FPS)))
