@@ -27,6 +27,7 @@ SECTIONS: dict[str, str] = {
     "dit": "videogen.models.dit:DiTConfig",
     "diffusion": "videogen.diffusion.flow:FlowConfig",
     "sample": "videogen.diffusion.samplers:SamplerConfig",
+    "eval_generation": "videogen.evaluate.generation:GenerationEvalConfig",
 }
 # Sections that map a stage name to one config each: `config.train.autoencoder.num_steps`.
 STAGE_SECTIONS: dict[str, str] = {

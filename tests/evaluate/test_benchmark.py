@@ -1,0 +1,104 @@
+"""Tests of the benchmark's pieces that run fast: the matmul, the train step's cost, the JSON."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import standin as standin_experiment
+from videogen import experiment as experiment_lib
+from videogen.evaluate import benchmark
+
+
+@pytest.fixture(scope="module")
+def experiment():
+  return experiment_lib.validate(standin_experiment.get_config("tiny"))
+
+
+@pytest.fixture(scope="module")
+def result(experiment, tmp_path_factory):
+  """The whole benchmark of the stand-in experiment (no loader, no sampler) on 8 devices."""
+  return benchmark.run_benchmark(experiment, matmul_size=128, train_steps=3, min_seconds=0.05,
+                                 workdir=str(tmp_path_factory.mktemp("benchmark")))
+
+
+def test_matmul_flops_per_second_is_a_plausible_positive_figure():
+  flops = benchmark.matmul_flops_per_second(64, min_runs=2, min_seconds=0.01)
+  # Between a kFLOP/s and 10 PFLOP/s: a wrong FLOP count or unit would fall outside.
+  assert 1e3 < flops < 1e16
+
+
+def test_timed_runs_meets_both_the_count_and_the_time():
+  calls = []
+  times = benchmark._timed_runs(lambda: calls.append(1) or np.zeros(1), min_runs=3,
+                                min_seconds=0.0)
+  assert len(times) == len(calls) == 3 and all(t >= 0 for t in times)
+
+
+def test_train_step_flops_count_the_whole_mesh(experiment, result, tmp_path):
+  """Compiled cost is per device: times the devices it covers the mesh; model FLOPs count once."""
+  one_device = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1),
+                                 ("data", "fsdp", "tensor"))
+  single, _ = benchmark.train_step_figures(experiment, "standin", workdir=str(tmp_path),
+                                           mesh=one_device, steps=2, warmup=1, min_seconds=0.0)
+  eight = result["train_step"]
+  assert eight["devices"] == 8 and single["devices"] == 1
+  # The step's work does not depend on how it is partitioned ...
+  assert eight["model_flops_per_step"] == single["model_flops_per_step"]
+  # ... and on one device the compiled program does that work (XLA may simplify a little).
+  assert single["flops_per_step"] == pytest.approx(single["model_flops_per_step"], rel=0.1)
+  # Over 8 devices each runs its share plus the replicated optimizer update: more, never less.
+  assert eight["flops_per_step"] >= 0.95 * single["flops_per_step"]
+  assert eight["flops_per_second"] == pytest.approx(
+      eight["flops_per_step"] / eight["seconds_per_step"])
+
+
+def test_result_json_has_every_field_and_names_what_is_unavailable(result):
+  parsed = json.loads(json.dumps(result))
+  for key in ("matmul_flops_per_second", "train_step_flops_per_second", "train_to_matmul_ratio"):
+    assert parsed[key] > 0, key
+  # On CPU the mesh's devices share the processor the matmul used whole.
+  assert parsed["train_to_matmul_ratio"] == pytest.approx(
+      parsed["train_step_flops_per_second"] / parsed["matmul_flops_per_second"])
+  # The stand-in experiment has no sampler and no video loader: null, with the reason.
+  assert parsed["sampler_real_time_factor"] is None and parsed["loader_samples_per_second"] is None
+  assert "no 'dit' stage" in parsed["unavailable"]["sampler"]
+  assert "config.data" in parsed["unavailable"]["loader"]
+  table = benchmark.format_table(result)
+  assert "train / matmul" in table and "sampler: unavailable" in table
+
+
+def test_accelerators_compare_per_device():
+  part = {"matmul": {"flops_per_second": 100.0},
+          "train_step": {"flops_per_second": 400.0, "model_flops_per_second": 300.0,
+                         "devices": 8}}
+  assert benchmark.headline_figures({**part, "platform": "gpu"})["train_to_matmul_ratio"] == 0.5
+  assert benchmark.headline_figures({**part, "platform": "cpu"})["train_to_matmul_ratio"] == 4.0
+
+
+def test_a_stage_not_built_yet_is_reported_unavailable_not_faked(monkeypatch, tmp_path):
+  from videogen.train import stages
+  monkeypatch.setitem(stages.STAGES, "dit", "videogen.train.not_built_yet:DiTStage")
+  config = standin_experiment.get_config("tiny")
+  config.stages = ("dit",)
+  config.train.dit = config.train.standin
+  del config.train["standin"]
+  parsed = benchmark.run_benchmark(experiment_lib.validate(config), matmul_size=64,
+                                   min_seconds=0.01, workdir=str(tmp_path))
+  assert parsed["train_step"] is None and parsed["train_step_flops_per_second"] is None
+  assert parsed["train_to_matmul_ratio"] is None and parsed["sampler"] is None
+  assert "not built yet" in parsed["unavailable"]["train_step"]
+  assert "videogen.train.not_built_yet" in parsed["unavailable"]["sampler"]
+  assert parsed["matmul_flops_per_second"] > 0
+
+
+def test_main_wires_the_benchmark_command_which_needs_a_config():
+  import subprocess
+  import sys
+  result = subprocess.run([sys.executable, "-m", "videogen.main", "benchmark"],
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert "benchmark needs --config" in result.stderr

@@ -1,0 +1,387 @@
+r"""Speed figures of an experiment: the train step against a large matmul, sampling, loading.
+
+    python -m videogen.main benchmark --config=experiments/shapes.py:tiny
+    python -m videogen.main benchmark --config=experiments/shapes.py:small
+
+Prints a table and, as its last line, one JSON object:
+
+  matmul_flops_per_second
+      A large square matmul (4096 x 4096 by default, in the model's compute dtype) on one device,
+      timed after a warm-up: what this hardware reaches on the friendliest possible work.
+  train_step_flops_per_second
+      The compiled train step's FLOPs (XLA's `compile().cost_analysis()` of the exact program:
+      forward, backward, optimizer, rematerialised recomputation included) over the whole mesh,
+      divided by its measured step time.
+  train_step_model_flops_per_second
+      The same with the step's work counted once (the cost of the global program before
+      partitioning), which work replicated over a mesh's devices does not inflate; on one device
+      the two agree.
+  train_to_matmul_ratio
+      train_step_flops_per_second over the matmul's: an MFU-like figure against a measured (not a
+      datasheet) peak. On CPU every device is a share of one processor, which the matmul used
+      whole, so the whole mesh is compared with it; on accelerators, per device.
+  sampler_real_time_factor
+      Seconds of video per second of compute for one text-to-video clip of the training shape
+      (randomly initialised weights: the cost does not depend on them), after a warm-up clip that
+      compiles.
+  loader_samples_per_second
+      The experiment's data pipeline, through `data_pipelines.benchmark.measure`.
+
+The train step benchmarked is the experiment's "dit" stage when it has one, else its last stage. A
+part that cannot run for this experiment (no diffusion stage, no data section, a module not built
+yet) is reported as null with the reason under "unavailable", never as a made-up number.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import nnx
+
+# The stage whose train step and sampler are measured when the experiment has it.
+DIFFUSION_STAGE = "dit"
+
+
+def _timed_runs(run: Callable[[], Any], *, min_runs: int, min_seconds: float) -> list[float]:
+  """Seconds of each call of `run` (each waited for), at least `min_runs` and `min_seconds`."""
+  times: list[float] = []
+  while len(times) < min_runs or sum(times) < min_seconds:
+    start = time.perf_counter()
+    jax.block_until_ready(run())
+    times.append(time.perf_counter() - start)
+  return times
+
+
+def matmul_flops_per_second(size: int = 4096, dtype: Any = jnp.float32, *,
+                            device: jax.Device | None = None, min_runs: int = 3,
+                            min_seconds: float = 1.0) -> float:
+  """FLOP/s of a [size, size] x [size, size] matmul on one device (2 size^3 FLOPs per call).
+
+  Compiled and run once before timing; the median of the timed calls counts.
+  """
+  device = device or jax.devices()[0]
+  keys = jax.random.split(jax.random.key(0))
+  a, b = (jax.device_put(jax.random.normal(k, (size, size), dtype), device) for k in keys)
+  matmul = jax.jit(jnp.matmul).lower(a, b).compile()
+  jax.block_until_ready(matmul(a, b))
+  times = _timed_runs(lambda: matmul(a, b), min_runs=min_runs, min_seconds=min_seconds)
+  return 2.0 * size ** 3 / float(np.median(times))
+
+
+def _cost_flops(program: Any) -> float:
+  """FLOPs of one call of a lowered (global) or compiled (per-device) program."""
+  cost = program.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older jax: one dict per program
+    cost = cost[0] if cost else {}
+  flops = (cost or {}).get("flops")
+  if flops is None or flops <= 0:
+    raise ValueError(f"XLA's cost analysis of the train step has no FLOP count on this backend "
+                     f"({jax.default_backend()}): got {cost!r}")
+  return float(flops)
+
+
+def train_step_figures(experiment: Any, stage_name: str, *, workdir: str,
+                       mesh: jax.sharding.Mesh | None = None, steps: int = 5,
+                       warmup: int = 2, min_seconds: float = 1.0
+                       ) -> tuple[dict[str, Any], nnx.Module]:
+  """Compiles the stage's train step as the trainer does and times it on one fixed batch.
+
+  The batch is the stage's first (its bucket is the one the loader draws for step 0); the
+  parameters are freshly initialised (the frozen ones too: their values do not change the cost).
+
+  Args:
+    experiment: the validated experiment.
+    stage_name: which stage (must have a `config.train.<stage>` section).
+    workdir: scratch directory for whatever the stage's data pipeline writes (a tokenizer).
+    mesh: default: the experiment's mesh over all devices.
+    steps: fewest timed steps (the median counts).
+    warmup: untimed steps after compilation.
+    min_seconds: keep timing steps until they took this long in all.
+
+  Returns:
+    ({"stage", "devices", "flops_per_step", "seconds_per_step", "flops_per_second",
+      "model_flops_per_step", "model_flops_per_second", "compile_seconds", "batch"}, the model
+     with the final parameters). "flops" are what the whole mesh executes (the compiled
+    per-device cost times the devices: work replicated over devices, such as the optimizer update
+    of replicated parameters, counts on each); "model_flops" count the step's work once (the
+    cost of the global program before partitioning), so they do not grow with the mesh.
+  """
+  from videogen.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from videogen.parallel import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
+  from videogen.train import stages as stages_lib  # pylint: disable=g-import-not-at-top
+  from videogen.train import train_state as train_state_lib  # pylint: disable=g-import-not-at-top
+
+  mesh_config = experiment.sections.get("mesh", mesh_lib.MeshConfig())
+  mesh = mesh_lib.create_mesh(mesh_config) if mesh is None else mesh
+  stage = stages_lib.make_stage(stage_name, experiment)
+  config = experiment.train[stage_name]
+  tx = train_state_lib.make_optimizer(config)
+  init = lambda: train_state_lib.init_train_state(stage, tx, experiment.seed)
+  state_shardings = sharding_lib.tree_shardings(jax.eval_shape(init), mesh, mesh_config.rules)
+  state = jax.jit(init, out_shardings=state_shardings)()
+  graphdef, _, _ = train_state_lib.abstract_model(stage)
+
+  iterator = stage.make_iterator(mesh=mesh, seed=experiment.seed, workdir=workdir)
+  try:
+    batch = next(iterator)
+  finally:
+    close = getattr(iterator, "close", None)
+    if close is not None:
+      close()
+  step_fn = train_state_lib.make_train_step(stage, graphdef, tx, config, mesh=mesh,
+                                            rules=mesh_config.rules)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  start = time.perf_counter()
+  lowered = jax.jit(step_fn, in_shardings=(state_shardings,
+                                           {k: v.sharding for k, v in batch.items()}),
+                    out_shardings=(state_shardings, replicated),
+                    donate_argnums=(0,)).lower(state, batch)
+  compiled = lowered.compile()
+  compile_seconds = time.perf_counter() - start
+  # What the devices execute: each device's partitioned program, replicated work included.
+  flops = _cost_flops(compiled) * mesh.size
+  # The global program before partitioning and optimisation: the step's work counted once.
+  model_flops = _cost_flops(lowered)
+
+  for _ in range(warmup):
+    state, _ = compiled(state, batch)
+  jax.block_until_ready(state)
+
+  def one_step():
+    nonlocal state
+    state, step_metrics = compiled(state, batch)
+    return state, step_metrics
+
+  seconds = float(np.median(_timed_runs(one_step, min_runs=steps, min_seconds=min_seconds)))
+  figures = {
+      "stage": stage_name, "devices": int(mesh.size), "flops_per_step": flops,
+      "seconds_per_step": seconds, "flops_per_second": flops / seconds,
+      "model_flops_per_step": model_flops, "model_flops_per_second": model_flops / seconds,
+      "compile_seconds": compile_seconds,
+      "batch": {k: list(v.shape) for k, v in sorted(batch.items())},
+  }
+  model = nnx.merge(graphdef, state.params, state.frozen)
+  return figures, model
+
+
+def _tokenizer(experiment: Any, workdir: str) -> Any:
+  """The tokenizer the experiment's stage wrote into `workdir`, else one trained for it there."""
+  from data_pipelines import loader  # pylint: disable=g-import-not-at-top
+  from data_pipelines import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  from videogen.generate import pipeline  # pylint: disable=g-import-not-at-top
+  config = experiment.sections.get("tokenizer") or tokenizer_lib.TokenizerConfig()
+  path = pipeline.tokenizer_path(workdir, experiment)
+  return tokenizer_lib.load_or_train(
+      config, path, lambda: loader.captions(experiment.data, seed=experiment.seed,
+                                            num=config.num_train_captions))
+
+
+def sampler_figures(experiment: Any, model: nnx.Module, tokenizer: Any) -> dict[str, Any]:
+  """Times one text-to-video clip of the training shape with the diffusion stage's model.
+
+  Args:
+    experiment: the validated experiment (its `sample`, `diffusion` and `data` sections).
+    model: the diffusion stage's module, holding `autoencoder`, `text_encoder` and `dit`.
+    tokenizer: encodes the prompt.
+  """
+  from videogen.diffusion import flow  # pylint: disable=g-import-not-at-top
+  from videogen.generate import modes  # pylint: disable=g-import-not-at-top
+  from videogen.generate import pipeline  # pylint: disable=g-import-not-at-top
+  generator = pipeline.Generator(
+      autoencoder=model.autoencoder, text_encoder=model.text_encoder, dit=model.dit,
+      tokenizer=tokenizer, flow_config=experiment.sections.get("diffusion", flow.FlowConfig()),
+      sample_config=experiment.sections.get("sample"), progress=False,
+      **pipeline.experiment_defaults(experiment))
+  prompt = "a small red circle moving right; on a black background"
+  start = time.perf_counter()
+  modes.text_to_video(generator, prompt, seed=0)  # compiles every shape the clip needs
+  first_seconds = time.perf_counter() - start
+  result = modes.text_to_video(generator, prompt, seed=1)
+  frames, height, width = result.video.shape[:3]
+  return {
+      "shape": [int(frames), int(height), int(width)],
+      "steps": generator.sample_config.num_steps, "method": generator.sample_config.method,
+      "seconds_per_video": result.seconds, "first_video_seconds": first_seconds,
+      "real_time_factor": result.real_time_factor,
+  }
+
+
+def loader_figures(experiment: Any, tokenizer: Any, *, warmup: int = 2,
+                   batches: int = 10) -> dict[str, Any]:
+  """The experiment's data pipeline through `data_pipelines.benchmark.measure`."""
+  from data_pipelines import benchmark as loader_benchmark  # pylint: disable=g-import-not-at-top
+  figures = loader_benchmark.measure(experiment.data, tokenizer, warmup=warmup, batches=batches)
+  figures["buckets"] = list(experiment.data.buckets)
+  figures["workers"] = experiment.data.num_workers
+  return figures
+
+
+def _compute_dtype(experiment: Any) -> Any:
+  """The diffusion transformer's compute dtype when the experiment names one, else float32."""
+  dtype = getattr(experiment.sections.get("dit"), "dtype", None)
+  return jnp.dtype(dtype) if dtype else jnp.dtype(jnp.float32)
+
+
+def run_benchmark(experiment: Any, *, matmul_size: int = 4096, train_steps: int = 5,
+                  loader_batches: int = 10, min_seconds: float = 1.0,
+                  workdir: str | None = None) -> dict[str, Any]:
+  """Every figure of the module docstring for one experiment; see there.
+
+  Args:
+    experiment: the validated experiment.
+    matmul_size: side of the square matmul.
+    train_steps: fewest timed train steps.
+    loader_batches: timed loader batches.
+    min_seconds: the matmul and the train step are timed for at least this long each.
+    workdir: scratch directory (default: a temporary one, removed afterwards).
+
+  Returns:
+    The figures as a JSON-able dict; parts that could not run are None, with the reason in
+    result["unavailable"][part].
+  """
+  if workdir is None:
+    with tempfile.TemporaryDirectory(prefix="videogen_benchmark_") as scratch:
+      return run_benchmark(experiment, matmul_size=matmul_size, train_steps=train_steps,
+                           loader_batches=loader_batches, min_seconds=min_seconds,
+                           workdir=scratch)
+  devices = jax.devices()
+  dtype = _compute_dtype(experiment)
+  result: dict[str, Any] = {
+      "experiment": experiment.name, "platform": devices[0].platform,
+      "device_kind": devices[0].device_kind, "devices": len(devices),
+  }
+  unavailable: dict[str, str] = {}
+
+  logging.info("benchmark: %dx%d %s matmul", matmul_size, matmul_size, dtype.name)
+  matmul = matmul_flops_per_second(matmul_size, dtype, min_seconds=min_seconds)
+  result["matmul"] = {"size": matmul_size, "dtype": dtype.name, "flops_per_second": matmul}
+
+  stage_name = DIFFUSION_STAGE if DIFFUSION_STAGE in experiment.stages else experiment.stages[-1]
+  model = None
+  try:
+    logging.info("benchmark: train step of stage %s", stage_name)
+    result["train_step"], model = train_step_figures(experiment, stage_name, workdir=workdir,
+                                                     steps=train_steps,
+                                                     min_seconds=min_seconds)
+  except ModuleNotFoundError as error:
+    result["train_step"] = None
+    unavailable["train_step"] = f"stage {stage_name!r} is not built yet ({error})"
+  except FileNotFoundError as error:  # e.g. a latent cache that needs a trained autoencoder
+    result["train_step"] = None
+    unavailable["train_step"] = f"stage {stage_name!r} needs files this run lacks ({error})"
+
+  tokenizer = None
+  if experiment.sections.get("data") is None:
+    unavailable["loader"] = "the experiment has no config.data section (no video loader)"
+  else:
+    try:
+      tokenizer = _tokenizer(experiment, workdir)
+    except ModuleNotFoundError as error:
+      unavailable["loader"] = f"the tokenizer or loader is not built yet ({error})"
+
+  if stage_name != DIFFUSION_STAGE:
+    unavailable["sampler"] = (f"the experiment has no {DIFFUSION_STAGE!r} stage (stages: "
+                              f"{', '.join(experiment.stages)}), so there is no sampler to time")
+  elif model is None or tokenizer is None:
+    unavailable["sampler"] = "needs the diffusion stage's model and the tokenizer: " + "; ".join(
+        unavailable.get(k, "") for k in ("train_step", "loader") if k in unavailable)
+  else:
+    logging.info("benchmark: sampler")
+    result["sampler"] = sampler_figures(experiment, model, tokenizer)
+  result.setdefault("sampler", None)
+
+  if tokenizer is not None:
+    logging.info("benchmark: loader")
+    result["loader"] = loader_figures(experiment, tokenizer, batches=loader_batches)
+  result.setdefault("loader", None)
+
+  result.update(headline_figures(result))
+  result["unavailable"] = unavailable
+  return result
+
+
+def headline_figures(result: dict[str, Any]) -> dict[str, Optional[float]]:
+  """The headline figures of the module docstring, from the parts of `result` (None if absent)."""
+  matmul = result["matmul"]["flops_per_second"]
+  train = result.get("train_step")
+  sampler = result.get("sampler")
+  loader = result.get("loader")
+  train_flops = None if train is None else train["flops_per_second"]
+  ratio = None
+  if train_flops is not None:
+    # CPU devices share one processor, which the matmul already uses whole.
+    shares_processor = result.get("platform") == "cpu"
+    ratio = train_flops / (matmul if shares_processor else matmul * train["devices"])
+  return {
+      "matmul_flops_per_second": matmul,
+      "train_step_flops_per_second": train_flops,
+      "train_step_model_flops_per_second": None if train is None else train[
+          "model_flops_per_second"],
+      "train_to_matmul_ratio": ratio,
+      "sampler_real_time_factor": None if sampler is None else sampler["real_time_factor"],
+      "loader_samples_per_second": None if loader is None else loader["samples_per_s"],
+  }
+
+
+def _si(value: Optional[float], unit: str = "") -> str:
+  if value is None:
+    return "n/a"
+  prefixes = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
+  for scale, prefix in prefixes:
+    if abs(value) >= scale:
+      return f"{value / scale:.3g} {prefix}{unit}"
+  return f"{value:.3g} {unit}".rstrip()
+
+
+def format_table(result: dict[str, Any]) -> str:
+  """A readable summary of `run_benchmark`'s result."""
+  lines = [f"benchmark of {result['experiment']} on {result['devices']} x {result['device_kind']} "
+           f"({result['platform']})"]
+  matmul = result["matmul"]
+  lines.append(f"  {'matmul ' + str(matmul['size']) + '^2 ' + matmul['dtype']:34} "
+               f"{_si(matmul['flops_per_second'], 'FLOP/s')}")
+  train = result.get("train_step")
+  if train is not None:
+    lines.append(f"  {'train step (' + train['stage'] + ')':34} "
+                 f"{_si(train['flops_per_second'], 'FLOP/s')} = "
+                 f"{_si(train['flops_per_step'], 'FLOP')} / {train['seconds_per_step']:.4g} s "
+                 f"(model FLOPs: {_si(train['model_flops_per_second'], 'FLOP/s')}; compiled in "
+                 f"{train['compile_seconds']:.1f} s)")
+    lines.append(f"  {'train / matmul':34} {result['train_to_matmul_ratio']:.3f}")
+  sampler = result.get("sampler")
+  if sampler is not None:
+    frames, height, width = sampler["shape"]
+    lines.append(f"  sampler {frames}x{height}x{width}, {sampler['steps']} {sampler['method']} "
+                 f"steps: {sampler['seconds_per_video']:.3g} s per video, real-time factor "
+                 f"{sampler['real_time_factor']:.3g}")
+  loader = result.get("loader")
+  if loader is not None:
+    lines.append(f"  loader {','.join(loader['buckets'])}: {loader['samples_per_s']:.1f} samples/s "
+                 f"({loader['batches_per_s']:.2f} batches/s, {loader['workers']} workers)")
+  for part, reason in result["unavailable"].items():
+    lines.append(f"  {part}: unavailable: {reason}")
+  return "\n".join(lines)
+
+
+def command(experiment: Any, workdir: str | None) -> int:
+  """`python -m videogen.main benchmark --config=...`: prints the table, then the JSON line.
+
+  With --workdir, the JSON is also written to WORKDIR/benchmark.json (the scratch files of the
+  run go to a temporary directory either way).
+  """
+  result = run_benchmark(experiment)
+  print(format_table(result))
+  print(json.dumps(result))
+  if workdir:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "benchmark.json"), "w") as f:
+      json.dump(result, f, indent=2)
+  return 0

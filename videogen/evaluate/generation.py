@@ -1,0 +1,802 @@
+r"""How well generated videos follow their prompts, measured on the procedural world.
+
+    python -m videogen.main evaluate --workdir=runs/tiny --what=generation
+
+The suite is a fixed, deterministic list of prompts taken from the world: `scenes_per_group`
+scenes of training combinations (split "test", keeping only scenes whose every object is a
+combination the train split shows) and as many of held-out combinations (split "held_out"), each
+prompted twice, with its brief caption ("a red circle and a blue square") and its descriptive one
+("a small red circle moving up-left that bounces off the left edge; ..."). Every scene also gives
+one extension case (the world's own clip, continued by the model) and one image-to-video case (its
+first frame, animated by the model).
+
+Each generated video is read back by the analyzer (`videogen.evaluate.analyzer`) and scored against
+what its prompt states, and only that: a brief caption names colours and shapes (and sizes for half
+of the scenes), a descriptive one also sizes, directions, bounces and the background.
+
+  per-attribute accuracy  colour, shape, size, direction (and background): the fraction of the
+                          objects a prompt states whose attribute the video shows. Prompted objects
+                          are paired with the objects found by colour first; an object left over
+                          is paired with a left-over found object by its other attributes, so a
+                          video with a wrong colour loses colour accuracy but keeps its shapes. An
+                          object with no partner counts as wrong in every attribute.
+  count stability         the fraction of frames that show as many objects as the prompt names;
+                          count accuracy: the fraction of videos whose most common count is right.
+  bounce accuracy         over the objects a descriptive prompt says bounce (each bounce at least
+                          two frames from the clip's ends, where the analyzer can see it): the
+                          fraction whose video shows exactly the stated edges, in order.
+  extension seam          the mean absolute frame difference at the seam (last given frame -> first
+                          new frame) divided by the mean difference between the other consecutive
+                          frames of the extended clip: ~1 is seamless, >> 1 a jump.
+  image-to-video          PSNR (dB) between the given image and the video's first frame (capped at
+                          100 dB, which a pipeline that keeps the given frame verbatim scores), and
+                          the seam ratio from that frame into the generated ones.
+  speed                   seconds per text-to-video clip (the median, so the first call's
+                          compilation is left out; `first_video_seconds` shows it) and the real-time
+                          factor, video seconds per compute second.
+
+The suite's size and shape are a `GenerationEvalConfig`: the experiment's `eval_generation`
+section when it has one, else the defaults (2 scenes per group at the training clip's shape: 8
+text-to-video prompts, 4 extensions and 4 image-to-video clips).
+
+Scoring is separate from generation: `evaluate_generation(generate_fn, suite)` takes any function
+`generate_fn(prompt, *, frames, height, width, seed, mode="t2v", image=None, video=None)` that
+returns uint8 [T, H, W, 3] (see `GenerateFn`), so the tests check the scoring itself with fake
+generators that render the world's ground truth.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Callable, Optional, Protocol, Sequence
+
+import numpy as np
+import tqdm
+from absl import logging
+
+from data_pipelines.shapes import world
+from videogen.evaluate import analyzer
+
+# The attributes scored per object, in table order.
+ATTRIBUTES: tuple[str, ...] = ("color", "shape", "size", "direction")
+# Groups of the suite: name -> the world split its scenes come from.
+GROUPS: dict[str, str] = {"seen": "test", "held_out": "held_out"}
+CAPTION_KINDS: tuple[str, ...] = ("brief", "descriptive")
+CONDITIONED_MODES: tuple[str, ...] = ("extend", "i2v")
+# PSNR of identical frames (infinite) is reported as this, so that the JSON stays finite.
+MAX_PSNR = 100.0
+# Added to both sides of a seam ratio (in 0-255 pixel levels, below one quantisation step), so that
+# a still clip continued still scores 1 rather than 0 / 0.
+_SEAM_EPSILON = 0.5
+# How many scene indices of a split are searched for the suite's scenes.
+_MAX_SCENE_SEARCH = 2000
+# Results files written into the workdir.
+RESULTS_FILE = "eval_generation.json"
+VIDEOS_FILE = "eval_generation_videos.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationEvalConfig:
+  """Settings of the generation suite.
+
+  Attributes:
+    scenes_per_group: scenes of training combinations and as many of held-out ones; each gives a
+      brief and a descriptive prompt and one case of each conditioned mode.
+    frames, height, width: the clip shape; None takes the model's training clip shape.
+    extend_frames: frames an extension adds; None: frames - 1 (a valid count for an autoencoder
+      whose clips have 1 + F k frames).
+    modes: conditioned modes to run besides text-to-video: "extend", "i2v".
+    bouncing_share: the share of each group's scenes chosen among those where an object bounces
+      within the clip (so that bounce accuracy has something to measure); the rest are the first
+      eligible scenes.
+    world_seed: seed of the world's scene stream the suite is drawn from.
+    seed: sampling seed of the first video; video k uses seed + k.
+    save_videos: write every generated video (mp4) and an index.html into
+      WORKDIR/eval_generation/.
+  """
+  scenes_per_group: int = 2
+  frames: Optional[int] = None
+  height: Optional[int] = None
+  width: Optional[int] = None
+  extend_frames: Optional[int] = None
+  modes: tuple[str, ...] = CONDITIONED_MODES
+  bouncing_share: float = 0.5
+  world_seed: int = 0
+  seed: int = 0
+  save_videos: bool = True
+
+  def __post_init__(self):
+    if self.scenes_per_group < 1:
+      raise ValueError(f"scenes_per_group = {self.scenes_per_group} must be at least 1")
+    unknown = [m for m in self.modes if m not in CONDITIONED_MODES]
+    if unknown:
+      raise ValueError(f"unknown mode(s) {unknown} in modes; choose from {CONDITIONED_MODES}")
+    if not 0.0 <= self.bouncing_share <= 1.0:
+      raise ValueError(f"bouncing_share = {self.bouncing_share} must be in [0, 1]")
+    for name in ("frames", "height", "width", "extend_frames"):
+      value = getattr(self, name)
+      if value is not None and value < 1:
+        raise ValueError(f"{name} = {value} must be positive (or None for the model's default)")
+
+
+# ---------------------------------------------------------------------------------------------
+# The suite.
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+  """One text-to-video request of the suite and what it states.
+
+  Attributes:
+    text: the caption given to the model.
+    kind: "brief" or "descriptive".
+    group: "seen" (training combinations) or "held_out".
+    scene: the world scene the caption describes.
+    split, index: where the scene comes from (`world.sample_scene(index, split=split, ...)`).
+    expected: per prompted object, in caption order, only the attributes the caption states:
+      always "color" and "shape"; "size" when the caption names sizes; "direction" and "bounces"
+      (a tuple of edges, maybe empty) in descriptive captions, with "score_bounces": whether the
+      bounces are scored (the object bounces, every bounce clear of the clip's ends).
+    background: the background the caption states (descriptive captions), else None.
+  """
+  text: str
+  kind: str
+  group: str
+  scene: world.Scene
+  split: str
+  index: int
+  expected: tuple[dict[str, Any], ...]
+  background: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ConditionedCase:
+  """One extension or image-to-video request.
+
+  Attributes:
+    mode: "extend" (continue `given`) or "i2v" (animate `given[0]`).
+    prompt: the scene's descriptive caption.
+    group: as in `Prompt`.
+    scene: the scene whose world clip gives the frames.
+    given_frames: frames of the world's clip given to the model (1 for i2v).
+    new_frames: frames the model adds (for i2v: the whole clip, its first frame included).
+  """
+  mode: str
+  prompt: str
+  group: str
+  scene: world.Scene
+  given_frames: int
+  new_frames: int
+
+  def given(self, height: int, width: int) -> np.ndarray:
+    """uint8 [given_frames, H, W, 3]: the world's own first frames of the scene."""
+    return world.render(self.scene, frames=self.given_frames, height=height,
+                        width=width)["video"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+  """The prompts and conditioned cases, at one clip shape."""
+  prompts: tuple[Prompt, ...]
+  cases: tuple[ConditionedCase, ...]
+  frames: int
+  height: int
+  width: int
+  fps: float
+  seed: int = 0
+
+
+def _clear_bounces(trajectory: world.Trajectory, frames: int) -> bool:
+  """Whether a trajectory bounces, each bounce at least two frames from either end of the clip.
+
+  A bounce in the clip's second or second-to-last frame shows a single reversed step, which the
+  analyzer cannot tell from a wiggle even in the world's own videos; such objects are not scored
+  for bounces (their other attributes still are).
+  """
+  return bool(trajectory.bounces) and all(2 <= b.frame <= frames - 3 for b in trajectory.bounces)
+
+
+def _bounces_within(scene: world.Scene, frames: int, height: int, width: int) -> bool:
+  return any(_clear_bounces(world.simulate(obj, frames=frames, height=height, width=width,
+                                           fps=scene.fps), frames) for obj in scene.objects)
+
+
+def _choose_scenes(group: str, count: int, *, frames: int, height: int, width: int,
+                   config: GenerationEvalConfig, world_config: world.WorldConfig
+                   ) -> list[tuple[int, world.Scene]]:
+  """`count` scenes of a group, deterministic: bouncing ones first, then the first eligible.
+
+  Raises:
+    ValueError: the split holds fewer eligible scenes than asked for within the search limit.
+  """
+  split = GROUPS[group]
+  want_bouncing = math.ceil(config.bouncing_share * count)
+  bouncing, others = [], []
+  for index in range(_MAX_SCENE_SEARCH):
+    scene = world.sample_scene(index, seed=config.world_seed, split=split, config=world_config)
+    if group == "seen" and any(world.is_held_out(o, world_config.held_out)
+                               for o in scene.objects):
+      continue  # "test" also holds held-out combinations; this group is the trained ones
+    if len(bouncing) < want_bouncing and _bounces_within(scene, frames, height, width):
+      bouncing.append((index, scene))
+    elif len(others) < count:
+      others.append((index, scene))
+    if len(bouncing) >= want_bouncing and len(bouncing) + len(others) >= count:
+      break
+  chosen = sorted(bouncing + others[:count - len(bouncing)], key=lambda item: item[0])
+  if len(chosen) < count:
+    raise ValueError(
+        f"found only {len(chosen)} eligible scenes of group {group!r} (split {split!r}) in "
+        f"{_MAX_SCENE_SEARCH} indices: lower scenes_per_group")
+  return chosen
+
+
+def _expected_objects(scene: world.Scene, kind: str, trajectories: Sequence[world.Trajectory],
+                      frames: int) -> tuple[dict[str, Any], ...]:
+  expected = []
+  for obj, trajectory in zip(scene.objects, trajectories):
+    stated: dict[str, Any] = {"color": obj.color, "shape": obj.shape}
+    if kind == "descriptive" or scene.brief_with_sizes:
+      stated["size"] = obj.size
+    if kind == "descriptive":
+      stated["direction"] = obj.direction
+      stated["bounces"] = tuple(b.edge for b in trajectory.bounces)
+      stated["score_bounces"] = _clear_bounces(trajectory, frames)
+    expected.append(stated)
+  return tuple(expected)
+
+
+def build_suite(config: GenerationEvalConfig = GenerationEvalConfig(), *,
+                world_config: world.WorldConfig = world.WorldConfig(),
+                default_shape: tuple[int, int, int] = (9, 32, 32)) -> Suite:
+  """The fixed suite: its prompts and conditioned cases, a pure function of its arguments.
+
+  Args:
+    config: the suite's size, shape and modes.
+    world_config: the world the model was trained on (its held-out combinations and frame rate).
+    default_shape: (frames, height, width) used where `config` says None (the training clip).
+  """
+  frames = config.frames or default_shape[0]
+  height = config.height or default_shape[1]
+  width = config.width or default_shape[2]
+  extend_frames = config.extend_frames or max(1, frames - 1)
+  prompts: list[Prompt] = []
+  cases: list[ConditionedCase] = []
+  for group in GROUPS:
+    for index, scene in _choose_scenes(group, config.scenes_per_group, frames=frames,
+                                       height=height, width=width, config=config,
+                                       world_config=world_config):
+      trajectories = [world.simulate(o, frames=frames, height=height, width=width, fps=scene.fps)
+                      for o in scene.objects]
+      description = world.describe(scene, frames=frames, height=height, width=width)
+      for kind, text in (("brief", world.caption(scene)), ("descriptive", description)):
+        prompts.append(Prompt(
+            text=text, kind=kind, group=group, scene=scene, split=GROUPS[group], index=index,
+            expected=_expected_objects(scene, kind, trajectories, frames),
+            background=scene.background if kind == "descriptive" else None))
+      for mode in config.modes:
+        if mode == "extend":
+          cases.append(ConditionedCase("extend", description, group, scene, given_frames=frames,
+                                       new_frames=extend_frames))
+        else:
+          cases.append(ConditionedCase("i2v", description, group, scene, given_frames=1,
+                                       new_frames=frames))
+  return Suite(prompts=tuple(prompts), cases=tuple(cases), frames=frames, height=height,
+               width=width, fps=float(world_config.fps), seed=config.seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring one video.
+
+
+@dataclasses.dataclass
+class VideoScore:
+  """How one video follows its prompt.
+
+  Attributes:
+    hits: attribute -> how many of the prompted objects show it (for "bounces": among the objects
+      stated to bounce).
+    totals: attribute -> how many prompted objects state it.
+    count_stability: fraction of frames with the prompted number of objects.
+    count_correct: whether the most common per-frame count is the prompted one.
+    background_correct: None when the prompt states no background.
+    found: objects the analyzer found.
+  """
+  hits: dict[str, int]
+  totals: dict[str, int]
+  count_stability: float
+  count_correct: bool
+  background_correct: Optional[bool]
+  found: int
+
+
+def pair_objects(analysis: analyzer.VideoAnalysis, expected: Sequence[dict[str, Any]]
+                 ) -> list[tuple[dict[str, Any], Optional[analyzer.ObjectAnalysis]]]:
+  """Pairs prompted objects with found ones: by colour, then left-overs by their other attributes.
+
+  Returns:
+    One (prompted object, found object or None) per prompted object, in the prompt's order; each
+    found object is used at most once.
+  """
+  pairs = [list(pair) for pair in analyzer.match_objects(analysis, expected)]
+  used = {id(found) for _, found in pairs if found is not None}
+  for pair in pairs:
+    if pair[1] is not None:
+      continue
+    free = [o for o in analysis.objects if id(o) not in used]
+    if not free:
+      break
+    stated = [a for a in ATTRIBUTES[1:] if a in pair[0]]
+    # The best agreement wins; ties go to the first found (max keeps the first maximum).
+    best = max(free, key=lambda o: sum(getattr(o, a) == pair[0][a] for a in stated))
+    pair[1] = best
+    used.add(id(best))
+  return [tuple(pair) for pair in pairs]
+
+
+def score_video(video: np.ndarray, expected: Sequence[dict[str, Any]],
+                background: Optional[str] = None) -> VideoScore:
+  """Scores a uint8 video [T, H, W, 3] against the prompted objects (see `Prompt.expected`)."""
+  analysis = analyzer.analyze(video)
+  hits: dict[str, int] = collections.Counter()
+  totals: dict[str, int] = collections.Counter()
+  for stated, found in pair_objects(analysis, expected):
+    for attribute in ATTRIBUTES:
+      if attribute in stated:
+        totals[attribute] += 1
+        hits[attribute] += int(found is not None and getattr(found, attribute) == stated[attribute])
+    if stated.get("score_bounces"):
+      totals["bounces"] += 1
+      hits["bounces"] += int(found is not None
+                             and tuple(found.bounce_edges) == tuple(stated["bounces"]))
+  counts = np.asarray(analysis.counts)
+  values, occurrences = np.unique(counts, return_counts=True)
+  return VideoScore(
+      hits=dict(hits), totals=dict(totals),
+      count_stability=float(np.mean(counts == len(expected))),
+      count_correct=bool(values[np.argmax(occurrences)] == len(expected)),
+      background_correct=None if background is None else analysis.background == background,
+      found=len(analysis.objects))
+
+
+def frame_differences(video: np.ndarray) -> np.ndarray:
+  """float [T - 1]: mean absolute difference (0-255 levels) between consecutive frames."""
+  video = np.asarray(video, np.float32)
+  return np.abs(video[1:] - video[:-1]).mean(axis=(1, 2, 3))
+
+
+def seam_ratio(video: np.ndarray, seam: int) -> tuple[float, float, float]:
+  """How much the video jumps where new frames start.
+
+  Args:
+    video: uint8 [T, H, W, 3].
+    seam: index of the first new frame (1 <= seam < T); the seam is the pair (seam - 1, seam).
+
+  Returns:
+    (ratio, difference at the seam, mean difference of the other consecutive pairs); the ratio
+    is ~1 for a seamless continuation and >> 1 for a jump.
+  """
+  differences = frame_differences(video)
+  if not 1 <= seam <= len(differences):
+    raise ValueError(f"seam = {seam} must index a frame after the first of a {len(video)}-frame "
+                     f"video")
+  at_seam = float(differences[seam - 1])
+  inside = np.delete(differences, seam - 1)
+  inside_mean = float(inside.mean()) if len(inside) else at_seam
+  return (at_seam + _SEAM_EPSILON) / (inside_mean + _SEAM_EPSILON), at_seam, inside_mean
+
+
+def psnr(image: np.ndarray, reference: np.ndarray) -> float:
+  """PSNR in dB of two uint8 images [H, W, 3], capped at `MAX_PSNR` (identical images)."""
+  error = np.mean(np.square(np.asarray(image, np.float64) - np.asarray(reference, np.float64)))
+  if error == 0.0:
+    return MAX_PSNR
+  return float(min(MAX_PSNR, 10.0 * math.log10(255.0 ** 2 / error)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the suite.
+
+
+class GenerateFn(Protocol):
+  """What the evaluation calls to make a video.
+
+  mode "t2v": returns uint8 [frames, H, W, 3].
+  mode "i2v": `image` uint8 [H, W, 3] is the first frame; returns the clip of `frames` frames
+    that starts with it (as the model shows it).
+  mode "extend": `video` uint8 [Tg, H, W, 3] is continued by `frames` new frames; returns the
+    whole clip [Tg + frames, H, W, 3], the given frames first.
+  A generator that must round `frames` (to what its autoencoder accepts) may return a different
+  count; the scores use whatever it returns.
+  """
+
+  def __call__(self, prompt: str, *, frames: int, height: int, width: int, seed: int,
+               mode: str = "t2v", image: np.ndarray | None = None,
+               video: np.ndarray | None = None) -> np.ndarray: ...
+
+
+@dataclasses.dataclass
+class GenerationReport:
+  """The evaluation's outcome: `metrics` (the JSON summary) and one row per generated video."""
+  metrics: dict[str, Any]
+  rows: list[dict[str, Any]]
+
+
+def _check_video(video: Any, what: str, height: int, width: int) -> np.ndarray:
+  video = np.asarray(video)
+  if video.dtype != np.uint8 or video.ndim != 4 or video.shape[1:] != (height, width, 3):
+    raise ValueError(f"{what}: the generator returned {video.dtype} {video.shape}; expected uint8 "
+                     f"[T, {height}, {width}, 3]")
+  return video
+
+
+def _ratio(hits: int, total: int) -> Optional[float]:
+  return None if total == 0 else round(hits / total, 4)
+
+
+def _mean(values: Sequence[float]) -> Optional[float]:
+  return None if not values else round(float(np.mean(values)), 4)
+
+
+def _accuracies(rows: Sequence[dict[str, Any]]) -> dict[str, Optional[float]]:
+  """Per-attribute accuracy (pooled over the objects of `rows`), counts and background."""
+  hits, totals = collections.Counter(), collections.Counter()
+  for row in rows:
+    hits.update(row["hits"])
+    totals.update(row["totals"])
+  result = {f"{a}_accuracy": _ratio(hits[a], totals[a]) for a in ATTRIBUTES}
+  result["bounce_accuracy"] = _ratio(hits["bounces"], totals["bounces"])
+  result["count_stability"] = _mean([r["count_stability"] for r in rows])
+  result["count_accuracy"] = _mean([float(r["count_correct"]) for r in rows])
+  backgrounds = [float(r["background_correct"]) for r in rows
+                 if r["background_correct"] is not None]
+  result["background_accuracy"] = _mean(backgrounds)
+  return result
+
+
+def evaluate_generation(generate_fn: GenerateFn, suite: Suite, *, progress: bool = True,
+                        on_video: Callable[[dict[str, Any], np.ndarray], None] | None = None
+                        ) -> GenerationReport:
+  """Generates every video of the suite, scores it, and summarises.
+
+  Args:
+    generate_fn: makes the videos (see `GenerateFn`).
+    suite: from `build_suite`.
+    progress: show a progress bar.
+    on_video: called with (row, video) after each video, e.g. to save it.
+
+  Returns:
+    The report; its `metrics` hold accuracies in [0, 1] (None where the suite states nothing to
+    score), the seam ratios, PSNR in dB, seconds per video and the real-time factor.
+  """
+  shape = dict(height=suite.height, width=suite.width)
+  rows: list[dict[str, Any]] = []
+  requests = len(suite.prompts) + len(suite.cases)
+  bar = tqdm.tqdm(total=requests, desc="evaluating generation", unit="video", disable=not progress,
+                  leave=False)
+  seed = suite.seed
+  for prompt in suite.prompts:
+    start = time.perf_counter()
+    video = generate_fn(prompt.text, frames=suite.frames, seed=seed, mode="t2v", **shape)
+    seconds = time.perf_counter() - start
+    video = _check_video(video, f"t2v {prompt.text!r}", **shape)
+    score = score_video(video, prompt.expected, prompt.background)
+    row = dict(mode="t2v", group=prompt.group, kind=prompt.kind, prompt=prompt.text, seed=seed,
+               frames=len(video), seconds=round(seconds, 4), objects=len(prompt.expected),
+               found=score.found, hits=score.hits, totals=score.totals,
+               count_stability=round(score.count_stability, 4), count_correct=score.count_correct,
+               background_correct=score.background_correct)
+    rows.append(row)
+    if on_video is not None:
+      on_video(row, video)
+    seed += 1
+    bar.update(1)
+
+  for case in suite.cases:
+    given = case.given(suite.height, suite.width)
+    start = time.perf_counter()
+    if case.mode == "extend":
+      video = generate_fn(case.prompt, frames=case.new_frames, seed=seed, mode="extend",
+                          video=given, **shape)
+    else:
+      video = generate_fn(case.prompt, frames=case.new_frames, seed=seed, mode="i2v",
+                          image=given[0], **shape)
+    seconds = time.perf_counter() - start
+    video = _check_video(video, f"{case.mode} {case.prompt!r}", **shape)
+    seam = len(given) if case.mode == "extend" else 1
+    if len(video) <= seam:
+      raise ValueError(f"{case.mode} {case.prompt!r}: the generator returned {len(video)} frames, "
+                       f"no new frame after the {seam} given ones")
+    ratio, at_seam, inside = seam_ratio(video, seam)
+    row = dict(mode=case.mode, group=case.group, prompt=case.prompt, seed=seed,
+               frames=len(video), seconds=round(seconds, 4), seam_ratio=round(ratio, 4),
+               seam_difference=round(at_seam, 4), inside_difference=round(inside, 4))
+    if case.mode == "i2v":
+      row["first_frame_psnr"] = round(psnr(video[0], given[0]), 4)
+    rows.append(row)
+    if on_video is not None:
+      on_video(row, video)
+    seed += 1
+    bar.update(1)
+  bar.close()
+  return GenerationReport(metrics=summarize(rows, suite), rows=rows)
+
+
+def summarize(rows: Sequence[dict[str, Any]], suite: Suite) -> dict[str, Any]:
+  """The JSON summary of the rows `evaluate_generation` made."""
+  t2v = [r for r in rows if r["mode"] == "t2v"]
+  metrics: dict[str, Any] = {"videos": len(rows), "prompts": len(t2v)}
+  metrics.update(_accuracies(t2v))
+  metrics["by_group"] = {g: _accuracies([r for r in t2v if r["group"] == g]) for g in GROUPS}
+  metrics["by_caption"] = {k: _accuracies([r for r in t2v if r["kind"] == k])
+                           for k in CAPTION_KINDS}
+  extend = [r for r in rows if r["mode"] == "extend"]
+  metrics["extension_seam_ratio"] = _mean([r["seam_ratio"] for r in extend])
+  metrics["extension_seam_difference"] = _mean([r["seam_difference"] for r in extend])
+  metrics["extension_inside_difference"] = _mean([r["inside_difference"] for r in extend])
+  i2v = [r for r in rows if r["mode"] == "i2v"]
+  metrics["i2v_first_frame_psnr"] = _mean([r["first_frame_psnr"] for r in i2v])
+  metrics["i2v_seam_ratio"] = _mean([r["seam_ratio"] for r in i2v])
+  seconds = [r["seconds"] for r in t2v]
+  median = float(np.median(seconds)) if seconds else None
+  metrics["seconds_per_video"] = None if median is None else round(median, 4)
+  metrics["first_video_seconds"] = seconds[0] if seconds else None
+  # Video seconds of the clips as generated (a generator may round the frame count).
+  clip_frames = float(np.median([r["frames"] for r in t2v])) if t2v else 0.0
+  metrics["real_time_factor"] = (None if not median else
+                                 round(clip_frames / suite.fps / median, 4))
+  metrics["frames"], metrics["height"], metrics["width"] = suite.frames, suite.height, suite.width
+  metrics["fps"] = suite.fps
+  return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# Printing.
+
+
+def _cell(hits: dict[str, int], totals: dict[str, int], key: str) -> str:
+  return f"{hits.get(key, 0)}/{totals[key]}" if totals.get(key) else "-"
+
+
+def format_table(report: GenerationReport) -> str:
+  """A readable table: one line per video, then the summary figures."""
+  lines = [f"{'mode':6} {'group':8} {'caption':11} {'found':>5} {'colour':>6} {'shape':>5} "
+           f"{'size':>5} {'dir':>5} {'bounce':>6} {'count':>5} {'seam':>6} {'psnr':>6} "
+           f"{'sec':>7}  prompt"]
+  for row in report.rows:
+    if row["mode"] == "t2v":
+      hits, totals = row["hits"], row["totals"]
+      cells = [f"{row['found']}/{row['objects']}", _cell(hits, totals, "color"),
+               _cell(hits, totals, "shape"), _cell(hits, totals, "size"),
+               _cell(hits, totals, "direction"), _cell(hits, totals, "bounces"),
+               f"{row['count_stability']:.2f}", "-", "-"]
+    else:
+      cells = ["-"] * 7 + [f"{row['seam_ratio']:.2f}",
+                           f"{row['first_frame_psnr']:.1f}" if "first_frame_psnr" in row else "-"]
+    prompt = row["prompt"] if len(row["prompt"]) <= 70 else row["prompt"][:67] + "..."
+    lines.append(f"{row['mode']:6} {row['group']:8} {row.get('kind', '-'):11} {cells[0]:>5} "
+                 f"{cells[1]:>6} {cells[2]:>5} {cells[3]:>5} {cells[4]:>5} {cells[5]:>6} "
+                 f"{cells[6]:>5} {cells[7]:>6} {cells[8]:>6} {row['seconds']:7.2f}  {prompt}")
+  metrics = report.metrics
+  lines.append("")
+  for key, value in metrics.items():
+    if isinstance(value, dict):
+      lines.append(f"{key}:")
+      for name, figures in value.items():
+        inner = ", ".join(f"{k}={_show(v)}" for k, v in figures.items())
+        lines.append(f"  {name:12} {inner}")
+    else:
+      lines.append(f"{key:28} {_show(value)}")
+  return "\n".join(lines)
+
+
+def _show(value: Any) -> str:
+  if value is None:
+    return "n/a"
+  if isinstance(value, float):
+    return f"{value:.4g}"
+  return str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# A trained workdir.
+
+
+def generator_fn(generator: Any) -> GenerateFn:
+  """Adapts a `videogen.generate.pipeline.Generator` to `GenerateFn` through its modes.
+
+  `videogen.generate.modes` keeps given frames verbatim, so image-to-video's first frame is the
+  image itself (PSNR at the cap) and its seam ratio is the informative figure.
+  """
+  from videogen.generate import modes  # pylint: disable=g-import-not-at-top
+
+  def generate(prompt: str, *, frames: int, height: int, width: int, seed: int,
+               mode: str = "t2v", image: np.ndarray | None = None,
+               video: np.ndarray | None = None) -> np.ndarray:
+    size = dict(frames=frames, height=height, width=width, seed=seed)
+    if mode == "t2v":
+      return modes.text_to_video(generator, prompt, **size).video
+    if mode == "i2v":
+      if image is None:
+        raise ValueError("mode 'i2v' needs image=uint8 [H, W, 3]")
+      return modes.image_to_video(generator, prompt, image, **size).video
+    if mode == "extend":
+      if video is None:
+        raise ValueError("mode 'extend' needs video=uint8 [T, H, W, 3]")
+      return modes.extend(generator, prompt, video, **size).video
+    raise ValueError(f"unknown mode {mode!r}; choose 't2v', 'i2v' or 'extend'")
+
+  return generate
+
+
+def _save_videos_callback(directory: str, fps: float, entries: list[Any]
+                          ) -> Callable[[dict[str, Any], np.ndarray], None]:
+  """An `on_video` callback writing each video as NNN_<mode>.mp4 into `directory`."""
+  from data_pipelines import video_io  # pylint: disable=g-import-not-at-top
+  from videogen.generate import gallery  # pylint: disable=g-import-not-at-top
+  os.makedirs(directory, exist_ok=True)
+
+  def save(row: dict[str, Any], video: np.ndarray) -> None:
+    name = f"{len(entries):03d}_{row['mode']}.mp4"
+    video_io.write_video(os.path.join(directory, name), video, fps)
+    note = f"{row['mode']}, {row['group']}" + (f", {row['kind']}" if "kind" in row else "")
+    entries.append(gallery.GalleryEntry(prompt=row["prompt"], video=name, note=note))
+
+  return save
+
+
+def evaluate_workdir(experiment: Any, workdir: str, *,
+                     config: GenerationEvalConfig | None = None,
+                     progress: bool = True) -> GenerationReport:
+  """Loads the workdir's generator, runs the suite, writes WORKDIR/eval_generation.json.
+
+  Args:
+    experiment: the validated experiment; None reads the one saved with the checkpoint.
+    workdir: a trained run's directory.
+    config: the suite; None uses the experiment's `eval_generation` section if it has one, else
+      the defaults.
+    progress: show progress bars.
+  """
+  from videogen.generate import pipeline  # pylint: disable=g-import-not-at-top
+  if experiment is None:
+    experiment = _saved_experiment(workdir, pipeline.DIT_STAGE)
+  sections = getattr(experiment, "sections", {})
+  if config is None:
+    config = sections.get("eval_generation") or GenerationEvalConfig()
+  data = sections.get("data")
+  world_config = getattr(data, "world", None) or world.WorldConfig()
+  generator = pipeline.load(workdir, experiment, progress=False)
+  suite = build_suite(config, world_config=world_config,
+                      default_shape=tuple(generator.default_shape))
+  logging.info("generation suite: %d prompts and %d conditioned cases at %dx%dx%d",
+               len(suite.prompts), len(suite.cases), suite.frames, suite.height, suite.width)
+  entries: list[Any] = []
+  videos_dir = os.path.join(workdir, "eval_generation")
+  on_video = (_save_videos_callback(videos_dir, generator.fps, entries)
+              if config.save_videos else None)
+  report = evaluate_generation(generator_fn(generator), suite, progress=progress,
+                               on_video=on_video)
+  if entries:
+    from videogen.generate import gallery  # pylint: disable=g-import-not-at-top
+    gallery.write_index(videos_dir, entries, title=f"videogen generation suite: {workdir}")
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
+    json.dump(report.metrics, f, indent=2)
+  with open(os.path.join(workdir, VIDEOS_FILE), "w") as f:
+    json.dump(report.rows, f, indent=2)
+  return report
+
+
+def generation_command(experiment: Any, workdir: str | None) -> int:
+  """`evaluate --what=generation`: prints the table, then the metrics JSON as the last line."""
+  if not workdir:
+    print("evaluate needs --workdir=DIR, a trained run (python -m videogen.main evaluate "
+          "--workdir=runs/tiny --what=generation)", file=sys.stderr)
+    return 2
+  try:
+    report = evaluate_workdir(experiment, workdir)
+  except FileNotFoundError as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 1
+  print(format_table(report))
+  print(json.dumps(report.metrics, sort_keys=False))
+  return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluate command.
+
+
+def _saved_experiment(workdir: str, stage: str) -> Any:
+  """The experiment saved with the newest checkpoint of `stage` in the workdir.
+
+  Raises:
+    FileNotFoundError: the stage has no checkpoint there.
+  """
+  from videogen.generate import pipeline  # pylint: disable=g-import-not-at-top
+  from videogen.train import checkpointing  # pylint: disable=g-import-not-at-top
+  directory = pipeline.checkpoint_dir(workdir, stage)
+  checkpointer = checkpointing.Checkpointer(directory)
+  try:
+    step = checkpointer.latest_step()
+    if step is None:
+      raise FileNotFoundError(
+          f"no checkpoint of stage {stage!r} in {directory}: train the experiment first "
+          f"(python -m videogen.main train --config=experiments/<file>.py:<variant> "
+          f"--workdir={workdir})")
+    return pipeline.experiment_from_json(checkpointer.read_config(step))
+  finally:
+    checkpointer.close()
+
+
+def stage_command(stage_name: str, experiment: Any, workdir: str | None) -> int:
+  """`evaluate --what=<stage>`: the stage's own `evaluate` on its newest checkpoint (EMA weights).
+
+  Prints one line per metric, then the metrics as JSON on the last line, and writes them to
+  WORKDIR/eval_<stage>.json.
+  """
+  if not workdir:
+    print(f"evaluate needs --workdir=DIR, a run that trained stage {stage_name!r}",
+          file=sys.stderr)
+    return 2
+  from videogen.train import stages as stages_lib  # pylint: disable=g-import-not-at-top
+  from videogen.train import trainer  # pylint: disable=g-import-not-at-top
+  try:
+    if experiment is None:
+      experiment = _saved_experiment(workdir, stage_name)
+    stage = stages_lib.make_stage(stage_name, experiment)
+    model, step = trainer.load_model(experiment, workdir, stage_name)
+  except FileNotFoundError as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 1
+  except ModuleNotFoundError as error:
+    print(f"--what={stage_name} is not available in this version of videogen: its stage does not "
+          f"import ({error})", file=sys.stderr)
+    return 2
+  scores = {name: float(value) for name, value in stage.evaluate(model, step, workdir).items()}
+  if not scores:
+    print(f"stage {stage_name!r} measures nothing in its evaluate(); nothing to report",
+          file=sys.stderr)
+    return 1
+  result = {"stage": stage_name, "step": int(step), **scores}
+  with open(os.path.join(workdir, f"eval_{stage_name}.json"), "w") as f:
+    json.dump(result, f, indent=2)
+  for name, value in result.items():
+    print(f"{name:28} {_show(value)}")
+  print(json.dumps(result))
+  return 0
+
+
+# --what -> (command, what it measures). Each command takes (experiment, workdir) and returns an
+# exit code, like the commands of videogen.main.
+EVALUATIONS: dict[str, tuple[Callable[[Any, Optional[str]], int], str]] = {
+    "generation": (generation_command,
+                   "prompt following, physics, seams and speed of generated videos"),
+    "autoencoder": (functools.partial(stage_command, "autoencoder"),
+                    "the autoencoder stage's own evaluation (reconstruction PSNR / SSIM)"),
+}
+
+
+def evaluate(experiment: Any, workdir: str | None, what: str | None = None) -> int:
+  """`python -m videogen.main evaluate --workdir=DIR --what=...`: runs one evaluation.
+
+  Args:
+    experiment: the validated experiment (from --config), or None to read the workdir's own.
+    workdir: the trained run.
+    what: a key of `EVALUATIONS`; None reads the --what flag.
+  """
+  if what is None:
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    what = flags.FLAGS["what"].value if "what" in flags.FLAGS else "generation"
+  if what not in EVALUATIONS:
+    print(f"unknown --what={what!r}; choose one of: "
+          + "; ".join(f"{k} ({v[1]})" for k, v in EVALUATIONS.items()), file=sys.stderr)
+    return 2
+  return EVALUATIONS[what][0](experiment, workdir)
