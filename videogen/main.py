@@ -35,17 +35,49 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment file and variant, e.g. experiments/shapes.py:tiny.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
+# Used by `train` (videogen.train.trainer.command).
+flags.DEFINE_bool("allow_config_change", False,
+                  "Resume a workdir whose checkpoints were made with a different config.")
+flags.DEFINE_string("coordinator_address", None,
+                    "host:port of process 0 for a multi-process run (with --num_processes and "
+                    "--process_id); TPU pods and SLURM are detected without it.")
+flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
+flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+# Used by `generate` (videogen.generate.command); a prompts file's lines default to these.
+flags.DEFINE_string("prompt", None, "generate: what the video shows, e.g. 'a red circle'.")
+flags.DEFINE_string("negative_prompt", None, "generate: the unconditional branch's prompt.")
+flags.DEFINE_string("out", None, "generate: output .mp4 (a .gif is written beside it); with "
+                    "--prompts_file, the output folder.")
+flags.DEFINE_string("mode", "t2v", "generate: t2v, t2i, i2v, extend, extend_backward, loop, "
+                    "connect or edit.")
+flags.DEFINE_integer("frames", None, "generate: frames to make: the video's length (t2v, i2v, "
+                     "edit, loop's clip) or the new frames (extend, connect); default: the "
+                     "training clip's length.")
+flags.DEFINE_integer("height", None, "generate: frame height (default: the input's or training's).")
+flags.DEFINE_integer("width", None, "generate: frame width (default: the input's or training's).")
+flags.DEFINE_integer("steps", None, "generate: sampling steps (default: config.sample).")
+flags.DEFINE_float("guidance", None, "generate: classifier-free guidance scale.")
+flags.DEFINE_string("sampler", None, "generate: 'euler' or 'heun'.")
+flags.DEFINE_integer("seed", None, "generate: noise seed (the same seed gives the same video).")
+flags.DEFINE_string("input", None, "generate: the video or image a mode starts from.")
+flags.DEFINE_string("input2", None, "generate: the second clip of --mode=connect.")
+flags.DEFINE_float("strength", 0.6, "generate: edit strength in (0, 1] (--mode=edit).")
+flags.DEFINE_integer("bridge_frames", None, "generate: the closing bridge of --mode=loop.")
+flags.DEFINE_string("prompts_file", None, "generate: a JSONL file of requests, one per line.")
+# Used by `evaluate` (videogen.evaluate.generation.evaluate).
+flags.DEFINE_string("what", "generation", "evaluate: what to measure, 'generation' (prompt "
+                    "following, physics, seams, speed) or 'autoencoder' (reconstruction).")
 
 # command -> ("module:function", needs a config). Each function takes (experiment, workdir) and
 # returns an exit code or None. An entry of None is a command that is not built yet.
 COMMANDS: dict[str, tuple[str, bool] | None] = {
-    "run": None,
-    "train": None,
-    "generate": None,
-    "evaluate": None,
-    "summary": None,
+    "run": ("videogen.main_job:run", True),
+    "train": ("videogen.train.trainer:command", True),
+    "generate": ("videogen.generate.command:command", False),
+    "evaluate": ("videogen.evaluate.generation:evaluate", False),
+    "summary": ("videogen.evaluate.summary:summary", True),
     "export": None,
-    "benchmark": None,
+    "benchmark": ("videogen.evaluate.benchmark:command", True),
 }
 
 

@@ -1,0 +1,102 @@
+r"""The main job: train every stage of an experiment, then write a gallery of sampled videos.
+
+    python -m videogen.main run --config=experiments/shapes.py:tiny --workdir=runs/tiny
+
+1. `videogen.train.trainer.train` trains the experiment's stages in order (the autoencoder, then
+   the diffusion transformer on its latents), resuming from the workdir's checkpoints.
+2. The gallery: the generation pipeline samples one video per prompt of a fixed list, the
+   text-to-video prompts of the generation suite (`videogen.evaluate.generation.build_suite`):
+   brief and descriptive captions of training combinations and of held-out ones. Each video is
+   written as .mp4 and .gif into WORKDIR/gallery/, with a PNG contact sheet, a manifest.jsonl and
+   an index.html that shows every video beside its prompt.
+
+`python -m videogen.main evaluate --workdir=DIR --what=generation` then scores the same kind of
+prompts with the analyzer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from typing import Any
+
+from absl import logging
+
+from data_pipelines import video_io
+from videogen import experiment as experiment_lib
+from videogen.evaluate import generation as generation_eval
+from videogen.generate import gallery
+from videogen.generate import modes
+from videogen.generate import pipeline
+from videogen.train import trainer
+
+GALLERY_DIR = "gallery"
+
+
+def _slug(text: str, limit: int = 40) -> str:
+  return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:limit].rstrip("_")
+
+
+def write_gallery(experiment: experiment_lib.Experiment, workdir: str, *,
+                  generator: pipeline.Generator | None = None) -> str:
+  """Samples the gallery's prompts from the trained workdir; returns the index.html path."""
+  generator = pipeline.load(workdir, experiment) if generator is None else generator
+  data = experiment.sections.get("data")
+  world_config = data.world if data is not None else None
+  frames, height, width = generator.default_shape
+  suite = generation_eval.build_suite(
+      generation_eval.GenerationEvalConfig(modes=()),
+      **({"world_config": world_config} if world_config is not None else {}),
+      default_shape=(frames, height, width))
+  out_dir = os.path.join(workdir, GALLERY_DIR)
+  os.makedirs(out_dir, exist_ok=True)
+  entries, videos, manifest = [], [], []
+  for number, prompt in enumerate(suite.prompts):
+    result = modes.text_to_video(generator, prompt.text, frames=suite.frames, height=suite.height,
+                                 width=suite.width, seed=suite.seed + number)
+    stem = f"{number:02d}_{_slug(prompt.text)}"
+    video_io.write_video(os.path.join(out_dir, stem + ".mp4"), result.video, round(result.fps))
+    video_io.write_video(os.path.join(out_dir, stem + ".gif"), result.video, round(result.fps))
+    note = ("held-out combination" if prompt.group == "held_out" else "training combination")
+    note += f" · {prompt.kind} · seed {suite.seed + number}"
+    entries.append(gallery.GalleryEntry(prompt=prompt.text, video=stem + ".mp4",
+                                        gif=stem + ".gif", note=note))
+    videos.append(result.video)
+    manifest.append({"video": stem + ".mp4", "gif": stem + ".gif", "prompt": prompt.text,
+                     "kind": prompt.kind, "group": prompt.group, "seed": suite.seed + number,
+                     "seconds": result.seconds, "real_time_factor": result.real_time_factor})
+    logging.info("gallery %d/%d: %s", number + 1, len(suite.prompts), result.summary())
+  video_io.write_contact_sheet(os.path.join(out_dir, "contact_sheet.png"), videos,
+                               labels=[p.text for p in suite.prompts])
+  with open(os.path.join(out_dir, "manifest.jsonl"), "w", encoding="utf-8") as f:
+    for row in manifest:
+      f.write(json.dumps(row) + "\n")
+  return gallery.write_index(out_dir, entries, title=f"videogen: {experiment.name}",
+                             contact_sheet="contact_sheet.png")
+
+
+def run(experiment: experiment_lib.Experiment, workdir: str | None) -> int:
+  """`python -m videogen.main run`: train, then the gallery. Exit code as `train`'s."""
+  if not workdir:
+    print("run needs --workdir=DIR (checkpoints, metrics and the gallery go there)",
+          file=sys.stderr)
+    return 2
+  start = time.time()
+  try:
+    results = trainer.train(experiment, workdir)
+  except (trainer.NonFiniteError, trainer.ConfigChangedError) as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 1 if isinstance(error, trainer.NonFiniteError) else 2
+  if any(result.status == "preempted" for result in results):
+    print("preempted after a checkpoint: run the same command again to resume")
+    return 0
+  trained = time.time()
+  index = write_gallery(experiment, workdir)
+  done = time.time()
+  print(f"trained in {(trained - start) / 60:.1f} min, gallery in {(done - trained) / 60:.1f} min")
+  print(f"gallery: {index}")
+  print(f"score it: python -m videogen.main evaluate --workdir={workdir} --what=generation")
+  return 0
