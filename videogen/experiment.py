@@ -25,6 +25,7 @@ SECTIONS: dict[str, str] = {
     "autoencoder_loss": "videogen.train.autoencoder_stage:AutoencoderLossConfig",
     "text_encoder": "videogen.models.text_encoder:TextEncoderConfig",
     "dit": "videogen.models.dit:DiTConfig",
+    "dit_stage": "videogen.train.dit_stage:DiTStageConfig",
     "diffusion": "videogen.diffusion.flow:FlowConfig",
     "sample": "videogen.diffusion.samplers:SamplerConfig",
     "eval_generation": "videogen.evaluate.generation:GenerationEvalConfig",

@@ -1,0 +1,98 @@
+"""experiments/shapes.py: the main experiment's variants validate and their parts fit together."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import sys
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from videogen import config as config_lib
+from videogen import experiment as experiment_lib
+from videogen.train import dit_stage
+from videogen.train import stages as stages_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+EXPERIMENT_FILE = ROOT / "experiments" / "shapes.py"
+
+
+@pytest.fixture(autouse=True)
+def _dit_stage_section(monkeypatch):
+  # The schema entry of config.dit_stage (a no-op once videogen/experiment.py registers it).
+  monkeypatch.setitem(experiment_lib.SECTIONS, "dit_stage",
+                      "videogen.train.dit_stage:DiTStageConfig")
+
+
+@pytest.fixture(scope="module")
+def shapes():
+  spec = importlib.util.spec_from_file_location("shapes_experiment", EXPERIMENT_FILE)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.parametrize("variant", ["tiny", "small"])
+def test_variant_validates_and_its_parts_fit(shapes, variant):
+  experiment = experiment_lib.validate(shapes.get_config(variant))
+  assert experiment.stages == ("autoencoder", "dit")
+  assert set(experiment.train) == {"autoencoder", "dit"}
+  assert "dit_stage" in experiment.sections
+  # Both stages accept the config (each checks its own agreement with the others).
+  for name in experiment.stages:
+    stages_lib.make_stage(name, experiment)
+  autoencoder = experiment.autoencoder
+  dit = experiment.dit
+  patch = dit.patch_size
+  buckets = experiment.data.parsed_buckets()
+  assert any(bucket.frames == 1 for bucket in buckets), "joint image and video training"
+  for bucket in buckets:
+    assert (bucket.frames - 1) % autoencoder.temporal_factor == 0, bucket
+    for size in (bucket.height, bucket.width):
+      assert size % (autoencoder.spatial_factor * patch[1]) == 0, bucket
+  main = buckets[0]  # the main video bucket, which the transformer is sized for
+  assert dit.input_size == (1 + (main.frames - 1) // autoencoder.temporal_factor,
+                            main.height // autoencoder.spatial_factor,
+                            main.width // autoencoder.spatial_factor)
+  assert experiment.text_encoder.vocab_size == experiment.tokenizer.vocab_size
+  assert experiment.text_encoder.max_length == experiment.tokenizer.max_length
+
+
+def test_the_default_variant_is_tiny(shapes):
+  assert shapes.get_config().to_dict() == shapes.get_config("tiny").to_dict()
+
+
+def test_an_unknown_variant_is_refused(shapes):
+  with pytest.raises(ValueError, match="choose one of tiny, small"):
+    shapes.get_config("huge")
+
+
+def test_a_mistyped_override_stops_at_start_up(shapes):
+  config = shapes.get_config("tiny")
+  config.dit.widht = 64
+  with pytest.raises(config_lib.ConfigError, match=r"unknown key\(s\) config.dit.widht; "
+                                                   r"config.dit accepts: .*width"):
+    experiment_lib.validate(config)
+
+
+def _parse_command_line(monkeypatch, *overrides: str):
+  """The experiment that `--config=experiments/shapes.py:tiny` plus `overrides` give."""
+  argv = ["videogen", f"--config={EXPERIMENT_FILE}:tiny", *overrides]
+  monkeypatch.setattr(sys, "argv", argv)  # config_flags reads the overrides from sys.argv
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "experiment", flag_values=flag_values,
+                                  lock_config=True)
+  flag_values(argv)
+  return experiment_lib.validate(flag_values.config)
+
+
+def test_command_line_overrides(monkeypatch):
+  """What `--config.dit.widht=64` does on the command line (the config is locked there)."""
+  with pytest.raises(AttributeError, match='Did you mean "width" instead of "widht"'):
+    _parse_command_line(monkeypatch, "--config.dit.widht=64")
+  experiment = _parse_command_line(monkeypatch, "--config.dit.width=64",
+                                   "--config.dit_stage.latents=cache")
+  assert experiment.dit.width == 64
+  assert experiment.dit_stage == dit_stage.DiTStageConfig(latents="cache")

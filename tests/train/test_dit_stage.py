@@ -1,0 +1,281 @@
+"""videogen/train/dit_stage.py: the diffusion stage's model, loss, frozen parts, data and samples.
+
+Tiny sizes throughout: a 2x2x2 autoencoder with 4 latent channels on 5x16x16 clips (3x8x8
+latents, 48 tokens), a width-32 one-block transformer and a width-16 text encoder. The autoencoder
+stage's checkpoint is written directly from a randomly initialised model (no autoencoder training).
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from data_pipelines import loader
+from data_pipelines.loader import DataConfig
+from data_pipelines.tokenizer import TokenizerConfig
+from videogen import experiment as experiment_lib
+from videogen.config import to_config_dict
+from videogen.diffusion.flow import FlowConfig
+from videogen.diffusion.samplers import SamplerConfig
+from videogen.models.autoencoder import AutoencoderConfig
+from videogen.models.dit import DiTConfig
+from videogen.models.text_encoder import TextEncoderConfig
+from videogen.parallel import mesh as mesh_lib
+from videogen.train import checkpointing
+from videogen.train import dit_stage
+from videogen.train import metrics as metrics_lib
+from videogen.train import stages as stages_lib
+from videogen.train import train_state as train_state_lib
+from videogen.train import trainer
+from videogen.train.trainer import TrainConfig
+
+AUTOENCODER = AutoencoderConfig(
+    base_channels=8, channel_multipliers=(1, 1), num_res_blocks=1, spatial_downsample=(True,),
+    temporal_downsample=(True,), latent_channels=4, middle_attention=False, attention_heads=1)
+VOCAB_SIZE = 300
+MAX_TOKENS = 24
+TEXT_WIDTH = 16
+
+
+@pytest.fixture(autouse=True)
+def _dit_stage_section(monkeypatch):
+  # The schema entry of config.dit_stage (a no-op once videogen/experiment.py registers it).
+  monkeypatch.setitem(experiment_lib.SECTIONS, "dit_stage",
+                      "videogen.train.dit_stage:DiTStageConfig")
+
+
+def make_experiment(*, flow: FlowConfig = FlowConfig(), text_frozen: bool = False,
+                    dit_in_channels: int = 4, text_vocab: int = VOCAB_SIZE,
+                    **train) -> experiment_lib.Experiment:
+  config = ml_collections.ConfigDict()
+  config.name = "dit_stage_test"
+  config.seed = 0
+  config.stages = ("autoencoder", "dit")
+  config.mesh = to_config_dict(mesh_lib.MeshConfig())
+  config.data = to_config_dict(DataConfig(buckets=("5x16x16:8",), caption="brief"))
+  config.tokenizer = to_config_dict(TokenizerConfig(vocab_size=VOCAB_SIZE, max_length=MAX_TOKENS,
+                                                    num_train_captions=300))
+  config.autoencoder = to_config_dict(AUTOENCODER)
+  config.text_encoder = to_config_dict(TextEncoderConfig(
+      vocab_size=text_vocab, max_length=MAX_TOKENS, width=TEXT_WIDTH, depth=1, num_heads=2,
+      mlp_ratio=2.0, frozen=text_frozen, attention_backend="xla"))
+  config.dit = to_config_dict(DiTConfig(
+      width=32, depth=1, num_heads=2, in_channels=dit_in_channels, input_size=(3, 8, 8),
+      context_dim=TEXT_WIDTH, pooled_dim=TEXT_WIDTH, frequency_dim=32, attention_backend="xla"))
+  config.diffusion = to_config_dict(flow)
+  config.sample = to_config_dict(SamplerConfig(method="euler", num_steps=2, guidance_scale=2.0))
+  config.dit_stage = to_config_dict(dit_stage.DiTStageConfig(
+      eval_prompts=("a red circle", "a blue square"), eval_steps=2))
+  config.train = ml_collections.ConfigDict()
+  config.train.autoencoder = to_config_dict(TrainConfig(num_steps=5))
+  config.train.dit = to_config_dict(TrainConfig(**{
+      "num_steps": 2, "log_every": 1, "checkpoint_every": 2, "eval_every": 2,
+      "async_checkpoints": False, "progress_bar": False, **train}))
+  return experiment_lib.validate(config)
+
+
+def write_autoencoder_checkpoint(experiment, workdir: str, step: int = 5) -> nnx.State:
+  """An autoencoder-stage checkpoint of random parameters; returns its VideoAutoencoder state."""
+  stage = stages_lib.make_stage("autoencoder", experiment)
+  with nnx.use_eager_sharding(False):
+    model = stage.create_model(nnx.Rngs(7))
+  params = nnx.state(model, nnx.Param)
+  checkpointer = checkpointing.Checkpointer(f"{workdir}/checkpoints/autoencoder",
+                                            async_save=False)
+  checkpointer.save(step, {"step": jnp.int32(step), "params": params, "ema_params": params},
+                    {"step": step}, {})
+  checkpointer.close()
+  return nnx.state(model.autoencoder)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setitem(experiment_lib.SECTIONS, "dit_stage", "videogen.train.dit_stage:DiTStageConfig")
+    experiment = make_experiment()
+  return dit_stage.load_or_train_tokenizer(experiment, str(tmp_path_factory.mktemp("tokenizer")))
+
+
+def eager_model(stage: dit_stage.DiTStage, seed: int = 0) -> dit_stage.TextToVideoModel:
+  with nnx.use_eager_sharding(False):
+    return stage.create_model(nnx.Rngs(seed))
+
+
+def loader_batch(experiment, tokenizer, step: int = 0) -> dict[str, jax.Array]:
+  batches = loader.StepBatches(experiment.data, tokenizer=tokenizer, seed=experiment.seed)
+  return {key: jnp.asarray(value) for key, value in batches(step).items() if key != "step"}
+
+
+def latent_batch(experiment, tokenizer, step: int = 0) -> dict[str, jax.Array]:
+  """A loader batch whose videos are replaced by random posterior means (as a latent cache holds
+  them): the loss then skips the autoencoder, which keeps these tests cheap."""
+  batch = loader_batch(experiment, tokenizer, step)
+  shape = (batch["video"].shape[0], 3, 8, 8, AUTOENCODER.latent_channels)
+  # Off-centre, so that there is something quick to learn (the mean velocity).
+  batch["latents"] = 1.0 + 0.5 * jax.random.normal(jax.random.key(step), shape)
+  del batch["video"]
+  return batch
+
+
+class RecordingDiT:
+  """Stands in for the transformer: records its inputs and predicts `value` at latent frame 0
+  and 0 elsewhere."""
+
+  def __init__(self, config: DiTConfig, value: float = 0.0):
+    self.config = config
+    self.value = value
+    self.seen: dict[str, jax.Array] = {}
+
+  def __call__(self, latents, timesteps, context, context_mask, pooled):
+    self.seen.update(latents=latents, timesteps=timesteps, context=context,
+                     context_mask=context_mask, pooled=pooled)
+    return jnp.zeros_like(latents).at[:, 0].set(self.value)
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def test_configs_must_agree():
+  with pytest.raises(ValueError, match=r"config.dit.in_channels \(8\) must equal "
+                                       r"config.autoencoder.latent_channels \(4\)"):
+    dit_stage.DiTStage(make_experiment(dit_in_channels=8))
+
+
+@pytest.mark.parametrize("text_frozen", [False, True])
+def test_trainable_parts(text_frozen):
+  """The autoencoder is never trained; the text encoder only when it is not frozen."""
+  stage = dit_stage.DiTStage(make_experiment(text_frozen=text_frozen))
+  _, params, frozen = train_state_lib.abstract_model(stage)
+  expected = {"dit"} if text_frozen else {"dit", "text_encoder"}
+  assert set(params.keys()) == expected
+  assert "autoencoder" in frozen
+  assert ("text_encoder" in frozen) == text_frozen
+  assert not any(path[0] == "autoencoder" for path, _ in nnx.to_flat_state(params))
+
+
+def test_given_frames_are_excluded_from_the_loss(tokenizer):
+  """With frame 0 always given clean, a wild prediction there costs nothing, and the model sees
+  the clean latent at timestep 0 there."""
+  always_first = FlowConfig(condition_probability=1.0, condition_weights=(1.0, 0, 0, 0, 0),
+                            caption_dropout=0.0)
+  never = FlowConfig(condition_probability=0.0, caption_dropout=0.0)
+  losses = {}
+  for name, flow in (("first", always_first), ("none", never)):
+    experiment = make_experiment(flow=flow)
+    stage = dit_stage.DiTStage(experiment)
+    model = eager_model(stage)
+    model.dit = recorder = RecordingDiT(experiment.dit, value=1e3)
+    batch = latent_batch(experiment, tokenizer)
+    losses[name], metrics = stage.loss(model, batch, jax.random.key(0), jnp.int32(0))
+    if name == "first":
+      clean = model.autoencoder.normalize_latents(batch["latents"])
+      np.testing.assert_array_equal(recorder.seen["latents"][:, 0], clean[:, 0])
+      np.testing.assert_array_equal(recorder.seen["timesteps"][:, 0], 0.0)
+      assert np.all(np.asarray(recorder.seen["timesteps"][:, 1:]) > 0.0)
+      assert float(metrics["given_frames"]) == pytest.approx(1 / 3)
+  assert float(losses["first"]) < 10.0  # E|eps - x0|^2 over frames 1, 2 only
+  assert float(losses["none"]) > 1e5  # the 1e3 prediction at frame 0 counts
+
+
+@pytest.mark.parametrize("dropout", [0.0, 1.0])
+def test_caption_dropout_gives_the_null_caption(tokenizer, dropout):
+  """A dropped caption reaches the transformer exactly as the sampler's null caption does."""
+  experiment = make_experiment(flow=FlowConfig(caption_dropout=dropout))
+  stage = dit_stage.DiTStage(experiment)
+  model = eager_model(stage)
+  model.dit = recorder = RecordingDiT(experiment.dit)
+  batch = latent_batch(experiment, tokenizer)
+  _, metrics = stage.loss(model, batch, jax.random.key(1), jnp.int32(0))
+  seen = recorder.seen
+  assert float(metrics["captions_dropped"]) == dropout
+  if dropout == 0.0:
+    np.testing.assert_array_equal(seen["context_mask"], batch["token_mask"])
+    assert float(jnp.abs(seen["pooled"]).max()) > 0.0
+    return
+  null_ids = jnp.full_like(batch["tokens"], tokenizer.pad_id)
+  null_mask = jnp.zeros_like(batch["token_mask"])
+  null_context, null_pooled = model.text_encoder(null_ids, null_mask)
+  assert not np.any(np.asarray(seen["context_mask"]))
+  np.testing.assert_array_equal(seen["context"], null_context)
+  np.testing.assert_array_equal(seen["pooled"], null_pooled)
+  np.testing.assert_array_equal(seen["pooled"], 0.0)
+
+
+def test_steps_lower_the_loss_and_leave_the_autoencoder_alone(tokenizer):
+  """Twenty steps on one batch lower its loss (same noise and timesteps before and after).
+
+  (The batch carries latents; the end-to-end test below encodes pixels.)
+  """
+  experiment = make_experiment(learning_rate=1e-2, warmup_steps=0, schedule="constant",
+                               num_steps=20)
+  stage = dit_stage.DiTStage(experiment)
+  config = experiment.train["dit"]
+  mesh = mesh_lib.create_mesh(experiment.mesh, jax.devices()[:1])
+  tx = train_state_lib.make_optimizer(config)
+  state = jax.jit(lambda: train_state_lib.init_train_state(stage, tx, seed=0))()
+  graphdef, _, _ = train_state_lib.abstract_model(stage)
+  step = jax.jit(train_state_lib.make_train_step(stage, graphdef, tx, config, mesh=mesh,
+                                                 rules=experiment.mesh.rules))
+  batch = latent_batch(experiment, tokenizer)
+
+  @jax.jit
+  def fixed_loss(state):
+    model = nnx.merge(graphdef, state.params, state.frozen)
+    return stage.loss(model, batch, jax.random.key(3), jnp.int32(0))[0]
+
+  before = float(fixed_loss(state))
+  frozen_before = jax.tree.map(np.asarray, state.frozen)
+  for _ in range(config.num_steps):
+    state, metrics = step(state, batch)
+  after = float(fixed_loss(state))
+  assert np.isfinite(float(metrics["loss"]))
+  assert after < 0.9 * before, (before, after)
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state.frozen),
+               frozen_before)
+
+
+def test_load_frozen_needs_a_trained_autoencoder(tmp_path):
+  stage = dit_stage.DiTStage(make_experiment())
+  with pytest.raises(FileNotFoundError, match="train the autoencoder first"):
+    stage.load_frozen(nnx.State({}), str(tmp_path))
+
+
+def test_text_encoder_must_hold_every_token_id(tmp_path, tokenizer):
+  tokenizer.save(str(tmp_path / "tokenizer.model"))
+  stage = dit_stage.DiTStage(make_experiment(text_vocab=tokenizer.vocab_size - 1))
+  with pytest.raises(ValueError, match=f"vocab_size={tokenizer.vocab_size}"):
+    stage.tokenizer(str(tmp_path))
+
+
+def test_trains_with_the_trainer_from_a_frozen_autoencoder(tmp_path, devices):
+  """Two steps on 8 devices: the autoencoder stage's EMA weights are loaded and stay frozen, the
+  tokenizer asset, metrics and evaluation samples are written."""
+  experiment = make_experiment()
+  workdir = str(tmp_path)
+  autoencoder_params = write_autoencoder_checkpoint(experiment, workdir)
+  stage = stages_lib.make_stage("dit", experiment)
+  mesh = mesh_lib.create_mesh(experiment.mesh, devices)
+  result = trainer.train_stage(stage, experiment, workdir, mesh=mesh)
+
+  assert result.status == "done" and result.step == 2
+  jax.tree.map(np.testing.assert_array_equal,
+               jax.tree.map(np.asarray, result.state.frozen["autoencoder"]),
+               jax.tree.map(np.asarray, autoencoder_params))
+  assert os.path.exists(os.path.join(workdir, "tokenizer.model"))
+  rows = [row for row in metrics_lib.read_metrics(workdir, "dit") if "loss" in row]
+  assert [row["step"] for row in rows] == [1, 2]
+  for row in rows:
+    for key in ("loss", "latent_std", "given_frames", "captions_dropped", "loss_low_noise",
+                "loss_high_noise"):
+      assert np.isfinite(row[key]), (key, row)
+  samples = os.path.join(workdir, "samples", "dit_000002")
+  assert sorted(os.listdir(samples)) == ["00.gif", "00.mp4", "01.gif", "01.mp4",
+                                          "contact_sheet.png", "prompts.txt"]
+  with open(os.path.join(samples, "prompts.txt")) as f:
+    assert f.read() == "00 a red circle\n01 a blue square\n"

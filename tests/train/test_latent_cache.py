@@ -1,0 +1,146 @@
+"""videogen/train/latent_cache.py: the data encoded once, read back exactly as encoded on the fly.
+
+A tiny 2x2x2 autoencoder (4 latent channels) with random weights, saved as the autoencoder
+stage's checkpoint; two buckets (5x16x16 clips and 1x16x16 images); a cache of 4 loader steps.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from data_pipelines import loader
+from data_pipelines.loader import DataConfig
+from data_pipelines.tokenizer import TokenizerConfig
+from videogen import experiment as experiment_lib
+from videogen.config import to_config_dict
+from videogen.models.autoencoder import AutoencoderConfig
+from videogen.models.dit import DiTConfig
+from videogen.models.text_encoder import TextEncoderConfig
+from videogen.parallel import mesh as mesh_lib
+from videogen.train import checkpointing
+from videogen.train import dit_stage
+from videogen.train import latent_cache
+from videogen.train import stages as stages_lib
+from videogen.train.trainer import TrainConfig
+
+AUTOENCODER = AutoencoderConfig(
+    base_channels=8, channel_multipliers=(1, 1), num_res_blocks=1, spatial_downsample=(True,),
+    temporal_downsample=(True,), latent_channels=4, middle_attention=False, attention_heads=1)
+CACHE_STEPS = 4
+MAX_TOKENS = 24
+
+
+def make_experiment() -> experiment_lib.Experiment:
+  config = ml_collections.ConfigDict()
+  config.name = "latent_cache_test"
+  config.seed = 0
+  config.stages = ("autoencoder", "dit")
+  config.mesh = to_config_dict(mesh_lib.MeshConfig())
+  config.data = to_config_dict(DataConfig(buckets=("5x16x16:8", "1x16x16:8:0.5"),
+                                          caption="brief"))
+  config.tokenizer = to_config_dict(TokenizerConfig(vocab_size=300, max_length=MAX_TOKENS,
+                                                    num_train_captions=300))
+  config.autoencoder = to_config_dict(AUTOENCODER)
+  config.text_encoder = to_config_dict(TextEncoderConfig(
+      vocab_size=300, max_length=MAX_TOKENS, width=16, depth=1, num_heads=2))
+  config.dit = to_config_dict(DiTConfig(width=32, depth=1, num_heads=2, in_channels=4,
+                                        context_dim=16, pooled_dim=16, frequency_dim=32))
+  config.dit_stage = to_config_dict(dit_stage.DiTStageConfig(latents="cache",
+                                                             cache_steps=CACHE_STEPS))
+  config.train = ml_collections.ConfigDict()
+  config.train.autoencoder = to_config_dict(TrainConfig(num_steps=5))
+  config.train.dit = to_config_dict(TrainConfig(num_steps=10))
+  with pytest.MonkeyPatch.context() as patch:
+    # The schema entry of config.dit_stage (a no-op once videogen/experiment.py registers it).
+    patch.setitem(experiment_lib.SECTIONS, "dit_stage", "videogen.train.dit_stage:DiTStageConfig")
+    return experiment_lib.validate(config)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+  """A workdir with an autoencoder checkpoint (step 5) and the cache built from it."""
+  experiment = make_experiment()
+  workdir = str(tmp_path_factory.mktemp("run"))
+  stage = stages_lib.make_stage("autoencoder", experiment)
+  with nnx.use_eager_sharding(False):
+    model = stage.create_model(nnx.Rngs(3))
+  params = nnx.state(model, nnx.Param)
+  checkpointer = checkpointing.Checkpointer(f"{workdir}/checkpoints/autoencoder",
+                                            async_save=False)
+  checkpointer.save(5, {"step": jnp.int32(5), "params": params, "ema_params": params},
+                    {"step": 5}, {})
+  checkpointer.close()
+  tokenizer = dit_stage.load_or_train_tokenizer(experiment, workdir)
+  mesh = mesh_lib.create_mesh(experiment.mesh)
+  iterator = latent_cache.open_or_build(experiment, workdir, tokenizer=tokenizer, mesh=mesh,
+                                        seed=experiment.seed)
+  return {"experiment": experiment, "workdir": workdir, "tokenizer": tokenizer,
+          "autoencoder": model.autoencoder, "iterator": iterator, "mesh": mesh}
+
+
+def test_cached_batches_equal_the_encoded_loader_batches(built, devices):
+  """Step by step (wrapping after the cached steps): the posterior mean of the loader's videos,
+  its tokens and indices, sharded over all 8 devices."""
+  experiment, autoencoder = built["experiment"], built["autoencoder"]
+  step_batches = loader.StepBatches(experiment.data, tokenizer=built["tokenizer"], seed=0)
+  graphdef, state = nnx.split(autoencoder)
+
+  @jax.jit
+  def posterior_mean(state, video):
+    return nnx.merge(graphdef, state).encode(dit_stage.video_to_model_range(video))[0]
+
+  shapes = set()
+  for step in range(CACHE_STEPS + 2):
+    batch = built["iterator"].__next__()
+    expected = step_batches(step % CACHE_STEPS)
+    assert set(batch) == {"latents", "tokens", "token_mask", "index"}
+    assert len(batch["latents"].addressable_shards) == len(devices)
+    np.testing.assert_allclose(np.asarray(batch["latents"]),
+                               posterior_mean(state, expected["video"]), atol=1e-5)
+    for key in ("tokens", "token_mask", "index"):
+      np.testing.assert_array_equal(np.asarray(batch[key]), expected[key])
+    shapes.add(batch["latents"].shape)
+  assert shapes == {(8, 3, 8, 8, 4), (8, 1, 8, 8, 4)}  # both buckets were drawn
+
+  resumed = latent_cache.CachedLatentIterator(latent_cache.LatentCache(
+      latent_cache.cache_directory(experiment, built["workdir"])), mesh=built["mesh"])
+  resumed.set_state({"step": 3})
+  np.testing.assert_array_equal(np.asarray(next(resumed)["index"]), step_batches(3)["index"])
+  assert resumed.get_state()["step"] == 4
+
+
+def test_the_stage_sees_the_same_latents_either_way(built):
+  """The loss's clean latents from pixels (encoded in the step) equal those from the cache."""
+  experiment = built["experiment"]
+  stage = dit_stage.DiTStage(experiment)
+  with nnx.use_eager_sharding(False):
+    model = stage.create_model(nnx.Rngs(0))
+  model.autoencoder = built["autoencoder"]
+  cache = latent_cache.LatentCache(latent_cache.cache_directory(experiment, built["workdir"]))
+  step = next(s for s in range(CACHE_STEPS) if cache.bucket_id(s) == 0)
+  video = loader.StepBatches(experiment.data, tokenizer=built["tokenizer"], seed=0)(step)["video"]
+  latents = jax.jit(lambda batch: stage._latents(model, batch, jax.random.key(0)))
+  np.testing.assert_allclose(latents({"latents": jnp.asarray(cache.rows(step)["latents"])}),
+                             latents({"video": jnp.asarray(video)}), atol=1e-5)
+
+
+def test_a_cache_of_another_autoencoder_is_refused(built, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(built["workdir"], workdir)
+  (workdir / "checkpoints" / "autoencoder" / "9").mkdir()  # the autoencoder trained further
+  with pytest.raises(ValueError, match=r"autoencoder_step: 5 -> 9.*python -m "
+                                       r"videogen.train.latent_cache"):
+    latent_cache.open_cache(built["experiment"], str(workdir), tokenizer=built["tokenizer"],
+                            seed=0)
+
+
+def test_the_command_needs_a_trained_autoencoder(tmp_path, capsys):
+  assert latent_cache.command(make_experiment(), str(tmp_path)) == 1
+  assert "train the autoencoder first" in capsys.readouterr().err

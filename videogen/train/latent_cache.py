@@ -1,0 +1,511 @@
+r"""The latent cache: the diffusion stage's training data encoded once by the frozen autoencoder.
+
+    python -m videogen.train.latent_cache --config=experiments/shapes.py:tiny --workdir=runs/tiny
+    python -m videogen.main train --config=experiments/shapes.py:tiny --workdir=runs/tiny \
+        --config.dit_stage.latents=cache
+
+The cache holds the batches of loader steps 0 .. S-1 (S = `config.dit_stage.cache_steps`, by
+default the dit stage's `num_steps`) exactly as the loader makes them, with each video replaced by
+its posterior mean (and, with `sample_posterior`, log-variance), so a cached run trains on the
+same examples in the same order as an encoding run; a run longer than S steps wraps around. The
+step reads latents instead of running the encoder, and no pixels are rendered or decoded.
+
+Layout of the cache directory (WORKDIR/latent_cache by default):
+
+  meta.json              version, num_steps, buckets with their latent shapes, the fingerprint
+  steps.npy              int64 [S, 2]: (bucket, first row) of each loader step
+  bucket<b>_<key>.npy    per bucket b, every row of its steps in step order:
+                           latents  [n_b, t, h, w, C] (float32 or float16), the posterior mean
+                           logvar   [n_b, t, h, w, C] (only with sample_posterior)
+                           tokens   int32 [n_b, L], token_mask bool [n_b, L], index int32 [n_b]
+
+The fingerprint (data config and seed, autoencoder config and checkpoint step, tokenizer bytes,
+S, dtype) is checked when a run opens the cache: a cache of another autoencoder or another data
+stream is refused with the command that rebuilds it. Arrays are read with memory mapping, each
+process reading only its own rows of each global batch, so any number of processes shares one
+cache on a shared file system. Building runs on one process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+from typing import Any, Sequence
+
+import grain
+import jax
+import numpy as np
+import tqdm
+from absl import logging
+from flax import nnx
+
+from data_pipelines import loader as loader_lib
+from data_pipelines import tokenizer as tokenizer_lib
+from videogen import experiment as experiment_lib
+from videogen.models import autoencoder as autoencoder_lib
+from videogen.parallel import mesh as mesh_lib
+from videogen.train import dit_stage as dit_stage_lib
+
+VERSION = 1
+META_FILE = "meta.json"
+STEPS_FILE = "steps.npy"
+DEFAULT_DIR = "latent_cache"
+TEXT_KEYS = ("tokens", "token_mask", "index")
+# DataConfig fields that change how fast batches come, not what they hold.
+_DATA_SPEED_SETTINGS = ("num_workers", "num_threads", "prefetch")
+
+
+def _jsonable(value: Any) -> Any:
+  """A dataclass / tuple tree as plain JSON values (tuples become lists, as after a round trip)."""
+  if dataclasses.is_dataclass(value):
+    value = dataclasses.asdict(value)
+  return json.loads(json.dumps(value, sort_keys=True))
+
+
+def cache_directory(experiment: experiment_lib.Experiment, workdir: str) -> str:
+  """`config.dit_stage.cache_dir`, or WORKDIR/latent_cache."""
+  config = experiment.sections.get("dit_stage", dit_stage_lib.DiTStageConfig())
+  return config.cache_dir or os.path.join(workdir, DEFAULT_DIR)
+
+
+def cache_steps(experiment: experiment_lib.Experiment) -> int:
+  """How many loader steps the cache holds: `cache_steps`, else the dit stage's num_steps."""
+  config = experiment.sections.get("dit_stage", dit_stage_lib.DiTStageConfig())
+  if config.cache_steps is not None:
+    return config.cache_steps
+  return experiment.train[dit_stage_lib.DiTStage.name].num_steps
+
+
+def fingerprint(*, data_config: loader_lib.DataConfig, data_seed: int,
+                autoencoder_config: autoencoder_lib.AutoencoderConfig, autoencoder_step: int,
+                tokenizer: tokenizer_lib.Tokenizer, num_steps: int, dtype: str,
+                logvar: bool) -> dict[str, Any]:
+  """What a cache's contents depend on; two caches with equal fingerprints hold equal data."""
+  data = _jsonable(data_config)
+  for speed_setting in _DATA_SPEED_SETTINGS:
+    data.pop(speed_setting, None)
+  return _jsonable({
+      "data": data, "data_seed": data_seed,
+      "autoencoder": _jsonable(autoencoder_config), "autoencoder_step": autoencoder_step,
+      "tokenizer_md5": hashlib.md5(tokenizer.model_proto).hexdigest(),
+      "tokenizer_max_length": tokenizer.max_length, "num_steps": num_steps, "dtype": dtype,
+      "logvar": logvar,
+  })
+
+
+def _differences(saved: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+  return [f"{key}: {saved.get(key, '<absent>')!r} -> {expected.get(key, '<absent>')!r}"
+          for key in sorted(set(saved) | set(expected)) if saved.get(key) != expected.get(key)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Building.
+# ------------------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode(graphdef: nnx.GraphDef, state: nnx.State,
+            video: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """uint8 video [B, T, H, W, 3] -> posterior (mean, logvar), each [B, t, h, w, C] float32."""
+  autoencoder = nnx.merge(graphdef, state)
+  return autoencoder.encode(dit_stage_lib.video_to_model_range(video))
+
+
+def _bucket_file(directory: str, bucket: int, key: str) -> str:
+  return os.path.join(directory, f"bucket{bucket}_{key}.npy")
+
+
+def build(directory: str, *, autoencoder: autoencoder_lib.VideoAutoencoder,
+          data_config: loader_lib.DataConfig, tokenizer: tokenizer_lib.Tokenizer, data_seed: int,
+          num_steps: int, dtype: str = "float32", logvar: bool = False,
+          fingerprint_values: dict[str, Any] | None = None,
+          batch_sharding: jax.sharding.Sharding | None = None,
+          progress: bool = True) -> dict[str, Any]:
+  """Encodes loader steps 0 .. num_steps-1 and writes the cache (replacing one that exists).
+
+  The cache is written into a temporary sibling directory and renamed into place at the end, so
+  an interrupted build leaves no half-written cache behind.
+
+  Args:
+    directory: where the cache goes.
+    autoencoder: the frozen autoencoder (its parameters may be sharded over a mesh).
+    data_config: the loader settings of the run.
+    tokenizer: the run's tokenizer.
+    data_seed: the loader's seed (`config.data.seed`, else the experiment's seed).
+    num_steps: S, the loader steps to encode.
+    dtype: storage dtype of the latents, "float32" or "float16".
+    logvar: also store the posterior's log-variance (for `sample_posterior`).
+    fingerprint_values: stored in meta.json and checked by `open_cache`.
+    batch_sharding: where each video batch goes for encoding (e.g. split over the mesh's batch
+      axes); None leaves it to `jax.jit`'s default placement.
+    progress: show a progress bar.
+
+  Returns:
+    The cache's meta data (what meta.json holds).
+  """
+  if jax.process_count() > 1:
+    raise RuntimeError(
+        "the latent cache is built by one process: run `python -m videogen.train.latent_cache "
+        "--config=... --workdir=...` on a single host first; training then reads it from every "
+        "process")
+  if num_steps < 1:
+    raise ValueError(f"num_steps = {num_steps} must be >= 1")
+  step_batches = loader_lib.StepBatches(data_config, tokenizer=tokenizer, seed=data_seed)
+  buckets = step_batches.schedule.buckets
+  bucket_ids = step_batches.schedule.bucket_ids(np.arange(num_steps))
+  counts = np.bincount(bucket_ids, minlength=len(buckets))
+  latent_shapes = [autoencoder.latent_shape(*bucket.shape) for bucket in buckets]
+
+  parent = os.path.dirname(os.path.abspath(directory))
+  os.makedirs(parent, exist_ok=True)
+  staging = os.path.join(parent, f".{os.path.basename(directory)}.tmp-{uuid.uuid4().hex}")
+  os.makedirs(staging)
+  try:
+    # steps[s] = (bucket, first row); rows of a bucket are laid out in step order.
+    steps = np.zeros((num_steps, 2), np.int64)
+    next_row = np.zeros(len(buckets), np.int64)
+    for step, bucket_id in enumerate(bucket_ids):
+      steps[step] = (bucket_id, next_row[bucket_id])
+      next_row[bucket_id] += buckets[bucket_id].global_batch
+    np.save(os.path.join(staging, STEPS_FILE), steps)
+
+    arrays: list[dict[str, np.ndarray]] = []
+    for bucket_id, (bucket, latent_shape) in enumerate(zip(buckets, latent_shapes)):
+      rows = int(counts[bucket_id]) * bucket.global_batch
+      shapes = {"latents": ((rows, *latent_shape), dtype),
+                "tokens": ((rows, tokenizer.max_length), "int32"),
+                "token_mask": ((rows, tokenizer.max_length), "bool"),
+                "index": ((rows,), "int32")}
+      if logvar:
+        shapes["logvar"] = ((rows, *latent_shape), dtype)
+      arrays.append({key: np.lib.format.open_memmap(
+          _bucket_file(staging, bucket_id, key), mode="w+", dtype=np.dtype(array_dtype),
+          shape=shape) for key, (shape, array_dtype) in shapes.items()})
+
+    graphdef, state = nnx.split(autoencoder)
+    dataset = grain.MapDataset.range(num_steps).map(step_batches).to_iter_dataset(
+        grain.ReadOptions(num_threads=max(1, data_config.num_threads),
+                          prefetch_buffer_size=max(1, data_config.prefetch)))
+    start = time.perf_counter()
+    moments = np.zeros(3, np.float64)  # count, sum and sum of squares of the latents
+    for batch in tqdm.tqdm(dataset, total=num_steps, desc="latent cache", unit="step",
+                           disable=not progress, dynamic_ncols=True, mininterval=1.0):
+      step = int(batch["step"])
+      bucket_id, first = (int(v) for v in steps[step])
+      video = batch["video"]
+      if batch_sharding is not None:
+        video = jax.device_put(video, batch_sharding)
+      mean, log_variance = _encode(graphdef, state, video)
+      rows = slice(first, first + len(batch["video"]))
+      target = arrays[bucket_id]
+      mean = np.asarray(mean)
+      target["latents"][rows] = mean.astype(dtype)
+      moments += (mean.size, mean.sum(dtype=np.float64), np.square(mean, dtype=np.float64).sum())
+      if logvar:
+        target["logvar"][rows] = np.asarray(log_variance).astype(dtype)
+      for key in TEXT_KEYS:
+        target[key][rows] = batch[key]
+    for bucket_arrays in arrays:
+      for array in bucket_arrays.values():
+        array.flush()
+    del arrays
+    latent_mean = moments[1] / moments[0]
+    latent_std = float(np.sqrt(max(moments[2] / moments[0] - latent_mean ** 2, 0.0)))
+    meta = {
+        "version": VERSION, "num_steps": num_steps, "dtype": dtype, "logvar": logvar,
+        "latent_mean": float(latent_mean), "latent_std": latent_std,
+        "buckets": [{"spec": str(bucket), "global_batch": bucket.global_batch,
+                     "latent_shape": list(shape), "steps": int(count)}
+                    for bucket, shape, count in zip(buckets, latent_shapes, counts)],
+        "fingerprint": fingerprint_values or {},
+        "seconds": time.perf_counter() - start,
+    }
+    with open(os.path.join(staging, META_FILE), "w") as f:
+      json.dump(meta, f, indent=1, sort_keys=True)
+    if os.path.exists(directory):
+      shutil.rmtree(directory)
+    os.replace(staging, directory)
+  finally:
+    if os.path.exists(staging):
+      shutil.rmtree(staging)
+  logging.info("latent cache: %d steps (%s) written to %s in %.1fs, %.1f MiB", num_steps,
+               ", ".join(f"{b['spec']} x{b['steps']}" for b in meta["buckets"]), directory,
+               meta["seconds"], disk_bytes(directory) / 2**20)
+  _check_latent_scale(autoencoder.config, meta["latent_mean"], meta["latent_std"])
+  return meta
+
+
+def _check_latent_scale(config: autoencoder_lib.AutoencoderConfig, mean: float,
+                        std: float) -> None:
+  """Warns when the normalised latents are far from zero mean and unit variance."""
+  normalised_mean = (mean - config.shift_factor) * config.scale_factor
+  normalised_std = std * config.scale_factor
+  if abs(normalised_mean) > 0.5 or not 0.5 < normalised_std < 2.0:
+    logging.warning(
+        "the normalised latents have mean %.3g and standard deviation %.3g, far from the 0 and 1 "
+        "the diffusion objective assumes: set config.autoencoder.shift_factor=%.4g and "
+        "scale_factor=%.4g", normalised_mean, normalised_std, mean, 1.0 / max(std, 1e-6))
+
+
+def disk_bytes(directory: str) -> int:
+  """Bytes of the files in `directory`."""
+  return sum(os.path.getsize(os.path.join(directory, name)) for name in os.listdir(directory))
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading.
+# ------------------------------------------------------------------------------------------------
+
+
+class LatentCache:
+  """A cache opened for reading: meta data and memory-mapped arrays.
+
+  `rows(step, rows)` returns the batch of loader step `step` (wrapped modulo num_steps),
+  restricted to the given global-batch rows, as NumPy arrays.
+  """
+
+  def __init__(self, directory: str):
+    meta_path = os.path.join(directory, META_FILE)
+    if not os.path.exists(meta_path):
+      raise FileNotFoundError(
+          f"no latent cache in {directory} (no {META_FILE}): build it with `python -m "
+          f"videogen.train.latent_cache --config=... --workdir=...`")
+    with open(meta_path) as f:
+      self.meta = json.load(f)
+    if self.meta.get("version") != VERSION:
+      raise ValueError(f"the latent cache {directory} has version {self.meta.get('version')}, "
+                       f"this code reads version {VERSION}: rebuild it with `python -m "
+                       f"videogen.train.latent_cache --config=... --workdir=...`")
+    self.directory = directory
+    self.num_steps = int(self.meta["num_steps"])
+    self.global_batches = [int(b["global_batch"]) for b in self.meta["buckets"]]
+    self.keys = ("latents",) + (("logvar",) if self.meta["logvar"] else ()) + TEXT_KEYS
+    self._steps = np.load(os.path.join(directory, STEPS_FILE))
+    self._arrays = [{key: np.load(_bucket_file(directory, bucket_id, key), mmap_mode="r")
+                     for key in self.keys} for bucket_id in range(len(self.global_batches))]
+
+  def bucket_id(self, step: int) -> int:
+    return int(self._steps[step % self.num_steps, 0])
+
+  def global_batch(self, step: int) -> int:
+    return self.global_batches[self.bucket_id(step)]
+
+  def rows(self, step: int, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The cached batch of loader step `step` (rows of the global batch; None = all)."""
+    bucket_id, first = (int(v) for v in self._steps[step % self.num_steps])
+    if rows is None:
+      rows = np.arange(self.global_batches[bucket_id])
+    indices = first + np.asarray(rows, np.int64)
+    batch = {key: np.asarray(self._arrays[bucket_id][key][indices]) for key in self.keys}
+    batch["latents"] = batch["latents"].astype(np.float32)
+    if "logvar" in batch:
+      batch["logvar"] = batch["logvar"].astype(np.float32)
+    return batch
+
+
+class _ReadStep:
+  """Grain map transform: step -> this process's rows of the cached batch, plus the step."""
+
+  def __init__(self, cache: LatentCache, rows: Sequence[np.ndarray]):
+    self._cache = cache
+    self._rows = rows
+
+  def __call__(self, step: int) -> dict[str, np.ndarray]:
+    step = int(step)
+    batch = self._cache.rows(step, self._rows[self._cache.bucket_id(step)])
+    batch["step"] = np.int64(step)
+    return batch
+
+
+class CachedLatentIterator:
+  """Cached global batches sharded over a mesh's batch axes (a `BatchIterator`).
+
+  The state is {"step": next step}: a resumed run continues with exactly the next batch.
+  """
+
+  def __init__(self, cache: LatentCache, *, mesh: jax.sharding.Mesh,
+               batch_axes: Sequence[str] = ("data", "fsdp"), start_step: int = 0):
+    self.cache = cache
+    self._sharding = loader_lib.batch_sharding(mesh, tuple(batch_axes))
+    process_count = jax.process_count()
+    for global_batch in cache.global_batches:
+      if global_batch % process_count:
+        raise ValueError(f"the cached global batch {global_batch} does not split over "
+                         f"{process_count} processes")
+    self._rows = [loader_lib.process_rows(self._sharding, b) for b in cache.global_batches]
+    self._step = start_step
+    self._iterator = None
+
+  @property
+  def step(self) -> int:
+    return self._step
+
+  def __iter__(self) -> CachedLatentIterator:
+    return self
+
+  def __next__(self) -> dict[str, jax.Array]:
+    if self._iterator is None:
+      dataset = grain.MapDataset.range(self._step, self._step + 2**40).map(
+          _ReadStep(self.cache, self._rows))
+      self._iterator = iter(dataset.to_iter_dataset(
+          grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
+    local = next(self._iterator)
+    produced = int(local.pop("step"))
+    if produced != self._step:
+      raise RuntimeError(f"the latent cache produced step {produced} where {self._step} was due")
+    self._step += 1
+    global_batch = self.cache.global_batch(produced)
+    return {key: jax.make_array_from_process_local_data(
+        self._sharding, value, (global_batch, *value.shape[1:])) for key, value in local.items()}
+
+  def get_state(self) -> dict[str, Any]:
+    return {"version": VERSION, "step": self._step, "cache_steps": self.cache.num_steps}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    if "step" not in state:
+      raise ValueError(f"not a latent-cache iterator state (no 'step'): {state!r}")
+    self.close()
+    self._step = int(state["step"])
+
+  def close(self) -> None:
+    if self._iterator is not None:
+      self._iterator.close()
+      self._iterator = None
+
+
+# ------------------------------------------------------------------------------------------------
+# The run's cache: open (checking the fingerprint) or build.
+# ------------------------------------------------------------------------------------------------
+
+
+def expected_fingerprint(experiment: experiment_lib.Experiment, workdir: str, *,
+                         tokenizer: tokenizer_lib.Tokenizer, seed: int) -> dict[str, Any]:
+  """The fingerprint a cache for this run and workdir must carry."""
+  stage_config = experiment.sections.get("dit_stage", dit_stage_lib.DiTStageConfig())
+  data_config = experiment.sections.get("data", loader_lib.DataConfig())
+  return fingerprint(
+      data_config=data_config, data_seed=seed if data_config.seed is None else data_config.seed,
+      autoencoder_config=experiment.sections.get("autoencoder",
+                                                 autoencoder_lib.AutoencoderConfig()),
+      autoencoder_step=dit_stage_lib.autoencoder_checkpoint_step(workdir), tokenizer=tokenizer,
+      num_steps=cache_steps(experiment), dtype=stage_config.cache_dtype,
+      logvar=stage_config.sample_posterior)
+
+
+def build_for_run(experiment: experiment_lib.Experiment, workdir: str, *,
+                  tokenizer: tokenizer_lib.Tokenizer, mesh: jax.sharding.Mesh, seed: int,
+                  progress: bool = True) -> dict[str, Any]:
+  """Builds the run's cache with the autoencoder stage's EMA parameters (replacing any)."""
+  stage_config = experiment.sections.get("dit_stage", dit_stage_lib.DiTStageConfig())
+  data_config = experiment.sections.get("data", loader_lib.DataConfig())
+  rules = experiment.sections.get("mesh", mesh_lib.MeshConfig()).rules
+  graphdef, state, _ = dit_stage_lib.restore_autoencoder(experiment, workdir, mesh=mesh)
+  batch_sharding = loader_lib.batch_sharding(mesh, tuple(rules["batch"]))
+  shards = int(np.prod([mesh.shape[axis] for axis in batch_sharding.spec[0]]))
+  if any(bucket.global_batch % shards for bucket in data_config.parsed_buckets()):
+    batch_sharding = None
+  return build(
+      cache_directory(experiment, workdir), autoencoder=nnx.merge(graphdef, state),
+      data_config=data_config, tokenizer=tokenizer,
+      data_seed=seed if data_config.seed is None else data_config.seed,
+      num_steps=cache_steps(experiment), dtype=stage_config.cache_dtype,
+      logvar=stage_config.sample_posterior,
+      fingerprint_values=expected_fingerprint(experiment, workdir, tokenizer=tokenizer, seed=seed),
+      batch_sharding=batch_sharding, progress=progress)
+
+
+def open_cache(experiment: experiment_lib.Experiment, workdir: str, *,
+               tokenizer: tokenizer_lib.Tokenizer, seed: int) -> LatentCache:
+  """Opens the run's cache, refusing one built for other data, autoencoder or tokenizer."""
+  directory = cache_directory(experiment, workdir)
+  cache = LatentCache(directory)
+  differences = _differences(cache.meta.get("fingerprint", {}),
+                             expected_fingerprint(experiment, workdir, tokenizer=tokenizer,
+                                                  seed=seed))
+  if differences:
+    listed = "; ".join(differences[:8]) + ("; ..." if len(differences) > 8 else "")
+    raise ValueError(
+        f"the latent cache {directory} was built for another run ({listed}): rebuild it with "
+        f"`python -m videogen.train.latent_cache --config=... --workdir={workdir}`, or set "
+        f"--config.dit_stage.latents=encode")
+  return cache
+
+
+def has_cache(experiment: experiment_lib.Experiment, workdir: str) -> bool:
+  """Whether the run's cache directory holds a (complete) cache."""
+  return os.path.exists(os.path.join(cache_directory(experiment, workdir), META_FILE))
+
+
+def open_or_build(experiment: experiment_lib.Experiment, workdir: str, *,
+                  tokenizer: tokenizer_lib.Tokenizer, mesh: jax.sharding.Mesh,
+                  seed: int) -> CachedLatentIterator:
+  """The dit stage's cached batches; builds the cache first when it does not exist yet."""
+  if not has_cache(experiment, workdir):
+    logging.info("dit stage: no latent cache yet in %s; building it",
+                 cache_directory(experiment, workdir))
+    build_for_run(experiment, workdir, tokenizer=tokenizer, mesh=mesh, seed=seed)
+  cache = open_cache(experiment, workdir, tokenizer=tokenizer, seed=seed)
+  rules = experiment.sections.get("mesh", mesh_lib.MeshConfig()).rules
+  run_steps = experiment.train[dit_stage_lib.DiTStage.name].num_steps
+  if run_steps > cache.num_steps:
+    logging.warning("the latent cache holds %d steps and the dit stage trains %d: it is read "
+                    "%.1f times over", cache.num_steps, run_steps, run_steps / cache.num_steps)
+  return CachedLatentIterator(cache, mesh=mesh, batch_axes=tuple(rules["batch"]))
+
+
+def command(experiment: experiment_lib.Experiment, workdir: str | None) -> int:
+  """Builds (or rebuilds) WORKDIR's latent cache from its trained autoencoder. Exit code 0/1/2."""
+  if not workdir:
+    print("the latent cache needs --workdir=DIR, a run whose autoencoder stage has trained",
+          file=sys.stderr)
+    return 2
+  mesh = mesh_lib.create_mesh(experiment.sections.get("mesh", mesh_lib.MeshConfig()))
+  seed = experiment.seed
+  try:
+    tokenizer = dit_stage_lib.load_or_train_tokenizer(experiment, workdir)
+    meta = build_for_run(experiment, workdir, tokenizer=tokenizer, mesh=mesh, seed=seed)
+  except FileNotFoundError as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 1
+  directory = cache_directory(experiment, workdir)
+  print(f"latent cache: {meta['num_steps']} steps in {directory} "
+        f"({disk_bytes(directory) / 2**20:.1f} MiB, {meta['seconds']:.1f}s)")
+  return 0
+
+
+def _main() -> None:
+  """`python -m videogen.train.latent_cache --config=... --workdir=...`."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from videogen import config as config_lib  # pylint: disable=g-import-not-at-top
+
+  config_flag = config_flags.DEFINE_config_file(
+      "config", None, "Experiment file and variant, e.g. experiments/shapes.py:tiny.",
+      lock_config=True)
+  workdir_flag = flags.DEFINE_string("workdir", None, "The run whose autoencoder encodes.")
+
+  def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    if config_flag.value is None:
+      raise app.UsageError("give --config=experiments/<file>.py:<variant>")
+    try:
+      experiment = experiment_lib.validate(config_flag.value)
+    except config_lib.ConfigError as error:
+      print(f"invalid config: {error}", file=sys.stderr)
+      return 2
+    return command(experiment, workdir_flag.value)
+
+  app.run(main)
+
+
+if __name__ == "__main__":
+  _main()
