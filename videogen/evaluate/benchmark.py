@@ -115,7 +115,6 @@ def train_step_figures(experiment: Any, stage_name: str, *, workdir: str,
     cost of the global program before partitioning), so they do not grow with the mesh.
   """
   from videogen.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from videogen.parallel import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
   from videogen.train import stages as stages_lib  # pylint: disable=g-import-not-at-top
   from videogen.train import train_state as train_state_lib  # pylint: disable=g-import-not-at-top
 
@@ -124,9 +123,8 @@ def train_step_figures(experiment: Any, stage_name: str, *, workdir: str,
   stage = stages_lib.make_stage(stage_name, experiment)
   config = experiment.train[stage_name]
   tx = train_state_lib.make_optimizer(config)
-  init = lambda: train_state_lib.init_train_state(stage, tx, experiment.seed)
-  state_shardings = sharding_lib.tree_shardings(jax.eval_shape(init), mesh, mesh_config.rules)
-  state = jax.jit(init, out_shardings=state_shardings)()
+  state, state_shardings = train_state_lib.init_sharded_train_state(
+      stage, tx, experiment.seed, mesh, mesh_config.rules)
   graphdef, _, _ = train_state_lib.abstract_model(stage)
 
   iterator = stage.make_iterator(mesh=mesh, seed=experiment.seed, workdir=workdir)

@@ -53,9 +53,8 @@ def measure(experiment: experiment_lib.Experiment, stage_name: str,
   stage = stages_lib.make_stage(stage_name, experiment)
   config = experiment.train[stage_name]
   tx = train_state_lib.make_optimizer(config)
-  init = lambda: train_state_lib.init_train_state(stage, tx, experiment.seed)
-  shardings = sharding_lib.tree_shardings(jax.eval_shape(init), mesh, mesh_config.rules)
-  state = jax.jit(init, out_shardings=shardings)()
+  state, shardings = train_state_lib.init_sharded_train_state(stage, tx, experiment.seed, mesh,
+                                                              mesh_config.rules)
   graphdef, _, _ = train_state_lib.abstract_model(stage)
   step_fn = train_state_lib.make_train_step(stage, graphdef, tx, config, mesh=mesh,
                                             rules=mesh_config.rules)

@@ -123,6 +123,20 @@ def init_train_state(stage: stage_lib.Stage, tx: optax.GradientTransformation, s
       ema_params=jax.tree.map(jnp.copy, params), rng=jax.random.key_data(step_key))
 
 
+def init_sharded_train_state(stage: stage_lib.Stage, tx: optax.GradientTransformation,
+                             seed: int, mesh: jax.sharding.Mesh, rules: Any,
+                             salt: int = 0) -> tuple[TrainState, Any]:
+  """A fresh train state built directly into its shardings; returns (state, state shardings).
+
+  The state is first traced abstractly (`jax.eval_shape`), its logical axis names are mapped to
+  `NamedSharding`s on `mesh` by `rules`, and the init is jitted with those `out_shardings`, so no
+  model ever lands whole on one device.
+  """
+  init = lambda: init_train_state(stage, tx, seed, salt)
+  shardings = sharding_lib.tree_shardings(jax.eval_shape(init), mesh, rules)
+  return jax.jit(init, out_shardings=shardings)(), shardings
+
+
 def abstract_model(stage: stage_lib.Stage) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
   """(graphdef, abstract trainable state, abstract frozen state) without allocating anything."""
   with nnx.use_eager_sharding(False):

@@ -355,10 +355,8 @@ def train_stage(stage: stage_lib.Stage, experiment: experiment_lib.Experiment, w
     tx = train_state_lib.make_optimizer(config)
     # Keys distinct per stage and fixed by the experiment seed, derived inside the jitted init.
     stage_salt = zlib.crc32(name.encode()) & 0x7FFFFFFF
-    init = lambda: train_state_lib.init_train_state(stage, tx, experiment.seed, stage_salt)
-    abstract_state = jax.eval_shape(init)
-    state_shardings = sharding_lib.tree_shardings(abstract_state, mesh, rules)
-    state = jax.jit(init, out_shardings=state_shardings)()
+    state, state_shardings = train_state_lib.init_sharded_train_state(
+        stage, tx, experiment.seed, mesh, rules, salt=stage_salt)
     graphdef, _, _ = train_state_lib.abstract_model(stage)
     full = stage.load_frozen(nnx.merge_state(state.params, state.frozen), workdir)
     _, frozen = nnx.split_state(full, stage.trainable, ...)
@@ -370,6 +368,7 @@ def train_stage(stage: stage_lib.Stage, experiment: experiment_lib.Experiment, w
 
     # 2. Resume.
     iterator = stage.make_iterator(mesh=mesh, seed=experiment.seed, workdir=workdir)
+    abstract_state = jax.eval_shape(lambda: state)
     target = sharding_lib.with_shardings(abstract_state, state_shardings).checkpoint_tree()
     restored = checkpointer.restore_latest(target, check_config=check_config)
     if restored is not None:
