@@ -65,6 +65,11 @@ def _tiny(config: ml_collections.ConfigDict) -> DiTStageConfig:
   config.data = to_config_dict(DataConfig(buckets=("9x32x32:8", "1x32x32:16:0.25")))
   # 48 tokens hold every descriptive caption of a 9-frame clip (at most 43).
   config.tokenizer = to_config_dict(TokenizerConfig(vocab_size=VOCAB_SIZE, max_length=48))
+  # The tiny autoencoder's latents have a standard deviation of about 2.1 after its 500 steps
+  # (the dit stage logs it as latent_std). They are left unscaled: after 1000 steps, a
+  # transformer trained on them drew objects in 44% of sampled frames of 8 prompts, one trained
+  # on latents scaled to unit variance (scale_factor=0.47) in none: small objects stay visible
+  # through more of the noise schedule at the larger scale.
   config.autoencoder = to_config_dict(AutoencoderConfig.tiny())
   config.autoencoder_loss = to_config_dict(AutoencoderLossConfig())
   config.text_encoder = to_config_dict(TextEncoderConfig.tiny(vocab_size=VOCAB_SIZE,

@@ -3,6 +3,7 @@ r"""The one entry point: `python -m videogen.main <command> --config=... --workd
 Commands:
   run        the main job: train every stage of the experiment, then write a sample gallery.
   train      train the experiment's stages in order (resumes from the workdir's checkpoints).
+  cache_latents  encode the data once with the trained autoencoder (`--config.dit_stage.latents=cache`).
   generate   prompt -> video, from a trained workdir.
   evaluate   measure a trained workdir (`--what=autoencoder|generation`).
   summary    parameter count and forward-pass cost of the experiment's model.
@@ -73,6 +74,7 @@ flags.DEFINE_string("what", "generation", "evaluate: what to measure, 'generatio
 COMMANDS: dict[str, tuple[str, bool] | None] = {
     "run": ("videogen.main_job:run", True),
     "train": ("videogen.train.trainer:command", True),
+    "cache_latents": ("videogen.train.latent_cache:command", True),
     "generate": ("videogen.generate.command:command", False),
     "evaluate": ("videogen.evaluate.generation:evaluate", False),
     "summary": ("videogen.evaluate.summary:summary", True),
