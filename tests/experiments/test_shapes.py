@@ -19,13 +19,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXPERIMENT_FILE = ROOT / "experiments" / "shapes.py"
 
 
-@pytest.fixture(autouse=True)
-def _dit_stage_section(monkeypatch):
-  # The schema entry of config.dit_stage (a no-op once videogen/experiment.py registers it).
-  monkeypatch.setitem(experiment_lib.SECTIONS, "dit_stage",
-                      "videogen.train.dit_stage:DiTStageConfig")
-
-
 @pytest.fixture(scope="module")
 def shapes():
   spec = importlib.util.spec_from_file_location("shapes_experiment", EXPERIMENT_FILE)

@@ -27,7 +27,6 @@ from videogen.models.autoencoder import AutoencoderConfig
 from videogen.models.dit import DiTConfig
 from videogen.models.text_encoder import TextEncoderConfig
 from videogen.parallel import mesh as mesh_lib
-from videogen.train import checkpointing
 from videogen.train import dit_stage
 from videogen.train import metrics as metrics_lib
 from videogen.train import stages as stages_lib
@@ -41,13 +40,6 @@ AUTOENCODER = AutoencoderConfig(
 VOCAB_SIZE = 300
 MAX_TOKENS = 24
 TEXT_WIDTH = 16
-
-
-@pytest.fixture(autouse=True)
-def _dit_stage_section(monkeypatch):
-  # The schema entry of config.dit_stage (a no-op once videogen/experiment.py registers it).
-  monkeypatch.setitem(experiment_lib.SECTIONS, "dit_stage",
-                      "videogen.train.dit_stage:DiTStageConfig")
 
 
 def make_experiment(*, flow: FlowConfig = FlowConfig(), text_frozen: bool = False,
@@ -80,25 +72,9 @@ def make_experiment(*, flow: FlowConfig = FlowConfig(), text_frozen: bool = Fals
   return experiment_lib.validate(config)
 
 
-def write_autoencoder_checkpoint(experiment, workdir: str, step: int = 5) -> nnx.State:
-  """An autoencoder-stage checkpoint of random parameters; returns its VideoAutoencoder state."""
-  stage = stages_lib.make_stage("autoencoder", experiment)
-  with nnx.use_eager_sharding(False):
-    model = stage.create_model(nnx.Rngs(7))
-  params = nnx.state(model, nnx.Param)
-  checkpointer = checkpointing.Checkpointer(f"{workdir}/checkpoints/autoencoder",
-                                            async_save=False)
-  checkpointer.save(step, {"step": jnp.int32(step), "params": params, "ema_params": params},
-                    {"step": step}, {})
-  checkpointer.close()
-  return nnx.state(model.autoencoder)
-
-
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setitem(experiment_lib.SECTIONS, "dit_stage", "videogen.train.dit_stage:DiTStageConfig")
-    experiment = make_experiment()
+  experiment = make_experiment()
   return dit_stage.load_or_train_tokenizer(experiment, str(tmp_path_factory.mktemp("tokenizer")))
 
 
@@ -253,12 +229,14 @@ def test_text_encoder_must_hold_every_token_id(tmp_path, tokenizer):
     stage.tokenizer(str(tmp_path))
 
 
-def test_trains_with_the_trainer_from_a_frozen_autoencoder(tmp_path, devices):
+def test_trains_with_the_trainer_from_a_frozen_autoencoder(tmp_path, devices,
+                                                          write_autoencoder_checkpoint):
   """Two steps on 8 devices: the autoencoder stage's EMA weights are loaded and stay frozen, the
   tokenizer asset, metrics and evaluation samples are written."""
   experiment = make_experiment()
   workdir = str(tmp_path)
-  autoencoder_params = write_autoencoder_checkpoint(experiment, workdir)
+  autoencoder_params = nnx.state(
+      write_autoencoder_checkpoint(experiment, workdir).autoencoder)
   stage = stages_lib.make_stage("dit", experiment)
   mesh = mesh_lib.create_mesh(experiment.mesh, devices)
   result = trainer.train_stage(stage, experiment, workdir, mesh=mesh)

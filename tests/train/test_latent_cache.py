@@ -24,10 +24,8 @@ from videogen.models.autoencoder import AutoencoderConfig
 from videogen.models.dit import DiTConfig
 from videogen.models.text_encoder import TextEncoderConfig
 from videogen.parallel import mesh as mesh_lib
-from videogen.train import checkpointing
 from videogen.train import dit_stage
 from videogen.train import latent_cache
-from videogen.train import stages as stages_lib
 from videogen.train.trainer import TrainConfig
 
 AUTOENCODER = AutoencoderConfig(
@@ -57,26 +55,15 @@ def make_experiment() -> experiment_lib.Experiment:
   config.train = ml_collections.ConfigDict()
   config.train.autoencoder = to_config_dict(TrainConfig(num_steps=5))
   config.train.dit = to_config_dict(TrainConfig(num_steps=10))
-  with pytest.MonkeyPatch.context() as patch:
-    # The schema entry of config.dit_stage (a no-op once videogen/experiment.py registers it).
-    patch.setitem(experiment_lib.SECTIONS, "dit_stage", "videogen.train.dit_stage:DiTStageConfig")
-    return experiment_lib.validate(config)
+  return experiment_lib.validate(config)
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def built(tmp_path_factory, write_autoencoder_checkpoint):
   """A workdir with an autoencoder checkpoint (step 5) and the cache built from it."""
   experiment = make_experiment()
   workdir = str(tmp_path_factory.mktemp("run"))
-  stage = stages_lib.make_stage("autoencoder", experiment)
-  with nnx.use_eager_sharding(False):
-    model = stage.create_model(nnx.Rngs(3))
-  params = nnx.state(model, nnx.Param)
-  checkpointer = checkpointing.Checkpointer(f"{workdir}/checkpoints/autoencoder",
-                                            async_save=False)
-  checkpointer.save(5, {"step": jnp.int32(5), "params": params, "ema_params": params},
-                    {"step": 5}, {})
-  checkpointer.close()
+  model = write_autoencoder_checkpoint(experiment, workdir, step=5, seed=3)
   tokenizer = dit_stage.load_or_train_tokenizer(experiment, workdir)
   mesh = mesh_lib.create_mesh(experiment.mesh)
   iterator = latent_cache.open_or_build(experiment, workdir, tokenizer=tokenizer, mesh=mesh,
