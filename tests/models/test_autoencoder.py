@@ -97,6 +97,42 @@ def test_invalid_configs_say_what_to_change():
                          temporal_downsample=(True,))
   with pytest.raises(ValueError, match="attention_heads"):
     dataclasses.replace(SMALL, attention_heads=3)
+  with pytest.raises(ValueError, match="multiple of latent_channels=3"):
+    dataclasses.replace(SMALL, latent_channels=3)
+  with pytest.raises(ValueError, match="set shortcuts=False"):  # 8 x 8 folded vs 48 channels
+    dataclasses.replace(SMALL, channel_multipliers=(1, 6, 6), attention_heads=1)
+  dataclasses.replace(SMALL, channel_multipliers=(1, 6, 6), attention_heads=1, shortcuts=False)
+
+
+@pytest.mark.parametrize("spatial,temporal,start", [
+    (True, True, False), (True, False, True), (False, True, False), (True, True, True)])
+@pytest.mark.parametrize("coarse,fine", [(8, 4), (4, 8), (6, 6)])
+def test_fold_shortcut_undoes_unfold_shortcut(spatial, temporal, start, coarse, fine):
+  """The decoder's shortcut puts each value where the encoder's takes it from.
+
+  Folding an unfolded tensor gives it back exactly, except the first frame at the start of a
+  video (the unfold drops one of its two copies, the fold pairs the first frame with itself).
+  """
+  block = (2 if temporal else 1) * (4 if spatial else 1)
+  if block * fine % coarse:
+    pytest.skip("the channel counts do not divide")
+  latents = _video((2, 3, 4, 6, coarse))
+  unfolded = ae.unfold_shortcut(latents, fine, spatial=spatial, temporal=temporal,
+                                start_of_video=start)
+  frames = (1 + 2 * 2 if start else 6) if temporal else 3
+  assert unfolded.shape == (2, frames) + ((8, 12) if spatial else (4, 6)) + (fine,)
+  folded = ae.fold_shortcut(unfolded, coarse, spatial=spatial, temporal=temporal,
+                            start_of_video=start)
+  assert folded.shape == latents.shape
+  exact = slice(1, None) if start and temporal else slice(None)
+  np.testing.assert_allclose(folded[:, exact], latents[:, exact], atol=1e-6)
+  # Values move with their block: a change in one latent position stays in its 2x2 block.
+  changed = ae.unfold_shortcut(latents.at[:, :, 1, 2].add(1.0), fine, spatial=spatial,
+                               temporal=temporal, start_of_video=start)
+  rows, cols = np.nonzero(np.any(np.asarray(changed != unfolded), axis=(0, 1, 4)))
+  scale = 2 if spatial else 1
+  assert set(rows) == set(range(scale, 2 * scale)) and set(cols) == set(range(2 * scale,
+                                                                                3 * scale))
 
 
 @pytest.mark.parametrize("frames,suggestion", [(8, "use 5 or 9 frames"), (2, "use 1 or 5 frames"),
