@@ -201,14 +201,14 @@ def test_a_short_training_run_lowers_the_loss(config):
   assert np.mean(l1s[-3:]) < 0.6 * np.mean(l1s[:3]), l1s
 
 
-def _experiment(buckets=("5x16x16:8",), **train):
+def _experiment(buckets=("5x16x16:8",), loss=None, **train):
   config = ml_collections.ConfigDict()
   config.name = "autoencoder_test"
   config.seed = 0
   config.stages = ("autoencoder",)
   config.autoencoder = config_lib.to_config_dict(MODEL)
   config.autoencoder_loss = config_lib.to_config_dict(dataclasses.replace(
-      LOSS, eval_videos=3, eval_batch_size=2, sample_videos=2))
+      LOSS, eval_videos=3, eval_batch_size=2, sample_videos=2, **(loss or {})))
   config.data = config_lib.to_config_dict(loader.DataConfig(buckets=buckets))
   config.mesh = config_lib.to_config_dict(mesh_lib.MeshConfig(data=4, fsdp=2))
   config.train = ml_collections.ConfigDict({"autoencoder": config_lib.to_config_dict(
@@ -223,6 +223,42 @@ def test_buckets_the_autoencoder_cannot_encode_are_refused_at_start_up():
     stages_lib.make_stage("autoencoder", _experiment(buckets=("4x16x16:8",)))
   with pytest.raises(ValueError, match="multiples of 4"):
     stages_lib.make_stage("autoencoder", _experiment(buckets=("5x18x16:8",)))
+
+
+def test_random_crop_takes_one_window_of_the_batch():
+  videos = jnp.asarray(_videos(count=2, frames=5, size=16))
+  windows = {}
+  for seed in range(12):
+    crop = stage_lib.random_crop(videos, 8, jax.random.key(seed))
+    assert crop.shape == (2, 5, 8, 8, 3)
+    # The crop is a window of the input at one corner, the same for the whole batch.
+    corners = [(top, left) for top in range(9) for left in range(9)
+               if np.array_equal(np.asarray(videos[:, :, top:top + 8, left:left + 8]), crop)]
+    assert corners, f"seed {seed}: the crop is no window of the input"
+    windows[seed] = corners[0]
+  assert len(set(windows.values())) > 6  # the corners vary with the key
+  assert stage_lib.random_crop(videos, 0, jax.random.key(0)) is videos
+
+
+def test_the_stage_trains_on_its_own_buckets_and_crops():
+  """autoencoder_loss.buckets replaces config.data.buckets for training, not for evaluation."""
+  stage = stages_lib.make_stage("autoencoder", _experiment(
+      buckets=("5x16x16:8",), loss=dict(buckets=("1x16x16:4",), crop_size=8)))
+  assert [b.shape for b in stage.train_data_config.parsed_buckets()] == [(1, 16, 16)]
+  assert [b.shape for b in stage.data_config.parsed_buckets()] == [(5, 16, 16)]
+  graphdef, params = _split(_model(dataclasses.replace(LOSS, crop_size=8)))
+  loss, metrics = jax.jit(lambda p: stage_lib.autoencoder_loss(
+      nnx.merge(graphdef, p), _videos(), jax.random.key(0), 0,
+      dataclasses.replace(LOSS, crop_size=8)))(params)
+  assert np.isfinite(float(loss)) and float(metrics["l1"]) > 0
+  with pytest.raises(ValueError, match="not a multiple of the autoencoder's spatial"):
+    stages_lib.make_stage("autoencoder", _experiment(loss=dict(crop_size=6)))
+  with pytest.raises(ValueError, match="larger than the frames"):
+    stages_lib.make_stage("autoencoder", _experiment(loss=dict(crop_size=20)))
+  with pytest.raises(ValueError, match="autoencoder_loss.buckets has"):
+    stages_lib.make_stage("autoencoder", _experiment(loss=dict(buckets=("4x16x16:8",))))
+  with pytest.raises(ValueError, match="bad bucket"):
+    stage_lib.AutoencoderLossConfig(buckets=("16x16",))
 
 
 def test_held_out_videos_differ_from_training_videos():

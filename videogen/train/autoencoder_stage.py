@@ -71,6 +71,13 @@ class AutoencoderLossConfig:
     disc_channels: width of the discriminator's first layer.
     disc_layers: strided layers of the discriminator.
     adaptive_weight_max: clip of the adaptive weight.
+    buckets: the batch shapes this stage trains on ("FRAMESxHEIGHTxWIDTH:BATCH[:WEIGHT]", as in
+      `config.data.buckets`); empty trains on `config.data.buckets`. The autoencoder is
+      convolutional and causal, so short clips teach it what long ones do, for less compute a step.
+    crop_size: train on one random crop_size x crop_size window of each batch (0: whole frames),
+      a multiple of the spatial compression. Without middle attention every output sees only a
+      few latents of context, so crops teach the model the same as whole frames at a fraction of
+      the cost a step; more steps is what a short run needs most. Evaluation uses whole frames.
     eval_videos: held-out videos measured at each eval step.
     eval_batch_size: videos per evaluation forward pass.
     eval_split: the data source's split the held-out videos come from.
@@ -86,6 +93,8 @@ class AutoencoderLossConfig:
   disc_channels: int = 64
   disc_layers: int = 3
   adaptive_weight_max: float = 1e4
+  buckets: tuple[str, ...] = ()
+  crop_size: int = 0
   eval_videos: int = 16
   eval_batch_size: int = 8
   eval_split: str = "test"
@@ -95,6 +104,13 @@ class AutoencoderLossConfig:
     for name in ("l1_weight", "l2_weight", "ssim_weight", "kl_weight", "disc_weight"):
       if getattr(self, name) < 0:
         raise ValueError(f"{name}={getattr(self, name)} must not be negative")
+    if isinstance(self.buckets, str):
+      raise ValueError(f"buckets={self.buckets!r} must be a tuple of specs, e.g. "
+                       f"('{self.buckets}',)")
+    for spec in self.buckets:
+      loader.parse_bucket(spec)  # raises on a malformed spec
+    if self.crop_size < 0:
+      raise ValueError(f"crop_size={self.crop_size} must be >= 0 (0 trains on whole frames)")
     if self.eval_videos < 0 or self.eval_batch_size < 1 or self.sample_videos < 0:
       raise ValueError("eval_videos and sample_videos must be >= 0 and eval_batch_size >= 1")
 
@@ -139,6 +155,27 @@ def reconstruction_loss(reconstruction: jax.Array, video: jax.Array,
     similarity = metrics_lib.ssim(reconstruction, video, max_value=2.0)
     loss = loss + config.ssim_weight * (1.0 - jnp.mean(similarity))
   return loss
+
+
+def random_crop(video: jax.Array, size: int, rng: jax.Array) -> jax.Array:
+  """One random size x size window of every video in the batch (the same window for all).
+
+  Args:
+    video: [B, T, H, W, C] with H, W >= size.
+    size: the window's side; 0 returns video unchanged.
+    rng: picks the window's corner, uniformly over the valid corners.
+
+  Returns:
+    [B, T, size, size, C].
+  """
+  if not size:
+    return video
+  height, width = video.shape[2:4]
+  top_rng, left_rng = jax.random.split(rng)
+  top = jax.random.randint(top_rng, (), 0, height - size + 1)
+  left = jax.random.randint(left_rng, (), 0, width - size + 1)
+  return jax.lax.dynamic_slice_in_dim(
+      jax.lax.dynamic_slice_in_dim(video, top, size, axis=2), left, size, axis=3)
 
 
 def _hinge_discriminator_loss(logits_real: jax.Array, logits_fake: jax.Array) -> jax.Array:
@@ -221,7 +258,13 @@ def autoencoder_loss_terms(model: AutoencoderWithDiscriminator, video: jax.Array
 def autoencoder_loss(model: AutoencoderWithDiscriminator, video: jax.Array, rng: jax.Array,
                      step: jax.Array, config: AutoencoderLossConfig
                      ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """(generator + discriminator loss, metrics); see `autoencoder_loss_terms`."""
+  """(generator + discriminator loss, metrics); see `autoencoder_loss_terms`.
+
+  With `config.crop_size`, the loss is that of one random crop of the batch.
+  """
+  if config.crop_size:
+    crop_rng, rng = jax.random.split(rng)
+    video = random_crop(video, config.crop_size, crop_rng)
   generator, discriminator, metrics = autoencoder_loss_terms(model, video, rng, step, config)
   return generator + discriminator, metrics
 
@@ -262,15 +305,33 @@ class AutoencoderStage(stage_lib.Stage):
     self._eval_videos: np.ndarray | None = None
     self._eval_fn = None
 
+  @property
+  def train_data_config(self) -> loader.DataConfig:
+    """config.data with this stage's own buckets, if it has any."""
+    if not self.loss_config.buckets:
+      return self.data_config
+    return dataclasses.replace(self.data_config, buckets=self.loss_config.buckets)
+
   def _check_buckets(self) -> None:
     """Every training bucket must be encodable: a clear error at start-up, not at a step."""
     temporal, spatial = self.model_config.temporal_factor, self.model_config.spatial_factor
-    for bucket in self.data_config.parsed_buckets():
+    where = ("config.autoencoder_loss.buckets" if self.loss_config.buckets
+             else "config.data.buckets")
+    crop = self.loss_config.crop_size
+    if crop % spatial:
+      raise ValueError(
+          f"config.autoencoder_loss.crop_size={crop} is not a multiple of the autoencoder's "
+          f"spatial compression {spatial}: use {max(spatial, crop // spatial * spatial)}")
+    for bucket in self.train_data_config.parsed_buckets():
       if (bucket.frames - 1) % temporal or bucket.height % spatial or bucket.width % spatial:
         raise ValueError(
-            f"config.data.buckets has {bucket}, which the autoencoder "
+            f"{where} has {bucket}, which the autoencoder "
             f"({temporal}x{spatial}x{spatial}) cannot encode: frames must be 1 + {temporal}k and "
             f"height and width multiples of {spatial}")
+      if crop > min(bucket.height, bucket.width):
+        raise ValueError(
+            f"config.autoencoder_loss.crop_size={crop} is larger than the frames of bucket "
+            f"{bucket} in {where}: use at most {min(bucket.height, bucket.width)}, or 0")
 
   def create_model(self, rngs: nnx.Rngs) -> nnx.Module:
     return AutoencoderWithDiscriminator(self.model_config, self.loss_config, rngs=rngs)
@@ -282,7 +343,8 @@ class AutoencoderStage(stage_lib.Stage):
   def make_iterator(self, *, mesh: jax.sharding.Mesh, seed: int,
                     workdir: str) -> stage_lib.BatchIterator:
     del workdir
-    return loader.make_iterator(self.data_config, tokenizer=_NoTokens(), mesh=mesh, seed=seed,
+    return loader.make_iterator(self.train_data_config, tokenizer=_NoTokens(), mesh=mesh,
+                                seed=seed,
                                 batch_axes=tuple(self.rules.get("batch", ("data", "fsdp"))))
 
   def evaluate(self, model: nnx.Module, step: int, workdir: str) -> dict[str, float]:
