@@ -229,6 +229,30 @@ def test_text_encoder_must_hold_every_token_id(tmp_path, tokenizer):
     stage.tokenizer(str(tmp_path))
 
 
+def test_an_autoencoder_trained_with_another_architecture_is_refused(
+    tmp_path, write_autoencoder_checkpoint):
+  """Settings without parameters (the shortcuts) are checked against the saved config.
+
+  A saved config from before the shortcuts existed (no such key) was trained without them.
+  """
+  experiment = make_experiment()
+  mesh = mesh_lib.create_mesh(experiment.mesh, jax.devices()[:1])
+  saved = to_config_dict(AUTOENCODER).to_dict()
+  assert AUTOENCODER.shortcuts
+  write_autoencoder_checkpoint(experiment, str(tmp_path / "same"), config={"autoencoder": saved})
+  dit_stage.restore_autoencoder(experiment, str(tmp_path / "same"), mesh=mesh)
+  # Latent scaling is chosen after training: a change there is no other architecture.
+  write_autoencoder_checkpoint(experiment, str(tmp_path / "scaled"), config={
+      "autoencoder": {**saved, "scale_factor": 0.25}})
+  dit_stage.restore_autoencoder(experiment, str(tmp_path / "scaled"), mesh=mesh)
+  for name, section in (("off", {**saved, "shortcuts": False}),
+                        ("old", {k: v for k, v in saved.items() if k != "shortcuts"})):
+    write_autoencoder_checkpoint(experiment, str(tmp_path / name),
+                                 config={"autoencoder": section})
+    with pytest.raises(ValueError, match="another architecture.*shortcuts: False -> True"):
+      dit_stage.restore_autoencoder(experiment, str(tmp_path / name), mesh=mesh)
+
+
 def test_trains_with_the_trainer_from_a_frozen_autoencoder(tmp_path, devices,
                                                           write_autoencoder_checkpoint):
   """Two steps on 8 devices: the autoencoder stage's EMA weights are loaded and stay frozen, the

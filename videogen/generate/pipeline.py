@@ -59,6 +59,7 @@ from flax import nnx
 from videogen.diffusion import conditioning as conditioning_lib
 from videogen.diffusion import flow
 from videogen.diffusion import samplers
+from videogen.models import autoencoder as autoencoder_lib
 
 # Frames per second written when the experiment does not say (the procedural world's rate).
 DEFAULT_FPS = 8.0
@@ -587,8 +588,14 @@ def tokenizer_path(workdir: str, experiment: Any = None) -> str:
 
 
 def experiment_from_json(saved: dict[str, Any]) -> Any:
-  """Re-validates the typed experiment a checkpoint saved (`trainer.experiment_json`)."""
+  """Re-validates the typed experiment a checkpoint saved (`trainer.experiment_json`).
+
+  Settings the saved config predates get the value it was trained with, not today's default
+  (`autoencoder_lib.upgrade_saved_config`).
+  """
   from videogen import experiment as experiment_lib  # pylint: disable=g-import-not-at-top
+  if isinstance(saved.get("autoencoder"), dict):
+    saved = {**saved, "autoencoder": autoencoder_lib.upgrade_saved_config(saved["autoencoder"])}
   return experiment_lib.validate(ml_collections.ConfigDict(saved))
 
 

@@ -50,6 +50,7 @@ from flax import nnx
 
 from data_pipelines import loader as loader_lib
 from data_pipelines import tokenizer as tokenizer_lib
+from videogen import config as config_lib
 from videogen import experiment as experiment_lib
 from videogen.diffusion import flow
 from videogen.diffusion import samplers
@@ -197,6 +198,25 @@ def autoencoder_checkpoint_step(workdir: str) -> int:
   return steps[-1]
 
 
+def _check_autoencoder_architecture(saved: dict, experiment: experiment_lib.Experiment,
+                                    where: str) -> None:
+  """Raises if the config the autoencoder was trained with computes another function."""
+  section = saved.get("autoencoder") if isinstance(saved, dict) else None
+  if not isinstance(section, dict):
+    return  # a config without the section: the parameter restore is the only check
+  trained = config_lib.parse(autoencoder_lib.AutoencoderConfig,
+                             autoencoder_lib.upgrade_saved_config(section),
+                             f"the config saved in {where}: autoencoder")
+  current = experiment.sections.get("autoencoder", autoencoder_lib.AutoencoderConfig())
+  differences = autoencoder_lib.architecture_differences(trained, current)
+  if differences:
+    raise ValueError(
+        f"the autoencoder checkpoint {where} was trained with another architecture than "
+        f"config.autoencoder ({'; '.join(differences)}): set those fields back (e.g. "
+        f"--config.autoencoder.{differences[0].split(':')[0]}=...), or train the autoencoder "
+        f"again with this config")
+
+
 def restore_autoencoder(experiment: experiment_lib.Experiment, workdir: str, *,
                         mesh: jax.sharding.Mesh) -> tuple[nnx.GraphDef, nnx.State, int]:
   """The autoencoder stage's EMA autoencoder, sharded over `mesh` by the experiment's rules.
@@ -209,7 +229,9 @@ def restore_autoencoder(experiment: experiment_lib.Experiment, workdir: str, *,
 
   Raises:
     FileNotFoundError: the autoencoder stage has no checkpoint in `workdir`.
-    ValueError: the checkpoint does not fit `config.autoencoder` (it was trained with another).
+    ValueError: the checkpoint does not fit `config.autoencoder` (it was trained with another):
+      its parameters differ, or its saved config has another architecture (settings such as the
+      parameter-free shortcuts change the function without changing the parameters).
   """
   # Imported here: stages imports every stage lazily, and the train-state helpers need the stage.
   from videogen.train import stages as stages_lib  # pylint: disable=g-import-not-at-top
@@ -223,6 +245,8 @@ def restore_autoencoder(experiment: experiment_lib.Experiment, workdir: str, *,
   directory = os.path.join(os.path.abspath(workdir), "checkpoints", AUTOENCODER_STAGE)
   checkpointer = checkpointing.Checkpointer(directory, async_save=False)
   try:
+    _check_autoencoder_architecture(checkpointer.read_config(step), experiment,
+                                    f"{directory}/{step}")
     params = checkpointer.restore_subtree(step, "ema_params", target)
   except checkpointing.RESTORE_ERRORS as error:
     raise ValueError(
