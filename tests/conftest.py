@@ -34,7 +34,8 @@ def _tiny_workdir_config():
   """experiments/shapes.py:tiny made as cheap to train as it gets (the `tiny_workdir` config).
 
   Two steps per stage, checkpoints written synchronously, no evaluation or progress bars; only
-  the 9x32x32 video bucket (one compiled step per stage); a 300-caption tokenizer; and smaller
+  the 9x32x32 video bucket (one compiled step per stage; the autoencoder's 5-frame crops in
+  batches of 8); a 300-caption tokenizer; and smaller
   models of the same shape: the autoencoder keeps tiny's 2x4x4 compression and 8 latent channels
   (a 2x2 pixel fold and one downsampling level), so the transformer still sees 5x8x8 latents.
   """
@@ -42,6 +43,7 @@ def _tiny_workdir_config():
 
   config = shapes.get_config("tiny")
   config.data.buckets = ("9x32x32:8",)
+  config.autoencoder_loss.buckets = ("5x32x32:8",)  # a batch that splits over 8 fake devices
   config.tokenizer.num_train_captions = 300
   config.autoencoder.update(base_channels=8, patch_size=2, channel_multipliers=(1, 2),
                             spatial_downsample=(True,), temporal_downsample=(True,))
