@@ -306,3 +306,20 @@ def test_main_wires_the_evaluate_command_and_its_what_flag(tmp_path):
        "--what=generation"], capture_output=True, text=True, timeout=120)
   assert result.returncode == 1, result.stderr
   assert "no checkpoint of stage 'dit'" in result.stderr
+
+
+@pytest.mark.slow  # ~10-20 s: the shrunk autoencoder reconstructs 16 held-out clips
+def test_autoencoder_evaluation_reports_its_scores_and_what_they_are_about(
+    tiny_workdir, tmp_path, capsys):
+  """`evaluate --what=autoencoder`: the last printed line is the JSON of the issue's contract."""
+  import shutil
+  workdir = str(tmp_path / "run")
+  shutil.copytree(tiny_workdir, workdir)  # the shared workdir is read-only
+  assert generation.evaluate(None, workdir, what="autoencoder") == 0
+  last_line = capsys.readouterr().out.strip().splitlines()[-1]
+  result = json.loads(last_line)
+  assert result["compression"] == "2x4x4" and result["latent_channels"] == 8
+  assert result["num_videos"] == 16 and result["step"] == 2
+  assert 0.0 < result["psnr"] < 60.0 and -1.0 <= result["ssim"] <= 1.0  # barely trained
+  with open(f"{workdir}/eval_autoencoder.json") as f:
+    assert json.load(f) == result

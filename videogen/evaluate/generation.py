@@ -739,7 +739,8 @@ def _saved_experiment(workdir: str, stage: str) -> Any:
 def stage_command(stage_name: str, experiment: Any, workdir: str | None) -> int:
   """`evaluate --what=<stage>`: the stage's own `evaluate` on its newest checkpoint (EMA weights).
 
-  Prints one line per metric, then the metrics as JSON on the last line, and writes them to
+  Prints one line per metric (and per fact of `stage.evaluation_context()`, e.g. the
+  autoencoder's compression), then all of them as JSON on the last line, and writes them to
   WORKDIR/eval_<stage>.json.
   """
   if not workdir:
@@ -765,7 +766,7 @@ def stage_command(stage_name: str, experiment: Any, workdir: str | None) -> int:
     print(f"stage {stage_name!r} measures nothing in its evaluate(); nothing to report",
           file=sys.stderr)
     return 1
-  result = {"stage": stage_name, "step": int(step), **scores}
+  result = {"stage": stage_name, "step": int(step), **scores, **stage.evaluation_context()}
   with open(os.path.join(workdir, f"eval_{stage_name}.json"), "w") as f:
     json.dump(result, f, indent=2)
   for name, value in result.items():

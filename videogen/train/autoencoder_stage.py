@@ -375,6 +375,14 @@ class AutoencoderStage(stage_lib.Stage):
     return {"psnr": float(np.mean(np.concatenate(psnrs))),
             "ssim": float(np.mean(np.concatenate(ssims)))}
 
+  def evaluation_context(self) -> dict[str, Any]:
+    """The compression ("FxSxS"), latent channels and held-out videos behind the scores."""
+    config = self.model_config
+    factor = config.spatial_factor
+    return {"compression": f"{config.temporal_factor}x{factor}x{factor}",
+            "latent_channels": config.latent_channels,
+            "num_videos": 0 if self._eval_videos is None else len(self._eval_videos)}
+
   def _write_samples(self, reconstructions: np.ndarray, step: int, workdir: str) -> None:
     folder = os.path.join(workdir, "samples", self.name, f"step_{step:07d}")
     fps = self.data_config.world.fps

@@ -77,3 +77,11 @@ class Stage(abc.ABC):
     """
     del model, step, workdir
     return {}
+
+  def evaluation_context(self) -> dict[str, Any]:
+    """What the numbers of `evaluate` are about (e.g. the compression, the videos measured).
+
+    JSON-serialisable facts, not metrics: `evaluate --what=<stage>` reports them beside the
+    scores; the trainer does not log them. Call after `evaluate`.
+    """
+    return {}
