@@ -68,7 +68,7 @@ def _tiny(config: ml_collections.ConfigDict) -> DiTStageConfig:
   # 48 tokens hold every descriptive caption of a 9-frame clip (at most 43).
   config.tokenizer = to_config_dict(TokenizerConfig(vocab_size=VOCAB_SIZE, max_length=48))
   # The tiny autoencoder's latents (its shortcuts carry features' averages into them) have a
-  # standard deviation of about 7.1 after its 5000 steps. Scaled to about 2 (scale_factor 0.28;
+  # standard deviation of about 7 after its 4500 steps. Scaled to about 2 (scale_factor 0.28;
   # the dit stage logs the result as latent_std), a transformer trained for 2000 steps on them
   # followed prompted colours in 53% of objects, against 47% at 1.5 and 34% at 1 (48 prompts,
   # analyzer-scored): small objects stay visible through more of the noise schedule at the larger
@@ -88,15 +88,16 @@ def _tiny(config: ml_collections.ConfigDict) -> DiTStageConfig:
   config.sample = to_config_dict(SamplerConfig(method="heun", num_steps=20, guidance_scale=4.0))
   config.train = ml_collections.ConfigDict()
   config.train.autoencoder = to_config_dict(TrainConfig(
-      num_steps=5000, learning_rate=3e-3, warmup_steps=50, final_learning_rate_fraction=0.02,
-      ema_decay=0.99, log_every=100, checkpoint_every=2500, keep_checkpoints=1, eval_every=5000))
-  # About 7 minutes of steps on 2 CPU cores (0.2 s a step), one evaluation at the end. A short
-  # run: a high learning rate, and EMA over the last ~50 steps, not the last 1000. Prompt
+      num_steps=4500, learning_rate=3e-3, warmup_steps=50, final_learning_rate_fraction=0.02,
+      ema_decay=0.99, log_every=100, checkpoint_every=2250, keep_checkpoints=1, eval_every=4500))
+  # About 6 minutes of steps on 2 CPU cores (0.2-0.22 s a step), one evaluation at the end. A
+  # short run: a high learning rate, and EMA over the last ~50 steps, not the last 1000. Prompt
   # following still grows with the examples seen (colour 22% after 1000 steps, 30% after 2000 on
-  # an earlier autoencoder), so this is as many steps as the 15-minute main job holds.
+  # an earlier autoencoder), so this is as many steps as the 15-minute main job holds with a
+  # margin (with 5000 + 2000 steps a fresh clone took 16.3 minutes).
   config.train.dit = to_config_dict(TrainConfig(
-      num_steps=2000, learning_rate=3e-3, warmup_steps=50, ema_decay=0.98, log_every=50,
-      checkpoint_every=1000, keep_checkpoints=1, eval_every=2000))
+      num_steps=1600, learning_rate=3e-3, warmup_steps=50, ema_decay=0.98, log_every=50,
+      checkpoint_every=800, keep_checkpoints=1, eval_every=1600))
   return DiTStageConfig()
 
 

@@ -21,9 +21,9 @@ runs a parameter-free path that only rearranges values: the encoder folds each 2
 block into channels and averages groups of them down to the output width; the decoder repeats
 channels and unfolds them back into the block. The shortcuts of encoder and decoder are arranged
 so that, composed, they return each value to the position it came from, so a fresh model already
-passes a coarse copy of its input to its output and the convolutions learn what it misses. In
-our runs this is what lets the tiny autoencoder converge in hundreds of steps instead of
-thousands (the "residual autoencoding" of Chen et al., 2024, Deep Compression Autoencoder).
+passes a coarse copy of its input to its output and the convolutions learn what it misses (the
+"residual autoencoding" of Chen et al., 2024, Deep Compression Autoencoder). The tiny preset
+reached 23.7 / 27.3 dB after 500 / 1500 steps with them and 20.2 / 25.5 dB without.
 
 Normalisation is RMSNorm over channels at each position (each pixel of each frame), in float32. It
 keeps no statistics across time (so causality holds and temporal chunks equal one pass), none across
