@@ -94,7 +94,7 @@ def _tiny(config: ml_collections.ConfigDict) -> DiTStageConfig:
   # short run: a high learning rate, and EMA over the last ~50 steps, not the last 1000. Prompt
   # following still grows with the examples seen (colour 22% after 1000 steps, 30% after 2000 on
   # an earlier autoencoder), so this is as many steps as the 15-minute main job holds with a
-  # margin (with 5000 + 2000 steps a fresh clone took 16.3 minutes).
+  # margin (with 5000 + 2000 steps the README command took 16.3 minutes on a fresh clone).
   config.train.dit = to_config_dict(TrainConfig(
       num_steps=1600, learning_rate=3e-3, warmup_steps=50, ema_decay=0.98, log_every=50,
       checkpoint_every=800, keep_checkpoints=1, eval_every=1600))
