@@ -249,7 +249,8 @@ def test_an_autoencoder_trained_with_another_architecture_is_refused(
                         ("old", {k: v for k, v in saved.items() if k != "shortcuts"})):
     write_autoencoder_checkpoint(experiment, str(tmp_path / name),
                                  config={"autoencoder": section})
-    with pytest.raises(ValueError, match="another architecture.*shortcuts: False -> True"):
+    with pytest.raises(dit_stage.AutoencoderMismatchError, match=(
+        "^the autoencoder checkpoint .* another architecture .*shortcuts: False -> True")):
       dit_stage.restore_autoencoder(experiment, str(tmp_path / name), mesh=mesh)
 
 

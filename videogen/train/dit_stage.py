@@ -198,9 +198,13 @@ def autoencoder_checkpoint_step(workdir: str) -> int:
   return steps[-1]
 
 
+class AutoencoderMismatchError(ValueError):
+  """The autoencoder checkpoint was trained with another architecture than config.autoencoder."""
+
+
 def _check_autoencoder_architecture(saved: dict, experiment: experiment_lib.Experiment,
                                     where: str) -> None:
-  """Raises if the config the autoencoder was trained with computes another function."""
+  """Raises AutoencoderMismatchError if the trained config computes another function."""
   section = saved.get("autoencoder") if isinstance(saved, dict) else None
   if not isinstance(section, dict):
     return  # a config without the section: the parameter restore is the only check
@@ -210,7 +214,7 @@ def _check_autoencoder_architecture(saved: dict, experiment: experiment_lib.Expe
   current = experiment.sections.get("autoencoder", autoencoder_lib.AutoencoderConfig())
   differences = autoencoder_lib.architecture_differences(trained, current)
   if differences:
-    raise ValueError(
+    raise AutoencoderMismatchError(
         f"the autoencoder checkpoint {where} was trained with another architecture than "
         f"config.autoencoder ({'; '.join(differences)}): set those fields back (e.g. "
         f"--config.autoencoder.{differences[0].split(':')[0]}=...), or train the autoencoder "
@@ -248,6 +252,8 @@ def restore_autoencoder(experiment: experiment_lib.Experiment, workdir: str, *,
     _check_autoencoder_architecture(checkpointer.read_config(step), experiment,
                                     f"{directory}/{step}")
     params = checkpointer.restore_subtree(step, "ema_params", target)
+  except AutoencoderMismatchError:
+    raise  # already says what differs and what to do
   except checkpointing.RESTORE_ERRORS as error:
     raise ValueError(
         f"the autoencoder checkpoint {directory}/{step} does not fit config.autoencoder ({error}); "
