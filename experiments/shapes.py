@@ -48,6 +48,7 @@ from data_pipelines.tokenizer import TokenizerConfig
 from videogen.config import to_config_dict
 from videogen.diffusion.flow import FlowConfig
 from videogen.diffusion.samplers import SamplerConfig
+from videogen.evaluate.generation import GenerationEvalConfig
 from videogen.models.autoencoder import AutoencoderConfig
 from videogen.models.dit import DiTConfig
 from videogen.models.text_encoder import TextEncoderConfig
@@ -139,4 +140,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.mesh = to_config_dict(MeshConfig())
   stage_settings = {"tiny": _tiny, "small": _small}[variant](config)
   config.dit_stage = to_config_dict(stage_settings)  # latent source, evaluation samples
+  # The generation suite of `evaluate --what=generation` (its defaults: 16 videos), written out so
+  # that `--config.eval_generation.scenes_per_group=8` has a section to override.
+  config.eval_generation = to_config_dict(GenerationEvalConfig())
   return config

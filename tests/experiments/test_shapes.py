@@ -12,7 +12,6 @@ from ml_collections import config_flags
 
 from videogen import config as config_lib
 from videogen import experiment as experiment_lib
-from videogen.train import dit_stage
 from videogen.train import stages as stages_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -86,6 +85,8 @@ def test_command_line_overrides(monkeypatch):
   with pytest.raises(AttributeError, match='Did you mean "width" instead of "widht"'):
     _parse_command_line(monkeypatch, "--config.dit.widht=64")
   experiment = _parse_command_line(monkeypatch, "--config.dit.width=64",
-                                   "--config.dit_stage.latents=cache")
+                                   "--config.dit_stage.latents=cache",
+                                   "--config.eval_generation.scenes_per_group=8")
   assert experiment.dit.width == 64
-  assert experiment.dit_stage == dit_stage.DiTStageConfig(latents="cache")
+  assert experiment.dit_stage.latents == "cache"
+  assert experiment.eval_generation.scenes_per_group == 8
