@@ -14,12 +14,13 @@ The stages one at a time (each resumes from its checkpoints; a finished stage is
     python -m videogen.main generate --workdir=runs/tiny --prompt='a red circle moving right' \
         --out=runs/tiny/red_circle.mp4
 
-Training the diffusion stage from a latent cache (the data encoded once by the frozen
-autoencoder, instead of on every step):
+Both variants train the diffusion stage from a latent cache (the data encoded once by the frozen
+autoencoder, into WORKDIR/latent_cache, instead of on every step). The dit stage builds it when it
+is missing; to build it ahead, or to encode on every step instead:
 
     python -m videogen.train.latent_cache --config=experiments/shapes.py:tiny --workdir=runs/tiny
     python -m videogen.main train --config=experiments/shapes.py:tiny --workdir=runs/tiny \
-        --config.stages=dit --config.dit_stage.latents=cache
+        --config.stages=dit --config.dit_stage.latents=encode
 
 Size and cost of the model, and speed figures:
 
@@ -28,7 +29,7 @@ Size and cost of the model, and speed figures:
 
 Variants (`arg`):
   tiny   (default) 9-frame 32x32 clips plus 32x32 images (a quarter of the steps); the tiny
-         autoencoder (2x4x4 compression, 8 latent channels) and a width-128, depth-4 transformer
+         autoencoder (2x4x4 compression, 8 latent channels) and a width-96, depth-4 transformer
          on 5x8x8 latents (80 tokens). Sized for a CPU.
   small  17-frame 128x128 clips, a wide 128x224 bucket and 128x128 images; the standard
          autoencoder (4x8x8, 16 channels) and a width-512, depth-12 transformer in bfloat16 on
@@ -84,22 +85,25 @@ def _tiny(config: ml_collections.ConfigDict) -> DiTStageConfig:
       l1_weight=0.0, l2_weight=1.0, buckets=("5x32x32:4",), crop_size=16))
   config.text_encoder = to_config_dict(TextEncoderConfig.tiny(vocab_size=VOCAB_SIZE,
                                                               max_length=48))
-  config.dit = to_config_dict(DiTConfig.tiny(in_channels=8, input_size=(5, 8, 8)))
+  # Width 96, not the tiny default 128: at this budget more steps of a smaller transformer beat
+  # fewer of a larger one (see config.train.dit below).
+  config.dit = to_config_dict(DiTConfig.tiny(in_channels=8, input_size=(5, 8, 8), width=96))
   config.diffusion = to_config_dict(FlowConfig())
   config.sample = to_config_dict(SamplerConfig(method="heun", num_steps=20, guidance_scale=4.0))
   config.train = ml_collections.ConfigDict()
   config.train.autoencoder = to_config_dict(TrainConfig(
       num_steps=4500, learning_rate=3e-3, warmup_steps=50, final_learning_rate_fraction=0.02,
       ema_decay=0.99, log_every=100, checkpoint_every=2250, keep_checkpoints=1, eval_every=4500))
-  # About 6 minutes of steps on 2 CPU cores (0.2-0.22 s a step), one evaluation at the end. A
-  # short run: a high learning rate, and EMA over the last ~50 steps, not the last 1000. Prompt
-  # following still grows with the examples seen (colour 22% after 1000 steps, 30% after 2000 on
-  # an earlier autoencoder), so this is as many steps as the 15-minute main job holds with a
-  # margin (with 5000 + 2000 steps the README command took 16.3 minutes on a fresh clone).
+  # About 6.5 minutes on 2 CPU cores, one evaluation at the end. The stage trains from a latent
+  # cache of its first 1000 loader steps (encoded once, about 70 s), read three times over: the
+  # tiny encoder costs about as much as the transformer's step, so 3000 cached steps (~0.1 s each)
+  # take the time of 1600 that encode their own batches. A short run: learning rate 1e-3 (3e-3
+  # followed prompted colours in 0.52-0.56 of objects against 0.73-0.79 at 1e-3 and 5e-4 after
+  # 2400 steps), and EMA over the last ~50 steps, not the last 1000.
   config.train.dit = to_config_dict(TrainConfig(
-      num_steps=1600, learning_rate=3e-3, warmup_steps=50, ema_decay=0.98, log_every=50,
-      checkpoint_every=800, keep_checkpoints=1, eval_every=1600))
-  return DiTStageConfig()
+      num_steps=3000, learning_rate=1e-3, warmup_steps=50, ema_decay=0.98, log_every=50,
+      checkpoint_every=1500, keep_checkpoints=1, eval_every=3000))
+  return DiTStageConfig(latents="cache", cache_steps=1000)
 
 
 def _small(config: ml_collections.ConfigDict) -> DiTStageConfig:

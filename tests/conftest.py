@@ -47,6 +47,7 @@ def _tiny_workdir_config():
   config.tokenizer.num_train_captions = 300
   config.autoencoder.update(base_channels=8, patch_size=2, channel_multipliers=(1, 2),
                             spatial_downsample=(True,), temporal_downsample=(True,))
+  config.dit_stage.cache_steps = None  # the latent cache holds the stage's 2 steps
   config.text_encoder.update(width=32, depth=1, num_heads=2)
   config.dit.update(width=32, depth=1, num_heads=2, frequency_dim=32, context_dim=32,
                     pooled_dim=32)
