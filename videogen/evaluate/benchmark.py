@@ -114,8 +114,10 @@ def train_step_figures(experiment: Any, stage_name: str, *, workdir: str,
     of replicated parameters, counts on each); "model_flops" count the step's work once (the
     cost of the global program before partitioning), so they do not grow with the mesh.
   """
+  from videogen.parallel import memory as memory_lib  # pylint: disable=g-import-not-at-top
   from videogen.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from videogen.train import stages as stages_lib  # pylint: disable=g-import-not-at-top
+  from videogen.train import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   from videogen.train import train_state as train_state_lib  # pylint: disable=g-import-not-at-top
 
   mesh_config = experiment.sections.get("mesh", mesh_lib.MeshConfig())
@@ -144,6 +146,12 @@ def train_step_figures(experiment: Any, stage_name: str, *, workdir: str,
                     donate_argnums=(0,)).lower(state, batch)
   compiled = lowered.compile()
   compile_seconds = time.perf_counter() - start
+  memory_lib.check_fits(
+      compiled, devices=[d for d in mesh.devices.flat if d.process_index == jax.process_index()],
+      what=f"the {stage_name} train step for " + ", ".join(
+          f"{name}{list(value.shape)}" for name, value in sorted(batch.items())),
+      remedy=trainer_lib.MEMORY_REMEDY + " The benchmark times the batch of loader step 0; "
+      "to time one clip: --config.data.buckets='(\"17x128x128:1\",)'.")
   # What the devices execute: each device's partitioned program, replicated work included.
   flops = _cost_flops(compiled) * mesh.size
   # The global program before partitioning and optimisation: the step's work counted once.

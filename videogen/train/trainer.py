@@ -42,6 +42,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from videogen import experiment as experiment_lib
+from videogen.parallel import memory as memory_lib
 from videogen.parallel import mesh as mesh_lib
 from videogen.parallel import multihost
 from videogen.parallel import sharding as sharding_lib
@@ -236,8 +237,12 @@ def _batch_signature(batch: dict[str, jax.Array]) -> tuple:
   return tuple((name, value.shape, str(value.dtype)) for name, value in sorted(batch.items()))
 
 
+def _shapes(signature: tuple) -> str:
+  return ", ".join(f"{name}{list(shape)}" for name, shape, _ in signature)
+
+
 def _log_memory(compiled: Any, signature: tuple, seconds: float) -> None:
-  shapes = ", ".join(f"{name}{list(shape)}" for name, shape, _ in signature)
+  shapes = _shapes(signature)
   analysis = compiled.memory_analysis()
   if analysis is None:
     logging.info("compiled the train step for %s in %.1fs", shapes, seconds)
@@ -250,13 +255,25 @@ def _log_memory(compiled: Any, signature: tuple, seconds: float) -> None:
                mib(analysis.generated_code_size_in_bytes))
 
 
-class _StepCompiler:
-  """Compiles the train step once per distinct batch signature, ahead of running it."""
+# What to change when a train step does not fit in memory (`memory_lib.check_fits`).
+MEMORY_REMEDY = ("Use smaller batches (the per-bucket batch sizes of config.data.buckets, or of "
+                 "config.autoencoder_loss.buckets for the autoencoder stage), rematerialisation "
+                 "(config.dit.remat, config.autoencoder.remat), or more devices.")
 
-  def __init__(self, step_fn, state_shardings: Any, mesh: jax.sharding.Mesh):
+
+class _StepCompiler:
+  """Compiles the train step once per distinct batch signature, ahead of running it.
+
+  A compiled step that cannot fit in the host's memory (CPU devices) is refused with a
+  `memory_lib.StepMemoryError` before it runs.
+  """
+
+  def __init__(self, step_fn, state_shardings: Any, mesh: jax.sharding.Mesh, name: str):
+    self._name = name
     self._step_fn = step_fn
     self._state_shardings = state_shardings
     self._replicated = NamedSharding(mesh, PartitionSpec())
+    self._local_devices = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
     self._compiled: dict[tuple, Any] = {}
 
   def __call__(self, state: TrainState, batch: dict[str, jax.Array]) -> Any:
@@ -269,6 +286,9 @@ class _StepCompiler:
                        donate_argnums=(0,))
       compiled = jitted.lower(state, batch).compile()
       _log_memory(compiled, signature, time.perf_counter() - start)
+      memory_lib.check_fits(compiled, devices=self._local_devices,
+                            what=f"the {self._name} train step for {_shapes(signature)}",
+                            remedy=MEMORY_REMEDY)
       self._compiled[signature] = compiled
     return self._compiled[signature]
 
@@ -382,7 +402,7 @@ def train_stage(stage: stage_lib.Stage, experiment: experiment_lib.Experiment, w
 
     # 3. The loop.
     step_fn = train_state_lib.make_train_step(stage, graphdef, tx, config, mesh=mesh, rules=rules)
-    compiler = _StepCompiler(step_fn, state_shardings, mesh)
+    compiler = _StepCompiler(step_fn, state_shardings, mesh, stage.name)
     progress = tqdm.tqdm(total=config.num_steps, initial=step, desc=f"train {name}", unit="step",
                          disable=not (multihost.is_primary() and config.progress_bar),
                          dynamic_ncols=True, mininterval=1.0)
