@@ -147,7 +147,7 @@ def train_step_figures(experiment: Any, stage_name: str, *, workdir: str,
   compiled = lowered.compile()
   compile_seconds = time.perf_counter() - start
   memory_lib.check_fits(
-      compiled, devices=[d for d in mesh.devices.flat if d.process_index == jax.process_index()],
+      compiled, devices=memory_lib.local_devices(mesh),
       what=f"the {stage_name} train step for " + ", ".join(
           f"{name}{list(value.shape)}" for name, value in sorted(batch.items())),
       remedy=trainer_lib.MEMORY_REMEDY + " The benchmark times the batch of loader step 0; "

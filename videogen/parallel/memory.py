@@ -47,6 +47,11 @@ def host_available_bytes(meminfo: str = MEMINFO) -> Optional[int]:
   return None
 
 
+def local_devices(mesh: jax.sharding.Mesh) -> list[jax.Device]:
+  """The devices of `mesh` that this process drives (whose memory this host provides)."""
+  return [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+
+
 def required_bytes(compiled: Any) -> Optional[int]:
   """Bytes one device allocates while running `compiled`, beyond its arguments; None if unknown."""
   analysis = compiled.memory_analysis()

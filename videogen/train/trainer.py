@@ -273,7 +273,7 @@ class _StepCompiler:
     self._step_fn = step_fn
     self._state_shardings = state_shardings
     self._replicated = NamedSharding(mesh, PartitionSpec())
-    self._local_devices = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    self._local_devices = memory_lib.local_devices(mesh)
     self._compiled: dict[tuple, Any] = {}
 
   def __call__(self, state: TrainState, batch: dict[str, jax.Array]) -> Any:
