@@ -35,9 +35,9 @@ def _tiny_workdir_config():
 
   Two steps per stage, checkpoints written synchronously, no evaluation or progress bars; only
   the 9x32x32 video bucket (one compiled step per stage; the autoencoder's 5-frame crops in
-  batches of 8); a 300-caption tokenizer; and smaller
-  models of the same shape: the autoencoder keeps tiny's 2x4x4 compression and 8 latent channels
-  (a 2x2 pixel fold and one downsampling level), so the transformer still sees 5x8x8 latents.
+  batches of 8); a 300-caption tokenizer; and smaller models of the same shape: the autoencoder
+  keeps tiny's 2x4x4 compression and 8 latent channels (a 2x2 pixel fold and one downsampling
+  level), so the transformer still sees 5x8x8 latents.
   """
   from experiments import shapes  # pylint: disable=g-import-not-at-top
 

@@ -72,7 +72,8 @@ def test_check_fits_refuses_a_step_larger_than_the_host():
 
 def test_local_devices_of_a_mesh():
   mesh = mesh_lib.create_mesh(mesh_lib.MeshConfig(data=-1), jax.devices())
-  assert sorted(d.id for d in memory.local_devices(mesh)) == sorted(d.id for d in jax.local_devices())
+  local = sorted(d.id for d in memory.local_devices(mesh))
+  assert local == sorted(d.id for d in jax.local_devices())
 
 
 def test_accelerators_are_left_to_report_their_own_errors():

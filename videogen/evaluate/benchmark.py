@@ -148,8 +148,7 @@ def train_step_figures(experiment: Any, stage_name: str, *, workdir: str,
   compile_seconds = time.perf_counter() - start
   memory_lib.check_fits(
       compiled, devices=memory_lib.local_devices(mesh),
-      what=f"the {stage_name} train step for " + ", ".join(
-          f"{name}{list(value.shape)}" for name, value in sorted(batch.items())),
+      what=f"the {stage_name} train step for {trainer_lib.describe_batch(batch)}",
       remedy=trainer_lib.MEMORY_REMEDY + " The benchmark times the batch of loader step 0; "
       "to time one clip: --config.data.buckets='(\"17x128x128:1\",)'.")
   # What the devices execute: each device's partitioned program, replicated work included.

@@ -237,12 +237,12 @@ def _batch_signature(batch: dict[str, jax.Array]) -> tuple:
   return tuple((name, value.shape, str(value.dtype)) for name, value in sorted(batch.items()))
 
 
-def _shapes(signature: tuple) -> str:
-  return ", ".join(f"{name}{list(shape)}" for name, shape, _ in signature)
+def describe_batch(batch: dict[str, jax.Array]) -> str:
+  """The batch's arrays and shapes for messages, e.g. "tokens[8, 48], video[8, 9, 32, 32, 3]"."""
+  return ", ".join(f"{name}{list(value.shape)}" for name, value in sorted(batch.items()))
 
 
-def _log_memory(compiled: Any, signature: tuple, seconds: float) -> None:
-  shapes = _shapes(signature)
+def _log_memory(compiled: Any, shapes: str, seconds: float) -> None:
   analysis = compiled.memory_analysis()
   if analysis is None:
     logging.info("compiled the train step for %s in %.1fs", shapes, seconds)
@@ -285,9 +285,10 @@ class _StepCompiler:
                        out_shardings=(self._state_shardings, self._replicated),
                        donate_argnums=(0,))
       compiled = jitted.lower(state, batch).compile()
-      _log_memory(compiled, signature, time.perf_counter() - start)
+      shapes = describe_batch(batch)
+      _log_memory(compiled, shapes, time.perf_counter() - start)
       memory_lib.check_fits(compiled, devices=self._local_devices,
-                            what=f"the {self._name} train step for {_shapes(signature)}",
+                            what=f"the {self._name} train step for {shapes}",
                             remedy=MEMORY_REMEDY)
       self._compiled[signature] = compiled
     return self._compiled[signature]
