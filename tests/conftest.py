@@ -68,10 +68,10 @@ def tiny_workdir_config():
 def tiny_workdir(tmp_path_factory) -> str:
   """The path (str) of a workdir trained with `tiny_workdir_config`: both stages, 2 steps each.
 
-  It holds checkpoints/autoencoder/2/, checkpoints/dit/2/, tokenizer.model, metrics.jsonl and
-  tensorboard/. Its weights are barely trained: use it for loading, commands, file layouts and
-  shapes, not for quality. Built once per run (about 2 minutes on 2 busy cores); pytest-xdist
-  workers share it (the first builds it under a file lock, the others wait for it). Treat it as
+  It holds checkpoints/autoencoder/2/, checkpoints/dit/2/, tokenizer.model, metrics.jsonl,
+  tensorboard/ and curves/. Its weights are barely trained: use it for loading, commands, file
+  layouts and shapes, not for quality. Built once per run (about 2 minutes on 2 busy cores);
+  pytest-xdist workers share it (the first builds it under a file lock, the others wait for it). Treat it as
   read-only, since other tests read it at the same time: copy it (`shutil.copytree`) to write.
   """
   import fcntl  # pylint: disable=g-import-not-at-top

@@ -36,3 +36,6 @@ def test_gallery_shows_every_prompt_of_the_suite(tiny_workdir, tiny_workdir_conf
     assert video.shape == gif.shape == (suite.frames, suite.height, suite.width, 3)
   assert page.count("held-out combination") == sum(row["group"] == "held_out" for row in rows)
   assert os.path.getsize(os.path.join(gallery_dir, "contact_sheet.png")) > 0
+  for stage in ("autoencoder", "dit"):  # each stage's loss curve, inside the gallery folder
+    assert f'src="{stage}.svg"' in page
+    assert os.path.getsize(os.path.join(gallery_dir, f"{stage}.svg")) > 0

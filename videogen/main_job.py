@@ -7,8 +7,8 @@ r"""The main job: train every stage of an experiment, then write a gallery of sa
 2. The gallery: the generation pipeline samples one video per prompt of a fixed list, the
    text-to-video prompts of the generation suite (`videogen.evaluate.generation.build_suite`):
    brief and descriptive captions of training combinations and of held-out ones. Each video is
-   written as .mp4 and .gif into WORKDIR/gallery/, with a PNG contact sheet, a manifest.jsonl and
-   an index.html that shows every video beside its prompt.
+   written as .mp4 and .gif into WORKDIR/gallery/, with a PNG contact sheet, each stage's loss
+   curve (SVG), a manifest.jsonl and an index.html that shows every video beside its prompt.
 
 `python -m videogen.main evaluate --workdir=DIR --what=generation` then scores the same kind of
 prompts with the analyzer.
@@ -31,6 +31,7 @@ from videogen.evaluate import generation as generation_eval
 from videogen.generate import gallery
 from videogen.generate import modes
 from videogen.generate import pipeline
+from videogen.train import curves
 from videogen.train import trainer
 
 GALLERY_DIR = "gallery"
@@ -74,8 +75,10 @@ def write_gallery(experiment: experiment_lib.Experiment, workdir: str, *,
   with open(os.path.join(out_dir, "manifest.jsonl"), "w", encoding="utf-8") as f:
     for row in manifest:
       f.write(json.dumps(row) + "\n")
+  charts = curves.write_curves(workdir, out_dir=out_dir)
   return gallery.write_index(out_dir, entries, title=f"videogen: {experiment.name}",
-                             contact_sheet="contact_sheet.png")
+                             contact_sheet="contact_sheet.png",
+                             curves=[os.path.basename(path) for path in charts])
 
 
 def run(experiment: experiment_lib.Experiment, workdir: str | None) -> int:

@@ -43,3 +43,16 @@ def test_missing_video_is_an_error(tmp_path):
   entry = gallery.GalleryEntry(prompt="a red circle", video="absent.mp4")
   with pytest.raises(FileNotFoundError, match="absent.mp4"):
     gallery.write_index(str(tmp_path), [entry], title="t")
+
+
+def test_contact_sheet_and_curves_are_shown_and_must_exist(tmp_path):
+  (tmp_path / "0.mp4").write_bytes(b"x")
+  entries = [gallery.GalleryEntry(prompt="a red circle", video="0.mp4")]
+  for name in ("sheet.png", "dit.svg"):
+    (tmp_path / name).write_bytes(b"x")
+  path = gallery.write_index(str(tmp_path), entries, title="t", contact_sheet="sheet.png",
+                             curves=["dit.svg"])
+  page = open(path, encoding="utf-8").read()
+  assert 'src="sheet.png"' in page and 'src="dit.svg"' in page
+  with pytest.raises(FileNotFoundError, match="autoencoder.svg"):
+    gallery.write_index(str(tmp_path), entries, title="t", curves=["autoencoder.svg"])

@@ -84,6 +84,20 @@ def test_reference_run_learns_and_writes_its_outputs(reference):
   assert any(name.startswith("events.out.tfevents") for name in events)
   row = metrics_lib.read_metrics(reference.workdir)[-1]
   assert {"stage", "step", "loss", "grad_norm", "learning_rate", "mae"} <= set(row)
+  curve = open(os.path.join(reference.workdir, "curves", "standin.svg")).read()
+  assert curve.startswith("<svg") and curve.count("<polyline") == 2
+
+
+def test_a_metric_row_holds_the_means_since_the_previous_row(reference, tmp_path):
+  _train(_experiment(log_every=3), tmp_path, jax.devices()[:1])
+  rows = {row["step"]: row for row in metrics_lib.read_metrics(str(tmp_path), "standin")}
+  assert sorted(rows) == [3, 5]  # every third step, and the last
+  per_step = metrics_lib.read_metrics(reference.workdir, "standin")  # log_every=1
+  for step, first in ((3, 1), (5, 4)):
+    steps = [row for row in per_step if first <= row["step"] <= step]
+    for key in ("loss", "grad_norm", "mae"):
+      assert rows[step][key] == pytest.approx(np.mean([row[key] for row in steps]), rel=1e-6)
+    assert rows[step]["learning_rate"] == steps[-1]["learning_rate"]  # its own, not a mean
 
 
 @pytest.mark.parametrize("mesh_shape", [(8, 1, 1), (2, 4, 1), (2, 2, 2)])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import os
+from typing import Sequence
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,12 +24,15 @@ class GalleryEntry:
 
 
 def write_index(out_dir: str, entries: list[GalleryEntry], *, title: str,
-                contact_sheet: str | None = None) -> str:
+                contact_sheet: str | None = None, curves: Sequence[str] = ()) -> str:
   """Writes `out_dir/index.html` and returns its path.
 
+  `contact_sheet` and `curves` (training loss charts, e.g. from `videogen.train.curves`) are
+  image files inside `out_dir`, shown after the videos.
+
   Raises:
-    FileNotFoundError: an entry names a file that is not in `out_dir` (the page would show a
-      broken video).
+    FileNotFoundError: an entry, the contact sheet or a curve names a file that is not in
+      `out_dir` (the page would show a broken video or image).
   """
   for entry in entries:
     for path in (entry.video, entry.gif):
@@ -36,6 +40,10 @@ def write_index(out_dir: str, entries: list[GalleryEntry], *, title: str,
         raise FileNotFoundError(
             f"gallery entry for {entry.prompt!r} names {path!r}, which is not in {out_dir}: "
             f"write the video before the index")
+  for path in ([contact_sheet] if contact_sheet else []) + list(curves):
+    if not os.path.exists(os.path.join(out_dir, path)):
+      raise FileNotFoundError(f"the gallery names the image {path!r}, which is not in "
+                              f"{out_dir}: write it before the index")
   cards = []
   for entry in entries:
     gif_link = (f' · <a href="{html.escape(entry.gif)}">gif</a>' if entry.gif else "")
@@ -47,6 +55,9 @@ def write_index(out_dir: str, entries: list[GalleryEntry], *, title: str,
         f'</figcaption></figure>')
   sheet = (f'<h2>Contact sheet</h2><img class="sheet" src="{html.escape(contact_sheet)}" '
            f'alt="frames of every video">' if contact_sheet else "")
+  charts = "".join(f'<img class="curve" src="{html.escape(path)}" '
+                   f'alt="training curve {html.escape(path)}">' for path in curves)
+  charts = f"<h2>Training</h2>{charts}" if curves else ""
   page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -58,12 +69,14 @@ figcaption {{ font-size: 0.9em; margin-top: 0.3em; }}
 .note {{ color: #a33; font-size: 0.85em; }}
 .links {{ font-size: 0.8em; color: #666; }}
 .sheet {{ max-width: 100%; image-rendering: pixelated; }}
+.curve {{ max-width: 100%; margin: 0 1em 1em 0; }}
 </style></head>
 <body><h1>{html.escape(title)}</h1><p>{len(entries)} videos.</p>
 <div class="grid">
 {chr(10).join(cards)}
 </div>
 {sheet}
+{charts}
 </body></html>
 """
   path = os.path.join(out_dir, "index.html")

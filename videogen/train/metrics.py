@@ -1,7 +1,8 @@
 """Metric outputs of a run, written from process 0 only.
 
   WORKDIR/metrics.jsonl           one JSON object per logged step: {"stage", "step", "loss", ...},
-                                  floats at full precision (repr round-trips them exactly).
+                                  floats at full precision (repr round-trips them exactly). The
+                                  trainer's rows hold means over the steps since the previous row.
   WORKDIR/tensorboard/<stage>/    TensorBoard event files, written by tensorboardX (no TensorFlow).
 
     writer = MetricWriter(workdir)

@@ -17,7 +17,7 @@ stage whose latest checkpoint is already at `num_steps` is skipped. For one stag
      rebuilds the model for sampling.
   3. Loop: the pure step is compiled once per batch shape (`.lower().compile()`, memory analysis
      logged) with explicit in/out shardings and a donated state. Metrics go to metrics.jsonl and
-     TensorBoard; checkpoints are saved every `checkpoint_every` steps (async), at the end and on
+     TensorBoard, and after each stage its loss curve to WORKDIR/curves/<stage>.svg; checkpoints are saved every `checkpoint_every` steps (async), at the end and on
      SIGTERM. A non-finite loss or gradient stops the run naming the step; the state it produced
      is never saved, so the last checkpoint on disk is the last good one.
 """
@@ -47,6 +47,7 @@ from videogen.parallel import mesh as mesh_lib
 from videogen.parallel import multihost
 from videogen.parallel import sharding as sharding_lib
 from videogen.train import checkpointing
+from videogen.train import curves as curves_lib
 from videogen.train import metrics as metrics_lib
 from videogen.train import stage as stage_lib
 from videogen.train import stages as stages_lib
@@ -69,7 +70,8 @@ class TrainConfig:
     clip_grad_norm: global gradient-norm clipping threshold; <= 0 turns clipping off.
     ema_decay: decay of the parameters' exponential moving average (0 = a copy).
     grad_accum_steps: split each batch into this many microbatches and average their gradients.
-    log_every: steps between metric rows (the last step is always logged).
+    log_every: steps between metric rows (the last step is always logged). A row holds the
+      means of the metrics over the steps since the previous row (the learning rate: its value).
     checkpoint_every: steps between checkpoints (the last step is always saved).
     keep_checkpoints: how many of the newest checkpoints to keep (<= 0 keeps all).
     eval_every: steps between `stage.evaluate` calls; 0 = never.
@@ -298,6 +300,32 @@ class _StepCompiler:
     return len(self._compiled)
 
 
+class _IntervalMeans:
+  """Means of the step metrics since the last metric row (since the start, after a resume).
+
+  One step's loss is a noisy sample (a diffusion loss depends on the noise level drawn at that
+  step), so each row holds the interval's means; the learning rate is the logged step's own.
+  """
+  _LAST_VALUE = ("learning_rate",)
+
+  def __init__(self):
+    self.sums: dict[str, float] = {}
+    self.last: dict[str, float] = {}
+    self.count = 0
+
+  def add(self, values: dict[str, float]) -> None:
+    for key, value in values.items():
+      self.sums[key] = self.sums.get(key, 0.0) + value
+    self.last = values
+    self.count += 1
+
+  def pop(self) -> dict[str, float]:
+    row = {key: total / self.count for key, total in self.sums.items()}
+    row.update({key: self.last[key] for key in self._LAST_VALUE if key in self.last})
+    self.sums, self.last, self.count = {}, {}, 0
+    return row
+
+
 def _check_finite(name: str, step: int, metrics: dict[str, float],
                   checkpointer: checkpointing.Checkpointer) -> None:
   loss, grad_norm = metrics["loss"], metrics["grad_norm"]
@@ -410,20 +438,23 @@ def train_stage(stage: stage_lib.Stage, experiment: experiment_lib.Experiment, w
     pending: list[tuple[int, dict[str, jax.Array]]] = []
     # Steps/s between logged steps, from the step count and the wall clock (reset after a compile).
     timer = {"time": time.perf_counter(), "step": step}
+    interval = _IntervalMeans()
 
     def drain() -> None:
       """Fetches the metrics of finished steps, checks them and logs the due ones."""
       for done_step, device_metrics in pending:
         values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
         _check_finite(name, done_step, values, checkpointer)
+        interval.add(values)
         progress.update(1)
         if done_step % config.log_every == 0 or done_step == config.num_steps:
+          row = interval.pop()
           now = time.perf_counter()
           if done_step > timer["step"]:
-            values["steps_per_second"] = (done_step - timer["step"]) / (now - timer["time"])
+            row["steps_per_second"] = (done_step - timer["step"]) / (now - timer["time"])
           timer.update(time=now, step=done_step)
-          writer.write(name, done_step, values)
-          progress.set_postfix(loss=f"{values['loss']:.4g}", refresh=False)
+          writer.write(name, done_step, row)
+          progress.set_postfix(loss=f"{row['loss']:.4g}", refresh=False)
       pending.clear()
 
     status = "done"
@@ -459,6 +490,9 @@ def train_stage(stage: stage_lib.Stage, experiment: experiment_lib.Experiment, w
       drain()
     checkpointer.wait()
     writer.flush()
+    if multihost.is_primary():
+      for path in curves_lib.write_curves(workdir, stages=[name]):
+        logging.info("stage %s: loss curve in %s", name, path)
     return StageResult(name, status, step, state)
   finally:
     if progress is not None:
