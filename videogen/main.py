@@ -67,7 +67,8 @@ flags.DEFINE_integer("bridge_frames", None, "generate: the closing bridge of --m
 flags.DEFINE_string("prompts_file", None, "generate: a JSONL file of requests, one per line.")
 # Used by `evaluate` (videogen.evaluate.generation.evaluate).
 flags.DEFINE_string("what", "generation", "evaluate: what to measure, 'generation' (prompt "
-                    "following, physics, seams, speed) or 'autoencoder' (reconstruction).")
+                    "following, physics, seams, speed), 'autoencoder' (reconstruction) or "
+                    "'noise_levels' (which noise levels the model fails to decide).")
 
 # command -> ("module:function", needs a config). Each function takes (experiment, workdir) and
 # returns an exit code or None. An entry of None is a command that is not built yet.

@@ -777,11 +777,19 @@ def stage_command(stage_name: str, experiment: Any, workdir: str | None) -> int:
 
 # --what -> (command, what it measures). Each command takes (experiment, workdir) and returns an
 # exit code, like the commands of videogen.main.
+def _noise_levels_command(experiment: Any, workdir: Optional[str]) -> int:
+  from videogen.evaluate import noise_levels  # pylint: disable=g-import-not-at-top
+  return noise_levels.command(experiment, workdir)
+
+
 EVALUATIONS: dict[str, tuple[Callable[[Any, Optional[str]], int], str]] = {
     "generation": (generation_command,
                    "prompt following, physics, seams and speed of generated videos"),
     "autoencoder": (functools.partial(stage_command, "autoencoder"),
                     "the autoencoder stage's own evaluation (reconstruction PSNR / SSIM)"),
+    "noise_levels": (_noise_levels_command,
+                     "attribute accuracy of test clips regenerated from each noise level: "
+                     "where in the schedule the model fails"),
 }
 
 
