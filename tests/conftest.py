@@ -71,8 +71,9 @@ def tiny_workdir(tmp_path_factory) -> str:
   It holds checkpoints/autoencoder/2/, checkpoints/dit/2/, tokenizer.model, metrics.jsonl,
   tensorboard/ and curves/. Its weights are barely trained: use it for loading, commands, file
   layouts and shapes, not for quality. Built once per run (about 2 minutes on 2 busy cores);
-  pytest-xdist workers share it (the first builds it under a file lock, the others wait for it). Treat it as
-  read-only, since other tests read it at the same time: copy it (`shutil.copytree`) to write.
+  pytest-xdist workers share it (the first builds it under a file lock, the others wait for it).
+  Treat it as read-only, since other tests read it at the same time: copy it (`shutil.copytree`)
+  to write.
   """
   import fcntl  # pylint: disable=g-import-not-at-top
   import shutil  # pylint: disable=g-import-not-at-top

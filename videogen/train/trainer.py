@@ -17,9 +17,10 @@ stage whose latest checkpoint is already at `num_steps` is skipped. For one stag
      rebuilds the model for sampling.
   3. Loop: the pure step is compiled once per batch shape (`.lower().compile()`, memory analysis
      logged) with explicit in/out shardings and a donated state. Metrics go to metrics.jsonl and
-     TensorBoard, and after each stage its loss curve to WORKDIR/curves/<stage>.svg; checkpoints are saved every `checkpoint_every` steps (async), at the end and on
-     SIGTERM. A non-finite loss or gradient stops the run naming the step; the state it produced
-     is never saved, so the last checkpoint on disk is the last good one.
+     TensorBoard, and after each stage its loss curve to WORKDIR/curves/<stage>.svg. Checkpoints
+     are saved every `checkpoint_every` steps (async), at the end and on SIGTERM. A non-finite
+     loss or gradient stops the run naming the step; the state it produced is never saved, so the
+     last checkpoint on disk is the last good one.
 """
 
 from __future__ import annotations
