@@ -56,6 +56,31 @@ def test_train_step_flops_count_the_whole_mesh(experiment, result, tmp_path):
       eight["flops_per_step"] / eight["seconds_per_step"])
 
 
+@pytest.mark.slow  # ~30-60 s: three tiny transformer steps compiled
+def test_a_scanned_transformer_is_counted_once_per_layer(tiny_workdir_config, tmp_path,
+                                                          monkeypatch):
+  """XLA's cost analysis counts a scanned loop's body once: the benchmark must not."""
+  one_device = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1),
+                                 ("data", "fsdp", "tensor"))
+  tiny_workdir_config.dit.depth = 3
+
+  def figures(scan, name):
+    tiny_workdir_config.dit.scan_layers = scan
+    result, _ = benchmark.train_step_figures(
+        experiment_lib.validate(tiny_workdir_config), "dit", workdir=str(tmp_path / name),
+        mesh=one_device, steps=1, warmup=0, min_seconds=0.0)
+    return result
+
+  scanned, unrolled = figures(True, "scanned"), figures(False, "unrolled")
+  assert scanned["model_flops_per_step"] == pytest.approx(unrolled["model_flops_per_step"],
+                                                          rel=1e-3)
+  assert scanned["flops_per_step"] == pytest.approx(unrolled["flops_per_step"], rel=0.1)
+  # Without the unrolled count, XLA's figure for the scanned step is lower: what this guards.
+  monkeypatch.setattr(benchmark, "_with_unrolled_layers", lambda experiment: None)
+  naive = figures(True, "naive")
+  assert naive["model_flops_per_step"] < 0.9 * unrolled["model_flops_per_step"]
+
+
 def test_result_json_has_every_field_and_names_what_is_unavailable(result):
   parsed = json.loads(json.dumps(result))
   for key in ("matmul_flops_per_second", "train_step_flops_per_second", "train_to_matmul_ratio"):
