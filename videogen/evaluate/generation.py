@@ -694,20 +694,29 @@ def evaluate_workdir(experiment: Any, workdir: str, *,
   return report
 
 
-def generation_command(experiment: Any, workdir: str | None) -> int:
-  """`evaluate --what=generation`: prints the table, then the metrics JSON as the last line."""
+def report_command(what: str, workdir: str | None, run: Callable[[str], Any],
+                   table: Callable[[Any], str], metrics: Callable[[Any], Any]) -> int:
+  """An `evaluate --what=<what>` command: runs `run(workdir)`, prints `table(report)`, then
+  `metrics(report)` as JSON on the last line. Exit code 2 without a workdir, 1 when a checkpoint
+  is missing."""
   if not workdir:
-    print("evaluate needs --workdir=DIR, a trained run (python -m videogen.main evaluate "
-          "--workdir=runs/tiny --what=generation)", file=sys.stderr)
+    print(f"evaluate needs --workdir=DIR, a trained run (python -m videogen.main evaluate "
+          f"--workdir=runs/tiny --what={what})", file=sys.stderr)
     return 2
   try:
-    report = evaluate_workdir(experiment, workdir)
+    report = run(workdir)
   except FileNotFoundError as error:
     print(f"error: {error}", file=sys.stderr)
     return 1
-  print(format_table(report))
-  print(json.dumps(report.metrics, sort_keys=False))
+  print(table(report))
+  print(json.dumps(metrics(report), sort_keys=False))
   return 0
+
+
+def generation_command(experiment: Any, workdir: str | None) -> int:
+  """`evaluate --what=generation`: prints the table, then the metrics JSON as the last line."""
+  return report_command("generation", workdir, lambda w: evaluate_workdir(experiment, w),
+                        format_table, lambda report: report.metrics)
 
 
 # ---------------------------------------------------------------------------------------------

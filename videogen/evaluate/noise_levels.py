@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -125,15 +124,6 @@ def evaluate_workdir(experiment: Any, workdir: str, *, levels: Sequence[float] =
 
 def command(experiment: Any, workdir: Optional[str]) -> int:
   """`evaluate --what=noise_levels`: prints the table, then the JSON as the last line."""
-  if not workdir:
-    print("evaluate needs --workdir=DIR, a trained run (python -m videogen.main evaluate "
-          "--workdir=runs/tiny --what=noise_levels)", file=sys.stderr)
-    return 2
-  try:
-    report = evaluate_workdir(experiment, workdir)
-  except FileNotFoundError as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 1
-  print(format_table(report))
-  print(json.dumps(report))
-  return 0
+  return generation.report_command("noise_levels", workdir,
+                                   lambda w: evaluate_workdir(experiment, w), format_table,
+                                   lambda report: report)
