@@ -238,7 +238,7 @@ def _choose_scenes(group: str, count: int, *, frames: int, height: int, width: i
   return chosen
 
 
-def _expected_objects(scene: world.Scene, kind: str, trajectories: Sequence[world.Trajectory],
+def expected_objects(scene: world.Scene, kind: str, trajectories: Sequence[world.Trajectory],
                       frames: int) -> tuple[dict[str, Any], ...]:
   expected = []
   for obj, trajectory in zip(scene.objects, trajectories):
@@ -279,7 +279,7 @@ def build_suite(config: GenerationEvalConfig = GenerationEvalConfig(), *,
       for kind, text in (("brief", world.caption(scene)), ("descriptive", description)):
         prompts.append(Prompt(
             text=text, kind=kind, group=group, scene=scene, split=GROUPS[group], index=index,
-            expected=_expected_objects(scene, kind, trajectories, frames),
+            expected=expected_objects(scene, kind, trajectories, frames),
             background=scene.background if kind == "descriptive" else None))
       for mode in config.modes:
         if mode == "extend":
@@ -445,7 +445,7 @@ def _mean(values: Sequence[float]) -> Optional[float]:
   return None if not values else round(float(np.mean(values)), 4)
 
 
-def _accuracies(rows: Sequence[dict[str, Any]]) -> dict[str, Optional[float]]:
+def accuracies(rows: Sequence[dict[str, Any]]) -> dict[str, Optional[float]]:
   """Per-attribute accuracy (pooled over the objects of `rows`), counts and background."""
   hits, totals = collections.Counter(), collections.Counter()
   for row in rows:
@@ -533,9 +533,9 @@ def summarize(rows: Sequence[dict[str, Any]], suite: Suite) -> dict[str, Any]:
   """The JSON summary of the rows `evaluate_generation` made."""
   t2v = [r for r in rows if r["mode"] == "t2v"]
   metrics: dict[str, Any] = {"videos": len(rows), "prompts": len(t2v)}
-  metrics.update(_accuracies(t2v))
-  metrics["by_group"] = {g: _accuracies([r for r in t2v if r["group"] == g]) for g in GROUPS}
-  metrics["by_caption"] = {k: _accuracies([r for r in t2v if r["kind"] == k])
+  metrics.update(accuracies(t2v))
+  metrics["by_group"] = {g: accuracies([r for r in t2v if r["group"] == g]) for g in GROUPS}
+  metrics["by_caption"] = {k: accuracies([r for r in t2v if r["kind"] == k])
                            for k in CAPTION_KINDS}
   extend = [r for r in rows if r["mode"] == "extend"]
   metrics["extension_seam_ratio"] = _mean([r["seam_ratio"] for r in extend])
@@ -666,7 +666,7 @@ def evaluate_workdir(experiment: Any, workdir: str, *,
   """
   from videogen.generate import pipeline  # pylint: disable=g-import-not-at-top
   if experiment is None:
-    experiment = _saved_experiment(workdir, pipeline.DIT_STAGE)
+    experiment = saved_experiment(workdir, pipeline.DIT_STAGE)
   sections = getattr(experiment, "sections", {})
   if config is None:
     config = sections.get("eval_generation") or GenerationEvalConfig()
@@ -723,7 +723,7 @@ def generation_command(experiment: Any, workdir: str | None) -> int:
 # The evaluate command.
 
 
-def _saved_experiment(workdir: str, stage: str) -> Any:
+def saved_experiment(workdir: str, stage: str) -> Any:
   """The experiment saved with the newest checkpoint of `stage` in the workdir.
 
   Raises:
@@ -760,7 +760,7 @@ def stage_command(stage_name: str, experiment: Any, workdir: str | None) -> int:
   from videogen.train import trainer  # pylint: disable=g-import-not-at-top
   try:
     if experiment is None:
-      experiment = _saved_experiment(workdir, stage_name)
+      experiment = saved_experiment(workdir, stage_name)
     stage = stages_lib.make_stage(stage_name, experiment)
     model, step = trainer.load_model(experiment, workdir, stage_name)
   except FileNotFoundError as error:

@@ -26,7 +26,7 @@ from videogen.evaluate import generation
 
 LEVELS: tuple[float, ...] = (0.3, 0.5, 0.7, 0.8, 0.9, 1.0)
 RESULTS_FILE = "eval_noise_levels.json"
-# The figures reported per level (keys of `generation._accuracies`).
+# The figures reported per level (keys of `generation.accuracies`).
 FIGURES: tuple[str, ...] = ("color_accuracy", "shape_accuracy", "size_accuracy",
                             "direction_accuracy", "count_accuracy")
 
@@ -64,7 +64,7 @@ def score_levels(edit_fn: EditFn, *, levels: Sequence[float] = LEVELS, clips: in
     trajectories = [world.simulate(o, frames=frames, height=height, width=width, fps=scene.fps)
                     for o in scene.objects]
     samples.append((rendered["description"], rendered["video"],
-                    generation._expected_objects(scene, "descriptive", trajectories, frames)))
+                    generation.expected_objects(scene, "descriptive", trajectories, frames)))
   results = {}
   bar = tqdm.tqdm(total=len(levels) * clips, desc="noise levels", unit="video",
                   disable=not progress)
@@ -80,8 +80,8 @@ def score_levels(edit_fn: EditFn, *, levels: Sequence[float] = LEVELS, clips: in
                    "count_stability": score.count_stability,
                    "count_correct": score.count_correct, "background_correct": None})
       bar.update(1)
-    accuracies = generation._accuracies(rows)
-    results[f"{level:g}"] = {figure: accuracies[figure] for figure in FIGURES}
+    scores = generation.accuracies(rows)
+    results[f"{level:g}"] = {figure: scores[figure] for figure in FIGURES}
   bar.close()
   return {"clips": clips, "frames": frames, "height": height, "width": width, "levels": results}
 
@@ -106,7 +106,7 @@ def evaluate_workdir(experiment: Any, workdir: str, *, levels: Sequence[float] =
   from videogen.generate import modes  # pylint: disable=g-import-not-at-top
   from videogen.generate import pipeline  # pylint: disable=g-import-not-at-top
   if experiment is None:
-    experiment = generation._saved_experiment(workdir, pipeline.DIT_STAGE)
+    experiment = generation.saved_experiment(workdir, pipeline.DIT_STAGE)
   data = getattr(experiment, "sections", {}).get("data")
   world_config = getattr(data, "world", None) or world.WorldConfig()
   generator = pipeline.load(workdir, experiment, progress=False)
