@@ -5,7 +5,7 @@ Commands:
   train      train the experiment's stages in order (resumes from the workdir's checkpoints).
   cache_latents  encode the data once with the trained autoencoder (`--config.dit_stage.latents=cache`).
   generate   prompt -> video, from a trained workdir.
-  evaluate   measure a trained workdir (`--what=autoencoder|generation`).
+  evaluate   measure a trained workdir (`--what=generation|autoencoder|noise_levels|caption_use`).
   summary    parameter count and forward-pass cost of the experiment's model.
   export     write checkpoints for other frameworks.
   benchmark  print speed figures for the experiment.
@@ -67,8 +67,9 @@ flags.DEFINE_integer("bridge_frames", None, "generate: the closing bridge of --m
 flags.DEFINE_string("prompts_file", None, "generate: a JSONL file of requests, one per line.")
 # Used by `evaluate` (videogen.evaluate.generation.evaluate).
 flags.DEFINE_string("what", "generation", "evaluate: what to measure, 'generation' (prompt "
-                    "following, physics, seams, speed), 'autoencoder' (reconstruction) or "
-                    "'noise_levels' (which noise levels the model fails to decide).")
+                    "following, physics, seams, speed), 'autoencoder' (reconstruction), "
+                    "'noise_levels' (which noise levels the model fails to decide) or "
+                    "'caption_use' (which caption words the model has learned).")
 
 # command -> ("module:function", needs a config). Each function takes (experiment, workdir) and
 # returns an exit code or None. An entry of None is a command that is not built yet.

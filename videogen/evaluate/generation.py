@@ -791,6 +791,11 @@ def _noise_levels_command(experiment: Any, workdir: Optional[str]) -> int:
   return noise_levels.command(experiment, workdir)
 
 
+def _caption_use_command(experiment: Any, workdir: Optional[str]) -> int:
+  from videogen.evaluate import caption_use  # pylint: disable=g-import-not-at-top
+  return caption_use.command(experiment, workdir)
+
+
 EVALUATIONS: dict[str, tuple[Callable[[Any, Optional[str]], int], str]] = {
     "generation": (generation_command,
                    "prompt following, physics, seams and speed of generated videos"),
@@ -799,6 +804,9 @@ EVALUATIONS: dict[str, tuple[Callable[[Any, Optional[str]], int], str]] = {
     "noise_levels": (_noise_levels_command,
                      "attribute accuracy of test clips regenerated from each noise level: "
                      "where in the schedule the model fails"),
+    "caption_use": (_caption_use_command,
+                    "how much loss the model saves by reading each attribute of the caption: "
+                    "which words it has learned"),
 }
 
 

@@ -455,7 +455,9 @@ class Generator:
       raise ValueError(f"sampler = {changes['method']!r}: choose 'euler' or 'heun'")
     return dataclasses.replace(self.sample_config, **changes)
 
-  def _velocity(self, x: jax.Array, t: jax.Array, cond: dict[str, jax.Array]) -> jax.Array:
+  def velocity(self, x: jax.Array, t: jax.Array, cond: dict[str, jax.Array]) -> jax.Array:
+    """The transformer's velocity at latents x [B, t, h, w, C] and timesteps t [B, t] (jitted),
+    for a conditioning pytree from `encode_prompt` (no guidance)."""
     return _apply_dit(self._dit_graph, self._dit_state, x, t, cond)
 
   def generate(self, prompt: str, *, frames: int | None = None, height: int | None = None,
@@ -556,7 +558,7 @@ class Generator:
       shift = samplers.sampling_shift(config, self.flow_config,
                                       self.num_tokens(window.total, height, width))
       latents = samplers.sample(
-          self._velocity, start, config=config, shift=shift, conditioning=cond,
+          self.velocity, start, config=config, shift=shift, conditioning=cond,
           negative_conditioning=negative, cond_latents=cond_latents,
           cond_mask=None if cond_latents is None else mask, start_time=start_time,
           progress=self.progress, jit=False)

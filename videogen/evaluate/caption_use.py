@@ -1,0 +1,254 @@
+r"""Which words of its caption the model uses.
+
+    python -m videogen.main evaluate --workdir=runs/tiny --what=caption_use
+
+Each test-split clip of the procedural world is noised to a level t with a fixed noise draw, and
+the transformer's flow loss on it is measured twice: with the clip's own descriptive caption, and
+with the caption of a counterfactual scene that differs in one attribute of one object (its colour,
+shape, size, direction of motion (reversed), moving or staying still), or in the background, or
+with no caption at all. The clip, noise and level are the same in both, so the difference (the
+"gap") is the loss the model saves by reading that attribute from the caption; the "win rate" is
+the fraction of clips on which the true caption scores the lower loss (0.5: the word is ignored).
+
+Unlike `--what=generation`, nothing is sampled and no analyzer reads pixels: it measures whether
+the conditioning path has learned an attribute at all, cheaply and without sampling noise, so
+that a word the model ignores is told apart from one it uses but renders badly. Each level is
+measured twice: every latent frame noised ("t2v"), and with the first latent frame given clean
+("first", the image-to-video case), where the motion words decide where the objects go next.
+
+Prints a table, then one JSON object as the last line; writes it to WORKDIR/eval_caption_use.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import tqdm
+
+from data_pipelines.shapes import vocabulary
+from data_pipelines.shapes import world
+from videogen.evaluate import generation
+
+LEVELS: tuple[float, ...] = (0.5, 0.7, 0.9, 1.0)
+# What a counterfactual caption changes; "caption" drops the caption altogether (the null caption).
+ATTRIBUTES: tuple[str, ...] = ("color", "shape", "size", "direction", "motion", "background",
+                               "caption")
+# Frames given clean: none (text-to-video) or the first latent frame (image-to-video).
+GIVEN: tuple[str, ...] = ("t2v", "first")
+RESULTS_FILE = "eval_caption_use.json"
+# Speed of an object that a "motion" counterfactual sets moving: the default world's middle one.
+_COUNTERFACTUAL_SPEED = 0.45
+
+# (videos uint8 [B, T, H, W, 3], captions (B strings, "" = no caption), level, given, noise
+# seeds (B ints)) -> float [B]: each clip's flow loss at that level, its noise drawn from its seed.
+LossFn = Callable[[np.ndarray, Sequence[str], float, str, Sequence[int]], np.ndarray]
+
+
+def _opposite(direction: str) -> str:
+  dx, dy = vocabulary.DIRECTIONS[direction]
+  return next(name for name, (x, y) in vocabulary.DIRECTIONS.items()
+              if np.isclose(x, -dx) and np.isclose(y, -dy))
+
+
+def counterfactual(scene: world.Scene, attribute: str,
+                   rng: np.random.Generator) -> Optional[world.Scene]:
+  """The scene with `attribute` of one randomly chosen object changed (or its background).
+
+  Colours stay distinct within the scene; "direction" reverses a moving object's motion;
+  "motion" stops a moving object or sets a still one moving. Returns None when no object can
+  take the change (e.g. "direction" in a scene of still objects) and for "caption".
+  """
+  if attribute not in ATTRIBUTES:
+    raise ValueError(f"unknown attribute {attribute!r}; choose one of {', '.join(ATTRIBUTES)}")
+  if attribute == "caption":
+    return None
+  if attribute == "background":
+    others = [b for b in vocabulary.BACKGROUNDS if b != scene.background]
+    return dataclasses.replace(scene, background=others[rng.integers(len(others))])
+  candidates = list(range(len(scene.objects)))
+  if attribute == "direction":
+    candidates = [i for i in candidates if scene.objects[i].direction != vocabulary.STATIC]
+  if not candidates:
+    return None
+  index = candidates[rng.integers(len(candidates))]
+  obj = scene.objects[index]
+  if attribute == "color":
+    used = {o.color for o in scene.objects}
+    others = [c for c in vocabulary.COLORS if c not in used]
+    changed = dataclasses.replace(obj, color=others[rng.integers(len(others))])
+  elif attribute == "shape":
+    others = [s for s in vocabulary.SHAPES if s != obj.shape]
+    changed = dataclasses.replace(obj, shape=others[rng.integers(len(others))])
+  elif attribute == "size":
+    changed = dataclasses.replace(obj, size=next(s for s in vocabulary.SIZES if s != obj.size))
+  elif attribute == "direction":
+    changed = dataclasses.replace(obj, direction=_opposite(obj.direction))
+  elif obj.direction == vocabulary.STATIC:  # "motion": set it moving
+    directions = tuple(vocabulary.DIRECTIONS)
+    changed = dataclasses.replace(obj, direction=directions[rng.integers(len(directions))],
+                                  speed=_COUNTERFACTUAL_SPEED)
+  else:  # "motion": stop it
+    changed = dataclasses.replace(obj, direction=vocabulary.STATIC, speed=0.0)
+  objects = scene.objects[:index] + (changed,) + scene.objects[index + 1:]
+  return dataclasses.replace(scene, objects=objects)
+
+
+def check_levels(levels: Sequence[float]) -> tuple[float, ...]:
+  """The levels as floats; each must be in (0, 1] and appear once."""
+  levels = tuple(float(level) for level in levels)
+  if not levels or any(not 0.0 < level <= 1.0 for level in levels):
+    raise ValueError(f"noise levels must be in (0, 1], e.g. {LEVELS}; got {levels}")
+  if len(set(levels)) != len(levels):
+    raise ValueError(f"noise levels repeat: {levels}")
+  return levels
+
+
+def measure_gaps(loss_fn: LossFn, *, levels: Sequence[float] = LEVELS,
+                 given: Sequence[str] = GIVEN, clips: int = 64, frames: int = 9,
+                 height: int = 32, width: int = 32,
+                 world_config: world.WorldConfig = world.WorldConfig(), seed: int = 0,
+                 progress: bool = True) -> dict[str, Any]:
+  """The loss gap and win rate of every attribute, per level and per `given` setting.
+
+  Returns:
+    {"clips", "frames", "height", "width", "pairs": {attribute: clips it applies to},
+     "given": {"t2v": {"0.5": {"loss": mean loss with the true caption,
+                               "gap": {attribute: mean loss increase},
+                               "win_rate": {attribute: fraction}}, ...}, ...}}.
+  """
+  levels = check_levels(levels)
+  unknown = [g for g in given if g not in GIVEN]
+  if unknown or not given:
+    raise ValueError(f"given must name some of {GIVEN}, got {tuple(given)}")
+  if clips < 1:
+    raise ValueError(f"clips must be >= 1, got {clips}")
+  rng = np.random.default_rng(seed)
+  videos, captions = [], {attribute: [] for attribute in ATTRIBUTES}
+  truth = []
+  for index in range(clips):
+    scene = world.sample_scene(index, seed=seed, split="test", config=world_config)
+    rendered = world.render(scene, frames=frames, height=height, width=width,
+                            fps=world_config.fps)
+    videos.append(rendered["video"])
+    truth.append(rendered["description"])
+    for attribute in ATTRIBUTES:
+      changed = counterfactual(scene, attribute, rng)
+      if changed is not None:
+        changed = world.describe(changed, frames=frames, height=height, width=width,
+                                 fps=world_config.fps)
+      elif attribute == "caption":
+        changed = ""
+      captions[attribute].append(changed)
+  videos = np.stack(videos)
+  noise_seeds = [seed + index for index in range(clips)]
+  pairs = {a: sum(c is not None for c in captions[a]) for a in ATTRIBUTES}
+  report: dict[str, Any] = {"clips": clips, "frames": frames, "height": height, "width": width,
+                            "pairs": pairs, "given": {}}
+  bar = tqdm.tqdm(total=len(given) * len(levels) * (1 + len(ATTRIBUTES)), desc="caption use",
+                  unit="pass", disable=not progress)
+  for setting in given:
+    report["given"][setting] = {}
+    for level in levels:
+      base = np.asarray(loss_fn(videos, truth, level, setting, noise_seeds), np.float64)
+      bar.update(1)
+      if base.shape != (clips,):
+        raise ValueError(f"the loss function returned shape {base.shape} for {clips} clips: it "
+                         f"must return one loss per clip")
+      gaps, wins = {}, {}
+      for attribute in ATTRIBUTES:
+        keep = [i for i, c in enumerate(captions[attribute]) if c is not None]
+        if keep:
+          changed = np.asarray(loss_fn(videos[keep], [captions[attribute][i] for i in keep],
+                                       level, setting, [noise_seeds[i] for i in keep]),
+                               np.float64)
+          # Same clip, noise and level as its base loss: only the caption differs.
+          difference = changed - base[keep]
+          gaps[attribute] = float(difference.mean())
+          wins[attribute] = float(np.mean(difference > 0))
+        else:
+          gaps[attribute] = wins[attribute] = None
+        bar.update(1)
+      report["given"][setting][f"{level:g}"] = {"loss": float(base.mean()), "gap": gaps,
+                                                "win_rate": wins}
+  bar.close()
+  return report
+
+
+def format_table(report: dict[str, Any]) -> str:
+  """Per given setting and level: the true caption's loss, then each attribute's gap and win rate
+  ("gap/win")."""
+  lines = []
+  for setting, per_level in report["given"].items():
+    lines.append(f"given: {setting}   loss gap of a counterfactual caption / win rate of the true one")
+    lines.append("level    loss  " + "  ".join(f"{a:>13}" for a in ATTRIBUTES))
+    for level, row in per_level.items():
+      cells = []
+      for attribute in ATTRIBUTES:
+        gap, win = row["gap"][attribute], row["win_rate"][attribute]
+        cells.append("          n/a" if gap is None else f"{gap:+8.4f}/{win:4.2f}")
+      lines.append(f"{level:>5}  {row['loss']:6.3f}  " + "  ".join(cells))
+  return "\n".join(lines)
+
+
+def generator_loss_fn(generator: Any) -> LossFn:
+  """The flow loss of a `pipeline.Generator`'s transformer on clips, for `measure_gaps`.
+
+  Clips are encoded once (cached by noise seed: one seed per clip); each loss is the mean squared
+  error of the predicted velocity over the latent frames that are not given.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from videogen.diffusion import flow  # pylint: disable=g-import-not-at-top
+  latents: dict[int, jax.Array] = {}
+
+  def loss_fn(videos: np.ndarray, captions: Sequence[str], level: float, given: str,
+              noise_seeds: Sequence[int]) -> np.ndarray:
+    losses = []
+    for video, caption, noise_seed in zip(videos, captions, noise_seeds):
+      if noise_seed not in latents:
+        latents[noise_seed] = generator.encode(video)
+      x0 = latents[noise_seed]
+      noise = jax.random.normal(jax.random.key(noise_seed), x0.shape, jnp.float32)
+      times = np.full(x0.shape[:2], level, np.float32)
+      if given == "first":
+        times[:, 0] = 0.0
+      x = flow.noisy_input(x0, noise, jnp.asarray(times))
+      velocity = generator.velocity(x, jnp.asarray(times), generator.encode_prompt(caption))
+      error = jnp.square(velocity.astype(jnp.float32) - flow.velocity_target(x0, noise))
+      losses.append(float(jnp.mean(error[:, 1:] if given == "first" else error)))
+    return np.asarray(losses)
+
+  return loss_fn
+
+
+def evaluate_workdir(experiment: Any, workdir: str, *, levels: Sequence[float] = LEVELS,
+                     clips: int = 64, progress: bool = True) -> dict[str, Any]:
+  """Loads the workdir's models, measures every gap, writes WORKDIR/eval_caption_use.json.
+
+  Args:
+    experiment: the validated experiment; None reads the one saved with the checkpoint.
+  """
+  from videogen.generate import pipeline  # pylint: disable=g-import-not-at-top
+  if experiment is None:
+    experiment = generation.saved_experiment(workdir, pipeline.DIT_STAGE)
+  data = getattr(experiment, "sections", {}).get("data")
+  world_config = getattr(data, "world", None) or world.WorldConfig()
+  generator = pipeline.load(workdir, experiment, progress=False)
+  frames, height, width = generator.default_shape
+  report = measure_gaps(generator_loss_fn(generator), levels=levels, clips=clips, frames=frames,
+                        height=height, width=width, world_config=world_config,
+                        progress=progress)
+  with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
+    json.dump(report, f, indent=2)
+  return report
+
+
+def command(experiment: Any, workdir: Optional[str]) -> int:
+  """`evaluate --what=caption_use`: prints the table, then the JSON as the last line."""
+  return generation.report_command("caption_use", workdir,
+                                   lambda w: evaluate_workdir(experiment, w), format_table,
+                                   lambda report: report)
