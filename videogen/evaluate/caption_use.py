@@ -32,6 +32,7 @@ import tqdm
 from data_pipelines.shapes import vocabulary
 from data_pipelines.shapes import world
 from videogen.evaluate import generation
+from videogen.evaluate import noise_levels
 
 LEVELS: tuple[float, ...] = (0.5, 0.7, 0.9, 1.0)
 # What a counterfactual caption changes; "caption" drops the caption altogether (the null caption).
@@ -97,16 +98,6 @@ def counterfactual(scene: world.Scene, attribute: str,
   return dataclasses.replace(scene, objects=objects)
 
 
-def check_levels(levels: Sequence[float]) -> tuple[float, ...]:
-  """The levels as floats; each must be in (0, 1] and appear once."""
-  levels = tuple(float(level) for level in levels)
-  if not levels or any(not 0.0 < level <= 1.0 for level in levels):
-    raise ValueError(f"noise levels must be in (0, 1], e.g. {LEVELS}; got {levels}")
-  if len(set(levels)) != len(levels):
-    raise ValueError(f"noise levels repeat: {levels}")
-  return levels
-
-
 def measure_gaps(loss_fn: LossFn, *, levels: Sequence[float] = LEVELS,
                  given: Sequence[str] = GIVEN, clips: int = 64, frames: int = 9,
                  height: int = 32, width: int = 32,
@@ -120,7 +111,7 @@ def measure_gaps(loss_fn: LossFn, *, levels: Sequence[float] = LEVELS,
                                "gap": {attribute: mean loss increase},
                                "win_rate": {attribute: fraction}}, ...}, ...}}.
   """
-  levels = check_levels(levels)
+  levels = noise_levels.check_levels(levels)
   unknown = [g for g in given if g not in GIVEN]
   if unknown or not given:
     raise ValueError(f"given must name some of {GIVEN}, got {tuple(given)}")
