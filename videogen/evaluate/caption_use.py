@@ -22,8 +22,6 @@ Prints a table, then one JSON object as the last line; writes it to WORKDIR/eval
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -223,18 +221,12 @@ def evaluate_workdir(experiment: Any, workdir: str, *, levels: Sequence[float] =
   Args:
     experiment: the validated experiment; None reads the one saved with the checkpoint.
   """
-  from videogen.generate import pipeline  # pylint: disable=g-import-not-at-top
-  if experiment is None:
-    experiment = generation.saved_experiment(workdir, pipeline.DIT_STAGE)
-  data = getattr(experiment, "sections", {}).get("data")
-  world_config = getattr(data, "world", None) or world.WorldConfig()
-  generator = pipeline.load(workdir, experiment, progress=False)
+  generator, world_config = generation.world_generator(experiment, workdir)
   frames, height, width = generator.default_shape
   report = measure_gaps(generator_loss_fn(generator), levels=levels, clips=clips, frames=frames,
                         height=height, width=width, world_config=world_config,
                         progress=progress)
-  with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
-    json.dump(report, f, indent=2)
+  generation.write_report(workdir, RESULTS_FILE, report)
   return report
 
 

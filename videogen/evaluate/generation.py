@@ -745,6 +745,29 @@ def saved_experiment(workdir: str, stage: str) -> Any:
     checkpointer.close()
 
 
+def world_generator(experiment: Any, workdir: str) -> tuple[Any, world.WorldConfig]:
+  """The workdir's `pipeline.Generator` (progress bars off) and the world its data came from.
+
+  Args:
+    experiment: the validated experiment; None reads the one saved with the dit checkpoint.
+
+  Raises:
+    FileNotFoundError: a checkpoint is missing.
+  """
+  from videogen.generate import pipeline  # pylint: disable=g-import-not-at-top
+  if experiment is None:
+    experiment = saved_experiment(workdir, pipeline.DIT_STAGE)
+  data = getattr(experiment, "sections", {}).get("data")
+  world_config = getattr(data, "world", None) or world.WorldConfig()
+  return pipeline.load(workdir, experiment, progress=False), world_config
+
+
+def write_report(workdir: str, filename: str, report: dict[str, Any]) -> None:
+  """Writes an evaluation's report as indented JSON to WORKDIR/filename."""
+  with open(os.path.join(workdir, filename), "w") as f:
+    json.dump(report, f, indent=2)
+
+
 def stage_command(stage_name: str, experiment: Any, workdir: str | None) -> int:
   """`evaluate --what=<stage>`: the stage's own `evaluate` on its newest checkpoint (EMA weights).
 
