@@ -123,6 +123,15 @@ def test_configs_must_agree():
     dit_stage.DiTStage(make_experiment(dit_in_channels=8))
 
 
+@pytest.mark.parametrize("field, value, match", [
+    ("eval_steps", 0, "eval_steps = 0 must be >= 1"),
+    ("eval_caption_clips", -1, "eval_caption_clips = -1 must be >= 0"),
+    ("eval_prompts", ("a red circle", " "), "holds an empty prompt")])
+def test_bad_evaluation_settings_are_refused(field, value, match):
+  with pytest.raises(ValueError, match=match):
+    dit_stage.DiTStageConfig(**{field: value})
+
+
 @pytest.mark.parametrize("text_frozen", [False, True])
 def test_trainable_parts(text_frozen):
   """The autoencoder is never trained; the text encoder only when it is not frozen."""
@@ -277,6 +286,13 @@ def test_trains_with_the_trainer_from_a_frozen_autoencoder(tmp_path, devices,
     for key in ("loss", "latent_std", "given_frames", "captions_dropped", "loss_low_noise",
                 "loss_high_noise"):
       assert np.isfinite(row[key]), (key, row)
+  # The evaluation's caption win rates (videogen.evaluate.caption_use), on the world's clips.
+  [evaluation] = [row for row in metrics_lib.read_metrics(workdir, "dit")
+                  if "eval/sample_seconds" in row]
+  wins = {k: v for k, v in evaluation.items() if k.startswith("eval/caption_win_")}
+  assert {"eval/caption_win_t2v_color", "eval/caption_win_first_shape",
+          "eval/caption_win_t2v_caption"} <= set(wins)
+  assert all(0.0 <= v <= 1.0 for v in wins.values()), wins
   samples = os.path.join(workdir, "samples", "dit_000002")
   assert sorted(os.listdir(samples)) == ["00.gif", "00.mp4", "01.gif", "01.mp4",
                                           "contact_sheet.png", "prompts.txt"]

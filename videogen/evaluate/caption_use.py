@@ -39,6 +39,9 @@ ATTRIBUTES: tuple[str, ...] = ("color", "shape", "size", "direction", "motion", 
 # Frames given clean: none (text-to-video) or the first latent frame (image-to-video).
 GIVEN: tuple[str, ...] = ("t2v", "first")
 RESULTS_FILE = "eval_caption_use.json"
+# The level of the dit stage's periodic measurement (`win_rates`): high enough that the caption
+# decides much of the clip, low enough that the noised frames still show where objects are.
+STAGE_LEVEL = 0.9
 # Speed of an object that a "motion" counterfactual sets moving: the default world's middle one.
 _COUNTERFACTUAL_SPEED = 0.45
 
@@ -212,6 +215,29 @@ def generator_loss_fn(generator: Any) -> LossFn:
     return np.asarray(losses)
 
   return loss_fn
+
+
+def win_rates(autoencoder: Any, text_encoder: Any, dit: Any, tokenizer: Any, flow_config: Any, *,
+              shape: tuple[int, int, int], world_config: world.WorldConfig,
+              clips: int) -> dict[str, float]:
+  """The win rates at `STAGE_LEVEL` of in-memory models, as flat metrics for training logs.
+
+  Returns:
+    {"caption_win_<given>_<attribute>": win rate} for every given setting and every attribute
+    that applies to at least one of the clips.
+  """
+  from videogen.generate import pipeline  # pylint: disable=g-import-not-at-top
+  generator = pipeline.Generator(autoencoder=autoencoder, text_encoder=text_encoder, dit=dit,
+                                 tokenizer=tokenizer, flow_config=flow_config,
+                                 default_shape=shape, progress=False)
+  frames, height, width = shape
+  report = measure_gaps(generator_loss_fn(generator), levels=(STAGE_LEVEL,), clips=clips,
+                        frames=frames, height=height, width=width, world_config=world_config,
+                        progress=False)
+  return {f"caption_win_{setting}_{attribute}": win
+          for setting, per_level in report["given"].items()
+          for attribute, win in per_level[f"{STAGE_LEVEL:g}"]["win_rate"].items()
+          if win is not None}
 
 
 def evaluate_workdir(experiment: Any, workdir: str, *, levels: Sequence[float] = LEVELS,

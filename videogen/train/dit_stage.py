@@ -86,6 +86,11 @@ class DiTStageConfig:
     eval_prompts: prompts sampled at each evaluation (`config.train.dit.eval_every`).
     eval_steps: sampler steps of those samples (few: evaluation must stay cheap).
     eval_seed: noise seed of those samples (fixed, so evaluations are comparable across steps).
+    eval_caption_clips: test clips of the procedural world that each evaluation scores with
+      `videogen.evaluate.caption_use` at noise level 0.9 (when the data is the procedural world;
+      0 = never): metrics.jsonl gets `caption_win_<t2v|first>_<attribute>`, the fraction of clips
+      on which the true caption beats one with that attribute changed (0.5: the word is not
+      used yet), so a run shows when it learns each word.
   """
   latents: Literal["encode", "cache"] = "encode"
   cache_dir: Optional[str] = None
@@ -97,6 +102,7 @@ class DiTStageConfig:
       "a white circle and a magenta square")
   eval_steps: int = 12
   eval_seed: int = 0
+  eval_caption_clips: int = 16
 
   def __post_init__(self):
     if self.cache_steps is not None and self.cache_steps < 1:
@@ -104,6 +110,9 @@ class DiTStageConfig:
                        f"config.train.dit.num_steps")
     if self.eval_steps < 1:
       raise ValueError(f"eval_steps = {self.eval_steps} must be >= 1 (try 12)")
+    if self.eval_caption_clips < 0:
+      raise ValueError(f"eval_caption_clips = {self.eval_caption_clips} must be >= 0 (0: no "
+                       f"caption evaluation)")
     if any(not prompt.strip() for prompt in self.eval_prompts):
       raise ValueError(f"eval_prompts {self.eval_prompts} holds an empty prompt: give captions "
                        f"such as 'a red circle'")
@@ -485,7 +494,8 @@ class DiTStage(stage_lib.Stage):
     """Samples `config.dit_stage.eval_prompts` with few steps into WORKDIR/samples/dit_<step>/.
 
     Writes one .mp4 and one .gif per prompt, a contact sheet (contact_sheet.png) and the prompts
-    (prompts.txt), from process 0. Returns {"sample_seconds": wall time of sampling + decoding}.
+    (prompts.txt), from process 0. Returns {"sample_seconds": wall time of sampling + decoding},
+    and on the procedural world the caption win rates (see `eval_caption_clips`).
     """
     from data_pipelines import video_io  # pylint: disable=g-import-not-at-top
     tokenizer = tokenizer_lib.Tokenizer.load(tokenizer_path(workdir, self.tokenizer_config),
@@ -511,7 +521,15 @@ class DiTStage(stage_lib.Stage):
                         for index, prompt in enumerate(self.config.eval_prompts)))
       logging.info("dit stage: %d samples of step %d in %s (%.1fs)", len(videos), step, directory,
                     seconds)
-    return {"sample_seconds": seconds}
+    scores = {"sample_seconds": seconds}
+    if self.config.eval_caption_clips and self.data_config.source == "shapes":
+      # Imported here: the evaluation package reads pixels back, which training never needs.
+      from videogen.evaluate import caption_use  # pylint: disable=g-import-not-at-top
+      scores.update(caption_use.win_rates(
+          model.autoencoder, model.text_encoder, model.dit, tokenizer, self.flow_config,
+          shape=self.sample_shape(), world_config=self.data_config.world,
+          clips=self.config.eval_caption_clips))
+    return scores
 
 
 # ------------------------------------------------------------------------------------------------
