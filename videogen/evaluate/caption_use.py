@@ -189,13 +189,14 @@ def format_table(report: dict[str, Any]) -> str:
 def generator_loss_fn(generator: Any) -> LossFn:
   """The flow loss of a `pipeline.Generator`'s transformer on clips, for `measure_gaps`.
 
-  Clips are encoded once (cached by noise seed: one seed per clip); each loss is the mean squared
-  error of the predicted velocity over the latent frames that are not given.
+  Clips and captions are encoded once each (clips cached by noise seed: one seed per clip); each
+  loss is the mean squared error of the predicted velocity over the latent frames not given.
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from videogen.diffusion import flow  # pylint: disable=g-import-not-at-top
   latents: dict[int, jax.Array] = {}
+  conditioning: dict[str, dict[str, jax.Array]] = {}
 
   def loss_fn(videos: np.ndarray, captions: Sequence[str], level: float, given: str,
               noise_seeds: Sequence[int]) -> np.ndarray:
@@ -209,7 +210,9 @@ def generator_loss_fn(generator: Any) -> LossFn:
       if given == "first":
         times[:, 0] = 0.0
       x = flow.noisy_input(x0, noise, jnp.asarray(times))
-      velocity = generator.velocity(x, jnp.asarray(times), generator.encode_prompt(caption))
+      if caption not in conditioning:
+        conditioning[caption] = generator.encode_prompt(caption)
+      velocity = generator.velocity(x, jnp.asarray(times), conditioning[caption])
       error = jnp.square(velocity.astype(jnp.float32) - flow.velocity_target(x0, noise))
       losses.append(float(jnp.mean(error[:, 1:] if given == "first" else error)))
     return np.asarray(losses)
