@@ -5,7 +5,8 @@ Commands:
   train      train the experiment's stages in order (resumes from the workdir's checkpoints).
   cache_latents  encode the data once with the trained autoencoder (`--config.dit_stage.latents=cache`).
   generate   prompt -> video, from a trained workdir.
-  evaluate   measure a trained workdir (`--what=generation|autoencoder|noise_levels|caption_use`).
+  evaluate   measure a trained workdir (`--what=`: generation, autoencoder, noise_levels,
+             caption_use).
   summary    parameter count and forward-pass cost of the experiment's model.
   export     write checkpoints for other frameworks.
   benchmark  print speed figures for the experiment.

@@ -175,7 +175,8 @@ def format_table(report: dict[str, Any]) -> str:
   ("gap/win")."""
   lines = []
   for setting, per_level in report["given"].items():
-    lines.append(f"given: {setting}   loss gap of a counterfactual caption / win rate of the true one")
+    lines.append(f"given: {setting}   loss gap of a counterfactual caption / "
+                 f"win rate of the true one")
     lines.append("level    loss  " + "  ".join(f"{a:>13}" for a in ATTRIBUTES))
     for level, row in per_level.items():
       cells = []
