@@ -42,6 +42,29 @@ def test_levels_score_what_the_model_kept():
   assert [line.split()[0] for line in table[1:]] == ["0.3", "0.5", "0.9", "1"]
 
 
+def test_the_reconstruction_row_scores_the_autoencoder_alone():
+  gray = np.array(vocabulary.BACKGROUNDS["gray"], np.uint8)
+  seen = []
+
+  def reconstruct(video):
+    seen.append(video.shape)
+    return np.broadcast_to(gray, video.shape).copy()  # an autoencoder that loses everything
+
+  report = noise_levels.score_levels(_keep_below(2.0), levels=(0.5,), clips=6,
+                                     reconstruct_fn=reconstruct, progress=False)
+  assert seen == [(9, 32, 32, 3)] * 6
+  assert list(report) == ["clips", "frames", "height", "width", "reconstruction", "levels"]
+  assert report["reconstruction"]["color_accuracy"] == 0.0
+  assert report["reconstruction"]["count_accuracy"] == 0.0
+  assert report["levels"]["0.5"]["color_accuracy"] >= 0.9  # the edits keep the clips
+  table = noise_levels.format_table(report).splitlines()
+  assert [line.split()[0] for line in table[1:]] == ["recon", "0.5"]
+  assert table[1].split()[1:] == ["0.000"] * 5
+  with pytest.raises(ValueError, match="reconstruction function returned"):
+    noise_levels.score_levels(_keep_below(2.0), levels=(0.5,), clips=1, progress=False,
+                              reconstruct_fn=lambda v: v[1:])
+
+
 def test_the_caption_and_seed_reach_the_edit_function():
   seen = []
 
@@ -81,6 +104,6 @@ def test_a_trained_workdir_gets_its_table_and_json(tiny_workdir, tmp_path, capsy
   with open(f"{workdir}/{noise_levels.RESULTS_FILE}") as f:
     assert json.load(f) == json.loads(json.dumps(report))
   assert list(report["levels"]) == ["0.5", "1"] and report["clips"] == 2
-  for figures in report["levels"].values():
+  for figures in [report["reconstruction"], *report["levels"].values()]:
     assert set(figures) == set(noise_levels.FIGURES)
     assert all(v is None or 0.0 <= v <= 1.0 for v in figures.values())

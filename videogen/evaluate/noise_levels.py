@@ -5,7 +5,9 @@ r"""Where in the noise schedule a model loses each attribute.
 Clips of the procedural world's test split are noised to a level t and sampled back with their
 own descriptive captions (SDEdit: the `edit` mode at strength t); the analyzer then scores colour,
 shape, size, direction and object count against each clip's ground truth. At a low t the model
-only refines what the clip already shows, so the scores approach the autoencoder's; t = 1 ignores
+only refines what the clip already shows, so the scores approach the autoencoder's own: the
+"reconstruction" row, the same clips encoded and decoded with no noise, is the ceiling of every
+level (an attribute the autoencoder loses cannot be won back by the transformer); t = 1 ignores
 the clip (text-to-video). The level at which an attribute's accuracy falls is where the model has
 not learned to decide it: which part of the noise schedule to train harder, not just "train
 longer". Prints a table, then one JSON object as the last line; writes it to
@@ -30,6 +32,10 @@ FIGURES: tuple[str, ...] = ("color_accuracy", "shape_accuracy", "size_accuracy",
 
 # (caption, source video uint8 [T, H, W, 3], noise level in (0, 1], seed) -> video of that shape.
 EditFn = Callable[[str, np.ndarray, float, int], np.ndarray]
+# source video uint8 [T, H, W, 3] -> its reconstruction by the autoencoder, same shape.
+ReconstructFn = Callable[[np.ndarray], np.ndarray]
+# The report's name for the row of reconstructed clips.
+RECONSTRUCTION = "reconstruction"
 
 
 def check_levels(levels: Sequence[float]) -> tuple[float, ...]:
@@ -45,11 +51,15 @@ def check_levels(levels: Sequence[float]) -> tuple[float, ...]:
 def score_levels(edit_fn: EditFn, *, levels: Sequence[float] = LEVELS, clips: int = 32,
                  frames: int = 9, height: int = 32, width: int = 32,
                  world_config: world.WorldConfig = world.WorldConfig(), seed: int = 0,
+                 reconstruct_fn: Optional[ReconstructFn] = None,
                  progress: bool = True) -> dict[str, Any]:
   """Regenerates `clips` test-split clips from each noise level and scores them.
 
+  With `reconstruct_fn`, the clips' reconstructions are scored too: the ceiling of every level.
+
   Returns:
-    {"clips", "frames", "height", "width", "levels": {"0.3": {figure: value or None}, ...}}.
+    {"clips", "frames", "height", "width", "levels": {"0.3": {figure: value or None}, ...}},
+    plus "reconstruction": {figure: value or None} with `reconstruct_fn`.
   """
   levels = check_levels(levels)
   if clips < 1:
@@ -63,32 +73,48 @@ def score_levels(edit_fn: EditFn, *, levels: Sequence[float] = LEVELS, clips: in
                     for o in scene.objects]
     samples.append((rendered["description"], rendered["video"],
                     generation.expected_objects(scene, "descriptive", trajectories, frames)))
-  results = {}
-  bar = tqdm.tqdm(total=len(levels) * clips, desc="noise levels", unit="video",
-                  disable=not progress)
+  runs: list[tuple[str, Callable[[int, str, np.ndarray], np.ndarray]]] = []
+  if reconstruct_fn is not None:
+    runs.append(("the reconstruction function",
+                 lambda index, caption, video: reconstruct_fn(video)))
   for level in levels:
+    runs.append((f"the edit function at {level:g}",
+                 lambda index, caption, video, level=level: edit_fn(caption, video, level,
+                                                                    seed + index)))
+  rows_of_runs = []
+  bar = tqdm.tqdm(total=len(runs) * clips, desc="noise levels", unit="video",
+                  disable=not progress)
+  for what, make in runs:
     rows = []
     for index, (caption, video, expected) in enumerate(samples):
-      edited = np.asarray(edit_fn(caption, video, level, seed + index))
-      if edited.shape != video.shape or edited.dtype != np.uint8:
-        raise ValueError(f"the edit function returned {edited.dtype} {edited.shape} for a "
-                         f"uint8 {video.shape} clip: it must keep the clip's shape")
-      score = generation.score_video(edited, expected)
+      made = np.asarray(make(index, caption, video))
+      if made.shape != video.shape or made.dtype != np.uint8:
+        raise ValueError(f"{what} returned {made.dtype} {made.shape} for a uint8 {video.shape} "
+                         f"clip: it must keep the clip's shape")
+      score = generation.score_video(made, expected)
       rows.append({"hits": score.hits, "totals": score.totals,
                    "count_stability": score.count_stability,
                    "count_correct": score.count_correct, "background_correct": None})
       bar.update(1)
     scores = generation.accuracies(rows)
-    results[f"{level:g}"] = {figure: scores[figure] for figure in FIGURES}
+    rows_of_runs.append({figure: scores[figure] for figure in FIGURES})
   bar.close()
-  return {"clips": clips, "frames": frames, "height": height, "width": width, "levels": results}
+  report = {"clips": clips, "frames": frames, "height": height, "width": width}
+  if reconstruct_fn is not None:
+    report[RECONSTRUCTION] = rows_of_runs.pop(0)
+  report["levels"] = {f"{level:g}": figures for level, figures in zip(levels, rows_of_runs)}
+  return report
 
 
 def format_table(report: dict[str, Any]) -> str:
-  """One row per level, one column per figure."""
+  """One row per level (after the reconstruction row, "recon", when there is one), one column
+  per figure."""
   names = [figure.replace("_accuracy", "") for figure in FIGURES]
   lines = ["level  " + "  ".join(f"{name:>9}" for name in names)]
-  for level, figures in report["levels"].items():
+  rows = list(report["levels"].items())
+  if RECONSTRUCTION in report:
+    rows.insert(0, ("recon", report[RECONSTRUCTION]))
+  for level, figures in rows:
     cells = ["      n/a" if figures[f] is None else f"{figures[f]:9.3f}" for f in FIGURES]
     lines.append(f"{level:>5}  " + "  ".join(cells))
   return "\n".join(lines)
@@ -96,7 +122,8 @@ def format_table(report: dict[str, Any]) -> str:
 
 def evaluate_workdir(experiment: Any, workdir: str, *, levels: Sequence[float] = LEVELS,
                      clips: int = 32, progress: bool = True) -> dict[str, Any]:
-  """Loads the workdir's generator, scores every level, writes WORKDIR/eval_noise_levels.json.
+  """Loads the workdir's generator, scores the autoencoder's reconstructions and every level,
+  writes WORKDIR/eval_noise_levels.json.
 
   Args:
     experiment: the validated experiment; None reads the one saved with the checkpoint.
@@ -108,8 +135,12 @@ def evaluate_workdir(experiment: Any, workdir: str, *, levels: Sequence[float] =
   def edit(caption: str, video: np.ndarray, level: float, seed: int) -> np.ndarray:
     return modes.edit(generator, caption, video, strength=level, seed=seed).video
 
+  def reconstruct(video: np.ndarray) -> np.ndarray:
+    return generator.decode(generator.encode(video), desc="reconstructing")
+
   report = score_levels(edit, levels=levels, clips=clips, frames=frames, height=height,
-                        width=width, world_config=world_config, progress=progress)
+                        width=width, world_config=world_config, reconstruct_fn=reconstruct,
+                        progress=progress)
   generation.write_report(workdir, RESULTS_FILE, report)
   return report
 
