@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,6 +33,7 @@ def test_config_is_the_registered_section_and_round_trips():
     ("condition_weights", (1.0, 1.0), "needs 5 entries"),
     ("condition_weights", (0.0, 0.0, 0.0, 0.0, 0.0), "positive sum"),
     ("min_shift", 8.0, "min_shift <= max_shift"),
+    ("condition_logit_std", 0.0, "condition_logit_std = 0.0 must be > 0"),
 ])
 def test_config_rejects_bad_values(key, value, message):
   section = config_lib.to_config_dict(flow.FlowConfig())
@@ -176,6 +179,33 @@ def test_training_inputs_hold_conditioning_frames_clean_and_out_of_the_loss():
   t = np.asarray(inputs.timesteps)[..., None, None, None]
   np.testing.assert_allclose(inputs.noisy_latents, latents + t * np.asarray(inputs.target),
                              atol=1e-5)
+
+
+def test_examples_with_given_frames_draw_their_own_noise_level():
+  latents, _ = _gaussian_batch(2, (256, 5, 2, 2, 3), 0.0, 1.0)
+  shared = flow.FlowConfig(condition_probability=0.5)
+  own = dataclasses.replace(shared, condition_logit_mean=4.0, condition_logit_std=0.3)
+  make = jax.jit(lambda x: (flow.training_inputs(jax.random.key(7), x, num_tokens=20,
+                                                 config=shared),
+                            flow.training_inputs(jax.random.key(7), x, num_tokens=20,
+                                                 config=own)))
+  before, after = make(latents)
+  given = np.asarray(after.condition_mask).any(axis=1)
+  np.testing.assert_array_equal(after.condition_mask, before.condition_mask)
+  assert 0.3 < given.mean() < 0.7
+  t_before = np.asarray(before.timesteps).max(axis=1)
+  t_after = np.asarray(after.timesteps).max(axis=1)
+  # Without given frames: exactly the draw of the shared distribution.
+  np.testing.assert_array_equal(t_after[~given], t_before[~given])
+  # With: logit(t) ~ N(4, 0.3) shifted by min_shift 1, so t = sigmoid(4 +- 4 std) > 0.94.
+  assert t_after[given].min() > 0.94
+  assert t_before[given].min() < 0.5  # the shared draw spreads over (0, 1)
+  np.testing.assert_allclose(np.median(t_after[given]), 1.0 / (1.0 + np.exp(-4.0)), atol=0.01)
+  # Only the noise level moved: x_t = x0 + t (eps - x0) still holds, given frames stay clean.
+  t = np.asarray(after.timesteps)[..., None, None, None]
+  np.testing.assert_allclose(after.noisy_latents, latents + t * np.asarray(after.target),
+                             atol=1e-5)
+  np.testing.assert_array_equal(after.target, before.target)
 
 
 def test_training_inputs_with_the_exact_field_reach_the_analytic_minimum():

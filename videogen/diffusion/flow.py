@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -62,6 +62,16 @@ class FlowConfig:
       (frame conditioning); the rest of the time no frame is given.
     condition_weights: relative weights of the conditioning modes, in the order of
       `conditioning.CONDITION_MODES` (first, last, prefix, suffix, first_and_last).
+    condition_logit_mean, condition_logit_std: the logit-normal of t (before the same shift)
+      for examples that get frames given; None = `logit_mean` / `logit_std`, one distribution
+      for all. With frames given, the caption's motion words pay off only at high noise: at
+      lower t the noised frames already show where the objects went, so a model trained at
+      the shared distribution can ignore them. Mean 4, std 0.3 puts those examples near
+      t = 1. Measured on the tiny preset (3000 steps, descriptive captions, the first frame
+      given in 75% of clips): `evaluate --what=caption_use` with the first frame given at
+      t = 1 rose from win rate 0.57 to 0.68 for the direction word and from 0.33 to 0.91 for
+      moving vs still, while text-to-video, trained on the other quarter, lost its colours
+      (0.91 -> 0.41 in `--what=generation`).
   """
   logit_mean: float = 0.0
   logit_std: float = 1.0
@@ -72,10 +82,14 @@ class FlowConfig:
   caption_dropout: float = 0.1
   condition_probability: float = 0.25
   condition_weights: tuple[float, ...] = (0.4, 0.1, 0.2, 0.15, 0.15)
+  condition_logit_mean: Optional[float] = None
+  condition_logit_std: Optional[float] = None
 
   def __post_init__(self):
-    if self.logit_std <= 0:
-      raise ValueError(f"logit_std = {self.logit_std} must be > 0 (try 1.0)")
+    for name in ("logit_std", "condition_logit_std"):
+      value = getattr(self, name)
+      if value is not None and value <= 0:
+        raise ValueError(f"{name} = {value} must be > 0 (try 1.0)")
     if self.base_tokens <= 0 or self.base_shift <= 0:
       raise ValueError(f"base_tokens = {self.base_tokens} and base_shift = {self.base_shift} "
                        f"must be > 0")
@@ -155,9 +169,18 @@ def sample_timesteps(rng: jax.Array, batch: int, num_tokens: jax.Array | int,
   Returns:
     float32 [B] in (0, 1).
   """
-  logits = config.logit_mean + config.logit_std * jax.random.normal(rng, (batch,), jnp.float32)
+  return _logit_normal_times(rng, batch, num_tokens, config, config.logit_mean, config.logit_std)
+
+
+def _logit_normal_times(rng: jax.Array, batch: int, num_tokens: jax.Array | int,
+                        config: FlowConfig, mean: float, std: float) -> jax.Array:
+  logits = mean + std * jax.random.normal(rng, (batch,), jnp.float32)
   t = time_shift(jax.nn.sigmoid(logits), resolution_shift(num_tokens, config))
   return jnp.clip(t, _TIME_EPSILON, 1.0 - _TIME_EPSILON)
+
+
+def _uses_own_condition_times(config: FlowConfig) -> bool:
+  return config.condition_logit_mean is not None or config.condition_logit_std is not None
 
 
 def frame_timesteps(t: jax.Array, condition_mask: jax.Array) -> jax.Array:
@@ -261,9 +284,16 @@ def training_inputs(rng: jax.Array, latents: jax.Array, *, num_tokens: jax.Array
   batch, latent_frames = latents.shape[:2]
   if noise is None:
     noise = jax.random.normal(noise_rng, latents.shape, jnp.float32).astype(latents.dtype)
-  t = sample_timesteps(time_rng, batch, num_tokens, config)
   condition_mask = conditioning.sample_condition_mask(condition_rng, batch, latent_frames, config,
                                                       frame_valid=frame_valid)
+  t = sample_timesteps(time_rng, batch, num_tokens, config)
+  if _uses_own_condition_times(config):
+    # Its own stream, so the examples without given frames draw exactly what they would anyway.
+    given_t = _logit_normal_times(
+        jax.random.fold_in(time_rng, 1), batch, num_tokens, config,
+        config.logit_mean if config.condition_logit_mean is None else config.condition_logit_mean,
+        config.logit_std if config.condition_logit_std is None else config.condition_logit_std)
+    t = jnp.where(jnp.any(condition_mask, axis=1), given_t, t)
   loss_mask = ~condition_mask
   if frame_valid is not None:
     loss_mask = loss_mask & frame_valid
