@@ -166,6 +166,26 @@ def test_the_workdir_loss_is_the_flow_loss_over_the_frames_not_given():
   assert loss_fn(video, [""], 1.0, "t2v", [0])[0] == pytest.approx(0.25, rel=1e-5)
 
 
+def test_the_training_measurement_reads_each_setting_at_its_own_level(monkeypatch):
+  from videogen.generate import pipeline  # pylint: disable=g-import-not-at-top
+  calls = []
+
+  def fake_measure(loss_fn, *, levels, given, clips, **kwargs):
+    del loss_fn, kwargs
+    calls.append((levels, given, clips))
+    return {"given": {given[0]: {f"{levels[0]:g}": {
+        "win_rate": {"color": 0.75, "direction": None if given == ("t2v",) else 0.5}}}}}
+
+  monkeypatch.setattr(pipeline, "Generator", lambda **kwargs: None)
+  monkeypatch.setattr(caption_use, "generator_loss_fn", lambda generator: None)
+  monkeypatch.setattr(caption_use, "measure_gaps", fake_measure)
+  rates = caption_use.win_rates(None, None, None, None, None, shape=(9, 32, 32),
+                                world_config=world.WorldConfig(), clips=4)
+  assert calls == [((0.9,), ("t2v",), 4), ((1.0,), ("first",), 4)]
+  assert rates == {"caption_win_t2v_color": 0.75, "caption_win_first_color": 0.75,
+                   "caption_win_first_direction": 0.5}
+
+
 def test_command_errors_say_what_to_do(tmp_path, capsys):
   assert generation.evaluate(None, None, what="caption_use") == 2
   assert "--workdir" in capsys.readouterr().err

@@ -87,10 +87,11 @@ class DiTStageConfig:
     eval_steps: sampler steps of those samples (few: evaluation must stay cheap).
     eval_seed: noise seed of those samples (fixed, so evaluations are comparable across steps).
     eval_caption_clips: test clips of the procedural world that each evaluation scores with
-      `videogen.evaluate.caption_use` at noise level 0.9 (when the data is the procedural world;
-      0 = never): metrics.jsonl gets `caption_win_<t2v|first>_<attribute>`, the fraction of clips
-      on which the true caption beats one with that attribute changed (0.5: the word is not
-      used yet), so a run shows when it learns each word.
+      `videogen.evaluate.caption_use` (noise level 0.9, and 1 with the first frame given; when
+      the data is the procedural world; 0 = never): metrics.jsonl gets
+      `caption_win_<t2v|first>_<attribute>`, the fraction of clips on which the true caption
+      beats one with that attribute changed (0.5: the word is not used yet), so a run shows
+      when it learns each word.
   """
   latents: Literal["encode", "cache"] = "encode"
   cache_dir: Optional[str] = None
