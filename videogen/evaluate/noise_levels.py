@@ -73,36 +73,34 @@ def score_levels(edit_fn: EditFn, *, levels: Sequence[float] = LEVELS, clips: in
                     for o in scene.objects]
     samples.append((rendered["description"], rendered["video"],
                     generation.expected_objects(scene, "descriptive", trajectories, frames)))
-  runs: list[tuple[str, Callable[[int, str, np.ndarray], np.ndarray]]] = []
-  if reconstruct_fn is not None:
-    runs.append(("the reconstruction function",
-                 lambda index, caption, video: reconstruct_fn(video)))
-  for level in levels:
-    runs.append((f"the edit function at {level:g}",
-                 lambda index, caption, video, level=level: edit_fn(caption, video, level,
-                                                                    seed + index)))
-  rows_of_runs = []
-  bar = tqdm.tqdm(total=len(runs) * clips, desc="noise levels", unit="video",
-                  disable=not progress)
-  for what, make in runs:
+  bar = tqdm.tqdm(total=(len(levels) + (reconstruct_fn is not None)) * clips,
+                  desc="noise levels", unit="video", disable=not progress)
+
+  def score(what: str, make: Callable[[int, str, np.ndarray], np.ndarray]) -> dict[str, Any]:
     rows = []
     for index, (caption, video, expected) in enumerate(samples):
       made = np.asarray(make(index, caption, video))
       if made.shape != video.shape or made.dtype != np.uint8:
         raise ValueError(f"{what} returned {made.dtype} {made.shape} for a uint8 {video.shape} "
                          f"clip: it must keep the clip's shape")
-      score = generation.score_video(made, expected)
-      rows.append({"hits": score.hits, "totals": score.totals,
-                   "count_stability": score.count_stability,
-                   "count_correct": score.count_correct, "background_correct": None})
+      result = generation.score_video(made, expected)
+      rows.append({"hits": result.hits, "totals": result.totals,
+                   "count_stability": result.count_stability,
+                   "count_correct": result.count_correct, "background_correct": None})
       bar.update(1)
     scores = generation.accuracies(rows)
-    rows_of_runs.append({figure: scores[figure] for figure in FIGURES})
-  bar.close()
-  report = {"clips": clips, "frames": frames, "height": height, "width": width}
+    return {figure: scores[figure] for figure in FIGURES}
+
+  report: dict[str, Any] = {"clips": clips, "frames": frames, "height": height, "width": width}
   if reconstruct_fn is not None:
-    report[RECONSTRUCTION] = rows_of_runs.pop(0)
-  report["levels"] = {f"{level:g}": figures for level, figures in zip(levels, rows_of_runs)}
+    report[RECONSTRUCTION] = score("the reconstruction function",
+                                   lambda index, caption, video: reconstruct_fn(video))
+  report["levels"] = {
+      f"{level:g}": score(f"the edit function at {level:g}",
+                          lambda index, caption, video: edit_fn(caption, video, level,
+                                                                seed + index))
+      for level in levels}
+  bar.close()
   return report
 
 
