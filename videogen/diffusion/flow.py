@@ -179,10 +179,6 @@ def _logit_normal_times(rng: jax.Array, batch: int, num_tokens: jax.Array | int,
   return jnp.clip(t, _TIME_EPSILON, 1.0 - _TIME_EPSILON)
 
 
-def _uses_own_condition_times(config: FlowConfig) -> bool:
-  return config.condition_logit_mean is not None or config.condition_logit_std is not None
-
-
 def frame_timesteps(t: jax.Array, condition_mask: jax.Array) -> jax.Array:
   """Per-latent-frame timesteps: t [B] everywhere except 0 at conditioning frames.
 
@@ -287,7 +283,7 @@ def training_inputs(rng: jax.Array, latents: jax.Array, *, num_tokens: jax.Array
   condition_mask = conditioning.sample_condition_mask(condition_rng, batch, latent_frames, config,
                                                       frame_valid=frame_valid)
   t = sample_timesteps(time_rng, batch, num_tokens, config)
-  if _uses_own_condition_times(config):
+  if config.condition_logit_mean is not None or config.condition_logit_std is not None:
     # Its own stream, so the examples without given frames draw exactly what they would anyway.
     given_t = _logit_normal_times(
         jax.random.fold_in(time_rng, 1), batch, num_tokens, config,
