@@ -173,17 +173,21 @@ def test_the_training_measurement_reads_each_setting_at_its_own_level(monkeypatc
   def fake_measure(loss_fn, *, levels, given, clips, **kwargs):
     del loss_fn, kwargs
     calls.append((levels, given, clips))
+    applies = given == ("first",)  # say the clips' objects move only in the second setting
     return {"given": {given[0]: {f"{levels[0]:g}": {
-        "win_rate": {"color": 0.75, "direction": None if given == ("t2v",) else 0.5}}}}}
+        "gap": {"color": 0.25 * levels[0], "direction": 0.001 if applies else None},
+        "win_rate": {"color": 0.75, "direction": 0.5 if applies else None}}}}}
 
   monkeypatch.setattr(pipeline, "Generator", lambda **kwargs: None)
   monkeypatch.setattr(caption_use, "generator_loss_fn", lambda generator: None)
   monkeypatch.setattr(caption_use, "measure_gaps", fake_measure)
-  rates = caption_use.win_rates(None, None, None, None, None, shape=(9, 32, 32),
-                                world_config=world.WorldConfig(), clips=4)
+  scores = caption_use.stage_scores(None, None, None, None, None, shape=(9, 32, 32),
+                                    world_config=world.WorldConfig(), clips=4)
   assert calls == [((0.9,), ("t2v",), 4), ((1.0,), ("first",), 4)]
-  assert rates == {"caption_win_t2v_color": 0.75, "caption_win_first_color": 0.75,
-                   "caption_win_first_direction": 0.5}
+  assert scores == {"caption_win_t2v_color": 0.75, "caption_win_first_color": 0.75,
+                    "caption_win_first_direction": 0.5,
+                    "caption_gap_t2v_color": pytest.approx(0.225),
+                    "caption_gap_first_color": 0.25, "caption_gap_first_direction": 0.001}
 
 
 def test_command_errors_say_what_to_do(tmp_path, capsys):

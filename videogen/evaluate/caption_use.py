@@ -39,7 +39,7 @@ ATTRIBUTES: tuple[str, ...] = ("color", "shape", "size", "direction", "motion", 
 # Frames given clean: none (text-to-video) or the first latent frame (image-to-video).
 GIVEN: tuple[str, ...] = ("t2v", "first")
 RESULTS_FILE = "eval_caption_use.json"
-# The level of each setting in the dit stage's periodic measurement (`win_rates`). Text-to-video
+# The level of each setting in the dit stage's periodic measurement (`stage_scores`). Text-to-video
 # at 0.9: high enough that the caption decides much of the clip, low enough that the noised
 # frames still show where objects are. First frame given at 1: there only the caption says where
 # the objects go, so motion words separate best (moving vs still: 0.33 for the main job's model,
@@ -225,14 +225,17 @@ def generator_loss_fn(generator: Any) -> LossFn:
   return loss_fn
 
 
-def win_rates(autoencoder: Any, text_encoder: Any, dit: Any, tokenizer: Any, flow_config: Any, *,
-              shape: tuple[int, int, int], world_config: world.WorldConfig,
-              clips: int) -> dict[str, float]:
-  """The win rates at `STAGE_LEVELS` of in-memory models, as flat metrics for training logs.
+def stage_scores(autoencoder: Any, text_encoder: Any, dit: Any, tokenizer: Any, flow_config: Any,
+                 *, shape: tuple[int, int, int], world_config: world.WorldConfig,
+                 clips: int) -> dict[str, float]:
+  """The gaps and win rates at `STAGE_LEVELS` of in-memory models, as flat training metrics.
+
+  The win rate says how often a word helps; the gap, how much: on a few clips a word the model
+  ignores can still win half of them or more by chance, while its gap stays near 0.
 
   Returns:
-    {"caption_win_<given>_<attribute>": win rate} for every given setting and every attribute
-    that applies to at least one of the clips.
+    {"caption_gap_<given>_<attribute>": mean loss increase, "caption_win_<given>_<attribute>":
+    win rate} for every given setting and every attribute that applies to at least one clip.
   """
   from videogen.generate import pipeline  # pylint: disable=g-import-not-at-top
   generator = pipeline.Generator(autoencoder=autoencoder, text_encoder=text_encoder, dit=dit,
@@ -240,15 +243,16 @@ def win_rates(autoencoder: Any, text_encoder: Any, dit: Any, tokenizer: Any, flo
                                  default_shape=shape, progress=False)
   frames, height, width = shape
   loss_fn = generator_loss_fn(generator)
-  rates = {}
+  scores = {}
   for setting, level in STAGE_LEVELS.items():
     report = measure_gaps(loss_fn, levels=(level,), given=(setting,), clips=clips,
                           frames=frames, height=height, width=width, world_config=world_config,
                           progress=False)
-    rates.update({f"caption_win_{setting}_{attribute}": win
-                  for attribute, win in report["given"][setting][f"{level:g}"]["win_rate"].items()
-                  if win is not None})
-  return rates
+    measured = report["given"][setting][f"{level:g}"]
+    for metric, name in (("gap", "gap"), ("win_rate", "win")):
+      scores.update({f"caption_{name}_{setting}_{attribute}": value
+                     for attribute, value in measured[metric].items() if value is not None})
+  return scores
 
 
 def evaluate_workdir(experiment: Any, workdir: str, *, levels: Sequence[float] = LEVELS,

@@ -90,8 +90,10 @@ class DiTStageConfig:
       `videogen.evaluate.caption_use` (noise level 0.9, and 1 with the first frame given; when
       the data is the procedural world; 0 = never): metrics.jsonl gets
       `caption_win_<t2v|first>_<attribute>`, the fraction of clips on which the true caption
-      beats one with that attribute changed (0.5: the word is not used yet), so a run shows
-      when it learns each word.
+      beats one with that attribute changed (0.5: the word is not used yet), and
+      `caption_gap_<t2v|first>_<attribute>`, the mean loss it saves (about 0 for an unused
+      word, whose win rate on a few clips can still stray from 0.5), so a run shows when it
+      learns each word.
   """
   latents: Literal["encode", "cache"] = "encode"
   cache_dir: Optional[str] = None
@@ -526,7 +528,7 @@ class DiTStage(stage_lib.Stage):
     if self.config.eval_caption_clips and self.data_config.source == "shapes":
       # Imported here: the evaluation package reads pixels back, which training never needs.
       from videogen.evaluate import caption_use  # pylint: disable=g-import-not-at-top
-      scores.update(caption_use.win_rates(
+      scores.update(caption_use.stage_scores(
           model.autoencoder, model.text_encoder, model.dit, tokenizer, self.flow_config,
           shape=self.sample_shape(), world_config=self.data_config.world,
           clips=self.config.eval_caption_clips))
