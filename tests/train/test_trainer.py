@@ -222,6 +222,24 @@ def test_buckets_compile_once_each_and_evaluate_sees_ema_params(devices, tmp_pat
   np.testing.assert_array_equal(model.embed_in[...], result.state.ema_params["embed_in"][...])
 
 
+class FailingEvaluationStage(standin_stage.StandinStage):
+  """An evaluation that raises, as a sampler out of memory would."""
+
+  def evaluate(self, model, step, workdir):
+    raise RuntimeError(f"evaluation failed at step {step}")
+
+
+def test_a_failing_evaluation_keeps_the_checkpoint_of_its_step(tmp_path):
+  experiment = _experiment(eval_every=NUM_STEPS)
+  with pytest.raises(RuntimeError, match=f"evaluation failed at step {NUM_STEPS}"):
+    _train(experiment, tmp_path, jax.devices()[:1], stage=FailingEvaluationStage(experiment))
+  checkpoints = sorted(os.listdir(tmp_path / "checkpoints" / "standin"), key=int)
+  assert checkpoints == ["2", "4", str(NUM_STEPS)]
+  _, step = trainer.load_model(experiment, str(tmp_path), "standin",
+                               mesh=mesh_lib.create_mesh(mesh_lib.MeshConfig(), jax.devices()[:1]))
+  assert step == NUM_STEPS
+
+
 def test_train_runs_the_stages_of_the_config(reference):
   results = trainer.train(_experiment(), reference.workdir, devices=jax.devices()[:1])
   assert [(r.name, r.status, r.step) for r in results] == [("standin", "skipped", NUM_STEPS)]

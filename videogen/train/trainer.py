@@ -18,7 +18,8 @@ stage whose latest checkpoint is already at `num_steps` is skipped. For one stag
   3. Loop: the pure step is compiled once per batch shape (`.lower().compile()`, memory analysis
      logged) with explicit in/out shardings and a donated state. Metrics go to metrics.jsonl and
      TensorBoard, and after each stage its loss curve to WORKDIR/curves/<stage>.svg. Checkpoints
-     are saved every `checkpoint_every` steps (async), at the end and on SIGTERM. A non-finite
+     are saved every `checkpoint_every` steps (async), at the end and on SIGTERM, each before
+     that step's evaluation (`eval_every`), which cannot lose it by failing. A non-finite
      loss or gradient stops the run naming the step; the state it produced is never saved, so the
      last checkpoint on disk is the last good one.
 """
@@ -476,13 +477,17 @@ def train_stage(stage: stage_lib.Stage, experiment: experiment_lib.Experiment, w
         evaluate_now = config.eval_every > 0 and step % config.eval_every == 0
         if save_now or evaluate_now:
           drain()  # never save or evaluate a state whose loss was not checked
+        # Saved before the evaluation, so that an evaluation that fails (or a preemption's grace
+        # period that runs out during one) costs no trained step.
+        if save_now:
+          checkpointer.save(step, state.checkpoint_tree(), iterator.get_state(), current_config)
+          if stopping:
+            checkpointer.wait()
         if evaluate_now:
           model = nnx.merge(graphdef, state.ema_params, state.frozen)
           scores = stage.evaluate(model, step, workdir)
           if scores:
             writer.write(name, step, {f"eval/{k}": v for k, v in scores.items()})
-        if save_now:
-          checkpointer.save(step, state.checkpoint_tree(), iterator.get_state(), current_config)
         if stopping:
           logging.warning("stage %s: stopped by preemption at step %d after saving; run the same "
                           "command to resume", name, step)
