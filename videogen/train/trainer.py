@@ -543,7 +543,8 @@ def load_model(experiment: experiment_lib.Experiment, workdir: str, stage_name: 
                               f"train it first (python -m videogen.main train ...)")
     graphdef, abstract_params, abstract_frozen = train_state_lib.abstract_model(stage)
     parts = {"ema_params" if use_ema else "params": abstract_params, "frozen": abstract_frozen}
-    target = {name: sharding_lib.with_shardings(tree, sharding_lib.tree_shardings(tree, mesh, rules))
+    target = {name: sharding_lib.with_shardings(tree,
+                                                sharding_lib.tree_shardings(tree, mesh, rules))
               for name, tree in parts.items()}
     restored = checkpointer.restore_subtrees(step, target)
     params = restored["ema_params" if use_ema else "params"]
