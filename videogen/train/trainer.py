@@ -481,7 +481,7 @@ def train_stage(stage: stage_lib.Stage, experiment: experiment_lib.Experiment, w
         # period that runs out during one) costs no trained step.
         if save_now:
           checkpointer.save(step, state.checkpoint_tree(), iterator.get_state(), current_config)
-          if stopping:
+          if stopping and evaluate_now:
             checkpointer.wait()
         if evaluate_now:
           model = nnx.merge(graphdef, state.ema_params, state.frozen)
