@@ -116,6 +116,31 @@ def test_wrong_colours_cost_colour_accuracy_only(suite):
   assert report.metrics["count_stability"] == 1.0
 
 
+def test_the_confusion_says_what_was_drawn_instead(suite, truth_report):
+  # The world's own videos: every prompted value is read back as itself, nothing else.
+  truth = truth_report.metrics["confusion"]
+  assert list(truth) == ["color", "shape", "size", "direction"]
+  for attribute, table in truth.items():
+    for stated, found in table.items():
+      assert list(found) == [stated], (attribute, stated, found)
+  prompted_shapes = sum(sum(found.values()) for found in truth["shape"].values())
+  assert prompted_shapes == sum(1 for p in suite.prompts for e in p.expected if "shape" in e)
+
+  # A model that draws every object as a circle: a third right by chance, and the confusion
+  # shows why.
+  def circles_only(scene):
+    return dataclasses.replace(scene, objects=tuple(
+        dataclasses.replace(o, shape="circle") for o in scene.objects))
+
+  report = generation.evaluate_generation(_truth_generator(suite, circles_only), suite,
+                                          progress=False)
+  shapes = report.metrics["confusion"]["shape"]
+  for stated, found in shapes.items():
+    assert found == {"circle": truth["shape"][stated][stated]}, (stated, found)
+  assert report.metrics["confusion"]["color"] == truth["color"]
+  assert "square" in shapes and "confusion (prompted -> read):" in generation.format_table(report)
+
+
 def test_a_missing_object_counts_wrong_in_every_attribute_and_in_the_count(suite):
   prompt = next(p for p in suite.prompts if p.kind == "descriptive" and len(p.expected) > 1)
   scene = dataclasses.replace(prompt.scene, objects=prompt.scene.objects[1:])
@@ -124,6 +149,10 @@ def test_a_missing_object_counts_wrong_in_every_attribute_and_in_the_count(suite
   for attribute in ("color", "shape", "size", "direction"):
     assert score.totals[attribute] == len(prompt.expected)
     assert score.hits[attribute] == len(prompt.expected) - 1
+  assert score.readings[0] == {a: [prompt.expected[0][a], None]
+                               for a in ("color", "shape", "size", "direction")}
+  assert generation.confusion([{"readings": score.readings}])["shape"][
+      prompt.expected[0]["shape"]].get(generation.MISSING) == 1
   assert score.count_stability == 0.0 and not score.count_correct
 
 

@@ -20,6 +20,10 @@ of the scenes), a descriptive one also sizes, directions, bounces and the backgr
                           is paired with a left-over found object by its other attributes, so a
                           video with a wrong colour loses colour accuracy but keeps its shapes. An
                           object with no partner counts as wrong in every attribute.
+  confusion               per attribute, prompted value -> what the analyzer read instead: a
+                          shape accuracy of a third is chance, but it may mean "every shape drawn
+                          as one round blob" or "shapes drawn at random", and these need different
+                          fixes.
   count stability         the fraction of frames that show as many objects as the prompt names;
                           count accuracy: the fraction of videos whose most common count is right.
   bounce accuracy         over the objects a descriptive prompt says bounce (each bounce at least
@@ -308,6 +312,9 @@ class VideoScore:
     count_correct: whether the most common per-frame count is the prompted one.
     background_correct: None when the prompt states no background.
     found: objects the analyzer found.
+    readings: one per prompted object, in the prompt's order: attribute -> [the prompted value,
+      the value the analyzer read from the object paired with it, or None when none was]; only
+      the attributes the prompt states. They say what a wrong answer was (`confusion`).
   """
   hits: dict[str, int]
   totals: dict[str, int]
@@ -315,6 +322,7 @@ class VideoScore:
   count_correct: bool
   background_correct: Optional[bool]
   found: int
+  readings: list[dict[str, list[Optional[str]]]] = dataclasses.field(default_factory=list)
 
 
 def pair_objects(analysis: analyzer.VideoAnalysis, expected: Sequence[dict[str, Any]]
@@ -347,11 +355,16 @@ def score_video(video: np.ndarray, expected: Sequence[dict[str, Any]],
   analysis = analyzer.analyze(video)
   hits: dict[str, int] = collections.Counter()
   totals: dict[str, int] = collections.Counter()
+  readings = []
   for stated, found in pair_objects(analysis, expected):
+    reading = {}
     for attribute in ATTRIBUTES:
       if attribute in stated:
+        read = None if found is None else getattr(found, attribute)
+        reading[attribute] = [stated[attribute], read]
         totals[attribute] += 1
-        hits[attribute] += int(found is not None and getattr(found, attribute) == stated[attribute])
+        hits[attribute] += int(read == stated[attribute])
+    readings.append(reading)
     if stated.get("score_bounces"):
       totals["bounces"] += 1
       hits["bounces"] += int(found is not None
@@ -363,7 +376,7 @@ def score_video(video: np.ndarray, expected: Sequence[dict[str, Any]],
       count_stability=float(np.mean(counts == len(expected))),
       count_correct=bool(values[np.argmax(occurrences)] == len(expected)),
       background_correct=None if background is None else analysis.background == background,
-      found=len(analysis.objects))
+      found=len(analysis.objects), readings=readings)
 
 
 def frame_differences(video: np.ndarray) -> np.ndarray:
@@ -461,6 +474,30 @@ def accuracies(rows: Sequence[dict[str, Any]]) -> dict[str, Optional[float]]:
   return result
 
 
+# What `confusion` counts when no object was paired with a prompted one.
+MISSING = "missing"
+
+
+def confusion(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, int]]]:
+  """attribute -> prompted value -> what the analyzer read -> objects, pooled over `rows`.
+
+  The accuracies say how often an attribute was right; this says what was drawn instead. A
+  shape accuracy of a third is chance either way, but {"square": {"circle": 8}} says the model
+  draws one blob for every shape, and {"square": {"circle": 3, "triangle": 3, ...}} that it
+  draws shapes without reading the word. Objects the analyzer did not find count as `MISSING`.
+  Rows without "readings" (made before the field existed) add nothing.
+  """
+  counts: dict[str, dict[str, collections.Counter]] = {}
+  for row in rows:
+    for reading in row.get("readings", ()):
+      for attribute, (stated, read) in reading.items():
+        table = counts.setdefault(attribute, {})
+        table.setdefault(stated, collections.Counter())[MISSING if read is None else read] += 1
+  return {attribute: {stated: dict(sorted(counts[attribute][stated].items()))
+                      for stated in sorted(counts[attribute])}
+          for attribute in ATTRIBUTES if attribute in counts}
+
+
 def evaluate_generation(generate_fn: GenerateFn, suite: Suite, *, progress: bool = True,
                         on_video: Callable[[dict[str, Any], np.ndarray], None] | None = None
                         ) -> GenerationReport:
@@ -492,7 +529,7 @@ def evaluate_generation(generate_fn: GenerateFn, suite: Suite, *, progress: bool
                frames=len(video), seconds=round(seconds, 4), objects=len(prompt.expected),
                found=score.found, hits=score.hits, totals=score.totals,
                count_stability=round(score.count_stability, 4), count_correct=score.count_correct,
-               background_correct=score.background_correct)
+               background_correct=score.background_correct, readings=score.readings)
     rows.append(row)
     if on_video is not None:
       on_video(row, video)
@@ -537,6 +574,7 @@ def summarize(rows: Sequence[dict[str, Any]], suite: Suite) -> dict[str, Any]:
   metrics["by_group"] = {g: accuracies([r for r in t2v if r["group"] == g]) for g in GROUPS}
   metrics["by_caption"] = {k: accuracies([r for r in t2v if r["kind"] == k])
                            for k in CAPTION_KINDS}
+  metrics["confusion"] = confusion(t2v)
   extend = [r for r in rows if r["mode"] == "extend"]
   metrics["extension_seam_ratio"] = _mean([r["seam_ratio"] for r in extend])
   metrics["extension_seam_difference"] = _mean([r["seam_difference"] for r in extend])
@@ -587,7 +625,14 @@ def format_table(report: GenerationReport) -> str:
   metrics = report.metrics
   lines.append("")
   for key, value in metrics.items():
-    if isinstance(value, dict):
+    if key == "confusion":
+      lines.append("confusion (prompted -> read):")
+      for attribute, table in value.items():
+        for stated, found in table.items():
+          read = ", ".join(f"{name} {count}" for name, count in
+                           sorted(found.items(), key=lambda item: (-item[1], item[0])))
+          lines.append(f"  {attribute:9} {stated:10} -> {read}")
+    elif isinstance(value, dict):
       lines.append(f"{key}:")
       for name, figures in value.items():
         inner = ", ".join(f"{k}={_show(v)}" for k, v in figures.items())
