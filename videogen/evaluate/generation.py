@@ -485,11 +485,10 @@ def confusion(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, i
   shape accuracy of a third is chance either way, but {"square": {"circle": 8}} says the model
   draws one blob for every shape, and {"square": {"circle": 3, "triangle": 3, ...}} that it
   draws shapes without reading the word. Objects the analyzer did not find count as `MISSING`.
-  Rows without "readings" (made before the field existed) add nothing.
   """
   counts: dict[str, dict[str, collections.Counter]] = {}
   for row in rows:
-    for reading in row.get("readings", ()):
+    for reading in row["readings"]:
       for attribute, (stated, read) in reading.items():
         table = counts.setdefault(attribute, {})
         table.setdefault(stated, collections.Counter())[MISSING if read is None else read] += 1
