@@ -18,7 +18,7 @@ import ml_collections
 from videogen.config import to_config_dict
 from videogen.models.dit import DiTConfig
 from videogen.models.text_encoder import TextEncoderConfig
-from videogen.train.trainer import TrainConfig
+from videogen.train.config import TrainConfig
 
 SIZES = ("s", "b", "l", "xl")
 PATCHES = (2, 4, 8)

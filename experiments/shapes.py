@@ -49,14 +49,14 @@ from data_pipelines.tokenizer import TokenizerConfig
 from videogen.config import to_config_dict
 from videogen.diffusion.flow import FlowConfig
 from videogen.diffusion.samplers import SamplerConfig
-from videogen.evaluate.generation import GenerationEvalConfig
+from videogen.evaluate.suite import GenerationEvalConfig
 from videogen.models.autoencoder import AutoencoderConfig
 from videogen.models.dit import DiTConfig
 from videogen.models.text_encoder import TextEncoderConfig
 from videogen.parallel.mesh import MeshConfig
-from videogen.train.autoencoder_stage import AutoencoderLossConfig
-from videogen.train.dit_stage import DiTStageConfig
-from videogen.train.trainer import TrainConfig
+from videogen.train.config import AutoencoderLossConfig
+from videogen.train.config import DiTStageConfig
+from videogen.train.config import TrainConfig
 
 VARIANTS = ("tiny", "small")
 # The world's captions hold about 600 distinct BPE pieces; 512 keeps every piece a learned one,

@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import ml_collections
 
+from videogen import experiment as experiment_lib
 from videogen.config import to_config_dict
 from videogen.models.standin import StandinConfig
 from videogen.parallel.mesh import MeshConfig
-from videogen.train.trainer import TrainConfig
+from videogen.train.config import TrainConfig
 
 SIZES = {
     "tiny": StandinConfig(features=8, embed=32, mlp=64, heads=2, head_dim=16, depth=2,
                           batch_size=8, lengths=(4, 8), num_batches=64),
     "base": StandinConfig(),
 }
+# The stand-in model is not a built-in section of an experiment: this file declares it.
+experiment_lib.register_section("standin", StandinConfig)
+
 LAYOUTS = {
     "dp": MeshConfig(),
     "fsdp": MeshConfig(data=1, fsdp=-1),

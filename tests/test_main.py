@@ -3,8 +3,6 @@
 import subprocess
 import sys
 
-import pytest
-
 
 def _main(*args):
   return subprocess.run([sys.executable, "-m", "videogen.main", *args], capture_output=True,

@@ -7,7 +7,7 @@ import shutil
 from data_pipelines import video_io
 from videogen import experiment as experiment_lib
 from videogen import main_job
-from videogen.evaluate import generation as generation_eval
+from videogen.evaluate import suite as suite_lib
 from videogen.generate import pipeline
 
 
@@ -20,7 +20,7 @@ def test_gallery_shows_every_prompt_of_the_suite(tiny_workdir, tiny_workdir_conf
 
   index = main_job.write_gallery(experiment, workdir, generator=generator)
 
-  suite = generation_eval.build_suite(generation_eval.GenerationEvalConfig(modes=()),
+  suite = suite_lib.build_suite(suite_lib.GenerationEvalConfig(modes=()),
                                       world_config=experiment.data.world,
                                       default_shape=generator.default_shape)
   gallery_dir = os.path.dirname(index)

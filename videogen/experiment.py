@@ -1,9 +1,14 @@
-"""The experiment schema: which sections a config may hold, and the start-up check of all of them.
+"""The experiment: every section a config may hold, typed and defaulted, checked once at start-up.
 
 An experiment file (`experiments/*.py`) returns a ConfigDict whose top level holds a few scalars
-(`name`, `seed`, `stages`) and named sections. Each section is parsed into the dataclass that the
-component using it declares (see `videogen.config`); `train` maps each stage name to its own
-`TrainConfig`. `validate` is called once by `videogen.main` before anything is built.
+(`name`, `seed`, `stages`) and named sections. `validate` parses each section into the dataclass
+that the component using it declares (see `videogen.config`) and returns an `Experiment`, whose
+fields are those dataclasses: a section the file leaves out holds its defaults, so callers read
+`experiment.mesh.rules` and never re-supply a default. `train` maps each stage name to its own
+`TrainConfig`. `videogen.main` calls `validate` once, before anything is built.
+
+A stage defined outside the package (a research plug-in, the test suite's stand-in model) declares
+its own section with `register_section`; it is then read with `experiment.section(name)`.
 """
 
 from __future__ import annotations
@@ -13,46 +18,88 @@ from typing import Any
 
 import ml_collections
 
+from data_pipelines import loader as loader_lib
+from data_pipelines import tokenizer as tokenizer_lib
 from videogen import config as config_lib
+from videogen.diffusion import flow as flow_lib
+from videogen.diffusion import samplers as samplers_lib
+from videogen.evaluate import suite as suite_lib
+from videogen.models import autoencoder as autoencoder_lib
+from videogen.models import dit as dit_lib
+from videogen.models import text_encoder as text_encoder_lib
+from videogen.parallel import mesh as mesh_lib
+from videogen.train import config as train_config_lib
 
-# section name -> "module:Class" of the dataclass that declares (and defaults) it.
-SECTIONS: dict[str, str] = {
-    "data": "data_pipelines.loader:DataConfig",
-    "tokenizer": "data_pipelines.tokenizer:TokenizerConfig",
-    "mesh": "videogen.parallel.mesh:MeshConfig",
-    "standin": "videogen.models.standin:StandinConfig",
-    "autoencoder": "videogen.models.autoencoder:AutoencoderConfig",
-    "autoencoder_loss": "videogen.train.autoencoder_stage:AutoencoderLossConfig",
-    "text_encoder": "videogen.models.text_encoder:TextEncoderConfig",
-    "dit": "videogen.models.dit:DiTConfig",
-    "dit_stage": "videogen.train.dit_stage:DiTStageConfig",
-    "diffusion": "videogen.diffusion.flow:FlowConfig",
-    "sample": "videogen.diffusion.samplers:SamplerConfig",
-    "eval_generation": "videogen.evaluate.generation:GenerationEvalConfig",
-}
-# Sections that map a stage name to one config each: `config.train.autoencoder.num_steps`.
-STAGE_SECTIONS: dict[str, str] = {
-    "train": "videogen.train.trainer:TrainConfig",
-}
 SCALARS: dict[str, type] = {"name": str, "seed": int, "stages": tuple}
+# Sections declared outside the package: name -> dataclass (`register_section`).
+_REGISTERED: dict[str, type] = {}
 
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
-  """A validated experiment: its scalars and each section as its typed dataclass."""
+  """A validated experiment: its scalars and each section as its typed dataclass.
+
+  Attributes:
+    name, seed, stages: the experiment's scalars; `stages` are trained in order.
+    config: the raw ConfigDict, as written into checkpoints.
+    data ... eval_generation: the sections, each its defaults where the file leaves it out.
+    train: stage name -> how that stage trains.
+    registered: sections declared with `register_section` that the file holds.
+  """
   name: str
   seed: int
   stages: tuple[str, ...]
-  sections: dict[str, Any]
-  config: ml_collections.ConfigDict  # the raw config, as written into checkpoints
+  config: ml_collections.ConfigDict
+  data: loader_lib.DataConfig = loader_lib.DataConfig()
+  tokenizer: tokenizer_lib.TokenizerConfig = tokenizer_lib.TokenizerConfig()
+  mesh: mesh_lib.MeshConfig = mesh_lib.MeshConfig()
+  autoencoder: autoencoder_lib.AutoencoderConfig = autoencoder_lib.AutoencoderConfig()
+  autoencoder_loss: train_config_lib.AutoencoderLossConfig = (
+      train_config_lib.AutoencoderLossConfig())
+  text_encoder: text_encoder_lib.TextEncoderConfig = text_encoder_lib.TextEncoderConfig()
+  dit: dit_lib.DiTConfig = dit_lib.DiTConfig()
+  dit_stage: train_config_lib.DiTStageConfig = train_config_lib.DiTStageConfig()
+  diffusion: flow_lib.FlowConfig = flow_lib.FlowConfig()
+  sample: samplers_lib.SamplerConfig = samplers_lib.SamplerConfig()
+  eval_generation: suite_lib.GenerationEvalConfig = suite_lib.GenerationEvalConfig()
+  train: dict[str, train_config_lib.TrainConfig] = dataclasses.field(default_factory=dict)
+  registered: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-  def __getattr__(self, name: str) -> Any:
-    sections = self.__dict__.get("sections", {})
-    if name in sections:
-      return sections[name]
-    raise AttributeError(
-        f"experiment {self.__dict__.get('name')!r} has no section {name!r}; "
-        f"it has: {', '.join(sorted(sections))}")
+  def has(self, section: str) -> bool:
+    """Whether the experiment file sets `section` (rather than leaving it to its defaults)."""
+    return section in self.config
+
+  def section(self, name: str) -> Any:
+    """A section declared with `register_section`: the file's values, else the defaults."""
+    if name not in _REGISTERED:
+      raise KeyError(f"no section {name!r} is registered; register its dataclass with "
+                     f"videogen.experiment.register_section({name!r}, MyConfig)")
+    return self.registered.get(name, _REGISTERED[name]())
+
+  def sections(self) -> dict[str, Any]:
+    """The sections the experiment file sets, by name (what a checkpoint records)."""
+    return {name: (self.registered[name] if name in self.registered else getattr(self, name))
+            for name in section_names() if self.has(name)}
+
+
+def section_names() -> tuple[str, ...]:
+  """Every section an experiment may hold: the built-in ones, `train`, the registered ones."""
+  builtin = tuple(f.name for f in dataclasses.fields(Experiment)
+                  if f.name not in SCALARS and f.name not in ("config", "registered"))
+  return builtin + tuple(_REGISTERED)
+
+
+def register_section(name: str, cls: type) -> None:
+  """Declares a section for a stage defined outside the package (idempotent per class).
+
+  Raises:
+    ValueError: `name` is a built-in section or a scalar, or is registered to another class.
+  """
+  if name in SCALARS or name in {f.name for f in dataclasses.fields(Experiment)}:
+    raise ValueError(f"section {name!r} is built in; pick another name for {cls.__name__}")
+  if _REGISTERED.get(name, cls) is not cls:
+    raise ValueError(f"section {name!r} is already registered to {_REGISTERED[name].__name__}")
+  _REGISTERED[name] = cls
 
 
 def validate(config: ml_collections.ConfigDict) -> Experiment:
@@ -61,7 +108,7 @@ def validate(config: ml_collections.ConfigDict) -> Experiment:
   Raises:
     videogen.config.ConfigError: what is wrong and what to do about it.
   """
-  known = set(SECTIONS) | set(STAGE_SECTIONS) | set(SCALARS)
+  known = set(section_names()) | set(SCALARS)
   unknown = sorted(set(config.keys()) - known)
   if unknown:
     raise config_lib.ConfigError(
@@ -75,20 +122,26 @@ def validate(config: ml_collections.ConfigDict) -> Experiment:
   stages = config_lib.check_value(tuple[str, ...], config.stages, "config.stages")
   if not stages:
     raise config_lib.ConfigError("config.stages is empty: name at least one stage to train")
+  defaults = {f.name: f.default for f in dataclasses.fields(Experiment)}
   sections: dict[str, Any] = {}
-  for key, spec in SECTIONS.items():
-    if key in config:
-      sections[key] = config_lib.parse(config_lib.load_class(spec), config[key], f"config.{key}")
-  for key, spec in STAGE_SECTIONS.items():
-    if key not in config:
+  registered: dict[str, Any] = {}
+  for key in config.keys():
+    if key in SCALARS:
       continue
-    cls = config_lib.load_class(spec)
-    per_stage = config_lib.as_mapping(config[key], f"config.{key}")
-    sections[key] = {stage: config_lib.parse(cls, value, f"config.{key}.{stage}")
-                     for stage, value in per_stage.items()}
+    if key == "train":
+      per_stage = config_lib.as_mapping(config.train, "config.train")
+      sections["train"] = {
+          stage: config_lib.parse(train_config_lib.TrainConfig, value, f"config.train.{stage}")
+          for stage, value in per_stage.items()}
+    elif key in _REGISTERED:
+      registered[key] = config_lib.parse(_REGISTERED[key], config[key], f"config.{key}")
+    else:
+      # A built-in section's class is that of its default.
+      sections[key] = config_lib.parse(type(defaults[key]), config[key], f"config.{key}")
   for stage in stages:
     if stage not in sections.get("train", {}):
       raise config_lib.ConfigError(
           f"stage {stage!r} is in config.stages but config.train.{stage} is missing: "
           f"add its TrainConfig to the experiment file")
-  return Experiment(name=name, seed=seed, stages=stages, sections=sections, config=config)
+  return Experiment(name=name, seed=seed, stages=stages, config=config, registered=registered,
+                    **sections)

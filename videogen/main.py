@@ -8,7 +8,6 @@ Commands:
   evaluate   measure a trained workdir (`--what=`: generation, autoencoder, noise_levels,
              caption_use).
   summary    parameter count and forward-pass cost of the experiment's model.
-  export     write checkpoints for other frameworks.
   benchmark  print speed figures for the experiment.
 
 Example:
@@ -23,7 +22,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from absl import app
 from absl import flags
@@ -72,33 +71,43 @@ flags.DEFINE_string("what", "generation", "evaluate: what to measure, 'generatio
                     "'noise_levels' (which noise levels the model fails to decide) or "
                     "'caption_use' (which caption words the model has learned).")
 
-# command -> ("module:function", needs a config). Each function takes (experiment, workdir) and
-# returns an exit code or None. An entry of None is a command that is not built yet.
-COMMANDS: dict[str, tuple[str, bool] | None] = {
-    "run": ("videogen.main_job:run", True),
-    "train": ("videogen.train.trainer:command", True),
-    "cache_latents": ("videogen.train.latent_cache:command", True),
-    "generate": ("videogen.generate.command:command", False),
-    "evaluate": ("videogen.evaluate.generation:evaluate", False),
-    "summary": ("videogen.evaluate.summary:summary", True),
-    "export": None,
-    "benchmark": ("videogen.evaluate.benchmark:command", True),
+_GENERATE_FLAGS = ("prompt", "negative_prompt", "out", "mode", "frames", "height", "width",
+                   "steps", "guidance", "sampler", "seed", "input", "input2", "strength",
+                   "bridge_frames", "prompts_file")
+
+
+class Command(NamedTuple):
+  """A command: its function ("module:function"), whether it needs --config, and its flags.
+
+  The function is called as `function(experiment, workdir, **{flag: value})` with the value of
+  each flag named here, and returns an exit code (None: 0). Commands never read absl flags.
+  """
+  function: str
+  needs_config: bool
+  flags: tuple[str, ...] = ()
+
+
+COMMANDS: dict[str, Command] = {
+    "run": Command("videogen.main_job:run", True),
+    "train": Command("videogen.train.trainer:command", True,
+                     ("allow_config_change", "coordinator_address", "num_processes",
+                      "process_id")),
+    "cache_latents": Command("videogen.train.latent_cache:command", True),
+    "generate": Command("videogen.generate.command:command", False, _GENERATE_FLAGS),
+    "evaluate": Command("videogen.evaluate.generation:evaluate", False, ("what",)),
+    "summary": Command("videogen.evaluate.summary:summary", True),
+    "benchmark": Command("videogen.evaluate.benchmark:command", True),
 }
 
 
-def _resolve(command: str) -> tuple[Callable[..., int | None], bool]:
-  if command not in COMMANDS:
+def _resolve(name: str) -> tuple[Callable[..., int | None], Command]:
+  if name not in COMMANDS:
     raise app.UsageError(
-        f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)} "
+        f"unknown command {name!r}; choose one of: {', '.join(COMMANDS)} "
         f"(python -m videogen.main <command> --config=experiments/shapes.py:tiny --workdir=DIR)")
-  entry = COMMANDS[command]
-  if entry is None:
-    raise app.UsageError(
-        f"command {command!r} is not built yet in this version of videogen; "
-        f"the commands available now are: {', '.join(k for k, v in COMMANDS.items() if v)}")
-  spec, needs_config = entry
-  module_name, _, function_name = spec.partition(":")
-  return getattr(importlib.import_module(module_name), function_name), needs_config
+  command = COMMANDS[name]
+  module_name, _, function_name = command.function.partition(":")
+  return getattr(importlib.import_module(module_name), function_name), command
 
 
 def main(argv: list[str]) -> int | None:
@@ -106,9 +115,9 @@ def main(argv: list[str]) -> int | None:
     raise app.UsageError(
         f"give exactly one command, e.g. `python -m videogen.main train "
         f"--config=experiments/shapes.py:tiny --workdir=runs/tiny`; got {argv[1:]}")
-  function, needs_config = _resolve(argv[1])
+  function, command = _resolve(argv[1])
   experiment = None
-  if needs_config or _CONFIG.value is not None:
+  if command.needs_config or _CONFIG.value is not None:
     if _CONFIG.value is None:
       raise app.UsageError(f"{argv[1]} needs --config=experiments/<file>.py:<variant>")
     try:
@@ -117,7 +126,8 @@ def main(argv: list[str]) -> int | None:
       logging.error("invalid config: %s", error)
       print(f"invalid config: {error}", file=sys.stderr)
       return 2
-  return function(experiment, _WORKDIR.value)
+  return function(experiment, _WORKDIR.value,
+                  **{name: flags.FLAGS[name].value for name in command.flags})
 
 
 def run() -> None:

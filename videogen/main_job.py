@@ -5,7 +5,7 @@ r"""The main job: train every stage of an experiment, then write a gallery of sa
 1. `videogen.train.trainer.train` trains the experiment's stages in order (the autoencoder, then
    the diffusion transformer on its latents), resuming from the workdir's checkpoints.
 2. The gallery: the generation pipeline samples one video per prompt of a fixed list, the
-   text-to-video prompts of the generation suite (`videogen.evaluate.generation.build_suite`):
+   text-to-video prompts of the generation suite (`videogen.evaluate.suite.build_suite`):
    brief and descriptive captions of training combinations and of held-out ones. Each video is
    written as .mp4 and .gif into WORKDIR/gallery/, with a PNG contact sheet, each stage's loss
    curve (SVG), a manifest.jsonl and an index.html that shows every video beside its prompt.
@@ -21,13 +21,12 @@ import os
 import re
 import sys
 import time
-from typing import Any
 
 from absl import logging
 
 from data_pipelines import video_io
 from videogen import experiment as experiment_lib
-from videogen.evaluate import generation as generation_eval
+from videogen.evaluate import suite as suite_lib
 from videogen.generate import gallery
 from videogen.generate import modes
 from videogen.generate import pipeline
@@ -45,11 +44,10 @@ def write_gallery(experiment: experiment_lib.Experiment, workdir: str, *,
                   generator: pipeline.Generator | None = None) -> str:
   """Samples the gallery's prompts from the trained workdir; returns the index.html path."""
   generator = pipeline.load(workdir, experiment) if generator is None else generator
-  data = experiment.sections.get("data")
-  world_config = data.world if data is not None else None
+  world_config = experiment.data.world if experiment.has("data") else None
   frames, height, width = generator.default_shape
-  suite = generation_eval.build_suite(
-      generation_eval.GenerationEvalConfig(modes=()),
+  suite = suite_lib.build_suite(
+      suite_lib.GenerationEvalConfig(modes=()),
       **({"world_config": world_config} if world_config is not None else {}),
       default_shape=(frames, height, width))
   out_dir = os.path.join(workdir, GALLERY_DIR)

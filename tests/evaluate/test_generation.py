@@ -18,13 +18,14 @@ from flax import nnx
 from data_pipelines.shapes import vocabulary
 from data_pipelines.shapes import world
 from videogen.evaluate import generation
+from videogen.evaluate import suite as suite_lib
 
-CONFIG = generation.GenerationEvalConfig(scenes_per_group=2)
+CONFIG = suite_lib.GenerationEvalConfig(scenes_per_group=2)
 
 
 @pytest.fixture(scope="module")
 def suite():
-  return generation.build_suite(CONFIG, default_shape=(9, 32, 32))
+  return suite_lib.build_suite(CONFIG, default_shape=(9, 32, 32))
 
 
 def _scenes(suite):
@@ -58,7 +59,7 @@ def truth_report(suite):
 
 
 def test_suite_is_fixed_and_holds_both_groups_and_caption_kinds(suite):
-  again = generation.build_suite(CONFIG, default_shape=(9, 32, 32))
+  again = suite_lib.build_suite(CONFIG, default_shape=(9, 32, 32))
   assert [p.text for p in again.prompts] == [p.text for p in suite.prompts]
   assert len(suite.prompts) == 2 * 2 * 2  # groups x scenes x caption kinds
   assert len(suite.cases) == 2 * 2 * 2    # groups x scenes x (extend, i2v)
@@ -80,9 +81,9 @@ def test_suite_is_fixed_and_holds_both_groups_and_caption_kinds(suite):
 
 def test_suite_settings_are_checked():
   with pytest.raises(ValueError, match="unknown mode"):
-    generation.GenerationEvalConfig(modes=("t2i",))
+    suite_lib.GenerationEvalConfig(modes=("t2i",))
   with pytest.raises(ValueError, match="scenes_per_group"):
-    generation.GenerationEvalConfig(scenes_per_group=0)
+    suite_lib.GenerationEvalConfig(scenes_per_group=0)
 
 
 def test_the_worlds_own_videos_score_perfectly(truth_report):
@@ -205,7 +206,7 @@ def test_seam_ratio_and_psnr_helpers():
 
 
 def test_speed_figures_follow_the_generators_time():
-  tiny = generation.build_suite(
+  tiny = suite_lib.build_suite(
       dataclasses.replace(CONFIG, scenes_per_group=1, modes=()), default_shape=(9, 32, 32))
   truth = _truth_generator(tiny)
 
@@ -296,7 +297,7 @@ def test_a_real_pipeline_runs_the_suite_end_to_end(tmp_path):
   from videogen.models import dit as dit_lib
 
   # Extensions of 4 frames stay within one 9-frame window (fewer shapes to compile).
-  suite = generation.build_suite(dataclasses.replace(CONFIG, scenes_per_group=1, extend_frames=4),
+  suite = suite_lib.build_suite(dataclasses.replace(CONFIG, scenes_per_group=1, extend_frames=4),
                                  default_shape=(9, 16, 16))
   tokenizer = tokenizer_lib.train_tokenizer(
       [p.text for p in suite.prompts] * 20, str(tmp_path / "tokenizer.model"),

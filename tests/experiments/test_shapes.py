@@ -31,7 +31,7 @@ def test_variant_validates_and_its_parts_fit(shapes, variant):
   experiment = experiment_lib.validate(shapes.get_config(variant))
   assert experiment.stages == ("autoencoder", "dit")
   assert set(experiment.train) == {"autoencoder", "dit"}
-  assert "dit_stage" in experiment.sections
+  assert experiment.has("dit_stage")
   # Both stages accept the config (each checks its own agreement with the others).
   for name in experiment.stages:
     stages_lib.make_stage(name, experiment)

@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import ml_collections
-from absl.testing import flagsaver
 from flax import nnx
 
-import videogen.main  # noqa: F401  (defines the generate command's flags)
+from videogen import workdir as workdir_lib
+from videogen.train import config as configs
 
 from data_pipelines import loader
 from data_pipelines import tokenizer as tokenizer_lib
@@ -265,7 +265,7 @@ def _tiny_experiment(model_configs, sample_config, max_tokens):
   config.data = config_lib.to_config_dict(loader.DataConfig(buckets=("9x16x16:8",)))
   config.mesh = config_lib.to_config_dict(mesh_lib.MeshConfig(data=1, fsdp=4, tensor=2))
   config.train = ml_collections.ConfigDict()
-  config.train.dit = config_lib.to_config_dict(trainer.TrainConfig(num_steps=1))
+  config.train.dit = config_lib.to_config_dict(configs.TrainConfig(num_steps=1))
   return experiment_lib.validate(config)
 
 
@@ -289,11 +289,11 @@ def trained_workdir(tmp_path_factory, make_generator, model_configs, generator):
   state = {"step": jnp.asarray(7, jnp.int32), "params": jax.tree.map(jnp.zeros_like, ema_params),
            "frozen": frozen, "opt_state": {"count": jnp.zeros((), jnp.int32)},
            "ema_params": ema_params, "rng": jax.random.key_data(jax.random.key(0))}
-  checkpointer = checkpointing.Checkpointer(pipeline.checkpoint_dir(workdir, "dit"),
+  checkpointer = checkpointing.Checkpointer(workdir_lib.checkpoint_dir(workdir, "dit"),
                                             async_save=False)
   checkpointer.save(7, state, {}, trainer.experiment_json(experiment))
   checkpointer.close()
-  generator.tokenizer.save(pipeline.tokenizer_path(str(workdir)))
+  generator.tokenizer.save(workdir_lib.tokenizer_path(str(workdir)))
   return str(workdir)
 
 
@@ -314,17 +314,17 @@ def test_load_restores_the_ema_weights_onto_a_mesh(trained_workdir, generator, d
   # The command on that workdir: the same video, written as .mp4 and .gif, and its speed.
   monkeypatch.setattr(pipeline, "load", lambda workdir, experiment: loaded)
   out = tmp_path / "red.mp4"
-  with flagsaver.flagsaver(prompt="a red circle moving right", out=str(out), frames=9, seed=4):
-    assert command.command(None, trained_workdir) == 0
+  assert command.command(None, trained_workdir, prompt="a red circle moving right", out=str(out),
+                         frames=9, seed=4) == 0
   assert "real-time factor" in capsys.readouterr().out
   assert video_io.read_video(out.with_suffix(".gif"))[0].shape == (9, 16, 16, 3)
 
 
 def test_load_names_what_is_missing(trained_workdir, tmp_path):
-  with pytest.raises(FileNotFoundError, match="no diffusion-transformer .* train it first"):
+  with pytest.raises(FileNotFoundError, match="no checkpoint of stage 'dit' .* train it first"):
     pipeline.load(str(tmp_path))
   workdir = tmp_path / "copy"
   shutil.copytree(trained_workdir, workdir)
-  os.remove(pipeline.tokenizer_path(str(workdir)))
+  os.remove(workdir_lib.tokenizer_path(str(workdir)))
   with pytest.raises(FileNotFoundError, match="tokenizer .* is missing"):
     pipeline.load(str(workdir), progress=False)

@@ -20,6 +20,7 @@ from videogen import experiment as experiment_lib
 from videogen.models import autoencoder as ae
 from videogen.parallel import mesh as mesh_lib
 from videogen.train import autoencoder_stage as stage_lib
+from videogen.train import config as configs
 from videogen.train import metrics as metrics_lib
 from videogen.train import stages as stages_lib
 from videogen.train import trainer
@@ -28,7 +29,7 @@ MODEL = ae.AutoencoderConfig(
     base_channels=8, patch_size=2, channel_multipliers=(1, 2), num_res_blocks=1,
     spatial_downsample=(True,), temporal_downsample=(True,), latent_channels=4,
     middle_attention=False)
-LOSS = stage_lib.AutoencoderLossConfig(kl_weight=1e-3)
+LOSS = configs.AutoencoderLossConfig(kl_weight=1e-3)
 GAN = dataclasses.replace(LOSS, discriminator=True, disc_start=10, disc_channels=4, disc_layers=2)
 
 
@@ -62,11 +63,11 @@ def _loss_fn(graphdef, config):
 
 
 def test_loss_config_round_trips_and_rejects_negative_weights():
-  parsed = config_lib.parse(stage_lib.AutoencoderLossConfig, config_lib.to_config_dict(GAN),
+  parsed = config_lib.parse(configs.AutoencoderLossConfig, config_lib.to_config_dict(GAN),
                             "config.autoencoder_loss")
   assert parsed == GAN
   with pytest.raises(ValueError, match="kl_weight"):
-    stage_lib.AutoencoderLossConfig(kl_weight=-1.0)
+    configs.AutoencoderLossConfig(kl_weight=-1.0)
 
 
 def test_loss_is_l1_plus_weighted_kl_of_the_model_forward():
@@ -212,7 +213,7 @@ def _experiment(buckets=("5x16x16:8",), loss=None, **train):
   config.data = config_lib.to_config_dict(loader.DataConfig(buckets=buckets))
   config.mesh = config_lib.to_config_dict(mesh_lib.MeshConfig(data=4, fsdp=2))
   config.train = ml_collections.ConfigDict({"autoencoder": config_lib.to_config_dict(
-      trainer.TrainConfig(**{**dict(num_steps=2, warmup_steps=1, log_every=1, eval_every=2,
+      configs.TrainConfig(**{**dict(num_steps=2, warmup_steps=1, log_every=1, eval_every=2,
                                     checkpoint_every=2, async_checkpoints=False,
                                     progress_bar=False), **train}))})
   return experiment_lib.validate(config)
@@ -258,7 +259,7 @@ def test_the_stage_trains_on_its_own_buckets_and_crops():
   with pytest.raises(ValueError, match="autoencoder_loss.buckets has"):
     stages_lib.make_stage("autoencoder", _experiment(loss=dict(buckets=("4x16x16:8",))))
   with pytest.raises(ValueError, match="bad bucket"):
-    stage_lib.AutoencoderLossConfig(buckets=("16x16",))
+    configs.AutoencoderLossConfig(buckets=("16x16",))
 
 
 def test_held_out_videos_differ_from_training_videos():

@@ -27,12 +27,13 @@ from videogen.models.autoencoder import AutoencoderConfig
 from videogen.models.dit import DiTConfig
 from videogen.models.text_encoder import TextEncoderConfig
 from videogen.parallel import mesh as mesh_lib
+from videogen.train import config as configs
 from videogen.train import dit_stage
 from videogen.train import metrics as metrics_lib
 from videogen.train import stages as stages_lib
 from videogen.train import train_state as train_state_lib
 from videogen.train import trainer
-from videogen.train.trainer import TrainConfig
+from videogen.train.config import TrainConfig
 
 AUTOENCODER = AutoencoderConfig(
     base_channels=8, channel_multipliers=(1, 1), num_res_blocks=1, spatial_downsample=(True,),
@@ -62,7 +63,7 @@ def make_experiment(*, flow: FlowConfig = FlowConfig(), text_frozen: bool = Fals
       context_dim=TEXT_WIDTH, pooled_dim=TEXT_WIDTH, frequency_dim=32, attention_backend="xla"))
   config.diffusion = to_config_dict(flow)
   config.sample = to_config_dict(SamplerConfig(method="euler", num_steps=2, guidance_scale=2.0))
-  config.dit_stage = to_config_dict(dit_stage.DiTStageConfig(
+  config.dit_stage = to_config_dict(configs.DiTStageConfig(
       eval_prompts=("a red circle", "a blue square"), eval_steps=2))
   config.train = ml_collections.ConfigDict()
   config.train.autoencoder = to_config_dict(TrainConfig(num_steps=5))
@@ -129,7 +130,7 @@ def test_configs_must_agree():
     ("eval_prompts", ("a red circle", " "), "holds an empty prompt")])
 def test_bad_evaluation_settings_are_refused(field, value, match):
   with pytest.raises(ValueError, match=match):
-    dit_stage.DiTStageConfig(**{field: value})
+    configs.DiTStageConfig(**{field: value})
 
 
 @pytest.mark.parametrize("text_frozen", [False, True])

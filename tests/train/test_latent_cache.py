@@ -19,14 +19,16 @@ from data_pipelines import loader
 from data_pipelines.loader import DataConfig
 from data_pipelines.tokenizer import TokenizerConfig
 from videogen import experiment as experiment_lib
+from videogen import workdir as workdir_lib
 from videogen.config import to_config_dict
 from videogen.models.autoencoder import AutoencoderConfig
 from videogen.models.dit import DiTConfig
 from videogen.models.text_encoder import TextEncoderConfig
 from videogen.parallel import mesh as mesh_lib
+from videogen.train import config as configs
 from videogen.train import dit_stage
 from videogen.train import latent_cache
-from videogen.train.trainer import TrainConfig
+from videogen.train.config import TrainConfig
 
 AUTOENCODER = AutoencoderConfig(
     base_channels=8, channel_multipliers=(1, 1), num_res_blocks=1, spatial_downsample=(True,),
@@ -50,7 +52,7 @@ def make_experiment() -> experiment_lib.Experiment:
       vocab_size=300, max_length=MAX_TOKENS, width=16, depth=1, num_heads=2))
   config.dit = to_config_dict(DiTConfig(width=32, depth=1, num_heads=2, in_channels=4,
                                         context_dim=16, pooled_dim=16, frequency_dim=32))
-  config.dit_stage = to_config_dict(dit_stage.DiTStageConfig(latents="cache",
+  config.dit_stage = to_config_dict(configs.DiTStageConfig(latents="cache",
                                                              cache_steps=CACHE_STEPS))
   config.train = ml_collections.ConfigDict()
   config.train.autoencoder = to_config_dict(TrainConfig(num_steps=5))
@@ -97,7 +99,7 @@ def test_cached_batches_equal_the_encoded_loader_batches(built, devices):
   assert shapes == {(8, 3, 8, 8, 4), (8, 1, 8, 8, 4)}  # both buckets were drawn
 
   resumed = latent_cache.CachedLatentIterator(latent_cache.LatentCache(
-      latent_cache.cache_directory(experiment, built["workdir"])), mesh=built["mesh"])
+      workdir_lib.latent_cache_dir(built["workdir"], experiment)), mesh=built["mesh"])
   resumed.set_state({"step": 3})
   np.testing.assert_array_equal(np.asarray(next(resumed)["index"]), step_batches(3)["index"])
   assert resumed.get_state()["step"] == 4
@@ -110,7 +112,7 @@ def test_the_stage_sees_the_same_latents_either_way(built):
   with nnx.use_eager_sharding(False):
     model = stage.create_model(nnx.Rngs(0))
   model.autoencoder = built["autoencoder"]
-  cache = latent_cache.LatentCache(latent_cache.cache_directory(experiment, built["workdir"]))
+  cache = latent_cache.LatentCache(workdir_lib.latent_cache_dir(built["workdir"], experiment))
   step = next(s for s in range(CACHE_STEPS) if cache.bucket_id(s) == 0)
   video = loader.StepBatches(experiment.data, tokenizer=built["tokenizer"], seed=0)(step)["video"]
   latents = jax.jit(lambda batch: stage._latents(model, batch, jax.random.key(0)))

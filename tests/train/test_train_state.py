@@ -15,7 +15,7 @@ from flax import nnx
 from videogen.parallel import mesh as mesh_lib
 from videogen.train import stage as stage_lib
 from videogen.train import train_state as train_state_lib
-from videogen.train.trainer import TrainConfig
+from videogen.train.config import TrainConfig
 
 RULES = mesh_lib.DEFAULT_RULES
 

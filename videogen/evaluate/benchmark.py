@@ -48,6 +48,8 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from videogen import workdir as workdir_lib
+
 # The stage whose train step and sampler are measured when the experiment has it.
 DIFFUSION_STAGE = "dit"
 
@@ -92,11 +94,9 @@ def _cost_flops(program: Any) -> float:
 
 def _with_unrolled_layers(experiment: Any) -> Any | None:
   """The experiment with its transformer's layer stack unrolled; None when nothing is scanned."""
-  dit = experiment.sections.get("dit")
-  if dit is None or not getattr(dit, "scan_layers", False):
+  if not experiment.has("dit") or not experiment.dit.scan_layers:
     return None
-  sections = {**experiment.sections, "dit": dataclasses.replace(dit, scan_layers=False)}
-  return dataclasses.replace(experiment, sections=sections)
+  return dataclasses.replace(experiment, dit=dataclasses.replace(experiment.dit, scan_layers=False))
 
 
 def _traced_step_flops(experiment: Any, stage_name: str, mesh: jax.sharding.Mesh, rules: Any,
@@ -147,7 +147,7 @@ def train_step_figures(experiment: Any, stage_name: str, *, workdir: str,
   from videogen.train import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   from videogen.train import train_state as train_state_lib  # pylint: disable=g-import-not-at-top
 
-  mesh_config = experiment.sections.get("mesh", mesh_lib.MeshConfig())
+  mesh_config = experiment.mesh
   mesh = mesh_lib.create_mesh(mesh_config) if mesh is None else mesh
   stage = stages_lib.make_stage(stage_name, experiment)
   config = experiment.train[stage_name]
@@ -216,9 +216,8 @@ def _tokenizer(experiment: Any, workdir: str) -> Any:
   """The tokenizer the experiment's stage wrote into `workdir`, else one trained for it there."""
   from data_pipelines import loader  # pylint: disable=g-import-not-at-top
   from data_pipelines import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-  from videogen.generate import pipeline  # pylint: disable=g-import-not-at-top
-  config = experiment.sections.get("tokenizer") or tokenizer_lib.TokenizerConfig()
-  path = pipeline.tokenizer_path(workdir, experiment)
+  config = experiment.tokenizer
+  path = workdir_lib.tokenizer_path(workdir, experiment)
   return tokenizer_lib.load_or_train(
       config, path, lambda: loader.captions(experiment.data, seed=experiment.seed,
                                             num=config.num_train_captions))
@@ -232,13 +231,12 @@ def sampler_figures(experiment: Any, model: nnx.Module, tokenizer: Any) -> dict[
     model: the diffusion stage's module, holding `autoencoder`, `text_encoder` and `dit`.
     tokenizer: encodes the prompt.
   """
-  from videogen.diffusion import flow  # pylint: disable=g-import-not-at-top
   from videogen.generate import modes  # pylint: disable=g-import-not-at-top
   from videogen.generate import pipeline  # pylint: disable=g-import-not-at-top
   generator = pipeline.Generator(
       autoencoder=model.autoencoder, text_encoder=model.text_encoder, dit=model.dit,
-      tokenizer=tokenizer, flow_config=experiment.sections.get("diffusion", flow.FlowConfig()),
-      sample_config=experiment.sections.get("sample"), progress=False,
+      tokenizer=tokenizer, flow_config=experiment.diffusion,
+      sample_config=experiment.sample, progress=False,
       **pipeline.experiment_defaults(experiment))
   prompt = "a small red circle moving right; on a black background"
   start = time.perf_counter()
@@ -266,7 +264,7 @@ def loader_figures(experiment: Any, tokenizer: Any, *, warmup: int = 2,
 
 def _compute_dtype(experiment: Any) -> Any:
   """The diffusion transformer's compute dtype when the experiment names one, else float32."""
-  dtype = getattr(experiment.sections.get("dit"), "dtype", None)
+  dtype = getattr(experiment.dit, "dtype", None)
   return jnp.dtype(dtype) if dtype else jnp.dtype(jnp.float32)
 
 
@@ -319,7 +317,7 @@ def run_benchmark(experiment: Any, *, matmul_size: int = 4096, train_steps: int 
     unavailable["train_step"] = f"stage {stage_name!r} needs files this run lacks ({error})"
 
   tokenizer = None
-  if experiment.sections.get("data") is None:
+  if not experiment.has("data"):
     unavailable["loader"] = "the experiment has no config.data section (no video loader)"
   else:
     try:

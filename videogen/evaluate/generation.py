@@ -66,234 +66,20 @@ import tqdm
 from absl import logging
 
 from data_pipelines.shapes import world
+from videogen import workdir as workdir_lib
 from videogen.evaluate import analyzer
+from videogen.evaluate import suite as suite_lib
 
 # The attributes scored per object, in table order.
 ATTRIBUTES: tuple[str, ...] = ("color", "shape", "size", "direction")
-# Groups of the suite: name -> the world split its scenes come from.
-GROUPS: dict[str, str] = {"seen": "test", "held_out": "held_out"}
-CAPTION_KINDS: tuple[str, ...] = ("brief", "descriptive")
-CONDITIONED_MODES: tuple[str, ...] = ("extend", "i2v")
 # PSNR of identical frames (infinite) is reported as this, so that the JSON stays finite.
 MAX_PSNR = 100.0
 # Added to both sides of a seam ratio (in 0-255 pixel levels, below one quantisation step), so that
 # a still clip continued still scores 1 rather than 0 / 0.
 _SEAM_EPSILON = 0.5
-# How many scene indices of a split are searched for the suite's scenes.
-_MAX_SCENE_SEARCH = 2000
 # Results files written into the workdir.
 RESULTS_FILE = "eval_generation.json"
 VIDEOS_FILE = "eval_generation_videos.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class GenerationEvalConfig:
-  """Settings of the generation suite.
-
-  Attributes:
-    scenes_per_group: scenes of training combinations and as many of held-out ones; each gives a
-      brief and a descriptive prompt and one case of each conditioned mode.
-    frames, height, width: the clip shape; None takes the model's training clip shape.
-    extend_frames: frames an extension adds; None: frames - 1 (a valid count for an autoencoder
-      whose clips have 1 + F k frames).
-    modes: conditioned modes to run besides text-to-video: "extend", "i2v".
-    bouncing_share: the share of each group's scenes chosen among those where an object bounces
-      within the clip (so that bounce accuracy has something to measure); the rest are the first
-      eligible scenes.
-    world_seed: seed of the world's scene stream the suite is drawn from.
-    seed: sampling seed of the first video; video k uses seed + k.
-    save_videos: write every generated video (mp4) and an index.html into
-      WORKDIR/eval_generation/.
-  """
-  scenes_per_group: int = 2
-  frames: Optional[int] = None
-  height: Optional[int] = None
-  width: Optional[int] = None
-  extend_frames: Optional[int] = None
-  modes: tuple[str, ...] = CONDITIONED_MODES
-  bouncing_share: float = 0.5
-  world_seed: int = 0
-  seed: int = 0
-  save_videos: bool = True
-
-  def __post_init__(self):
-    if self.scenes_per_group < 1:
-      raise ValueError(f"scenes_per_group = {self.scenes_per_group} must be at least 1")
-    unknown = [m for m in self.modes if m not in CONDITIONED_MODES]
-    if unknown:
-      raise ValueError(f"unknown mode(s) {unknown} in modes; choose from {CONDITIONED_MODES}")
-    if not 0.0 <= self.bouncing_share <= 1.0:
-      raise ValueError(f"bouncing_share = {self.bouncing_share} must be in [0, 1]")
-    for name in ("frames", "height", "width", "extend_frames"):
-      value = getattr(self, name)
-      if value is not None and value < 1:
-        raise ValueError(f"{name} = {value} must be positive (or None for the model's default)")
-
-
-# ---------------------------------------------------------------------------------------------
-# The suite.
-
-
-@dataclasses.dataclass(frozen=True)
-class Prompt:
-  """One text-to-video request of the suite and what it states.
-
-  Attributes:
-    text: the caption given to the model.
-    kind: "brief" or "descriptive".
-    group: "seen" (training combinations) or "held_out".
-    scene: the world scene the caption describes.
-    split, index: where the scene comes from (`world.sample_scene(index, split=split, ...)`).
-    expected: per prompted object, in caption order, only the attributes the caption states:
-      always "color" and "shape"; "size" when the caption names sizes; "direction" and "bounces"
-      (a tuple of edges, maybe empty) in descriptive captions, with "score_bounces": whether the
-      bounces are scored (the object bounces, every bounce clear of the clip's ends).
-    background: the background the caption states (descriptive captions), else None.
-  """
-  text: str
-  kind: str
-  group: str
-  scene: world.Scene
-  split: str
-  index: int
-  expected: tuple[dict[str, Any], ...]
-  background: Optional[str] = None
-
-
-@dataclasses.dataclass(frozen=True)
-class ConditionedCase:
-  """One extension or image-to-video request.
-
-  Attributes:
-    mode: "extend" (continue `given`) or "i2v" (animate `given[0]`).
-    prompt: the scene's descriptive caption.
-    group: as in `Prompt`.
-    scene: the scene whose world clip gives the frames.
-    given_frames: frames of the world's clip given to the model (1 for i2v).
-    new_frames: frames the model adds (for i2v: the whole clip, its first frame included).
-  """
-  mode: str
-  prompt: str
-  group: str
-  scene: world.Scene
-  given_frames: int
-  new_frames: int
-
-  def given(self, height: int, width: int) -> np.ndarray:
-    """uint8 [given_frames, H, W, 3]: the world's own first frames of the scene."""
-    return world.render(self.scene, frames=self.given_frames, height=height,
-                        width=width)["video"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Suite:
-  """The prompts and conditioned cases, at one clip shape."""
-  prompts: tuple[Prompt, ...]
-  cases: tuple[ConditionedCase, ...]
-  frames: int
-  height: int
-  width: int
-  fps: float
-  seed: int = 0
-
-
-def _clear_bounces(trajectory: world.Trajectory, frames: int) -> bool:
-  """Whether a trajectory bounces, each bounce at least two frames from either end of the clip.
-
-  A bounce in the clip's second or second-to-last frame shows a single reversed step, which the
-  analyzer cannot tell from a wiggle even in the world's own videos; such objects are not scored
-  for bounces (their other attributes still are).
-  """
-  return bool(trajectory.bounces) and all(2 <= b.frame <= frames - 3 for b in trajectory.bounces)
-
-
-def _bounces_within(scene: world.Scene, frames: int, height: int, width: int) -> bool:
-  return any(_clear_bounces(world.simulate(obj, frames=frames, height=height, width=width,
-                                           fps=scene.fps), frames) for obj in scene.objects)
-
-
-def _choose_scenes(group: str, count: int, *, frames: int, height: int, width: int,
-                   config: GenerationEvalConfig, world_config: world.WorldConfig
-                   ) -> list[tuple[int, world.Scene]]:
-  """`count` scenes of a group, deterministic: bouncing ones first, then the first eligible.
-
-  Raises:
-    ValueError: the split holds fewer eligible scenes than asked for within the search limit.
-  """
-  split = GROUPS[group]
-  want_bouncing = math.ceil(config.bouncing_share * count)
-  bouncing, others = [], []
-  for index in range(_MAX_SCENE_SEARCH):
-    scene = world.sample_scene(index, seed=config.world_seed, split=split, config=world_config)
-    if group == "seen" and any(world.is_held_out(o, world_config.held_out)
-                               for o in scene.objects):
-      continue  # "test" also holds held-out combinations; this group is the trained ones
-    if len(bouncing) < want_bouncing and _bounces_within(scene, frames, height, width):
-      bouncing.append((index, scene))
-    elif len(others) < count:
-      others.append((index, scene))
-    if len(bouncing) >= want_bouncing and len(bouncing) + len(others) >= count:
-      break
-  chosen = sorted(bouncing + others[:count - len(bouncing)], key=lambda item: item[0])
-  if len(chosen) < count:
-    raise ValueError(
-        f"found only {len(chosen)} eligible scenes of group {group!r} (split {split!r}) in "
-        f"{_MAX_SCENE_SEARCH} indices: lower scenes_per_group")
-  return chosen
-
-
-def expected_objects(scene: world.Scene, kind: str, trajectories: Sequence[world.Trajectory],
-                      frames: int) -> tuple[dict[str, Any], ...]:
-  expected = []
-  for obj, trajectory in zip(scene.objects, trajectories):
-    stated: dict[str, Any] = {"color": obj.color, "shape": obj.shape}
-    if kind == "descriptive" or scene.brief_with_sizes:
-      stated["size"] = obj.size
-    if kind == "descriptive":
-      stated["direction"] = obj.direction
-      stated["bounces"] = tuple(b.edge for b in trajectory.bounces)
-      stated["score_bounces"] = _clear_bounces(trajectory, frames)
-    expected.append(stated)
-  return tuple(expected)
-
-
-def build_suite(config: GenerationEvalConfig = GenerationEvalConfig(), *,
-                world_config: world.WorldConfig = world.WorldConfig(),
-                default_shape: tuple[int, int, int] = (9, 32, 32)) -> Suite:
-  """The fixed suite: its prompts and conditioned cases, a pure function of its arguments.
-
-  Args:
-    config: the suite's size, shape and modes.
-    world_config: the world the model was trained on (its held-out combinations and frame rate).
-    default_shape: (frames, height, width) used where `config` says None (the training clip).
-  """
-  frames = config.frames or default_shape[0]
-  height = config.height or default_shape[1]
-  width = config.width or default_shape[2]
-  extend_frames = config.extend_frames or max(1, frames - 1)
-  prompts: list[Prompt] = []
-  cases: list[ConditionedCase] = []
-  for group in GROUPS:
-    for index, scene in _choose_scenes(group, config.scenes_per_group, frames=frames,
-                                       height=height, width=width, config=config,
-                                       world_config=world_config):
-      trajectories = [world.simulate(o, frames=frames, height=height, width=width, fps=scene.fps)
-                      for o in scene.objects]
-      description = world.describe(scene, frames=frames, height=height, width=width)
-      for kind, text in (("brief", world.caption(scene)), ("descriptive", description)):
-        prompts.append(Prompt(
-            text=text, kind=kind, group=group, scene=scene, split=GROUPS[group], index=index,
-            expected=expected_objects(scene, kind, trajectories, frames),
-            background=scene.background if kind == "descriptive" else None))
-      for mode in config.modes:
-        if mode == "extend":
-          cases.append(ConditionedCase("extend", description, group, scene, given_frames=frames,
-                                       new_frames=extend_frames))
-        else:
-          cases.append(ConditionedCase("i2v", description, group, scene, given_frames=1,
-                                       new_frames=frames))
-  return Suite(prompts=tuple(prompts), cases=tuple(cases), frames=frames, height=height,
-               width=width, fps=float(world_config.fps), seed=config.seed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -497,7 +283,7 @@ def confusion(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, i
           for attribute in ATTRIBUTES if attribute in counts}
 
 
-def evaluate_generation(generate_fn: GenerateFn, suite: Suite, *, progress: bool = True,
+def evaluate_generation(generate_fn: GenerateFn, suite: suite_lib.Suite, *, progress: bool = True,
                         on_video: Callable[[dict[str, Any], np.ndarray], None] | None = None
                         ) -> GenerationReport:
   """Generates every video of the suite, scores it, and summarises.
@@ -565,14 +351,15 @@ def evaluate_generation(generate_fn: GenerateFn, suite: Suite, *, progress: bool
   return GenerationReport(metrics=summarize(rows, suite), rows=rows)
 
 
-def summarize(rows: Sequence[dict[str, Any]], suite: Suite) -> dict[str, Any]:
+def summarize(rows: Sequence[dict[str, Any]], suite: suite_lib.Suite) -> dict[str, Any]:
   """The JSON summary of the rows `evaluate_generation` made."""
   t2v = [r for r in rows if r["mode"] == "t2v"]
   metrics: dict[str, Any] = {"videos": len(rows), "prompts": len(t2v)}
   metrics.update(accuracies(t2v))
-  metrics["by_group"] = {g: accuracies([r for r in t2v if r["group"] == g]) for g in GROUPS}
+  metrics["by_group"] = {g: accuracies([r for r in t2v if r["group"] == g])
+                         for g in suite_lib.GROUPS}
   metrics["by_caption"] = {k: accuracies([r for r in t2v if r["kind"] == k])
-                           for k in CAPTION_KINDS}
+                           for k in suite_lib.CAPTION_KINDS}
   metrics["confusion"] = confusion(t2v)
   extend = [r for r in rows if r["mode"] == "extend"]
   metrics["extension_seam_ratio"] = _mean([r["seam_ratio"] for r in extend])
@@ -697,7 +484,7 @@ def _save_videos_callback(directory: str, fps: float, entries: list[Any]
 
 
 def evaluate_workdir(experiment: Any, workdir: str, *,
-                     config: GenerationEvalConfig | None = None,
+                     config: suite_lib.GenerationEvalConfig | None = None,
                      progress: bool = True) -> GenerationReport:
   """Loads the workdir's generator, runs the suite, writes WORKDIR/eval_generation.json.
 
@@ -710,14 +497,12 @@ def evaluate_workdir(experiment: Any, workdir: str, *,
   """
   from videogen.generate import pipeline  # pylint: disable=g-import-not-at-top
   if experiment is None:
-    experiment = saved_experiment(workdir, pipeline.DIT_STAGE)
-  sections = getattr(experiment, "sections", {})
+    experiment = workdir_lib.saved_experiment(workdir, pipeline.DIT_STAGE)
   if config is None:
-    config = sections.get("eval_generation") or GenerationEvalConfig()
-  data = sections.get("data")
-  world_config = getattr(data, "world", None) or world.WorldConfig()
+    config = experiment.eval_generation
+  world_config = experiment.data.world
   generator = pipeline.load(workdir, experiment, progress=False)
-  suite = build_suite(config, world_config=world_config,
+  suite = suite_lib.build_suite(config, world_config=world_config,
                       default_shape=tuple(generator.default_shape))
   logging.info("generation suite: %d prompts and %d conditioned cases at %dx%dx%d",
                len(suite.prompts), len(suite.cases), suite.frames, suite.height, suite.width)
@@ -767,28 +552,6 @@ def generation_command(experiment: Any, workdir: str | None) -> int:
 # The evaluate command.
 
 
-def saved_experiment(workdir: str, stage: str) -> Any:
-  """The experiment saved with the newest checkpoint of `stage` in the workdir.
-
-  Raises:
-    FileNotFoundError: the stage has no checkpoint there.
-  """
-  from videogen.generate import pipeline  # pylint: disable=g-import-not-at-top
-  from videogen.train import checkpointing  # pylint: disable=g-import-not-at-top
-  directory = pipeline.checkpoint_dir(workdir, stage)
-  checkpointer = checkpointing.Checkpointer(directory)
-  try:
-    step = checkpointer.latest_step()
-    if step is None:
-      raise FileNotFoundError(
-          f"no checkpoint of stage {stage!r} in {directory}: train the experiment first "
-          f"(python -m videogen.main train --config=experiments/<file>.py:<variant> "
-          f"--workdir={workdir})")
-    return pipeline.experiment_from_json(checkpointer.read_config(step))
-  finally:
-    checkpointer.close()
-
-
 def world_generator(experiment: Any, workdir: str) -> tuple[Any, world.WorldConfig]:
   """The workdir's `pipeline.Generator` (progress bars off) and the world its data came from.
 
@@ -800,10 +563,8 @@ def world_generator(experiment: Any, workdir: str) -> tuple[Any, world.WorldConf
   """
   from videogen.generate import pipeline  # pylint: disable=g-import-not-at-top
   if experiment is None:
-    experiment = saved_experiment(workdir, pipeline.DIT_STAGE)
-  data = getattr(experiment, "sections", {}).get("data")
-  world_config = getattr(data, "world", None) or world.WorldConfig()
-  return pipeline.load(workdir, experiment, progress=False), world_config
+    experiment = workdir_lib.saved_experiment(workdir, pipeline.DIT_STAGE)
+  return pipeline.load(workdir, experiment, progress=False), experiment.data.world
 
 
 def write_report(workdir: str, filename: str, report: dict[str, Any]) -> None:
@@ -827,7 +588,7 @@ def stage_command(stage_name: str, experiment: Any, workdir: str | None) -> int:
   from videogen.train import trainer  # pylint: disable=g-import-not-at-top
   try:
     if experiment is None:
-      experiment = saved_experiment(workdir, stage_name)
+      experiment = workdir_lib.saved_experiment(workdir, stage_name)
     stage = stages_lib.make_stage(stage_name, experiment)
     model, step = trainer.load_model(experiment, workdir, stage_name)
   except FileNotFoundError as error:
@@ -877,17 +638,14 @@ EVALUATIONS: dict[str, tuple[Callable[[Any, Optional[str]], int], str]] = {
 }
 
 
-def evaluate(experiment: Any, workdir: str | None, what: str | None = None) -> int:
+def evaluate(experiment: Any, workdir: str | None, *, what: str = "generation") -> int:
   """`python -m videogen.main evaluate --workdir=DIR --what=...`: runs one evaluation.
 
   Args:
     experiment: the validated experiment (from --config), or None to read the workdir's own.
     workdir: the trained run.
-    what: a key of `EVALUATIONS`; None reads the --what flag.
+    what: a key of `EVALUATIONS`.
   """
-  if what is None:
-    from absl import flags  # pylint: disable=g-import-not-at-top
-    what = flags.FLAGS["what"].value if "what" in flags.FLAGS else "generation"
   if what not in EVALUATIONS:
     print(f"unknown --what={what!r}; choose one of: "
           + "; ".join(f"{k} ({v[1]})" for k, v in EVALUATIONS.items()), file=sys.stderr)

@@ -23,6 +23,7 @@ import tqdm
 
 from data_pipelines.shapes import world
 from videogen.evaluate import generation
+from videogen.evaluate import suite as suite_lib
 
 LEVELS: tuple[float, ...] = (0.3, 0.5, 0.7, 0.8, 0.9, 1.0)
 RESULTS_FILE = "eval_noise_levels.json"
@@ -72,7 +73,7 @@ def score_levels(edit_fn: EditFn, *, levels: Sequence[float] = LEVELS, clips: in
     trajectories = [world.simulate(o, frames=frames, height=height, width=width, fps=scene.fps)
                     for o in scene.objects]
     samples.append((rendered["description"], rendered["video"],
-                    generation.expected_objects(scene, "descriptive", trajectories, frames)))
+                    suite_lib.expected_objects(scene, "descriptive", trajectories, frames)))
   bar = tqdm.tqdm(total=(len(levels) + (reconstruct_fn is not None)) * clips,
                   desc="noise levels", unit="video", disable=not progress)
 

@@ -203,13 +203,12 @@ def format_table(costs: list[Cost], dit_config: dit_lib.DiTConfig) -> str:
 def summary(experiment: Any, workdir: str | None) -> int:
   """The `summary` command: prints the table, then the JSON object as the last line."""
   del workdir  # the summary reads only the config.
-  sections = getattr(experiment, "sections", {})
-  if "dit" not in sections:
+  if not experiment.has("dit"):
     print("summary needs a config.dit section (the diffusion transformer to measure); this "
-          f"experiment has: {', '.join(sorted(sections)) or 'no sections'}")
+          f"experiment has: {', '.join(sorted(experiment.sections())) or 'no sections'}")
     return 2
-  dit_config = sections["dit"]
-  text_config = sections.get("text_encoder")
+  dit_config = experiment.dit
+  text_config = experiment.text_encoder if experiment.has("text_encoder") else None
   try:
     costs = measure(dit_config, text_config)
   except ValueError as error:

@@ -254,14 +254,15 @@ def generate_many(generator: pipeline.Generator, requests: list[Request],
   return manifest, failed
 
 
-def _flag(name: str, default: Any = None) -> Any:
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  values = flags.FLAGS
-  return values[name].value if name in values else default
-
-
-def command(experiment: Any, workdir: str | None) -> int:
+def command(experiment: Any, workdir: str | None, *, prompts_file: str | None = None,
+            **flags: Any) -> int:
   """`python -m videogen.main generate`: see the module docstring.
+
+  Args:
+    experiment: the validated experiment (from --config), or None for the workdir's own.
+    workdir: the trained run.
+    prompts_file: a JSONL file of requests; its lines default to `flags`.
+    **flags: the command line's request fields (`Request`'s names); None where not given.
 
   Exit codes: 0 written, 1 a request or a workdir problem (message on stderr), 2 a usage error.
   """
@@ -269,9 +270,8 @@ def command(experiment: Any, workdir: str | None) -> int:
     print("generate needs --workdir=DIR (a trained run: its checkpoints and tokenizer)",
           file=sys.stderr)
     return 2
-  defaults = {f.name: _flag(f.name) for f in dataclasses.fields(Request)}
-  defaults = {k: v for k, v in defaults.items() if v is not None}
-  prompts_file = _flag("prompts_file")
+  defaults = {f.name: flags[f.name] for f in dataclasses.fields(Request)
+              if flags.get(f.name) is not None}
   if not prompts_file and not defaults.get("prompt"):
     print("generate needs --prompt='a red circle moving right' (or --prompts_file=FILE.jsonl)",
           file=sys.stderr)

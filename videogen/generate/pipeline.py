@@ -46,20 +46,19 @@ import dataclasses
 import functools
 import math
 import os
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import tqdm
 from absl import logging
 from flax import nnx
 
+from videogen import workdir as workdir_lib
 from videogen.diffusion import conditioning as conditioning_lib
 from videogen.diffusion import flow
 from videogen.diffusion import samplers
-from videogen.models import autoencoder as autoencoder_lib
 
 # Frames per second written when the experiment does not say (the procedural world's rate).
 DEFAULT_FPS = 8.0
@@ -576,47 +575,6 @@ class Generator:
 DIT_STAGE = "dit"
 
 
-def checkpoint_dir(workdir: str, stage: str) -> str:
-  """Where the trainer keeps a stage's checkpoints: WORKDIR/checkpoints/<stage>."""
-  return os.path.join(os.path.abspath(workdir), "checkpoints", stage)
-
-
-def tokenizer_path(workdir: str, experiment: Any = None) -> str:
-  """The tokenizer a run uses: config.tokenizer.model_path if set, else WORKDIR/tokenizer.model."""
-  tokenizer_config = getattr(experiment, "sections", {}).get("tokenizer") if experiment else None
-  if tokenizer_config is not None and tokenizer_config.model_path:
-    return tokenizer_config.model_path
-  return os.path.join(workdir, "tokenizer.model")
-
-
-def experiment_from_json(saved: dict[str, Any]) -> Any:
-  """Re-validates the typed experiment a checkpoint saved (`trainer.experiment_json`).
-
-  Settings the saved config predates get the value it was trained with, not today's default
-  (`autoencoder_lib.upgrade_saved_config`).
-  """
-  from videogen import experiment as experiment_lib  # pylint: disable=g-import-not-at-top
-  if isinstance(saved.get("autoencoder"), dict):
-    saved = {**saved, "autoencoder": autoencoder_lib.upgrade_saved_config(saved["autoencoder"])}
-  return experiment_lib.validate(ml_collections.ConfigDict(saved))
-
-
-def _train_command(workdir: str) -> str:
-  return (f"python -m videogen.main train --config=experiments/<file>.py:<variant> "
-          f"--workdir={workdir}")
-
-
-def _latest_step(directory: str, what: str, workdir: str) -> int:
-  steps = []
-  if os.path.isdir(directory):
-    steps = sorted(int(name) for name in os.listdir(directory) if name.isdigit())
-  if not steps:
-    raise FileNotFoundError(
-        f"no {what} checkpoint in {directory}: train it first with `{_train_command(workdir)}` "
-        f"(or point --workdir at a trained run)")
-  return steps[-1]
-
-
 def load(workdir: str, experiment: Any = None, *, mesh: jax.sharding.Mesh | None = None,
          step: int | None = None, **generator_kwargs: Any) -> Generator:
   """Restores a trained workdir's models (EMA weights) onto `mesh` and builds a `Generator`.
@@ -639,52 +597,35 @@ def load(workdir: str, experiment: Any = None, *, mesh: jax.sharding.Mesh | None
       makes it.
   """
   from data_pipelines import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-  from videogen.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from videogen.parallel import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
-  from videogen.train import checkpointing  # pylint: disable=g-import-not-at-top
   from videogen.train import stages as stages_lib  # pylint: disable=g-import-not-at-top
   from videogen.train import train_state as train_state_lib  # pylint: disable=g-import-not-at-top
 
-  directory = checkpoint_dir(workdir, DIT_STAGE)
-  step = _latest_step(directory, "diffusion-transformer (stage 'dit')", workdir) if (
-      step is None) else step
-  checkpointer = checkpointing.Checkpointer(directory, read_only=True)
-  try:
-    if experiment is None:
-      experiment = experiment_from_json(checkpointer.read_config(step))
-    # The tokenizer is checked before the (slow) restore, so a broken workdir fails at once.
-    tokenizer_config = experiment.sections.get("tokenizer", tokenizer_lib.TokenizerConfig())
-    path = tokenizer_path(workdir, experiment)
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"tokenizer {path} is missing: the dit stage writes it when it "
-                              f"trains (`{_train_command(workdir)}`)")
-    tokenizer = tokenizer_lib.Tokenizer.load(path, tokenizer_config.max_length)
-    mesh_config = experiment.sections.get("mesh", mesh_lib.MeshConfig())
-    mesh = mesh_lib.create_mesh(mesh_config) if mesh is None else mesh
-    stage = stages_lib.make_stage(DIT_STAGE, experiment)
-    graphdef, params, frozen = train_state_lib.abstract_model(stage)
-    # Only the EMA weights and the frozen variables are read: the optimizer state stays on disk.
-    targets = {name: sharding_lib.with_shardings(
-                   tree, sharding_lib.tree_shardings(tree, mesh, mesh_config.rules))
-               for name, tree in (("ema_params", params), ("frozen", frozen))}
-    restored = checkpointer.restore_subtrees(step, targets)
-  finally:
-    checkpointer.close()
-  model = nnx.merge(graphdef, restored["ema_params"], restored["frozen"])
-  logging.info("restored %s step %d onto mesh %s", directory, step, mesh_lib.describe(mesh))
+  step = workdir_lib.require_step(workdir, DIT_STAGE) if step is None else step
+  if experiment is None:
+    experiment = workdir_lib.saved_experiment(workdir, DIT_STAGE, step)
+  # The tokenizer is checked before the (slow) restore, so a broken workdir fails at once.
+  path = workdir_lib.tokenizer_path(workdir, experiment)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"tokenizer {path} is missing: the dit stage writes it when it "
+                            f"trains (`{workdir_lib.train_command(workdir)}`)")
+  tokenizer = tokenizer_lib.Tokenizer.load(path, experiment.tokenizer.max_length)
+  graphdef, params, frozen = train_state_lib.abstract_model(
+      stages_lib.make_stage(DIT_STAGE, experiment))
+  model, _ = workdir_lib.restore_model(workdir, DIT_STAGE, graphdef, params, frozen,
+                                       experiment=experiment, mesh=mesh, step=step)
 
   kwargs = dict(experiment_defaults(experiment))
   kwargs.update(generator_kwargs)
   return Generator(autoencoder=model.autoencoder, text_encoder=model.text_encoder,
                    dit=model.dit, tokenizer=tokenizer,
-                   flow_config=experiment.sections.get("diffusion", flow.FlowConfig()),
-                   sample_config=experiment.sections.get("sample"), **kwargs)
+                   flow_config=experiment.diffusion,
+                   sample_config=experiment.sample, **kwargs)
 
 
 def experiment_defaults(experiment: Any) -> dict[str, Any]:
   """Generator settings an experiment implies: its longest training clip is the window and the
   default shape, its world's frame rate the fps."""
-  data = experiment.sections.get("data")
+  data = experiment.data
   if data is None:
     return {}
   longest = max(data.parsed_buckets(), key=lambda bucket: bucket.frames)

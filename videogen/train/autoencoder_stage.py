@@ -47,79 +47,19 @@ from videogen import experiment as experiment_lib
 from videogen.evaluate import metrics as metrics_lib
 from videogen.models import autoencoder as autoencoder_lib
 from videogen.models import discriminator as discriminator_lib
-from videogen.parallel import mesh as mesh_lib
 from videogen.parallel import multihost
+from videogen.train import config as configs
 from videogen.train import stage as stage_lib
 
 # Added to the adversarial gradient norm in the adaptive weight, so it stays finite.
 _ADAPTIVE_EPSILON = 1e-4
 
 
-@dataclasses.dataclass(frozen=True)
-class AutoencoderLossConfig:
-  """The `config.autoencoder_loss` section: loss weights, the discriminator and evaluation.
-
-  Attributes:
-    l1_weight: weight of the mean absolute error (on [-1, 1] pixels).
-    l2_weight: weight of the mean squared error; its larger gradients on large errors speed up
-      the first few hundred steps (where the plain L1 loss plateaus at blurry blobs).
-    ssim_weight: weight of the structural term 1 - SSIM (0 leaves it out and skips computing it).
-    kl_weight: weight of the KL divergence (nats per latent element, see `kl_divergence`).
-    discriminator: build and train the 3D patch discriminator.
-    disc_start: the step from which the adversarial terms count.
-    disc_weight: base weight of the generator's adversarial term (times the adaptive weight).
-    disc_channels: width of the discriminator's first layer.
-    disc_layers: strided layers of the discriminator.
-    adaptive_weight_max: clip of the adaptive weight.
-    buckets: the batch shapes this stage trains on ("FRAMESxHEIGHTxWIDTH:BATCH[:WEIGHT]", as in
-      `config.data.buckets`); empty trains on `config.data.buckets`. The autoencoder is
-      convolutional and causal, so short clips teach it what long ones do, for less compute a step.
-    crop_size: train on one random crop_size x crop_size window of each batch (0: whole frames),
-      a multiple of the spatial compression. Without middle attention every output sees only a
-      few latents of context, so crops teach the model the same as whole frames at a fraction of
-      the cost a step; more steps is what a short run needs most. Evaluation uses whole frames.
-    eval_videos: held-out videos measured at each eval step.
-    eval_batch_size: videos per evaluation forward pass.
-    eval_split: the data source's split the held-out videos come from.
-    sample_videos: side-by-side (input | reconstruction) videos written at each eval step.
-  """
-  l1_weight: float = 1.0
-  l2_weight: float = 0.0
-  ssim_weight: float = 0.0
-  kl_weight: float = 1e-6
-  discriminator: bool = False
-  disc_start: int = 2000
-  disc_weight: float = 0.5
-  disc_channels: int = 64
-  disc_layers: int = 3
-  adaptive_weight_max: float = 1e4
-  buckets: tuple[str, ...] = ()
-  crop_size: int = 0
-  eval_videos: int = 16
-  eval_batch_size: int = 8
-  eval_split: str = "test"
-  sample_videos: int = 4
-
-  def __post_init__(self):
-    for name in ("l1_weight", "l2_weight", "ssim_weight", "kl_weight", "disc_weight"):
-      if getattr(self, name) < 0:
-        raise ValueError(f"{name}={getattr(self, name)} must not be negative")
-    if isinstance(self.buckets, str):
-      raise ValueError(f"buckets={self.buckets!r} must be a tuple of specs, e.g. "
-                       f"('{self.buckets}',)")
-    for spec in self.buckets:
-      loader.parse_bucket(spec)  # raises on a malformed spec
-    if self.crop_size < 0:
-      raise ValueError(f"crop_size={self.crop_size} must be >= 0 (0 trains on whole frames)")
-    if self.eval_videos < 0 or self.eval_batch_size < 1 or self.sample_videos < 0:
-      raise ValueError("eval_videos and sample_videos must be >= 0 and eval_batch_size >= 1")
-
-
 class AutoencoderWithDiscriminator(nnx.Module):
   """What the autoencoder stage trains: `autoencoder` and the optional `discriminator`."""
 
   def __init__(self, autoencoder: autoencoder_lib.AutoencoderConfig,
-               loss: AutoencoderLossConfig, *, rngs: nnx.Rngs):
+               loss: configs.AutoencoderLossConfig, *, rngs: nnx.Rngs):
     self.autoencoder = autoencoder_lib.VideoAutoencoder(autoencoder, rngs=rngs)
     self.discriminator = (discriminator_lib.PatchDiscriminator3D(
         loss.disc_channels, loss.disc_layers, epsilon=autoencoder.norm_epsilon,
@@ -145,7 +85,7 @@ def _frozen(module: nnx.Module) -> nnx.Module:
 
 
 def reconstruction_loss(reconstruction: jax.Array, video: jax.Array,
-                        config: AutoencoderLossConfig) -> jax.Array:
+                        config: configs.AutoencoderLossConfig) -> jax.Array:
   """l1_weight L1 + l2_weight MSE + ssim_weight (1 - SSIM); videos [B, T, H, W, 3] in [-1, 1]."""
   error = reconstruction - video
   loss = config.l1_weight * jnp.mean(jnp.abs(error))
@@ -183,7 +123,7 @@ def _hinge_discriminator_loss(logits_real: jax.Array, logits_fake: jax.Array) ->
 
 
 def autoencoder_loss_terms(model: AutoencoderWithDiscriminator, video: jax.Array, rng: jax.Array,
-                           step: jax.Array, config: AutoencoderLossConfig
+                           step: jax.Array, config: configs.AutoencoderLossConfig
                            ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
   """The generator and discriminator losses, kept apart by stop_gradient (module docstring).
 
@@ -256,7 +196,7 @@ def autoencoder_loss_terms(model: AutoencoderWithDiscriminator, video: jax.Array
 
 
 def autoencoder_loss(model: AutoencoderWithDiscriminator, video: jax.Array, rng: jax.Array,
-                     step: jax.Array, config: AutoencoderLossConfig
+                     step: jax.Array, config: configs.AutoencoderLossConfig
                      ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """(generator + discriminator loss, metrics); see `autoencoder_loss_terms`.
 
@@ -293,13 +233,10 @@ class AutoencoderStage(stage_lib.Stage):
   name = "autoencoder"
 
   def __init__(self, experiment: experiment_lib.Experiment):
-    sections = experiment.sections
-    self.model_config: autoencoder_lib.AutoencoderConfig = sections.get(
-        "autoencoder", autoencoder_lib.AutoencoderConfig())
-    self.loss_config: AutoencoderLossConfig = sections.get(
-        "autoencoder_loss", AutoencoderLossConfig())
-    self.data_config: loader.DataConfig = sections.get("data", loader.DataConfig())
-    self.rules = sections.get("mesh", mesh_lib.MeshConfig()).rules
+    self.model_config: autoencoder_lib.AutoencoderConfig = experiment.autoencoder
+    self.loss_config: configs.AutoencoderLossConfig = experiment.autoencoder_loss
+    self.data_config: loader.DataConfig = experiment.data
+    self.rules = experiment.mesh.rules
     self.seed = experiment.seed
     self._check_buckets()
     self._eval_videos: np.ndarray | None = None

@@ -48,7 +48,7 @@ class Measurement:
 def measure(experiment: experiment_lib.Experiment, stage_name: str,
             devices: Sequence[jax.Device], steps: int) -> Measurement:
   """Builds the stage's state over `devices` (mesh from `experiment.mesh`) and times its step."""
-  mesh_config = experiment.sections.get("mesh", mesh_lib.MeshConfig())
+  mesh_config = experiment.mesh
   mesh = mesh_lib.create_mesh(mesh_config, devices)
   stage = stages_lib.make_stage(stage_name, experiment)
   config = experiment.train[stage_name]

@@ -40,7 +40,6 @@ import dataclasses
 import functools
 import os
 import time
-from typing import Literal, Optional
 
 import jax
 import jax.numpy as jnp
@@ -52,73 +51,21 @@ from data_pipelines import loader as loader_lib
 from data_pipelines import tokenizer as tokenizer_lib
 from videogen import config as config_lib
 from videogen import experiment as experiment_lib
+from videogen import workdir as workdir_lib
 from videogen.diffusion import flow
 from videogen.diffusion import samplers
 from videogen.models import autoencoder as autoencoder_lib
 from videogen.models import dit as dit_lib
 from videogen.models import text_encoder as text_encoder_lib
-from videogen.parallel import mesh as mesh_lib
 from videogen.parallel import multihost
 from videogen.parallel import sharding as sharding_lib
 from videogen.train import checkpointing
 from videogen.train import stage as stage_lib
 
 AUTOENCODER_STAGE = "autoencoder"
-TOKENIZER_FILE = "tokenizer.model"
 SAMPLES_DIR = "samples"
 # Timesteps below this count as "low noise" in the split loss metrics.
 _LOW_NOISE = 0.5
-
-
-@dataclasses.dataclass(frozen=True)
-class DiTStageConfig:
-  """The `config.dit_stage` section: where the stage's latents come from and how it evaluates.
-
-  Attributes:
-    latents: "encode" runs the frozen encoder on every batch's pixels inside the step; "cache"
-      reads latents that `python -m videogen.train.latent_cache` wrote once (built on first use
-      when missing, on a single process).
-    cache_dir: the latent cache; None = WORKDIR/latent_cache.
-    cache_steps: how many loader steps the cache holds; None = `config.train.dit.num_steps`, so a
-      cached run sees exactly the batches an encoding run sees (a longer run wraps around).
-    cache_dtype: storage dtype of cached latents (float16 halves the disk for large runs).
-    sample_posterior: train on a draw from the encoder's posterior instead of its mean.
-    eval_prompts: prompts sampled at each evaluation (`config.train.dit.eval_every`).
-    eval_steps: sampler steps of those samples (few: evaluation must stay cheap).
-    eval_seed: noise seed of those samples (fixed, so evaluations are comparable across steps).
-    eval_caption_clips: test clips of the procedural world that each evaluation scores with
-      `videogen.evaluate.caption_use` (noise level 0.9, and 1 with the first frame given; when
-      the data is the procedural world; 0 = never): metrics.jsonl gets
-      `caption_win_<t2v|first>_<attribute>`, the fraction of clips on which the true caption
-      beats one with that attribute changed (0.5: the word is not used yet), and
-      `caption_gap_<t2v|first>_<attribute>`, the mean loss it saves (about 0 for an unused
-      word, whose win rate on a few clips can still stray from 0.5), so a run shows when it
-      learns each word.
-  """
-  latents: Literal["encode", "cache"] = "encode"
-  cache_dir: Optional[str] = None
-  cache_steps: Optional[int] = None
-  cache_dtype: Literal["float32", "float16"] = "float32"
-  sample_posterior: bool = False
-  eval_prompts: tuple[str, ...] = (
-      "a red circle", "a large blue square moving right", "a small yellow triangle moving down",
-      "a white circle and a magenta square")
-  eval_steps: int = 12
-  eval_seed: int = 0
-  eval_caption_clips: int = 16
-
-  def __post_init__(self):
-    if self.cache_steps is not None and self.cache_steps < 1:
-      raise ValueError(f"cache_steps = {self.cache_steps} must be >= 1, or None for "
-                       f"config.train.dit.num_steps")
-    if self.eval_steps < 1:
-      raise ValueError(f"eval_steps = {self.eval_steps} must be >= 1 (try 12)")
-    if self.eval_caption_clips < 0:
-      raise ValueError(f"eval_caption_clips = {self.eval_caption_clips} must be >= 0 (0: no "
-                       f"caption evaluation)")
-    if any(not prompt.strip() for prompt in self.eval_prompts):
-      raise ValueError(f"eval_prompts {self.eval_prompts} holds an empty prompt: give captions "
-                       f"such as 'a red circle'")
 
 
 class TextToVideoModel(nnx.Module):
@@ -138,23 +85,13 @@ class TextToVideoModel(nnx.Module):
     self.dit = dit_lib.DiT(dit_config, rngs=rngs)
 
 
-def tokenizer_path(workdir: str, tokenizer_config: tokenizer_lib.TokenizerConfig) -> str:
-  """The run's tokenizer: `config.tokenizer.model_path` if set, else WORKDIR/tokenizer.model.
-
-  `videogen.generate.pipeline.tokenizer_path` names the same file.
-  """
-  if tokenizer_config.model_path:
-    return tokenizer_config.model_path
-  return os.path.join(workdir, TOKENIZER_FILE)
-
-
 def load_or_train_tokenizer(experiment: experiment_lib.Experiment,
                             workdir: str) -> tokenizer_lib.Tokenizer:
   """The run's tokenizer: the saved asset, or one trained now on the data's captions and saved."""
-  config = experiment.sections.get("tokenizer", tokenizer_lib.TokenizerConfig())
-  data = experiment.sections.get("data", loader_lib.DataConfig())
+  config = experiment.tokenizer
+  data = experiment.data
   return tokenizer_lib.load_or_train(
-      config, tokenizer_path(workdir, config),
+      config, workdir_lib.tokenizer_path(workdir, experiment),
       lambda: loader_lib.captions(data, seed=experiment.seed, num=config.num_train_captions))
 
 
@@ -197,17 +134,12 @@ def autoencoder_checkpoint_step(workdir: str) -> int:
   Raises:
     FileNotFoundError: the autoencoder stage has not been trained in `workdir`.
   """
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints", AUTOENCODER_STAGE)
-  steps = []
-  if os.path.isdir(directory):
-    steps = sorted(int(name) for name in os.listdir(directory) if name.isdigit())
-  if not steps:
-    raise FileNotFoundError(
-        f"no autoencoder checkpoint in {directory}: the diffusion stage trains on the frozen "
-        f"autoencoder's latents, so train the autoencoder first: python -m videogen.main train "
-        f"--config=<the experiment, e.g. experiments/shapes.py:tiny> --workdir={workdir} "
-        f"--config.stages=autoencoder (or keep 'autoencoder' before 'dit' in config.stages)")
-  return steps[-1]
+  return workdir_lib.require_step(
+      workdir, AUTOENCODER_STAGE,
+      f"the diffusion stage trains on the frozen autoencoder's latents, so train the autoencoder "
+      f"first: python -m videogen.main train --config=<the experiment, e.g. "
+      f"experiments/shapes.py:tiny> --workdir={workdir} --config.stages=autoencoder (or keep "
+      f"'autoencoder' before 'dit' in config.stages)")
 
 
 class AutoencoderMismatchError(ValueError):
@@ -223,7 +155,7 @@ def _check_autoencoder_architecture(saved: dict, experiment: experiment_lib.Expe
   trained = config_lib.parse(autoencoder_lib.AutoencoderConfig,
                              autoencoder_lib.upgrade_saved_config(section),
                              f"the config saved in {where}: autoencoder")
-  current = experiment.sections.get("autoencoder", autoencoder_lib.AutoencoderConfig())
+  current = experiment.autoencoder
   differences = autoencoder_lib.architecture_differences(trained, current)
   if differences:
     raise AutoencoderMismatchError(
@@ -253,12 +185,12 @@ def restore_autoencoder(experiment: experiment_lib.Experiment, workdir: str, *,
   from videogen.train import stages as stages_lib  # pylint: disable=g-import-not-at-top
   from videogen.train import train_state as train_state_lib  # pylint: disable=g-import-not-at-top
   step = autoencoder_checkpoint_step(workdir)
-  rules = experiment.sections.get("mesh", mesh_lib.MeshConfig()).rules
+  rules = experiment.mesh.rules
   autoencoder_stage = stages_lib.make_stage(AUTOENCODER_STAGE, experiment)
   graphdef, abstract_params, abstract_frozen = train_state_lib.abstract_model(autoencoder_stage)
   target = sharding_lib.with_shardings(
       abstract_params, sharding_lib.tree_shardings(abstract_params, mesh, rules))
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints", AUTOENCODER_STAGE)
+  directory = workdir_lib.checkpoint_dir(workdir, AUTOENCODER_STAGE)
   checkpointer = checkpointing.Checkpointer(directory, async_save=False)
   try:
     _check_autoencoder_architecture(checkpointer.read_config(step), experiment,
@@ -298,17 +230,16 @@ class DiTStage(stage_lib.Stage):
   name = "dit"
 
   def __init__(self, experiment: experiment_lib.Experiment):
-    sections = experiment.sections
     self.experiment = experiment
-    self.autoencoder_config = sections.get("autoencoder", autoencoder_lib.AutoencoderConfig())
-    self.text_config = sections.get("text_encoder", text_encoder_lib.TextEncoderConfig())
-    self.dit_config = sections.get("dit", dit_lib.DiTConfig())
-    self.flow_config = sections.get("diffusion", flow.FlowConfig())
-    self.sample_config = sections.get("sample", samplers.SamplerConfig())
-    self.tokenizer_config = sections.get("tokenizer", tokenizer_lib.TokenizerConfig())
-    self.data_config = sections.get("data", loader_lib.DataConfig())
-    self.config = sections.get("dit_stage", DiTStageConfig())
-    self.rules = sections.get("mesh", mesh_lib.MeshConfig()).rules
+    self.autoencoder_config = experiment.autoencoder
+    self.text_config = experiment.text_encoder
+    self.dit_config = experiment.dit
+    self.flow_config = experiment.diffusion
+    self.sample_config = experiment.sample
+    self.tokenizer_config = experiment.tokenizer
+    self.data_config = experiment.data
+    self.config = experiment.dit_stage
+    self.rules = experiment.mesh.rules
     self._check_configs()
     # The autoencoder is never trained here; the text encoder only when it is not frozen.
     trained = ("dit",) if self.text_config.frozen else ("dit", "text_encoder")
@@ -444,7 +375,7 @@ class DiTStage(stage_lib.Stage):
       return tokenizer
     if tokenizer.vocab_size > self.text_config.vocab_size:
       raise ValueError(
-          f"the tokenizer {tokenizer_path(workdir, self.tokenizer_config)} has "
+          f"the tokenizer {workdir_lib.tokenizer_path(workdir, self.experiment)} has "
           f"{tokenizer.vocab_size} ids but config.text_encoder.vocab_size is "
           f"{self.text_config.vocab_size}: set --config.text_encoder.vocab_size="
           f"{tokenizer.vocab_size}")
@@ -501,7 +432,7 @@ class DiTStage(stage_lib.Stage):
     and on the procedural world the caption win rates (see `eval_caption_clips`).
     """
     from data_pipelines import video_io  # pylint: disable=g-import-not-at-top
-    tokenizer = tokenizer_lib.Tokenizer.load(tokenizer_path(workdir, self.tokenizer_config),
+    tokenizer = tokenizer_lib.Tokenizer.load(workdir_lib.tokenizer_path(workdir, self.experiment),
                                              self.tokenizer_config.max_length)
     start = time.perf_counter()
     videos = sample_videos(model, tokenizer, list(self.config.eval_prompts),

@@ -49,6 +49,7 @@ from flax import nnx
 from data_pipelines import loader as loader_lib
 from data_pipelines import tokenizer as tokenizer_lib
 from videogen import experiment as experiment_lib
+from videogen import workdir as workdir_lib
 from videogen.models import autoencoder as autoencoder_lib
 from videogen.parallel import mesh as mesh_lib
 from videogen.train import dit_stage as dit_stage_lib
@@ -56,7 +57,6 @@ from videogen.train import dit_stage as dit_stage_lib
 VERSION = 1
 META_FILE = "meta.json"
 STEPS_FILE = "steps.npy"
-DEFAULT_DIR = "latent_cache"
 TEXT_KEYS = ("tokens", "token_mask", "index")
 # DataConfig fields that change how fast batches come, not what they hold.
 _DATA_SPEED_SETTINGS = ("num_workers", "num_threads", "prefetch")
@@ -69,15 +69,9 @@ def _jsonable(value: Any) -> Any:
   return json.loads(json.dumps(value, sort_keys=True))
 
 
-def cache_directory(experiment: experiment_lib.Experiment, workdir: str) -> str:
-  """`config.dit_stage.cache_dir`, or WORKDIR/latent_cache."""
-  config = experiment.sections.get("dit_stage", dit_stage_lib.DiTStageConfig())
-  return config.cache_dir or os.path.join(workdir, DEFAULT_DIR)
-
-
 def cache_steps(experiment: experiment_lib.Experiment) -> int:
   """How many loader steps the cache holds: `cache_steps`, else the dit stage's num_steps."""
-  config = experiment.sections.get("dit_stage", dit_stage_lib.DiTStageConfig())
+  config = experiment.dit_stage
   if config.cache_steps is not None:
     return config.cache_steps
   return experiment.train[dit_stage_lib.DiTStage.name].num_steps
@@ -393,12 +387,11 @@ class CachedLatentIterator:
 def expected_fingerprint(experiment: experiment_lib.Experiment, workdir: str, *,
                          tokenizer: tokenizer_lib.Tokenizer, seed: int) -> dict[str, Any]:
   """The fingerprint a cache for this run and workdir must carry."""
-  stage_config = experiment.sections.get("dit_stage", dit_stage_lib.DiTStageConfig())
-  data_config = experiment.sections.get("data", loader_lib.DataConfig())
+  stage_config = experiment.dit_stage
+  data_config = experiment.data
   return fingerprint(
       data_config=data_config, data_seed=seed if data_config.seed is None else data_config.seed,
-      autoencoder_config=experiment.sections.get("autoencoder",
-                                                 autoencoder_lib.AutoencoderConfig()),
+      autoencoder_config=experiment.autoencoder,
       autoencoder_step=dit_stage_lib.autoencoder_checkpoint_step(workdir), tokenizer=tokenizer,
       num_steps=cache_steps(experiment), dtype=stage_config.cache_dtype,
       logvar=stage_config.sample_posterior)
@@ -408,16 +401,16 @@ def build_for_run(experiment: experiment_lib.Experiment, workdir: str, *,
                   tokenizer: tokenizer_lib.Tokenizer, mesh: jax.sharding.Mesh, seed: int,
                   progress: bool = True) -> dict[str, Any]:
   """Builds the run's cache with the autoencoder stage's EMA parameters (replacing any)."""
-  stage_config = experiment.sections.get("dit_stage", dit_stage_lib.DiTStageConfig())
-  data_config = experiment.sections.get("data", loader_lib.DataConfig())
-  rules = experiment.sections.get("mesh", mesh_lib.MeshConfig()).rules
+  stage_config = experiment.dit_stage
+  data_config = experiment.data
+  rules = experiment.mesh.rules
   graphdef, state, _ = dit_stage_lib.restore_autoencoder(experiment, workdir, mesh=mesh)
   batch_sharding = loader_lib.batch_sharding(mesh, tuple(rules["batch"]))
   shards = int(np.prod([mesh.shape[axis] for axis in batch_sharding.spec[0]]))
   if any(bucket.global_batch % shards for bucket in data_config.parsed_buckets()):
     batch_sharding = None
   return build(
-      cache_directory(experiment, workdir), autoencoder=nnx.merge(graphdef, state),
+      workdir_lib.latent_cache_dir(workdir, experiment), autoencoder=nnx.merge(graphdef, state),
       data_config=data_config, tokenizer=tokenizer,
       data_seed=seed if data_config.seed is None else data_config.seed,
       num_steps=cache_steps(experiment), dtype=stage_config.cache_dtype,
@@ -429,7 +422,7 @@ def build_for_run(experiment: experiment_lib.Experiment, workdir: str, *,
 def open_cache(experiment: experiment_lib.Experiment, workdir: str, *,
                tokenizer: tokenizer_lib.Tokenizer, seed: int) -> LatentCache:
   """Opens the run's cache, refusing one built for other data, autoencoder or tokenizer."""
-  directory = cache_directory(experiment, workdir)
+  directory = workdir_lib.latent_cache_dir(workdir, experiment)
   cache = LatentCache(directory)
   differences = _differences(cache.meta.get("fingerprint", {}),
                              expected_fingerprint(experiment, workdir, tokenizer=tokenizer,
@@ -445,7 +438,7 @@ def open_cache(experiment: experiment_lib.Experiment, workdir: str, *,
 
 def has_cache(experiment: experiment_lib.Experiment, workdir: str) -> bool:
   """Whether the run's cache directory holds a (complete) cache."""
-  return os.path.exists(os.path.join(cache_directory(experiment, workdir), META_FILE))
+  return os.path.exists(os.path.join(workdir_lib.latent_cache_dir(workdir, experiment), META_FILE))
 
 
 def open_or_build(experiment: experiment_lib.Experiment, workdir: str, *,
@@ -454,10 +447,10 @@ def open_or_build(experiment: experiment_lib.Experiment, workdir: str, *,
   """The dit stage's cached batches; builds the cache first when it does not exist yet."""
   if not has_cache(experiment, workdir):
     logging.info("dit stage: no latent cache yet in %s; building it",
-                 cache_directory(experiment, workdir))
+                 workdir_lib.latent_cache_dir(workdir, experiment))
     build_for_run(experiment, workdir, tokenizer=tokenizer, mesh=mesh, seed=seed)
   cache = open_cache(experiment, workdir, tokenizer=tokenizer, seed=seed)
-  rules = experiment.sections.get("mesh", mesh_lib.MeshConfig()).rules
+  rules = experiment.mesh.rules
   run_steps = experiment.train[dit_stage_lib.DiTStage.name].num_steps
   if run_steps > cache.num_steps:
     logging.warning("the latent cache holds %d steps and the dit stage trains %d: it is read "
@@ -471,7 +464,7 @@ def command(experiment: experiment_lib.Experiment, workdir: str | None) -> int:
     print("the latent cache needs --workdir=DIR, a run whose autoencoder stage has trained",
           file=sys.stderr)
     return 2
-  mesh = mesh_lib.create_mesh(experiment.sections.get("mesh", mesh_lib.MeshConfig()))
+  mesh = mesh_lib.create_mesh(experiment.mesh)
   seed = experiment.seed
   try:
     tokenizer = dit_stage_lib.load_or_train_tokenizer(experiment, workdir)
@@ -479,7 +472,7 @@ def command(experiment: experiment_lib.Experiment, workdir: str | None) -> int:
   except FileNotFoundError as error:
     print(f"error: {error}", file=sys.stderr)
     return 1
-  directory = cache_directory(experiment, workdir)
+  directory = workdir_lib.latent_cache_dir(workdir, experiment)
   print(f"latent cache: {meta['num_steps']} steps in {directory} "
         f"({disk_bytes(directory) / 2**20:.1f} MiB, {meta['seconds']:.1f}s)")
   return 0

@@ -19,7 +19,6 @@ from flax import nnx
 
 from videogen import experiment as experiment_lib
 from videogen.models import standin
-from videogen.parallel import mesh as mesh_lib
 from videogen.parallel import sharding as sharding_lib
 from videogen.train import stage as stage_lib
 
@@ -108,8 +107,8 @@ class StandinStage(stage_lib.Stage):
   name = "standin"
 
   def __init__(self, experiment: experiment_lib.Experiment):
-    self.config = experiment.sections.get("standin", standin.StandinConfig())
-    self.rules = experiment.sections.get("mesh", mesh_lib.MeshConfig()).rules
+    self.config = experiment.section("standin")
+    self.rules = experiment.mesh.rules
 
   def create_model(self, rngs: nnx.Rngs) -> nnx.Module:
     return standin.StandinModel(self.config, rngs=rngs)

@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 import zlib
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import jax
 import numpy as np
@@ -44,69 +44,19 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from videogen import experiment as experiment_lib
+from videogen import workdir as workdir_lib
 from videogen.parallel import memory as memory_lib
 from videogen.parallel import mesh as mesh_lib
 from videogen.parallel import multihost
 from videogen.parallel import sharding as sharding_lib
 from videogen.train import checkpointing
+from videogen.train import config as configs
 from videogen.train import curves as curves_lib
 from videogen.train import metrics as metrics_lib
 from videogen.train import stage as stage_lib
 from videogen.train import stages as stages_lib
 from videogen.train import train_state as train_state_lib
 from videogen.train.train_state import TrainState
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-  """How one stage is trained (`config.train.<stage>`).
-
-  Attributes:
-    num_steps: total optimizer steps of the stage.
-    optimizer: "adamw" or "adafactor".
-    learning_rate: peak learning rate, reached after `warmup_steps` of linear warm-up.
-    schedule: "cosine" decays to `final_learning_rate_fraction * learning_rate` at
-      `decay_steps` (default `num_steps`); "constant" stays at the peak.
-    b1, b2, eps: Adam moments.
-    weight_decay: decoupled weight decay of matrices (norm scales and biases are not decayed).
-    clip_grad_norm: global gradient-norm clipping threshold; <= 0 turns clipping off.
-    ema_decay: decay of the parameters' exponential moving average (0 = a copy).
-    grad_accum_steps: split each batch into this many microbatches and average their gradients.
-    log_every: steps between metric rows (the last step is always logged). A row holds the
-      means of the metrics over the steps since the previous row (the learning rate: its value).
-    checkpoint_every: steps between checkpoints (the last step is always saved).
-    keep_checkpoints: how many of the newest checkpoints to keep (<= 0 keeps all).
-    eval_every: steps between `stage.evaluate` calls; 0 = never.
-    async_checkpoints: write checkpoints in the background.
-    progress_bar: show a progress bar on process 0.
-  """
-  num_steps: int = 1000
-  optimizer: Literal["adamw", "adafactor"] = "adamw"
-  learning_rate: float = 1e-3
-  warmup_steps: int = 100
-  schedule: Literal["cosine", "constant"] = "cosine"
-  decay_steps: Optional[int] = None
-  final_learning_rate_fraction: float = 0.1
-  b1: float = 0.9
-  b2: float = 0.999
-  eps: float = 1e-8
-  weight_decay: float = 0.01
-  clip_grad_norm: float = 1.0
-  ema_decay: float = 0.999
-  grad_accum_steps: int = 1
-  log_every: int = 10
-  checkpoint_every: int = 500
-  keep_checkpoints: int = 3
-  eval_every: int = 0
-  async_checkpoints: bool = True
-  progress_bar: bool = True
-
-  def __post_init__(self):
-    for name in ("num_steps", "grad_accum_steps", "log_every", "checkpoint_every"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name} = {getattr(self, name)} must be at least 1")
-    if not 0.0 <= self.ema_decay < 1.0:
-      raise ValueError(f"ema_decay = {self.ema_decay} must be in [0, 1)")
 
 
 # Config keys that may change between a run and its resumption: bookkeeping that does not change
@@ -150,7 +100,7 @@ def _jsonable(value: Any) -> Any:
 def experiment_json(experiment: experiment_lib.Experiment) -> dict[str, Any]:
   """The typed experiment as JSON: every section with its defaults filled in."""
   return {"name": experiment.name, "seed": experiment.seed, "stages": list(experiment.stages),
-          **{key: _jsonable(section) for key, section in sorted(experiment.sections.items())}}
+          **{key: _jsonable(section) for key, section in sorted(experiment.sections().items())}}
 
 
 def _flatten(tree: Any, prefix: str = "config") -> dict[str, Any]:
@@ -366,12 +316,12 @@ def train_stage(stage: stage_lib.Stage, experiment: experiment_lib.Experiment, w
     checkpointing.CheckpointRestoreError: there are checkpoints but none restores.
   """
   name = stage.name
-  config: TrainConfig = experiment.train[name]
-  rules = experiment.sections.get("mesh", mesh_lib.MeshConfig()).rules
+  config: configs.TrainConfig = experiment.train[name]
+  rules = experiment.mesh.rules
   own_writer = writer is None
   writer = metrics_lib.MetricWriter(workdir) if writer is None else writer
   checkpointer = checkpointing.Checkpointer(
-      f"{workdir}/checkpoints/{name}", keep=config.keep_checkpoints,
+      workdir_lib.checkpoint_dir(workdir, name), keep=config.keep_checkpoints,
       async_save=config.async_checkpoints)
   current_config = experiment_json(experiment)
   progress = None
@@ -530,28 +480,10 @@ def load_model(experiment: experiment_lib.Experiment, workdir: str, stage_name: 
   Raises:
     FileNotFoundError: the stage has no checkpoint in `workdir`.
   """
-  stage = stages_lib.make_stage(stage_name, experiment)
-  if mesh is None:
-    mesh = mesh_lib.create_mesh(experiment.sections.get("mesh", mesh_lib.MeshConfig()))
-  rules = experiment.sections.get("mesh", mesh_lib.MeshConfig()).rules
-  checkpointer = checkpointing.Checkpointer(f"{workdir}/checkpoints/{stage_name}",
-                                            read_only=True)
-  try:
-    step = checkpointer.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint of stage {stage_name} in {workdir}/checkpoints: "
-                              f"train it first (python -m videogen.main train ...)")
-    graphdef, abstract_params, abstract_frozen = train_state_lib.abstract_model(stage)
-    parts = {"ema_params" if use_ema else "params": abstract_params, "frozen": abstract_frozen}
-    target = {name: sharding_lib.with_shardings(tree,
-                                                sharding_lib.tree_shardings(tree, mesh, rules))
-              for name, tree in parts.items()}
-    restored = checkpointer.restore_subtrees(step, target)
-    params = restored["ema_params" if use_ema else "params"]
-    frozen = restored["frozen"]
-    return nnx.merge(graphdef, params, frozen), step
-  finally:
-    checkpointer.close()
+  graphdef, params, frozen = train_state_lib.abstract_model(
+      stages_lib.make_stage(stage_name, experiment))
+  return workdir_lib.restore_model(workdir, stage_name, graphdef, params, frozen,
+                                   experiment=experiment, mesh=mesh, use_ema=use_ema, step=step)
 
 
 def train(experiment: experiment_lib.Experiment, workdir: str, *, allow_config_change: bool = False,
@@ -564,7 +496,7 @@ def train(experiment: experiment_lib.Experiment, workdir: str, *, allow_config_c
     allow_config_change: resume checkpoints written under a different config.
     devices: the devices of the mesh (default: all).
   """
-  mesh = mesh_lib.create_mesh(experiment.sections.get("mesh", mesh_lib.MeshConfig()), devices)
+  mesh = mesh_lib.create_mesh(experiment.mesh, devices)
   logging.info("mesh: %s", mesh_lib.describe(mesh))
   writer = metrics_lib.MetricWriter(workdir)
   results = []
@@ -581,23 +513,21 @@ def train(experiment: experiment_lib.Experiment, workdir: str, *, allow_config_c
   return results
 
 
-def command(experiment: experiment_lib.Experiment, workdir: str | None) -> int:
-  """`python -m videogen.main train`: reads the multi-host and resume flags, then trains.
+def command(experiment: experiment_lib.Experiment, workdir: str | None, *,
+            allow_config_change: bool = False, coordinator_address: str | None = None,
+            num_processes: int | None = None, process_id: int | None = None) -> int:
+  """`python -m videogen.main train`: joins a multi-process run if asked, then trains.
 
   Exit codes: 0 trained (or preempted after a save: rerun to resume), 1 non-finite loss,
   2 config changed or checkpoints unreadable.
   """
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  values = flags.FLAGS
-  flag = lambda key, default=None: values[key].value if key in values else default
   if not workdir:
     print("train needs --workdir=DIR (checkpoints and metrics go there)", file=sys.stderr)
     return 2
-  multihost.initialize(flag("coordinator_address"), flag("num_processes"), flag("process_id"))
+  multihost.initialize(coordinator_address, num_processes, process_id)
   multihost.quiet_secondary_logging()
   try:
-    results = train(experiment, workdir, allow_config_change=bool(flag("allow_config_change",
-                                                                      False)))
+    results = train(experiment, workdir, allow_config_change=allow_config_change)
   except (NonFiniteError, ConfigChangedError, checkpointing.CheckpointRestoreError) as error:
     logging.error("%s", error)
     print(f"error: {error}", file=sys.stderr)
