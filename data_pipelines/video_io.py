@@ -5,11 +5,11 @@
     video_io.write_video("sample.mp4", frames, fps=8)       # H.264 yuv420p; ".gif" writes a GIF
     video_io.write_contact_sheet("grid.png", [frames_a, frames_b], labels=["a", "b"])
 
-Decoding runs the ffmpeg binary that the `imageio-ffmpeg` wheel ships (ffmpeg 9), so no system
-ffmpeg is needed. It is called directly rather than through `imageio_ffmpeg.read_frames` because
-that generator hides ffmpeg's exit status and error log: a truncated file then decodes to a few
-frames and no error, while here it is a `VideoDecodeError` that says the file is cut short.
-`mediapy.read_video` is not used: it cannot parse the stream header of this ffmpeg version.
+Reading goes through PyAV (FFmpeg's libraries, in this process): the container and stream tell
+size, rate, pixel format and frame count, and decoding errors arrive as exceptions, so nothing
+parses a log. Decoded frames pass through an FFmpeg filter graph that turns them upright (the
+stream's display matrix, as the ffmpeg command line does), resizes and crops them, and converts
+them to RGB: the same filters and pixel values as `ffmpeg -i IN -f rawvideo -pix_fmt rgb24 -`.
 Writing pipes frames through `imageio_ffmpeg.write_frames`, for GIFs too: Pillow (imageio's GIF
 writer) merges identical consecutive frames, so a still clip would read back shorter.
 
@@ -20,29 +20,22 @@ Every decoded frame is RGB uint8. The source pixel format (grey, with alpha, ...
 from __future__ import annotations
 
 import pathlib
-import re
-import subprocess
-from typing import Any
+import struct
+from typing import Any, Iterator
 
+import av
 import imageio_ffmpeg
 import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 from PIL import ImageFont
 
-# Containers this module is tested with; ffmpeg may read others too.
+# Containers this module is tested with; FFmpeg may read others too.
 VIDEO_SUFFIXES: tuple[str, ...] = (".mp4", ".webm", ".gif", ".mov")
 WRITE_SUFFIXES: tuple[str, ...] = (".mp4", ".gif")
 # H.264 constant rate factor for written mp4s: visually lossless, still small for short clips.
 MP4_CRF = 15
-# Seconds one ffmpeg call may take before it is stopped (a stuck pipe must not hang a build).
-FFMPEG_TIMEOUT_S = 600.0
-
-# ffmpeg pixel formats that carry one (grey) channel, with or without alpha.
-_GREY_PIX_FMTS = re.compile(r"^(gray|grey|ya|monob|monow|y400|y8|y16)")
-# ffmpeg pixel formats that carry alpha. GIF and PNG decoders report "bgra"/"rgba"/"pal8" for
-# every file, opaque or not, so "has alpha" means "may be transparent", not "is".
-_ALPHA_PIX_FMTS = re.compile(r"^(rgba|bgra|argb|abgr|ya\d|pal8|gbrap|yuva|ayuv|vuya|rgb32|bgr32)")
+_CONVERT_HINT = "convert it with `ffmpeg -i IN -pix_fmt yuv420p OUT.mp4` or remove it"
 
 
 class VideoDecodeError(ValueError):
@@ -62,22 +55,6 @@ class VideoDecodeError(ValueError):
     super().__init__(f"{path}: {message}")
 
 
-def _ffmpeg() -> str:
-  return imageio_ffmpeg.get_ffmpeg_exe()
-
-
-def _run_ffmpeg(args: list[str], path: pathlib.Path) -> subprocess.CompletedProcess:
-  """Runs ffmpeg with `args`; stdout is bytes, stderr text."""
-  try:
-    return subprocess.run([_ffmpeg(), "-hide_banner", "-nostdin", *args],
-                          capture_output=True, timeout=FFMPEG_TIMEOUT_S, check=False)
-  except subprocess.TimeoutExpired as error:
-    raise VideoDecodeError(
-        path, "undecodable",
-        f"ffmpeg took more than {FFMPEG_TIMEOUT_S:.0f} s on this file; check that it is a "
-        f"regular video file, not a pipe or a live stream") from error
-
-
 def _check_readable(path: pathlib.Path) -> None:
   if not path.exists():
     raise VideoDecodeError(path, "missing", "no such file: check the path")
@@ -87,75 +64,148 @@ def _check_readable(path: pathlib.Path) -> None:
     raise VideoDecodeError(path, "empty", "the file is empty (0 bytes): copy or export it again")
 
 
-def _starts_like_mp4(path: pathlib.Path) -> bool:
-  """True when the file begins with an ISO media 'ftyp' box, as every mp4/mov does."""
+def _mp4_index_missing(path: pathlib.Path) -> bool:
+  """True for an ISO media file (mp4, mov) with no 'moov' box: its index, which most writers put
+  last, so a file cut short loses it first."""
+  file_size = path.stat().st_size
+  offset = 0
   with path.open("rb") as file:
-    return file.read(8)[4:8] == b"ftyp"
+    while offset + 8 <= file_size:
+      file.seek(offset)
+      header = file.read(16)
+      size, kind = struct.unpack(">I4s", header[:8])
+      if offset == 0 and kind != b"ftyp":
+        return False  # not ISO media: some other kind of broken file
+      if kind == b"moov":
+        return False
+      if size == 1 and len(header) == 16:  # a 64-bit size follows the type
+        size = struct.unpack(">Q", header[8:])[0]
+      if size < 8:  # 0: the box runs to the end of the file; smaller: not a box header
+        break
+      offset += size
+  return offset > 0
 
 
-def _error_lines(log: str, limit: int = 3) -> str:
-  """The last few meaningful lines of an ffmpeg log, for error messages."""
-  lines = [line.strip() for line in log.splitlines()
-           if line.strip() and not line.startswith(("  ", "frame=", "Input #", "At least one"))]
-  return " | ".join(lines[-limit:]) or "no message from ffmpeg"
-
-
-def _parse_header(log: str, path: pathlib.Path) -> dict[str, Any]:
-  """Parses the input description that ffmpeg prints for `-i path` (the first video stream)."""
-  stream_line = next((line for line in log.splitlines()
-                      if re.match(r"\s*Stream #0:\d+.*: Video: ", line)), None)
-  if stream_line is None:
-    if "Input #0" in log:
-      raise VideoDecodeError(path, "no_video_stream",
-                             "the file holds no video stream (audio only?): pass a video file")
-    if "moov atom not found" in log and _starts_like_mp4(path):
-      # An mp4 whose header survived but whose index (written last) did not.
+def _open(path: pathlib.Path) -> av.container.InputContainer:
+  """Opens a video file, raising `VideoDecodeError` with the reason it cannot be."""
+  _check_readable(path)
+  try:
+    container = av.open(str(path), "r")
+  except av.error.FFmpegError as error:
+    if _mp4_index_missing(path):
       raise VideoDecodeError(
           path, "truncated",
-          "the file is cut short (its mp4 index 'moov' is missing): copy or export it again")
-    raise VideoDecodeError(
-        path, "undecodable",
-        f"ffmpeg cannot decode it ({_error_lines(log)}): convert it with "
-        f"`ffmpeg -i IN -pix_fmt yuv420p OUT.mp4` or remove it")
-  description = stream_line.split(": Video: ", 1)[1]
-  # Split on commas outside parentheses: "h264 (High), yuv420p(tv, progressive), 48x32 [..], ..."
-  parts = [p.strip() for p in re.split(r",\s*(?![^()]*\))", description)]
-  codec = parts[0].split(" ", 1)[0]
-  pix_fmt = parts[1].split("(", 1)[0].strip() if len(parts) > 1 else ""
-  size = next(filter(None, (re.match(r"(\d+)x(\d+)\b", part) for part in parts[1:])), None)
-  if size is None or 0 in (int(size.group(1)), int(size.group(2))):
+          "the file is cut short (its mp4 index 'moov' is missing): copy or export it again"
+      ) from error
     raise VideoDecodeError(path, "undecodable",
-                           f"ffmpeg reports no frame size for it ({stream_line.strip()})")
-  width, height = int(size.group(1)), int(size.group(2))
-  # "tbr" is ffmpeg's best guess at the real frame rate; "fps" the container's average (a GIF
-  # with 12/13 cs delays for 8 fps shows "8.33 fps, 8 tbr").
-  rates = {unit: float(value) for value, unit in re.findall(r"([\d.]+) (tbr|fps)\b", description)}
-  fps = rates.get("tbr") or rates.get("fps") or 0.0
-  duration_match = re.search(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)", log)
-  duration = (int(duration_match.group(1)) * 3600 + int(duration_match.group(2)) * 60
-              + float(duration_match.group(3))) if duration_match else 0.0
-  rotation_match = re.search(r"rotation of (-?[\d.]+) degrees", log)
-  rotation = int(round(float(rotation_match.group(1)))) % 360 if rotation_match else 0
-  if rotation in (90, 270):  # ffmpeg turns such frames upright while decoding.
-    width, height = height, width
-  # VP8/VP9 keep alpha beside the colour planes; ffmpeg then reports "yuv420p" + alpha_mode 1.
-  alpha_side_channel = re.search(r"alpha_mode\s*:\s*1", log) is not None
+                           f"FFmpeg cannot open it ({error.strerror}): {_CONVERT_HINT}") from error
+  if not container.streams.video:
+    container.close()
+    raise VideoDecodeError(path, "no_video_stream",
+                           "the file holds no video stream (audio only?): pass a video file")
+  return container
+
+
+def _display_matrix(frame: av.VideoFrame | None) -> np.ndarray | None:
+  """int32 [9]: the display matrix (16.16 fixed point) of a decoded frame, or None.
+
+  PyAV shows a stream's display matrix only on its decoded frames, which carry a copy of it.
+  """
+  for side_data in frame.side_data if frame is not None else ():
+    if side_data.type == av.sidedata.sidedata.Type.DISPLAYMATRIX:
+      return np.frombuffer(bytes(side_data), dtype=np.int32)
+  return None
+
+
+def _orientation(matrix: np.ndarray | None, tags: dict[str, str]) -> tuple[int, list[str]]:
+  """(rotation in degrees, counter-clockwise, 0/90/180/270; FFmpeg filters that turn the frames
+  upright), as the ffmpeg command line's autorotation picks them."""
+  if matrix is None:
+    # Older writers left a clockwise "rotate" tag instead (Matroska upper-cases it).
+    tag = next((value for key, value in tags.items() if key.lower() == "rotate"), None)
+    rotation = -int(round(float(tag or 0))) % 360
+    return rotation, {0: [], 90: ["transpose=cclock"], 180: ["hflip", "vflip"],
+                      270: ["transpose=clock"]}.get(rotation, [])
+  a, b, c, d = (float(matrix[i]) for i in (0, 1, 3, 4))
+  # av_display_rotation_get: the counter-clockwise angle; mirroring shows in the signs.
+  rotation = int(round(np.degrees(-np.arctan2(b, a)))) % 360
+  clockwise = (-rotation) % 360
+  if clockwise == 90:
+    return rotation, ["transpose=cclock_flip" if c > 0 else "transpose=clock"]
+  if clockwise == 180:
+    return rotation, ["hflip"] * (a < 0) + ["vflip"] * (d < 0)
+  if clockwise == 270:
+    return rotation, ["transpose=clock_flip" if c < 0 else "transpose=cclock"]
+  # 0 (only a vertical mirror can remain), or an angle that is no multiple of 90: left as is.
+  return rotation, ["vflip"] * (clockwise == 0 and d < 0)
+
+
+def _source_format(stream: av.video.stream.VideoStream) -> dict[str, Any]:
+  """The stream's pixel format: "pix_fmt", "is_grey", "has_alpha", "alpha_side_channel"."""
+  pix_fmt = stream.codec_context.format
+  components = pix_fmt.components if pix_fmt is not None else ()
+  colour = [c for c in components if not c.is_alpha]
+  # VP8/VP9 keep alpha beside the colour planes (only libvpx decodes it); WebM says so in a tag.
+  alpha_side_channel = stream.metadata.get("alpha_mode") == "1"
   return {
-      "width": width,
-      "height": height,
-      "fps": fps,
-      "duration": duration,
-      "codec": codec,
-      "pix_fmt": pix_fmt,
-      "is_grey": bool(_GREY_PIX_FMTS.match(pix_fmt)),
-      "has_alpha": bool(_ALPHA_PIX_FMTS.search(pix_fmt)) or alpha_side_channel,
+      "pix_fmt": pix_fmt.name if pix_fmt is not None else "none",
+      "is_grey": pix_fmt is not None and len(colour) == 1 and not pix_fmt.has_palette,
+      # A palette may hold transparent entries: GIF and PNG decoders report "bgra"/"rgba"/"pal8"
+      # for every file, opaque or not, so "has alpha" means "may be transparent", not "is".
+      "has_alpha": (any(c.is_alpha for c in components) or bool(pix_fmt and pix_fmt.has_palette)
+                    or alpha_side_channel),
       "alpha_side_channel": alpha_side_channel,
-      "rotation": rotation,
   }
 
 
+def _first_frame(container: av.container.InputContainer) -> av.VideoFrame | None:
+  """The first decodable frame (for its side data), or None."""
+  try:
+    return next(container.decode(video=0), None)
+  except av.error.FFmpegError:
+    return None
+
+
+class _Packets:
+  """The video packets of a container, counted as they are read.
+
+  Attributes:
+    complete: packets read whole.
+    cut: a packet was read only in part (the file ends inside it) or the demuxer failed.
+  """
+
+  def __init__(self, container: av.container.InputContainer):
+    self._container = container
+    self.complete = 0
+    self.cut = False
+
+  def __iter__(self) -> Iterator[av.Packet]:
+    try:
+      for packet in self._container.demux(self._container.streams.video[0]):
+        if packet.is_corrupt:  # the demuxer read only part of it
+          self.cut = True
+        elif packet.size:  # not the empty packet that ends the stream
+          self.complete += 1
+        yield packet
+    except av.error.FFmpegError:
+      self.cut = True
+      raise
+
+
+def _count_packets(container: av.container.InputContainer) -> tuple[int, bool]:
+  """(complete packets of the video stream, whether the file ends inside one or cannot be read
+  to its end)."""
+  packets = _Packets(container)
+  try:
+    for _ in packets:
+      pass
+  except av.error.FFmpegError:
+    pass
+  return packets.complete, packets.cut
+
+
 def probe_video(path: str | pathlib.Path, *, count_frames: bool = False) -> dict[str, Any]:
-  """Describes a video file without decoding its frames.
+  """Describes a video file, decoding at most its first frame (for its display matrix).
 
   Args:
     path: the video file.
@@ -164,58 +214,98 @@ def probe_video(path: str | pathlib.Path, *, count_frames: bool = False) -> dict
 
   Returns:
     A dict with "width", "height" (as decoded, after any rotation), "fps" (0.0 when unknown),
-    "duration" (seconds, 0.0 when unknown), "frames" (exact count, or None when not counted),
-    "frames_estimate" (from duration and fps), "codec", "pix_fmt" (the source pixel format, e.g.
-    "yuv420p", "gray", "rgba", "bgra" for every GIF), "is_grey", "has_alpha" (the source format can
-    hold transparency), "alpha_side_channel" (VP8/VP9 alpha, which only libvpx decodes),
-    "rotation", and "truncated" (True when counting found the file cut short).
+    "duration" (seconds, 0.0 when unknown), "frames" (exact count of complete frames, or None
+    when not counted), "frames_estimate" (from duration and fps), "codec", "pix_fmt" (the source
+    pixel format, e.g. "yuv420p", "gray", "rgba", "bgra" for every GIF), "is_grey", "has_alpha"
+    (the source format can hold transparency), "alpha_side_channel" (VP8/VP9 alpha, which only
+    libvpx decodes), "rotation" (degrees counter-clockwise in [0, 360), from the display matrix
+    or a "rotate" tag; `read_video` turns frames upright by multiples of 90), and "truncated"
+    (True when counting found the file cut short).
 
   Raises:
     VideoDecodeError: the file is missing, empty, not a video, or cut short before its index.
   """
   path = pathlib.Path(path)
-  _check_readable(path)
+  with _open(path) as container:
+    stream = container.streams.video[0]
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if not width or not height:
+      raise VideoDecodeError(path, "undecodable",
+                             f"FFmpeg reports no frame size for its video stream: {_CONVERT_HINT}")
+    rate = stream.base_rate or stream.average_rate  # FFmpeg's "tbr" guess, else the average
+    fps = float(rate) if rate else 0.0
+    duration = container.duration / av.time_base if container.duration else 0.0
+    source_format = _source_format(stream)  # from the header, before decoding changes it
+    rotation, _ = _orientation(_display_matrix(_first_frame(container)),
+                               dict(stream.metadata))
+    if rotation in (90, 270):
+      width, height = height, width
+    info = {
+        "width": width,
+        "height": height,
+        "fps": fps,
+        "duration": duration,
+        "codec": stream.codec_context.name,
+        **source_format,
+        "rotation": rotation,
+        "frames_estimate": int(round(duration * fps)) if duration and fps else None,
+        "frames": None,
+        "truncated": False,
+    }
+    indexed = stream.frames  # an mp4's index lists every frame; 0 when the container has none
   if count_frames:
-    result = _run_ffmpeg(["-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "null", "-"], path)
-  else:
-    result = _run_ffmpeg(["-i", str(path)], path)
-  log = result.stderr.decode("utf-8", "replace")
-  info = _parse_header(log, path)
-  info["frames_estimate"] = (int(round(info["duration"] * info["fps"]))
-                             if info["duration"] and info["fps"] else None)
-  info["frames"] = None
-  info["truncated"] = False
-  if count_frames:
-    counts = re.findall(r"frame=\s*(\d+)", log)
-    info["frames"] = int(counts[-1]) if counts else 0
-    info["truncated"] = "partial file" in log or result.returncode != 0
+    with _open(path) as container:
+      complete, cut = _count_packets(container)
+    info["frames"] = complete
+    info["truncated"] = cut or bool(indexed and complete < indexed)
   return info
 
 
-def _decode_filters(info: dict[str, Any], start_frame: int, frame_stride: int,
-                    size: tuple[int, int] | None) -> list[str]:
-  """ffmpeg filters that pick frames, then resize and centre-crop them to `size`."""
-  filters = []
-  if start_frame or frame_stride != 1:
-    filters.append(f"select='gte(n\\,{start_frame})*not(mod(n-{start_frame}\\,{frame_stride}))'")
-  if size is not None and size != (info["height"], info["width"]):
+def _decode(container: av.container.InputContainer, packets: _Packets,
+            with_alpha: bool) -> Iterator[av.VideoFrame]:
+  """The decoded frames of the first video stream (libvpx for VP8/VP9 with alpha)."""
+  stream = container.streams.video[0]
+  codec = stream.codec_context
+  if with_alpha and stream.metadata.get("alpha_mode") == "1":
+    # FFmpeg's own VP8/VP9 decoders drop the alpha side channel; libvpx reads it.
+    codec = av.CodecContext.create("libvpx-vp9" if codec.name == "vp9" else "libvpx", "r")
+  for packet in packets:
+    yield from codec.decode(packet if packet.size else None)  # None flushes the decoder
+
+
+def _upright_graph(first: av.VideoFrame, stream: av.video.stream.VideoStream, filters: list[str],
+                   size: tuple[int, int] | None, pix_fmt: str) -> av.filter.Graph:
+  """buffer -> turn upright -> cover `size` keeping the aspect ratio, cut its centre -> pix_fmt."""
+  graph = av.filter.Graph()
+  nodes = [graph.add_buffer(width=first.width, height=first.height, format=first.format.name,
+                            time_base=stream.time_base)]
+  for spec in filters:
+    name, _, args = spec.partition("=")
+    nodes.append(graph.add(name, args or None))
+  if size is not None:
     height, width = size
-    # Area averaging when shrinking (no aliasing); bicubic when enlarging.
-    shrinking = max(height / info["height"], width / info["width"]) < 1.0
-    flags = "area" if shrinking else "bicubic"
-    # Cover the target box keeping the aspect ratio, then cut its centre.
-    filters.append(f"scale={width}:{height}:force_original_aspect_ratio=increase:flags={flags}")
-    filters.append(f"crop={width}:{height}")
-  return filters
+    transposed = any(spec.startswith("transpose") for spec in filters)
+    upright_height, upright_width = ((first.width, first.height) if transposed
+                                     else (first.height, first.width))
+    if (height, width) != (upright_height, upright_width):
+      # Area averaging when shrinking (no aliasing); bicubic when enlarging.
+      shrinking = max(height / upright_height, width / upright_width) < 1.0
+      nodes.append(graph.add("scale", f"{width}:{height}:force_original_aspect_ratio=increase:"
+                                      f"flags={'area' if shrinking else 'bicubic'}"))
+      nodes.append(graph.add("crop", f"{width}:{height}"))
+  nodes.append(graph.add("format", pix_fmt))
+  nodes.append(graph.add("buffersink"))
+  graph.link_nodes(*nodes).configure()
+  return graph
 
 
 def read_video(path: str | pathlib.Path, *, max_frames: int | None = None, start_frame: int = 0,
                frame_stride: int = 1, size: tuple[int, int] | None = None,
                with_alpha: bool = False) -> tuple[np.ndarray, float]:
-  """Decodes a video file into RGB frames.
+  """Decodes a video file into upright RGB frames.
 
   Args:
-    path: a video file (.mp4, .webm, .gif, .mov; whatever ffmpeg reads).
+    path: a video file (.mp4, .webm, .gif, .mov; whatever FFmpeg reads).
     max_frames: decode at most this many frames (after `start_frame` and `frame_stride`).
     start_frame: the first frame to keep.
     frame_stride: keep every `frame_stride`-th frame from `start_frame` on.
@@ -224,8 +314,9 @@ def read_video(path: str | pathlib.Path, *, max_frames: int | None = None, start
     with_alpha: return RGBA frames (alpha is 255 where the source has none).
 
   Returns:
-    (frames, fps): frames uint8 [T, H, W, 3] (or [T, H, W, 4] with `with_alpha`); fps of the
-    returned frames (the source rate divided by `frame_stride`; 0.0 when the file states none).
+    (frames, fps): frames uint8 [T, H, W, 3] (or [T, H, W, 4] with `with_alpha`), turned upright
+    by the stream's rotation; fps of the returned frames (the source rate divided by
+    `frame_stride`; 0.0 when the file states none).
 
   Raises:
     VideoDecodeError: the file is missing, empty, undecodable or cut short.
@@ -235,42 +326,45 @@ def read_video(path: str | pathlib.Path, *, max_frames: int | None = None, start
                      f"max_frames >= 1 or None; got {frame_stride}, {start_frame}, {max_frames}")
   path = pathlib.Path(path)
   info = probe_video(path)
-  args = []
-  if with_alpha and info["alpha_side_channel"]:
-    # ffmpeg's own VP8/VP9 decoders drop the alpha side channel; libvpx reads it.
-    args += ["-c:v", "libvpx-vp9" if info["codec"] == "vp9" else "libvpx"]
-  args += ["-i", str(path), "-map", "0:v:0"]
-  filters = _decode_filters(info, start_frame, frame_stride, size)
-  if filters:
-    args += ["-vf", ",".join(filters)]
-  if max_frames is not None:
-    args += ["-frames:v", str(max_frames)]
-  channels = 4 if with_alpha else 3
-  # passthrough: one output frame per stored frame (no duplication to a constant rate).
-  args += ["-fps_mode", "passthrough", "-f", "rawvideo",
-           "-pix_fmt", "rgba" if with_alpha else "rgb24", "-v", "error", "-"]
-  result = _run_ffmpeg(args, path)
-  log = result.stderr.decode("utf-8", "replace")
-  height, width = size if size is not None else (info["height"], info["width"])
-  frame_bytes = height * width * channels
-  num_frames = len(result.stdout) // frame_bytes
-  expected = info["frames_estimate"]
-  cut_short = "partial file" in log or (
-      log.strip() and expected and max_frames is None and start_frame == 0
-      and num_frames * frame_stride < 0.9 * expected - 1)
-  if cut_short:
-    raise VideoDecodeError(
-        path, "truncated",
-        f"the file is cut short: ffmpeg decoded {num_frames * frame_stride} of about "
-        f"{expected} frames ({_error_lines(log)}); copy or export it again")
-  if result.returncode != 0 or num_frames == 0:
-    raise VideoDecodeError(
-        path, "undecodable",
-        f"ffmpeg decoded {num_frames} frames and stopped ({_error_lines(log)}): convert it with "
-        f"`ffmpeg -i IN -pix_fmt yuv420p OUT.mp4` or remove it")
-  frames = np.frombuffer(result.stdout[:num_frames * frame_bytes], np.uint8)
-  frames = frames.reshape(num_frames, height, width, channels)
-  return frames, info["fps"] / frame_stride
+  kept: list[np.ndarray] = []
+  decoded = 0
+  with _open(path) as container:
+    stream = container.streams.video[0]
+    packets = _Packets(container)
+    graph = None
+    try:
+      for frame in _decode(container, packets, with_alpha):
+        index, decoded = decoded, decoded + 1
+        if index < start_frame or (index - start_frame) % frame_stride:
+          continue
+        if graph is None:
+          _, filters = _orientation(_display_matrix(frame), dict(stream.metadata))
+          graph = _upright_graph(frame, stream, filters, size, "rgba" if with_alpha else "rgb24")
+        graph.push(frame)
+        kept.append(graph.vpull().to_ndarray())
+        if max_frames is not None and len(kept) == max_frames:
+          break
+      else:
+        # Read to the end: an mp4's index lists every frame (stream.frames; 0 when unknown).
+        if packets.cut or (stream.frames and packets.complete < stream.frames):
+          raise VideoDecodeError(
+              path, "truncated",
+              f"the file is cut short: it holds {packets.complete} whole frames of the "
+              f"{stream.frames or info['frames_estimate'] or 'unknown number of'} it announces; "
+              f"copy or export it again")
+    except av.error.FFmpegError as error:
+      if packets.cut:
+        raise VideoDecodeError(path, "truncated", f"the file is cut short after {decoded} frames "
+                               f"({error.strerror}); copy or export it again") from error
+      raise VideoDecodeError(
+          path, "undecodable",
+          f"FFmpeg decoded {decoded} frames and stopped ({error.strerror}): {_CONVERT_HINT}"
+      ) from error
+  if not kept:
+    raise VideoDecodeError(path, "undecodable",
+                           f"FFmpeg decoded {decoded} frames, none from frame {start_frame} on: "
+                           + (f"pass a start_frame below {decoded}" if decoded else _CONVERT_HINT))
+  return np.stack(kept), info["fps"] / frame_stride
 
 
 def _check_frames(frames: np.ndarray, what: str) -> np.ndarray:

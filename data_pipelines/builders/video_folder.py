@@ -58,7 +58,7 @@ REPORT_FILE = "report.json"
 DEFAULT_BUCKETS: tuple[str, ...] = ("17x64x64", "17x48x80", "17x80x48", "1x64x64")
 # Aspect ratios closer than this (relative) count as equal, so that frames decide between them.
 _ASPECT_TOLERANCE = 1e-3
-# ffmpeg processes run at once while probing and decoding.
+# Files probed and decoded at once, in threads.
 DEFAULT_NUM_WORKERS = min(8, os.cpu_count() or 1)
 
 _In = TypeVar("_In")
@@ -283,8 +283,8 @@ def _plan_video(path: pathlib.Path, name: str, jsonl_captions: dict[str, str | S
   except video_io.VideoDecodeError as error:
     return Skipped(name, error.reason, error.message)
   if info["truncated"]:
-    return Skipped(name, "truncated", f"the file ends inside a frame after {info['frames']} "
-                   f"frames (ffmpeg: partial file)")
+    return Skipped(name, "truncated",
+                   f"the file is cut short after {info['frames']} whole frames")
   if info["frames"] == 0:
     return Skipped(name, "undecodable", "no video frame found in the file")
   if info["is_grey"]:
@@ -343,7 +343,7 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder,
       folder: the folder of videos; only needed to build (not to read a built data set).
       buckets: shapes (frames, height, width) or "FRAMESxHEIGHTxWIDTH" names.
       frame_stride: keep every `frame_stride`-th source frame.
-      num_workers: ffmpeg processes run at once (probing and decoding).
+      num_workers: files probed and decoded at once, in threads.
       **kwargs: for `tfds.core.GeneratorBasedBuilder` (data_dir, ...).
     """
     self._folder = pathlib.Path(folder).resolve() if folder is not None else None
@@ -530,5 +530,5 @@ if __name__ == "__main__":
                                "Shape buckets FRAMESxHEIGHTxWIDTH, comma-separated.")
   _FRAME_STRIDE = flags.DEFINE_integer("frame_stride", 1, "Keep every n-th source frame.")
   _NUM_WORKERS = flags.DEFINE_integer("num_workers", DEFAULT_NUM_WORKERS,
-                                      "ffmpeg processes run at once.")
+                                      "Files probed and decoded at once, in threads.")
   app.run(main)

@@ -1,4 +1,4 @@
-"""Tests for data_pipelines/loader.py: buckets, determinism, resume, sharding, hosts, sources."""
+"""Tests for data_pipelines/loader.py: config, determinism, resume, sharding, hosts, sources."""
 
 from __future__ import annotations
 
@@ -13,8 +13,11 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from data_pipelines import buckets
 from data_pipelines import loader
+from data_pipelines import sources
 from data_pipelines import tokenizer as tokenizer_lib
+from data_pipelines import transforms
 from data_pipelines.builders import common
 from data_pipelines.builders import shapes_world
 from data_pipelines.shapes import world
@@ -48,21 +51,7 @@ def _assert_batches_equal(expected, actual):
       np.testing.assert_array_equal(got[key], want[key], err_msg=f"batch {step}, key {key}")
 
 
-# --- buckets and config ---------------------------------------------------------------------------
-
-
-def test_parse_bucket_reads_shape_batch_and_weight():
-  assert loader.parse_bucket("9x32x48:8") == loader.Bucket(9, 32, 48, 8, 1.0)
-  bucket = loader.parse_bucket("1x32x32:16:0.25")
-  assert (bucket.shape, bucket.global_batch, bucket.weight) == ((1, 32, 32), 16, 0.25)
-  assert loader.parse_bucket(str(bucket)) == bucket
-
-
-@pytest.mark.parametrize("spec", ["9x32:8", "9x32x32", "0x32x32:8", "9x32x0:8", "9x32x32:0",
-                                  "9x32x32:8:0", "9x32x32:8:-1", "9x32x32:8:abc", "nine", ""])
-def test_parse_bucket_rejects_bad_specs(spec):
-  with pytest.raises(ValueError, match="bucket"):
-    loader.parse_bucket(spec)
+# --- config ---------------------------------------------------------------------------------------
 
 
 def test_data_config_checks_its_fields():
@@ -82,7 +71,7 @@ def test_data_config_round_trips_through_the_experiment_schema():
   section.buckets = ("9x32x32:8", "1x32x32:16:0.25")
   section.world.max_objects = 2
   parsed = config_lib.parse(loader.DataConfig, section, "config.data")
-  assert parsed.parsed_buckets()[1] == loader.Bucket(1, 32, 32, 16, 0.25)
+  assert parsed.parsed_buckets()[1] == buckets.Bucket(1, 32, 32, 16, 0.25)
   assert parsed.world == world.WorldConfig(max_objects=2)
   section.buckets = ("9x32:8",)
   with pytest.raises(config_lib.ConfigError, match="config.data: bad bucket '9x32:8'"):
@@ -96,33 +85,6 @@ def test_a_batch_that_does_not_split_over_the_mesh_is_a_clear_error(tokenizer):
   with pytest.raises(ValueError, match="none of the batch axes"):
     loader.make_iterator(config, tokenizer=tokenizer, mesh=_mesh(8, 1), seed=0,
                          batch_axes=("replica",))
-
-
-# --- the step schedule ----------------------------------------------------------------------------
-
-
-def test_bucket_mix_is_deterministic_and_follows_the_weights():
-  buckets = [loader.parse_bucket(s) for s in ("3x16x16:8", "1x16x16:16:0.5", "5x16x16:8:1.5")]
-  steps = np.arange(30_000)
-  ids = loader.BucketSchedule(buckets, seed=3).bucket_ids(steps)
-  np.testing.assert_array_equal(ids, loader.BucketSchedule(buckets, seed=3).bucket_ids(steps))
-  assert (ids != loader.BucketSchedule(buckets, seed=4).bucket_ids(steps)).mean() > 0.3
-  shares = np.bincount(ids, minlength=3) / len(ids)
-  np.testing.assert_allclose(shares, [1 / 3, 1 / 6, 1 / 2], atol=0.015)
-  # Not a fixed cycle: switches happen at irregular steps.
-  assert 0.4 < (ids[1:] != ids[:-1]).mean() < 0.8
-
-
-def test_examples_before_is_the_running_sum_of_batch_sizes_across_blocks():
-  buckets = [loader.parse_bucket(s) for s in ("3x16x16:8", "1x16x16:24:0.5")]
-  schedule = loader.BucketSchedule(buckets, seed=1)
-  steps = np.arange(40_001)
-  ids = schedule.bucket_ids(steps)
-  sizes = np.array([8, 24])[ids]
-  before_all = np.concatenate([[0], np.cumsum(sizes)])
-  for step in (0, 1, 2, 16_383, 16_384, 16_385, 32_768, 40_000, 5):  # out of order on purpose
-    in_bucket = sizes[:step][ids[:step] == ids[step]].sum()
-    assert schedule.examples_before(step) == (before_all[step], in_bucket), step
 
 
 # --- batches: shapes, sharding, determinism, resume ----------------------------------------------
@@ -279,7 +241,7 @@ def shapes_world_dir(tmp_path_factory):
 def test_tfds_source_fits_records_to_buckets_and_shuffles_per_epoch(tokenizer, shapes_world_dir):
   config = loader.DataConfig(source="tfds", tfds_name=str(shapes_world_dir), split="train",
                              buckets=("3x16x16:8", "1x16x16:16:0.5"), caption="descriptive")
-  records = loader.open_tfds(str(shapes_world_dir), "train")
+  records = sources.open_tfds(str(shapes_world_dir), "train")
   step_batches = loader.StepBatches(config, tokenizer=tokenizer, seed=0)
   indices = []
   for step in range(8):
@@ -291,7 +253,7 @@ def test_tfds_source_fits_records_to_buckets_and_shuffles_per_epoch(tokenizer, s
       record = records[int(index)]
       assert text == record["description"].decode()
       # Some window of the clip, fitted to the bucket.
-      assert any(np.array_equal(video, loader.fit_video(record["video"], bucket, start))
+      assert any(np.array_equal(video, transforms.fit_video(record["video"], bucket, start))
                  for start in range(5 - bucket.frames + 1))
     indices.extend(batch["index"].tolist())
   epochs = [indices[i:i + 12] for i in range(0, len(indices) - 11, 12)]
@@ -349,45 +311,3 @@ def test_a_split_per_bucket_gives_each_bucket_its_own_epochs(tokenizer, tmp_path
       assert sorted(seen[start:start + size]) == list(range(size))
   assert sorted(set(loader.captions(config, seed=0, num=100))) == sorted(
       [f"clip {i} of 3 frames" for i in range(5)] + [f"clip {i} of 1 frames" for i in range(3)])
-
-
-# --- fitting videos: plain NumPy ------------------------------------------------------------------
-
-
-def test_select_frames_takes_a_window_and_repeats_the_last_frame():
-  video = np.arange(5)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
-  np.testing.assert_array_equal(loader.select_frames(video, 3, 1)[:, 0, 0, 0], [1, 2, 3])
-  np.testing.assert_array_equal(loader.select_frames(video, 4, 3)[:, 0, 0, 0], [3, 4, 4, 4])
-  with pytest.raises(ValueError, match="outside"):
-    loader.select_frames(video, 2, 5)
-
-
-def test_resize_and_crop_keeps_the_aspect_ratio_and_crops_the_centre():
-  # Three vertical stripes of 16 columns: a 16x16 crop of the 16x48 frame is the middle one.
-  stripes = np.zeros((2, 16, 48, 3), np.uint8)
-  stripes[:, :, :16] = 30
-  stripes[:, :, 16:32] = 120
-  stripes[:, :, 32:] = 250
-  out = loader.resize_and_crop(stripes, 16, 16)
-  assert out.shape == (2, 16, 16, 3) and out.dtype == np.uint8
-  assert (out == 120).all()
-  # The same image at twice the size, then shrunk: the middle stripe again (away from its edges).
-  big = np.repeat(np.repeat(stripes, 2, axis=1), 2, axis=2)
-  out = loader.resize_and_crop(big, 16, 16)
-  assert (out[:, :, 2:-2] == 120).all()
-
-
-def test_resize_is_smooth_and_bounded():
-  ramp = np.broadcast_to(np.linspace(0, 240, 64)[None, None, :, None], (1, 64, 64, 3))
-  ramp = np.rint(ramp).astype(np.uint8)
-  small = loader.resize_and_crop(ramp, 32, 32)
-  # A linear ramp stays linear under a symmetric filter (away from the edges).
-  expected = (ramp[0, 0, 0::2, 0].astype(float) + ramp[0, 0, 1::2, 0]) / 2
-  np.testing.assert_allclose(small[0, 0, 2:-2, 0], expected[2:-2], atol=1.0)
-  constant = np.full((1, 7, 9, 3), 77, np.uint8)
-  assert (loader.resize_and_crop(constant, 20, 13) == 77).all()
-  checker = (np.indices((8, 8)).sum(axis=0) % 2 * 255).astype(np.uint8)
-  checker = np.broadcast_to(checker[None, :, :, None], (1, 8, 8, 3))
-  up = loader.resize_and_crop(checker, 24, 24)
-  assert up.min() >= 0 and up.max() <= 255 and 100 < up.mean() < 155
-  np.testing.assert_array_equal(loader.resize_and_crop(checker, 8, 8), checker)

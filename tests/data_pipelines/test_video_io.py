@@ -5,6 +5,7 @@ from __future__ import annotations
 import pathlib
 import subprocess
 
+import av
 import imageio_ffmpeg
 import numpy as np
 from PIL import Image
@@ -234,3 +235,99 @@ def test_contact_sheet_has_one_row_per_video_and_frames_across(tmp_path):
   assert np.any(labelled_sheet[:12] < 128)  # some label text is drawn above the first row
   with pytest.raises(ValueError, match="one label per video"):
     video_io.write_contact_sheet(path, [red, blue], labels=["red"])
+
+
+def _ffmpeg_decode(path: pathlib.Path, height: int, width: int, vf: str | None = None):
+  """The frames the ffmpeg command line decodes (the reference decoder): uint8 [T, H, W, 3]."""
+  filters = ["-vf", vf] if vf else []
+  out = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), *filters,
+                        "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+                       capture_output=True, check=True).stdout
+  return np.frombuffer(out, np.uint8).reshape(-1, height, width, 3)
+
+
+@pytest.mark.parametrize("name", ["clip.mp4", "odd.mp4", "clip.gif", "clip.webm"])
+def test_decoded_pixels_match_the_ffmpeg_command_line(tmp_path, name):
+  # The decoder this module replaced ran `ffmpeg ... -pix_fmt rgb24`: same pixels, same resizing.
+  video = _clip(frames=9, height=17 if name == "odd.mp4" else 32, width=48)
+  path = tmp_path / name
+  if name == "clip.webm":
+    ffmpeg_encode(path, video, ["-c:v", "libvpx-vp9", "-crf", "30", "-b:v", "0"])
+  else:
+    video_io.write_video(path, video, fps=8)
+  frames, _ = video_io.read_video(path)
+  reference = _ffmpeg_decode(path, *frames.shape[1:3])
+  assert frames.shape == reference.shape
+  assert np.abs(frames.astype(int) - reference).max() <= 1
+  if name != "odd.mp4":
+    assert _psnr(frames, video) > 30.0
+  # Shrinking: area averaging, then the centre crop.
+  scale = "scale=12:12:force_original_aspect_ratio=increase:flags=area,crop=12:12"
+  resized, _ = video_io.read_video(path, size=(12, 12))
+  assert np.abs(resized.astype(int) - _ffmpeg_decode(path, 12, 12, scale)).max() <= 1
+
+
+def _corners(video: np.ndarray) -> list[str]:
+  """The colour names of the first frame's corners: top left, top right, bottom left, right."""
+  names = {(1, 0, 0): "red", (0, 1, 0): "green", (0, 0, 1): "blue", (0, 0, 0): "black"}
+  frame = video[0].astype(int) // 128
+  return [names[tuple(frame[y, x])] for y, x in ((0, 0), (0, -1), (-1, 0), (-1, -1))]
+
+
+def _write_turned(path: pathlib.Path, video: np.ndarray, degrees: int, hflip: bool = False,
+                  rotate_tag: str | None = None) -> pathlib.Path:
+  """Encodes `video` as stored pixels plus orientation metadata: a display matrix turning it
+  `degrees` counter-clockwise (then mirrored), or an old-style clockwise "rotate" tag."""
+  with av.open(str(path), "w") as container:
+    stream = container.add_stream("libx264", rate=8, options={"crf": "10"})
+    stream.width, stream.height, stream.pix_fmt = video.shape[2], video.shape[1], "yuv420p"
+    if rotate_tag is not None:
+      stream.metadata["rotate"] = rotate_tag
+    else:
+      stream.set_display_rotation(degrees, hflip=hflip)
+    for frame in video:
+      container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+    container.mux(stream.encode())
+  return path
+
+
+# Stored: red top left, green top right, black bottom left, blue bottom right.
+_STORED = ["red", "green", "black", "blue"]
+
+
+@pytest.mark.parametrize("degrees,hflip,upright", [
+    (0, False, _STORED),
+    (90, False, ["green", "blue", "red", "black"]),    # turned a quarter counter-clockwise
+    (-90, False, ["black", "red", "blue", "green"]),   # a quarter clockwise
+    (180, False, ["blue", "black", "green", "red"]),
+    (0, True, ["green", "red", "blue", "black"]),      # mirrored left to right
+])
+def test_rotated_videos_are_returned_upright(tmp_path, degrees, hflip, upright):
+  video = np.zeros((3, 16, 32, 3), np.uint8)
+  video[:, :8, :8] = (255, 0, 0)
+  video[:, :8, 24:] = (0, 255, 0)
+  video[:, 8:, 24:] = (0, 0, 255)
+  path = _write_turned(tmp_path / "turned.mp4", video, degrees, hflip)
+  frames, _ = video_io.read_video(path)
+  quarter = degrees % 180 == 90
+  assert frames.shape == ((3, 32, 16, 3) if quarter else (3, 16, 32, 3))
+  assert _corners(frames) == upright
+  if not hflip:
+    assert _psnr(frames, np.rot90(video, degrees // 90, axes=(1, 2))) > 30.0
+  info = video_io.probe_video(path)
+  assert (info["height"], info["width"]) == frames.shape[1:3]
+  assert info["rotation"] == (180 if hflip else degrees % 360)
+  # The same orientation, resized: the crop is taken from the upright frames.
+  small, _ = video_io.read_video(path, size=(8, 8))
+  assert small.shape == (3, 8, 8, 3)
+
+
+def test_an_old_style_rotate_tag_turns_the_frames_too(tmp_path):
+  video = np.zeros((2, 16, 32, 3), np.uint8)
+  video[:, :8, :8] = (255, 0, 0)  # red top left
+  # Matroska keeps free-form tags; "rotate=90" meant: turn a quarter clockwise to show.
+  path = _write_turned(tmp_path / "tagged.mkv", video, 0, rotate_tag="90")
+  frames, _ = video_io.read_video(path)
+  assert frames.shape == (2, 32, 16, 3)
+  assert _corners(frames)[1] == "red"  # top left, turned clockwise, is top right
+  assert video_io.probe_video(path)["rotation"] == 270
