@@ -1,6 +1,8 @@
 """Every test sees 8 fake CPU devices, so the sharded code paths run on this machine."""
 
+import fcntl
 import os
+import shutil
 import tempfile
 
 # Must be set before jax is imported anywhere in the test process.
@@ -16,6 +18,10 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import jax  # noqa: E402  (after the flags above)
 import pytest  # noqa: E402
+
+from experiments import shapes  # noqa: E402
+from videogen import experiment as experiment_lib  # noqa: E402
+from videogen.train import trainer  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -39,8 +45,6 @@ def _tiny_workdir_config():
   keeps tiny's 2x4x4 compression and 8 latent channels (a 2x2 pixel fold and one downsampling
   level), so the transformer still sees 5x8x8 latents.
   """
-  from experiments import shapes  # pylint: disable=g-import-not-at-top
-
   config = shapes.get_config("tiny")
   config.data.buckets = ("9x32x32:8",)
   config.autoencoder_loss.buckets = ("5x32x32:8",)  # a batch that splits over 8 fake devices
@@ -75,12 +79,6 @@ def tiny_workdir(tmp_path_factory) -> str:
   Treat it as read-only, since other tests read it at the same time: copy it (`shutil.copytree`)
   to write.
   """
-  import fcntl  # pylint: disable=g-import-not-at-top
-  import shutil  # pylint: disable=g-import-not-at-top
-
-  from videogen import experiment as experiment_lib  # pylint: disable=g-import-not-at-top
-  from videogen.train import trainer  # pylint: disable=g-import-not-at-top
-
   root = tmp_path_factory.getbasetemp()
   if os.environ.get("PYTEST_XDIST_WORKER"):
     root = root.parent  # the run's directory, shared by all of its workers

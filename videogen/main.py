@@ -89,7 +89,7 @@ class Command(NamedTuple):
 
 COMMANDS: dict[str, Command] = {
     "run": Command("videogen.main_job:run", True),
-    "train": Command("videogen.train.trainer:command", True,
+    "train": Command("videogen.train.command:command", True,
                      ("allow_config_change", "coordinator_address", "num_processes",
                       "process_id")),
     "cache_latents": Command("videogen.train.latent_cache:command", True),

@@ -9,12 +9,13 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from experiments import standin as standin_experiment
 from videogen import experiment as experiment_lib
 from videogen.parallel import memory
 from videogen.parallel import mesh as mesh_lib
 from videogen.train import stages as stages_lib
 from videogen.train import trainer
+
+from tests.standin import experiment as standin_experiment
 
 SIZE = 512  # x [SIZE, SIZE] float32: sin(x @ x.T) is a 1 MiB temporary.
 

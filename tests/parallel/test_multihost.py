@@ -12,13 +12,14 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import standin as standin_experiment
 from videogen import experiment as experiment_lib
 from videogen.parallel import mesh as mesh_lib
 from videogen.parallel import multihost
 from videogen.train import metrics as metrics_lib
 from videogen.train import stages as stages_lib
 from videogen.train import trainer
+
+from tests.standin import experiment as standin_experiment
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NUM_STEPS = 4
@@ -67,7 +68,8 @@ def test_two_processes_of_four_devices_match_one_process(tmp_path):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
              JAX_PLATFORMS="cpu")
   command = [sys.executable, "-m", "videogen.main", "train",
-             f"--config={ROOT / 'experiments' / 'standin.py'}:tiny", f"--workdir={workdir}",
+             f"--config={ROOT / 'tests' / 'standin' / 'experiment.py'}:tiny",
+             f"--workdir={workdir}",
              *(f"--config.{key}={value}" for key, value in _overrides().items()),
              f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
   processes = [subprocess.Popen([*command, f"--process_id={index}"], env=env, cwd=ROOT,

@@ -7,9 +7,10 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from videogen.models import standin
 from videogen.parallel import mesh as mesh_lib
 from videogen.parallel import sharding as sharding_lib
+
+from tests.standin import model as standin
 
 RULES = mesh_lib.DEFAULT_RULES
 TINY = standin.StandinConfig(features=8, embed=32, mlp=64, heads=2, head_dim=16, depth=1)

@@ -27,6 +27,6 @@ def _write_autoencoder_checkpoint(experiment, workdir: str, *, step: int = 5, se
 
 @pytest.fixture(scope="session")
 def write_autoencoder_checkpoint():
-  """`write(experiment, workdir, *, step=5, seed=7, config=None) -> model`: a trained-looking autoencoder
-  stage for the stages that depend on it (the dit stage, the latent cache)."""
+  """`write(experiment, workdir, *, step=5, seed=7, config=None) -> model`: a trained-looking
+  autoencoder stage for the stages that depend on it (the dit stage, the latent cache)."""
   return _write_autoencoder_checkpoint

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 def _command(workdir, checkpoint_every=10):
   return [sys.executable, "-m", "videogen.main", "train",
-          f"--config={ROOT / 'experiments' / 'standin.py'}:tiny", f"--workdir={workdir}",
+          f"--config={ROOT / 'tests' / 'standin' / 'experiment.py'}:tiny", f"--workdir={workdir}",
           "--config.standin.depth=1", "--config.standin.lengths=(4, 8)",
           f"--config.train.standin.num_steps={NUM_STEPS}", "--config.train.standin.log_every=1",
           f"--config.train.standin.checkpoint_every={checkpoint_every}",

@@ -36,6 +36,10 @@ class TrainConfig:
     eval_every: steps between `stage.evaluate` calls; 0 = never.
     async_checkpoints: write checkpoints in the background.
     progress_bar: show a progress bar on process 0.
+    profile_steps: (first, last): trace steps first..last (inclusive, numbered as in
+      metrics.jsonl) with `jax.profiler` on process 0, into WORKDIR/tensorboard/<stage>/, where
+      TensorBoard's profile tab shows them (`tensorboard --logdir WORKDIR/tensorboard`); () = off.
+      Start after the first step, which includes the compilation.
   """
   num_steps: int = 1000
   optimizer: Literal["adamw", "adafactor"] = "adamw"
@@ -57,6 +61,7 @@ class TrainConfig:
   eval_every: int = 0
   async_checkpoints: bool = True
   progress_bar: bool = True
+  profile_steps: tuple[int, ...] = ()
 
   def __post_init__(self):
     for name in ("num_steps", "grad_accum_steps", "log_every", "checkpoint_every"):
@@ -64,6 +69,10 @@ class TrainConfig:
         raise ValueError(f"{name} = {getattr(self, name)} must be at least 1")
     if not 0.0 <= self.ema_decay < 1.0:
       raise ValueError(f"ema_decay = {self.ema_decay} must be in [0, 1)")
+    if self.profile_steps and (len(self.profile_steps) != 2
+                               or not 1 <= self.profile_steps[0] <= self.profile_steps[1]):
+      raise ValueError(f"profile_steps = {self.profile_steps} must be (first, last) with "
+                       f"1 <= first <= last, e.g. (10, 12), or () for no profile")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,11 +3,12 @@
   WORKDIR/metrics.jsonl           one JSON object per logged step: {"stage", "step", "loss", ...},
                                   floats at full precision (repr round-trips them exactly). The
                                   trainer's rows hold means over the steps since the previous row.
-  WORKDIR/tensorboard/<stage>/    TensorBoard event files, written by tensorboardX (no TensorFlow).
+  WORKDIR/tensorboard/<stage>/    TensorBoard event files, written by tensorboardX (no TensorFlow),
+                                  and the trainer's profiler traces (`profile_steps`).
 
     writer = MetricWriter(workdir)
-    writer.write("standin", 10, {"loss": 0.5})
-    rows = read_metrics(workdir)                 # [{"stage": "standin", "step": 10, "loss": 0.5}]
+    writer.write("autoencoder", 10, {"loss": 0.5})
+    rows = read_metrics(workdir)             # [{"stage": "autoencoder", "step": 10, "loss": 0.5}]
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ from absl import logging
 from videogen.parallel import multihost
 
 METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def tensorboard_dir(workdir: str, stage: str) -> str:
+  """A stage's TensorBoard run: WORKDIR/tensorboard/<stage> (`tensorboard --logdir` its parent)."""
+  return os.path.join(workdir, TENSORBOARD_DIR, stage)
 
 
 def _scalar(value: Any) -> Any:
@@ -48,8 +55,7 @@ class MetricWriter:
       # Imported here: tensorboardX pulls in protobuf, which only the writing process needs.
       import tensorboardX  # pylint: disable=g-import-not-at-top
       self._tensorboard[stage] = tensorboardX.SummaryWriter(
-          os.path.join(self.workdir, "tensorboard", stage), purge_step=purge_step,
-          flush_secs=30)
+          tensorboard_dir(self.workdir, stage), purge_step=purge_step, flush_secs=30)
     return self._tensorboard[stage]
 
   def resume(self, stage: str, step: int) -> None:

@@ -64,7 +64,7 @@ def make_schedule(config: Any) -> optax.Schedule:
   """Linear warm-up from 0 to `learning_rate`, then cosine decay (or constant).
 
   Args:
-    config: a `videogen.train.trainer.TrainConfig`.
+    config: a `videogen.train.config.TrainConfig`.
   """
   peak = config.learning_rate
   warmup = max(config.warmup_steps, 0)
@@ -208,13 +208,17 @@ def make_train_step(stage: stage_lib.Stage, graphdef: nnx.GraphDef,
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    (loss, stage_metrics), grads = gradients(state, batch, rng)
-    grad_norm = optax.tree.norm(grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    decay = config.ema_decay
-    ema_params = jax.tree.map(lambda ema, new: decay * ema + (1.0 - decay) * new,
-                              state.ema_params, params)
+    # Named scopes label the phases in a profile (`TrainConfig.profile_steps`).
+    with jax.named_scope("loss_and_gradients"):
+      (loss, stage_metrics), grads = gradients(state, batch, rng)
+    with jax.named_scope("optimizer"):
+      grad_norm = optax.tree.norm(grads)
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+    with jax.named_scope("ema"):
+      decay = config.ema_decay
+      ema_params = jax.tree.map(lambda ema, new: decay * ema + (1.0 - decay) * new,
+                                state.ema_params, params)
     stepped = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                             ema_params=ema_params)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

@@ -1,36 +1,37 @@
 r"""The one trainer: every stage of an experiment, with sharding, checkpoints, resume and guards.
 
-    python -m videogen.main train --config=experiments/standin.py:tiny --workdir=runs/standin \
-        --config.train.standin.num_steps=100
+    results = train(experiment, workdir)       # `python -m videogen.main train` (train.command)
 
 `train` builds the mesh from `config.mesh` and trains each stage of `config.stages` in order; a
-stage whose latest checkpoint is already at `num_steps` is skipped. For one stage (`train_stage`):
+stage whose latest checkpoint is already at `num_steps` is skipped. `train_stage` trains one stage
+in the sections a reader finds by their banners:
 
-  1. Model: `nnx.eval_shape` gives the abstract state; the rules table turns its logical axis
-     names into `NamedSharding`s on the concrete mesh; `jax.jit(init, out_shardings=...)` builds
-     the state already sharded, so no model ever lands whole on one device. `stage.load_frozen`
-     then fills the frozen variables.
-  2. Resume: the newest checkpoint in WORKDIR/checkpoints/<stage>/ that reads back whole is
-     restored onto those shardings (whatever mesh saved it), with the data iterator's position; a
-     damaged one is set aside with a warning; a checkpoint written under another config is refused
-     unless `allow_config_change`. The checkpoint holds the frozen variables too, so that it alone
-     rebuilds the model for sampling.
-  3. Loop: the pure step is compiled once per batch shape (`.lower().compile()`, memory analysis
-     logged) with explicit in/out shardings and a donated state. Metrics go to metrics.jsonl and
-     TensorBoard, and after each stage its loss curve to WORKDIR/curves/<stage>.svg. Checkpoints
-     are saved every `checkpoint_every` steps (async), at the end and on SIGTERM, each before
-     that step's evaluation (`eval_every`), which cannot lose it by failing. A non-finite
-     loss or gradient stops the run naming the step; the state it produced is never saved, so the
-     last checkpoint on disk is the last good one.
+  Mesh        the mesh comes from `train`; its rules table maps logical axis names to mesh axes.
+  Checkpoint  a stage already trained (under the same config) is skipped before anything is
+              built; a checkpoint written under another config is refused unless
+              `allow_config_change` (`config_changes`).
+  Model       the optimizer, and `nnx.eval_shape`'s abstract model.
+  Shard       `jax.jit(init, out_shardings=...)` builds the state already sharded, so no model
+              ever lands whole on one device; `stage.load_frozen` fills the frozen variables.
+  Input       the stage's iterator of sharded global batches.
+  Checkpoint  resume: the newest checkpoint that reads back whole is restored onto those
+              shardings (whatever mesh saved it), with the data iterator's position; a damaged
+              one is set aside with a warning. The checkpoint holds the frozen variables too, so
+              that it alone rebuilds the model for sampling.
+  Update      the pure step, compiled once per batch shape (`.lower().compile()`, memory
+              analysis logged) with explicit in/out shardings and a donated state.
+  Evals       `stage.evaluate` on the EMA parameters every `eval_every` steps.
+  Loop        metrics to metrics.jsonl and TensorBoard, and after the stage its loss curve to
+              WORKDIR/curves/<stage>.svg; checkpoints every `checkpoint_every` steps (async), at
+              the end and on SIGTERM, each before that step's evaluation, which cannot lose it by
+              failing; a `jax.profiler` trace of `profile_steps`. A non-finite loss or gradient
+              stops the run naming the step; the state it produced is never saved, so the last
+              checkpoint on disk is the last good one.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import signal
-import sys
-import threading
 import time
 import zlib
 from typing import Any, Literal
@@ -40,7 +41,6 @@ import numpy as np
 import tqdm
 from absl import logging
 from flax import nnx
-from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from videogen import experiment as experiment_lib
@@ -51,19 +51,15 @@ from videogen.parallel import multihost
 from videogen.parallel import sharding as sharding_lib
 from videogen.train import checkpointing
 from videogen.train import config as configs
+from videogen.train import config_changes
 from videogen.train import curves as curves_lib
 from videogen.train import metrics as metrics_lib
+from videogen.train import preemption as preemption_lib
+from videogen.train import profiling
 from videogen.train import stage as stage_lib
 from videogen.train import stages as stages_lib
 from videogen.train import train_state as train_state_lib
 from videogen.train.train_state import TrainState
-
-
-# Config keys that may change between a run and its resumption: bookkeeping that does not change
-# what is computed, the mesh (restoring onto another mesh is supported) and the sampler settings
-# (used by generation only). A name matches a top-level section or a last key.
-RESUMABLE_CHANGES = ("name", "mesh", "sample", "log_every", "checkpoint_every",
-                     "keep_checkpoints", "eval_every", "async_checkpoints", "progress_bar")
 
 
 class NonFiniteError(FloatingPointError):
@@ -84,107 +80,7 @@ class StageResult:
 
 
 # ---------------------------------------------------------------------------------------------
-# Config snapshots.
-
-
-def _jsonable(value: Any) -> Any:
-  if dataclasses.is_dataclass(value):
-    return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-  if isinstance(value, dict):
-    return {str(k): _jsonable(v) for k, v in sorted(value.items())}
-  if isinstance(value, (tuple, list)):
-    return [_jsonable(v) for v in value]
-  return value
-
-
-def experiment_json(experiment: experiment_lib.Experiment) -> dict[str, Any]:
-  """The typed experiment as JSON: every section with its defaults filled in."""
-  return {"name": experiment.name, "seed": experiment.seed, "stages": list(experiment.stages),
-          **{key: _jsonable(section) for key, section in sorted(experiment.sections().items())}}
-
-
-def _flatten(tree: Any, prefix: str = "config") -> dict[str, Any]:
-  if isinstance(tree, dict):
-    flat = {}
-    for key, value in tree.items():
-      flat.update(_flatten(value, f"{prefix}.{key}"))
-    return flat
-  return {prefix: tree}
-
-
-def _schedule_ignores_num_steps(train_config: Any) -> bool:
-  """True when the learning-rate schedule does not depend on num_steps (so it may grow)."""
-  return isinstance(train_config, dict) and (
-      train_config.get("schedule") == "constant" or train_config.get("decay_steps") is not None)
-
-
-def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-  """"config.key: old -> new" for each difference that matters for resuming.
-
-  Bookkeeping keys (`RESUMABLE_CHANGES`) and the mesh may change; so may a stage's num_steps
-  when its schedule does not depend on it (constant, or an explicit decay_steps).
-  """
-  current = json.loads(json.dumps(current))
-  old, new = _flatten(saved), _flatten(current)
-  differences = []
-  for key in sorted(set(old) | set(new)):
-    parts = key.split(".")
-    if any(part in RESUMABLE_CHANGES for part in parts[1:2] + parts[-1:]):
-      continue
-    if parts[1] == "train" and parts[-1] == "num_steps" and len(parts) == 4:
-      stage = parts[2]
-      if all(_schedule_ignores_num_steps(c.get("train", {}).get(stage)) for c in (saved, current)):
-        continue
-    if old.get(key, "<absent>") != new.get(key, "<absent>"):
-      differences.append(f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}")
-  return differences
-
-
-# ---------------------------------------------------------------------------------------------
-# Preemption.
-
-
-class _PreemptionWatch:
-  """Turns SIGTERM into a request to save and stop at the next step boundary.
-
-  With several processes, JAX's preemption service (started by `jax.distributed.initialize`)
-  catches the signal and `reached_preemption_sync_point` makes all processes stop at the same
-  step; a single process uses its own SIGTERM handler.
-  """
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-    self._installed = False
-    self._service_missing = False
-
-  def __enter__(self) -> _PreemptionWatch:
-    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-      self._installed = True
-    return self
-
-  def _handle(self, signum, frame) -> None:
-    del signum, frame
-    logging.warning("SIGTERM received: saving a checkpoint at the end of this step, then stopping")
-    self.requested = True
-
-  def should_stop(self, step: int) -> bool:
-    if jax.process_count() > 1 and not self._service_missing:
-      try:
-        return multihost_utils.reached_preemption_sync_point(step)
-      except RuntimeError as error:  # jax_enable_preemption_service was turned off
-        logging.warning("no preemption sync across processes (%s): SIGTERM will not save", error)
-        self._service_missing = True
-    return self.requested
-
-  def __exit__(self, *exc_info) -> None:
-    if self._installed:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
-# ---------------------------------------------------------------------------------------------
-# The stage loop.
+# Pieces of the loop.
 
 
 def _batch_signature(batch: dict[str, jax.Array]) -> tuple:
@@ -294,6 +190,22 @@ def _check_finite(name: str, step: int, metrics: dict[str, float],
       f"command to resume from that checkpoint")
 
 
+def _check_config(saved: dict[str, Any], current: dict[str, Any], *, name: str, workdir: str,
+                  allow_config_change: bool) -> None:
+  """Refuses (or, when allowed, logs) a resume under a config that computes something else."""
+  differences = config_changes.config_differences(saved, current)
+  if not differences:
+    return
+  listed = "; ".join(differences[:12]) + ("; ..." if len(differences) > 12 else "")
+  if allow_config_change:
+    logging.warning("stage %s: resuming under a changed config (--allow_config_change): %s",
+                    name, listed)
+    return
+  raise ConfigChangedError(
+      f"{workdir} holds checkpoints of stage {name} made with a different config: {listed}. "
+      f"Use a new --workdir, or pass --allow_config_change to resume under the new config")
+
+
 def train_stage(stage: stage_lib.Stage, experiment: experiment_lib.Experiment, workdir: str, *,
                 mesh: jax.sharding.Mesh, writer: metrics_lib.MetricWriter | None = None,
                 allow_config_change: bool = False) -> StageResult:
@@ -317,29 +229,23 @@ def train_stage(stage: stage_lib.Stage, experiment: experiment_lib.Experiment, w
   """
   name = stage.name
   config: configs.TrainConfig = experiment.train[name]
-  rules = experiment.mesh.rules
   own_writer = writer is None
   writer = metrics_lib.MetricWriter(workdir) if writer is None else writer
   checkpointer = checkpointing.Checkpointer(
       workdir_lib.checkpoint_dir(workdir, name), keep=config.keep_checkpoints,
       async_save=config.async_checkpoints)
-  current_config = experiment_json(experiment)
+  current_config = config_changes.experiment_json(experiment)
+  check_config = lambda saved: _check_config(saved, current_config, name=name, workdir=workdir,
+                                             allow_config_change=allow_config_change)
   progress = None
-
-  def check_config(saved: dict[str, Any]) -> None:
-    differences = config_differences(saved, current_config)
-    if not differences:
-      return
-    listed = "; ".join(differences[:12]) + ("; ..." if len(differences) > 12 else "")
-    if allow_config_change:
-      logging.warning("stage %s: resuming under a changed config (--allow_config_change): %s",
-                      name, listed)
-      return
-    raise ConfigChangedError(
-        f"{workdir} holds checkpoints of stage {name} made with a different config: {listed}. "
-        f"Use a new --workdir, or pass --allow_config_change to resume under the new config")
-
+  profile = profiling.ProfileWindow(config.profile_steps,
+                                    metrics_lib.tensorboard_dir(workdir, name))
   try:
+    # == Mesh ===================================================================================
+    # Built by `train`; the rules table maps the model's logical axis names onto it.
+    rules = experiment.mesh.rules
+
+    # == Checkpoint: a stage trained before is skipped before anything is built =================
     latest = checkpointer.latest_step()
     if latest is not None and latest >= config.num_steps:
       try:
@@ -352,13 +258,15 @@ def train_stage(stage: stage_lib.Stage, experiment: experiment_lib.Experiment, w
                      name, latest, config.num_steps)
         return StageResult(name, "skipped", latest)
 
-    # 1. The model, initialised directly into its shardings.
+    # == Model ==================================================================================
     tx = train_state_lib.make_optimizer(config)
+    graphdef, _, _ = train_state_lib.abstract_model(stage)
+
+    # == Shard: the state initialised directly into its shardings ===============================
     # Keys distinct per stage and fixed by the experiment seed, derived inside the jitted init.
     stage_salt = zlib.crc32(name.encode()) & 0x7FFFFFFF
     state, state_shardings = train_state_lib.init_sharded_train_state(
         stage, tx, experiment.seed, mesh, rules, salt=stage_salt)
-    graphdef, _, _ = train_state_lib.abstract_model(stage)
     full = stage.load_frozen(nnx.merge_state(state.params, state.frozen), workdir)
     _, frozen = nnx.split_state(full, stage.trainable, ...)
     state = state.replace(frozen=frozen)
@@ -367,8 +275,10 @@ def train_stage(stage: stage_lib.Stage, experiment: experiment_lib.Experiment, w
                  "take %.2f MiB per device", name, num_params, mesh_lib.describe(mesh),
                  sharding_lib.bytes_per_device(state) / 2**20)
 
-    # 2. Resume.
+    # == Input ==================================================================================
     iterator = stage.make_iterator(mesh=mesh, seed=experiment.seed, workdir=workdir)
+
+    # == Checkpoint: resume the state and the data position =====================================
     abstract_state = jax.eval_shape(lambda: state)
     target = sharding_lib.with_shardings(abstract_state, state_shardings).checkpoint_tree()
     restored = checkpointer.restore_latest(target, check_config=check_config)
@@ -381,9 +291,19 @@ def train_stage(stage: stage_lib.Stage, experiment: experiment_lib.Experiment, w
     if step >= config.num_steps:
       return StageResult(name, "skipped", step, state)
 
-    # 3. The loop.
+    # == Update =================================================================================
     step_fn = train_state_lib.make_train_step(stage, graphdef, tx, config, mesh=mesh, rules=rules)
     compiler = _StepCompiler(step_fn, state_shardings, mesh, stage.name)
+
+    # == Evals ==================================================================================
+    def evaluate(at_step: int, trained: TrainState) -> None:
+      """`stage.evaluate` on the EMA parameters; its scores go to the metrics as eval/<name>."""
+      model = nnx.merge(graphdef, trained.ema_params, trained.frozen)
+      scores = stage.evaluate(model, at_step, workdir)
+      if scores:
+        writer.write(name, at_step, {f"eval/{k}": v for k, v in scores.items()})
+
+    # == Loop ===================================================================================
     progress = tqdm.tqdm(total=config.num_steps, initial=step, desc=f"train {name}", unit="step",
                          disable=not (multihost.is_primary() and config.progress_bar),
                          dynamic_ncols=True, mininterval=1.0)
@@ -410,18 +330,23 @@ def train_stage(stage: stage_lib.Stage, experiment: experiment_lib.Experiment, w
       pending.clear()
 
     status = "done"
-    with _PreemptionWatch() as preemption:
+    with preemption_lib.PreemptionWatch() as preemption:
       while step < config.num_steps:
-        batch = next(iterator)
+        profile.before_step(step + 1)
+        with jax.profiler.TraceAnnotation("data"):
+          batch = next(iterator)
         compiled_before = compiler.num_compiled
         compiled = compiler(state, batch)
         if compiler.num_compiled != compiled_before:
           drain()
           timer.update(time=time.perf_counter(), step=step)  # keep compilation out of steps/s
-        state, step_metrics = compiled(state, batch)
+        with jax.profiler.StepTraceAnnotation("step", step_num=step + 1):
+          state, step_metrics = compiled(state, batch)
         step += 1
-        drain()  # the previous step's metrics: this one is already queued behind it
+        with jax.profiler.TraceAnnotation("metrics"):
+          drain()  # the previous step's metrics: this one is already queued behind it
         pending.append((step, step_metrics))
+        profile.after_step(step, state)
         stopping = preemption.should_stop(step)
         save_now = stopping or step % config.checkpoint_every == 0 or step == config.num_steps
         evaluate_now = config.eval_every > 0 and step % config.eval_every == 0
@@ -430,14 +355,13 @@ def train_stage(stage: stage_lib.Stage, experiment: experiment_lib.Experiment, w
         # Saved before the evaluation, so that an evaluation that fails (or a preemption's grace
         # period that runs out during one) costs no trained step.
         if save_now:
-          checkpointer.save(step, state.checkpoint_tree(), iterator.get_state(), current_config)
+          with jax.profiler.TraceAnnotation("checkpoint"):
+            checkpointer.save(step, state.checkpoint_tree(), iterator.get_state(), current_config)
           if stopping and evaluate_now:
             checkpointer.wait()
         if evaluate_now:
-          model = nnx.merge(graphdef, state.ema_params, state.frozen)
-          scores = stage.evaluate(model, step, workdir)
-          if scores:
-            writer.write(name, step, {f"eval/{k}": v for k, v in scores.items()})
+          with jax.profiler.TraceAnnotation("evaluate"):
+            evaluate(step, state)
         if stopping:
           logging.warning("stage %s: stopped by preemption at step %d after saving; run the same "
                           "command to resume", name, step)
@@ -451,6 +375,7 @@ def train_stage(stage: stage_lib.Stage, experiment: experiment_lib.Experiment, w
         logging.info("stage %s: loss curve in %s", name, path)
     return StageResult(name, status, step, state)
   finally:
+    profile.close()
     if progress is not None:
       progress.close()
     checkpointer.close()
@@ -512,26 +437,3 @@ def train(experiment: experiment_lib.Experiment, workdir: str, *, allow_config_c
     writer.close()
   return results
 
-
-def command(experiment: experiment_lib.Experiment, workdir: str | None, *,
-            allow_config_change: bool = False, coordinator_address: str | None = None,
-            num_processes: int | None = None, process_id: int | None = None) -> int:
-  """`python -m videogen.main train`: joins a multi-process run if asked, then trains.
-
-  Exit codes: 0 trained (or preempted after a save: rerun to resume), 1 non-finite loss,
-  2 config changed or checkpoints unreadable.
-  """
-  if not workdir:
-    print("train needs --workdir=DIR (checkpoints and metrics go there)", file=sys.stderr)
-    return 2
-  multihost.initialize(coordinator_address, num_processes, process_id)
-  multihost.quiet_secondary_logging()
-  try:
-    results = train(experiment, workdir, allow_config_change=allow_config_change)
-  except (NonFiniteError, ConfigChangedError, checkpointing.CheckpointRestoreError) as error:
-    logging.error("%s", error)
-    print(f"error: {error}", file=sys.stderr)
-    return 1 if isinstance(error, NonFiniteError) else 2
-  for result in results:
-    logging.info("stage %s: %s at step %d", result.name, result.status, result.step)
-  return 0

@@ -1,4 +1,4 @@
-"""videogen/train/standin_stage.py: the synthetic data iterator and the stand-in loss."""
+"""tests/standin/stage.py: the synthetic data iterator and the stand-in loss."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from videogen.models import standin
 from videogen.parallel import mesh as mesh_lib
 from videogen.parallel import sharding as sharding_lib
-from videogen.train import standin_stage
+
+from tests.standin import model as standin
+from tests.standin import stage as standin_stage
 
 CONFIG = standin.StandinConfig(features=4, batch_size=8, lengths=(3, 5), num_batches=6)
 RULES = mesh_lib.DEFAULT_RULES

@@ -1,4 +1,4 @@
-"""A small transformer that stands in for the real models while the trainer is built and tested.
+"""A small transformer that stands in for the real models in the trainer's tests.
 
     model = StandinModel(StandinConfig(), rngs=nnx.Rngs(0))
     y = model(x)            # x: [B, L, features] -> y: [B, L, features]
@@ -6,8 +6,8 @@
 Pre-norm blocks of full self-attention and an MLP over a sequence of feature vectors. It has the
 parameter kinds of the real models (dense "embed"/"mlp" weights, attention "heads"/"kv" weights,
 float32 norm scales), each with logical axis names, and at its default size (about 3.2M parameters)
-FSDP over 8 devices shards it in earnest. The stand-in stage (`videogen.train.standin_stage`)
-trains it on synthetic regression data.
+FSDP over 8 devices shards it in earnest. The stand-in stage (`tests.standin.stage`) trains it on
+synthetic regression data.
 """
 
 from __future__ import annotations

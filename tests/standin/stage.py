@@ -18,9 +18,10 @@ import numpy as np
 from flax import nnx
 
 from videogen import experiment as experiment_lib
-from videogen.models import standin
 from videogen.parallel import sharding as sharding_lib
 from videogen.train import stage as stage_lib
+
+from tests.standin import model as standin
 
 
 def teacher_weights(features: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

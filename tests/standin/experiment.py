@@ -1,7 +1,11 @@
-r"""The stand-in experiment: the trainer's own model and synthetic data (no video, no VAE).
+r"""The stand-in experiment: the trainer's test model and synthetic data (no video, no VAE).
 
-    python -m videogen.main train --config=experiments/standin.py:tiny --workdir=runs/standin \
-        --config.train.standin.num_steps=20
+    python -m videogen.main train --config=tests/standin/experiment.py:tiny \
+        --workdir=runs/standin --config.train.standin.num_steps=20
+
+Run from the repository root, so that `tests.standin` imports. The stand-in is no part of the
+package: importing this file declares its config section and its stage, so that
+`experiment_lib.validate` and `stages.make_stage` know them.
 
 Variants (`arg`, comma-separated): a size, "tiny" (default, for tests) or "base" (about 3.2M
 parameters, for speed and memory figures), optionally followed by a parallelism layout:
@@ -15,17 +19,21 @@ import ml_collections
 
 from videogen import experiment as experiment_lib
 from videogen.config import to_config_dict
-from videogen.models.standin import StandinConfig
 from videogen.parallel.mesh import MeshConfig
+from videogen.train import stages as stages_lib
 from videogen.train.config import TrainConfig
+
+from tests.standin.model import StandinConfig
+from tests.standin.stage import StandinStage
 
 SIZES = {
     "tiny": StandinConfig(features=8, embed=32, mlp=64, heads=2, head_dim=16, depth=2,
                           batch_size=8, lengths=(4, 8), num_batches=64),
     "base": StandinConfig(),
 }
-# The stand-in model is not a built-in section of an experiment: this file declares it.
+# The stand-in is no built-in section or stage: this file declares both.
 experiment_lib.register_section("standin", StandinConfig)
+stages_lib.register("standin", StandinStage)
 
 LAYOUTS = {
     "dp": MeshConfig(),

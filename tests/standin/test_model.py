@@ -1,4 +1,4 @@
-"""videogen/models/standin.py: the stand-in transformer."""
+"""tests/standin/model.py: the stand-in transformer."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from videogen.models import standin
+from tests.standin import model as standin
 
 TINY = standin.StandinConfig(features=8, embed=32, mlp=64, heads=2, head_dim=16, depth=2)
 

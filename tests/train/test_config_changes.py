@@ -1,0 +1,47 @@
+"""videogen/train/config_changes.py: which config changes a run may be resumed under."""
+
+from __future__ import annotations
+
+import json
+
+from videogen import experiment as experiment_lib
+from videogen.train import config_changes
+
+from tests.standin import experiment as standin_experiment
+
+
+def _snapshot(mesh_shape=(1, 1, 1), **train):
+  """The JSON a checkpoint of the tiny stand-in saves, with `train` overrides."""
+  config = standin_experiment.get_config("tiny")
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh_shape
+  config.train.standin.update({"num_steps": 5, **train})
+  return json.loads(json.dumps(config_changes.experiment_json(experiment_lib.validate(config))))
+
+
+def test_the_snapshot_holds_every_section_with_its_defaults():
+  snapshot = _snapshot()
+  assert snapshot["stages"] == ["standin"] and snapshot["train"]["standin"]["num_steps"] == 5
+  assert snapshot["standin"]["depth"] == 2  # the tiny variant's
+  assert snapshot["train"]["standin"]["optimizer"] == "adamw"  # a default the file leaves out
+
+
+def test_num_steps_may_grow_only_when_the_schedule_ignores_it():
+  cosine = _snapshot()
+  assert config_changes.config_differences(cosine, _snapshot(num_steps=9)) == [
+      "config.train.standin.num_steps: 5 -> 9"]
+  explicit = _snapshot(decay_steps=100)
+  assert config_changes.config_differences(explicit, _snapshot(decay_steps=100, num_steps=9)) == []
+  assert config_changes.config_differences(_snapshot(schedule="constant"),
+                                           _snapshot(schedule="constant", num_steps=9)) == []
+  assert config_changes.config_differences(
+      cosine, _snapshot(mesh_shape=(2, 2, 2), log_every=7)) == []
+
+
+def test_what_is_computed_may_not_change_but_the_profile_window_may():
+  cosine = _snapshot()
+  assert config_changes.config_differences(cosine, _snapshot(learning_rate=0.5)) == [
+      "config.train.standin.learning_rate: 0.003 -> 0.5"]
+  assert config_changes.config_differences(cosine, _snapshot(profile_steps=(2, 3))) == []
+  # A checkpoint saved before the field existed resumes under today's config.
+  del cosine["train"]["standin"]["profile_steps"]
+  assert config_changes.config_differences(cosine, _snapshot()) == []

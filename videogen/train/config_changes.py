@@ -1,0 +1,78 @@
+"""Which config changes a run may be resumed under: the config a checkpoint saves, and its diff.
+
+    saved = experiment_json(experiment)              # JSON, written into every checkpoint
+    config_differences(saved, experiment_json(new))  # ["config.train.dit.learning_rate: ..."]
+
+A resumed run must compute what the interrupted one would have. Bookkeeping, the mesh (restoring
+onto another mesh is supported) and the sampler settings (generation only) may change; so may a
+stage's num_steps when its learning-rate schedule does not depend on it. Anything else is a
+difference the trainer refuses unless told `--allow_config_change`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from videogen import experiment as experiment_lib
+
+# Config keys that may change between a run and its resumption: bookkeeping that does not change
+# what is computed, the mesh and the sampler settings. A name matches a top-level section or a
+# last key.
+RESUMABLE_CHANGES = ("name", "mesh", "sample", "log_every", "checkpoint_every",
+                     "keep_checkpoints", "eval_every", "async_checkpoints", "progress_bar",
+                     "profile_steps")
+
+
+def _jsonable(value: Any) -> Any:
+  if dataclasses.is_dataclass(value):
+    return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+  if isinstance(value, dict):
+    return {str(k): _jsonable(v) for k, v in sorted(value.items())}
+  if isinstance(value, (tuple, list)):
+    return [_jsonable(v) for v in value]
+  return value
+
+
+def experiment_json(experiment: experiment_lib.Experiment) -> dict[str, Any]:
+  """The typed experiment as JSON: every section with its defaults filled in."""
+  return {"name": experiment.name, "seed": experiment.seed, "stages": list(experiment.stages),
+          **{key: _jsonable(section) for key, section in sorted(experiment.sections().items())}}
+
+
+def _flatten(tree: Any, prefix: str = "config") -> dict[str, Any]:
+  if isinstance(tree, dict):
+    flat = {}
+    for key, value in tree.items():
+      flat.update(_flatten(value, f"{prefix}.{key}"))
+    return flat
+  return {prefix: tree}
+
+
+def _schedule_ignores_num_steps(train_config: Any) -> bool:
+  """True when the learning-rate schedule does not depend on num_steps (so it may grow)."""
+  return isinstance(train_config, dict) and (
+      train_config.get("schedule") == "constant" or train_config.get("decay_steps") is not None)
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+  """"config.key: old -> new" for each difference that matters for resuming.
+
+  Bookkeeping keys (`RESUMABLE_CHANGES`) and the mesh may change; so may a stage's num_steps
+  when its schedule does not depend on it (constant, or an explicit decay_steps).
+  """
+  current = json.loads(json.dumps(current))
+  old, new = _flatten(saved), _flatten(current)
+  differences = []
+  for key in sorted(set(old) | set(new)):
+    parts = key.split(".")
+    if any(part in RESUMABLE_CHANGES for part in parts[1:2] + parts[-1:]):
+      continue
+    if parts[1] == "train" and parts[-1] == "num_steps" and len(parts) == 4:
+      stage = parts[2]
+      if all(_schedule_ignores_num_steps(c.get("train", {}).get(stage)) for c in (saved, current)):
+        continue
+    if old.get(key, "<absent>") != new.get(key, "<absent>"):
+      differences.append(f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}")
+  return differences
