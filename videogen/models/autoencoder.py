@@ -38,15 +38,16 @@ once). Optional spatial tiling (`tile_latents`) runs each tile with a margin (`t
 and keeps its centre: exact when the margin covers the receptive field and `middle_attention` is
 off, a close approximation otherwise (attention in the middle block sees the whole frame).
 
-Logical axis names of the parameters (the trainer's rules map them to mesh axes):
-  convolution kernels [kt, kh, kw, in, out]:  (None, None, None, "conv_in", "conv_out")
-  convolution biases [out]:                   ("conv_out",)
-  the RGB side of the first and the last convolution is None, not "conv_in"/"conv_out" (3 channels
+Logical axis names of the parameters (constants of `videogen.parallel.axes`; the trainer's rules
+map them to mesh axes):
+  convolution kernels [kt, kh, kw, in, out]:  (None, None, None, CONV_IN, CONV_OUT)
+  convolution biases [out]:                   (CONV_OUT,)
+  the RGB side of the first and the last convolution is None, not CONV_IN/CONV_OUT (3 channels
   cannot be split over devices)
-  pointwise (1x1x1) skip projections [in, out]: ("conv_in", "conv_out")
-  norm scales [C]:                            ("norm",)
-  attention query/key/value [C, N, D]:        ("embed", "heads", "kv")
-  attention output [N, D, C] and its bias [C]: ("heads", "kv", "embed") and ("embed",)
+  pointwise (1x1x1) skip projections [in, out]: (CONV_IN, CONV_OUT)
+  norm scales [C]:                            (NORM,)
+  attention query/key/value [C, N, D]:        (EMBED, HEADS, KV)
+  attention output [N, D, C] and its bias [C]: (HEADS, KV, EMBED) and (EMBED,)
 
 Latent scaling for the diffusion stage. The posterior's scale is not unit; the user of the latents
 (the diffusion stage) applies `normalize_latents` (`(z - shift_factor) * scale_factor`) before
@@ -64,6 +65,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from videogen.models import attention as attention_lib
+from videogen.parallel import axes
 
 DType = Literal["float32", "bfloat16", "float16"]
 # The posterior's log-variance is clipped to this range, so exp() neither overflows nor vanishes.
@@ -336,7 +338,7 @@ class CausalConv3d(nnx.Module):
   def __init__(self, in_channels: int, out_channels: int, *,
                kernel_size: tuple[int, int, int] = (3, 3, 3),
                stride: tuple[int, int, int] = (1, 1, 1),
-               in_axis: str | None = "conv_in", out_axis: str | None = "conv_out",
+               in_axis: str | None = axes.CONV_IN, out_axis: str | None = axes.CONV_OUT,
                dtype: jnp.dtype = jnp.float32, param_dtype: jnp.dtype = jnp.float32,
                rngs: nnx.Rngs):
     self.stride = stride
@@ -360,7 +362,7 @@ class ChannelRMSNorm(nnx.Module):
                param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
     self.epsilon = epsilon
     self.dtype = dtype
-    self.scale = nnx.Param(nnx.with_partitioning(nnx.initializers.ones_init(), ("norm",))(
+    self.scale = nnx.Param(nnx.with_partitioning(nnx.initializers.ones_init(), (axes.NORM,))(
         rngs.params(), (channels,), param_dtype))
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -385,7 +387,7 @@ class ResidualBlock(nnx.Module):
     self.norm2 = ChannelRMSNorm(out_channels, epsilon=epsilon, **common)
     self.conv2 = CausalConv3d(out_channels, out_channels, **common)
     if in_channels != out_channels:
-      init = nnx.with_partitioning(nnx.initializers.lecun_normal(), ("conv_in", "conv_out"))
+      init = nnx.with_partitioning(nnx.initializers.lecun_normal(), (axes.CONV_IN, axes.CONV_OUT))
       self.skip = nnx.Param(init(rngs.params(), (in_channels, out_channels), param_dtype))
     else:
       self.skip = None
@@ -421,14 +423,14 @@ class SpatialAttention(nnx.Module):
     self.norm = ChannelRMSNorm(channels, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
                                rngs=rngs)
     in_init = nnx.with_partitioning(nnx.initializers.lecun_normal(in_axis=0, out_axis=(1, 2)),
-                                    ("embed", "heads", "kv"))
+                                    (axes.EMBED, axes.HEADS, axes.KV))
     self.query = nnx.Param(in_init(rngs.params(), (channels, heads, head_dim), param_dtype))
     self.key = nnx.Param(in_init(rngs.params(), (channels, heads, head_dim), param_dtype))
     self.value = nnx.Param(in_init(rngs.params(), (channels, heads, head_dim), param_dtype))
     out_init = nnx.with_partitioning(nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2),
-                                     ("heads", "kv", "embed"))
+                                     (axes.HEADS, axes.KV, axes.EMBED))
     self.out = nnx.Param(out_init(rngs.params(), (heads, head_dim, channels), param_dtype))
-    self.out_bias = nnx.Param(nnx.with_partitioning(nnx.initializers.zeros_init(), ("embed",))(
+    self.out_bias = nnx.Param(nnx.with_partitioning(nnx.initializers.zeros_init(), (axes.EMBED,))(
         rngs.params(), (channels,), param_dtype))
 
   def __call__(self, x: jax.Array) -> jax.Array:

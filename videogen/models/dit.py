@@ -29,6 +29,7 @@ from flax import nnx
 
 from videogen.models import attention as attention_lib
 from videogen.models import layers
+from videogen.parallel import axes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,7 +215,7 @@ class FinalLayer(nnx.Module):
     patch_values = config.patch_size[0] * config.patch_size[1] * config.patch_size[2]
     self.modulation = layers.AdaLNModulation(config.width, config.width, 2, rngs=rngs)
     self.linear = layers.Dense(config.width, patch_values * config.out_channels,
-                               axes=("embed", None), kernel_init=nnx.initializers.zeros_init(),
+                               axes=(axes.EMBED, None), kernel_init=nnx.initializers.zeros_init(),
                                dtype=self.dtype, param_dtype=layers.dtype_of(config.param_dtype),
                                rngs=rngs)
 
@@ -232,7 +233,7 @@ class DiT(nnx.Module):
     dtype, param_dtype = layers.dtype_of(config.dtype), layers.dtype_of(config.param_dtype)
     patch_values = config.patch_size[0] * config.patch_size[1] * config.patch_size[2]
     self.patch_embed = layers.Dense(patch_values * config.in_channels, config.width,
-                                    axes=(None, "embed"), dtype=dtype, param_dtype=param_dtype,
+                                    axes=(None, axes.EMBED), dtype=dtype, param_dtype=param_dtype,
                                     rngs=rngs)
     self.time_embed = layers.TimestepEmbedding(
         config.width, frequency_dim=config.frequency_dim, time_scale=config.time_scale,
@@ -242,7 +243,7 @@ class DiT(nnx.Module):
         rngs=rngs) if config.pooled_dim is not None and config.pooled_projection else None
     if config.scan_layers:
       @nnx.split_rngs(splits=config.depth)
-      @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+      @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: axes.LAYERS})
       def make_blocks(rngs: nnx.Rngs) -> DiTBlock:
         return DiTBlock(config, rngs=rngs)
       self.blocks = make_blocks(rngs)
@@ -351,10 +352,10 @@ class _PooledProjection(nnx.Module):
   """Pooled text embedding [B, P] -> Linear, SiLU, Linear -> [B, D]."""
 
   def __init__(self, pooled_dim: int, width: int, *, param_dtype: jnp.dtype, rngs: nnx.Rngs):
-    self.linear_in = layers.Dense(pooled_dim, width, axes=("embed", "mlp"),
+    self.linear_in = layers.Dense(pooled_dim, width, axes=(axes.EMBED, axes.MLP),
                                   param_dtype=param_dtype, rngs=rngs)
-    self.linear_out = layers.Dense(width, width, axes=("mlp", "embed"), param_dtype=param_dtype,
-                                   rngs=rngs)
+    self.linear_out = layers.Dense(width, width, axes=(axes.MLP, axes.EMBED),
+                                   param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, pooled: jax.Array) -> jax.Array:
     return self.linear_out(jax.nn.silu(self.linear_in(pooled.astype(jnp.float32))))

@@ -29,6 +29,7 @@ from flax import nnx
 
 from videogen.models import attention as attention_lib
 from videogen.models import layers
+from videogen.parallel import axes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,10 +121,10 @@ class TextEncoder(nnx.Module):
     init = nnx.initializers.normal(0.02)
     is_text = config.mode == "text"
     rows = config.vocab_size if is_text else config.num_classes + 1
-    row_axis = "vocab" if is_text else None  # 1001 class rows rarely divide a mesh axis.
-    self.embedding = nnx.Param(nnx.with_partitioning(init, (row_axis, "embed"))(
+    row_axis = axes.VOCAB if is_text else None  # 1001 class rows rarely divide a mesh axis.
+    self.embedding = nnx.Param(nnx.with_partitioning(init, (row_axis, axes.EMBED))(
         rngs.params(), (rows, config.width), param_dtype))
-    self.positions = nnx.Param(nnx.with_partitioning(init, (None, "embed"))(
+    self.positions = nnx.Param(nnx.with_partitioning(init, (None, axes.EMBED))(
         rngs.params(), (config.max_length, config.width), param_dtype)) if is_text else None
     self.blocks = nnx.List(
         [_EncoderBlock(config, rngs=rngs) for _ in range(config.depth)] if is_text else [])

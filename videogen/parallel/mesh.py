@@ -29,8 +29,10 @@ import jax
 import numpy as np
 from jax.experimental import mesh_utils
 
+from videogen.parallel import axes
+
 # Mesh axis names, in mesh order (outermost, least communication first).
-AXES: tuple[str, ...] = ("data", "fsdp", "sequence", "tensor")
+AXES: tuple[str, ...] = axes.MESH_AXES
 
 # Logical axis name -> mesh axes it is split over ("()" = replicated). Parameters name their
 # dimensions with these (`nnx.with_partitioning(init, ("embed", "mlp"))`); activations and batches
