@@ -66,6 +66,7 @@ from flax import nnx
 
 from videogen.models import attention as attention_lib
 from videogen.parallel import axes
+from videogen.parallel import sharding
 
 DType = Literal["float32", "bfloat16", "float16"]
 # The posterior's log-variance is clipped to this range, so exp() neither overflows nor vanishes.
@@ -404,8 +405,10 @@ class ResidualBlock(nnx.Module):
 
   def __call__(self, x: jax.Array, cache: Cache = None) -> tuple[jax.Array, Cache]:
     if self.remat:
-      return nnx.remat(ResidualBlock._forward)(self, x, cache)
-    return self._forward(x, cache)
+      y, cache = nnx.remat(ResidualBlock._forward)(self, x, cache)
+    else:
+      y, cache = self._forward(x, cache)
+    return sharding.constrain(y, axes.FEATURE_MAP), cache
 
 
 class SpatialAttention(nnx.Module):
@@ -462,7 +465,7 @@ class MiddleBlock(nnx.Module):
     cache = cache or {}
     x, block1_cache = self.block1(x, cache.get("block1"))
     if self.attention is not None:
-      x = self.attention(x)
+      x = sharding.constrain(self.attention(x), axes.FEATURE_MAP)
     x, block2_cache = self.block2(x, cache.get("block2"))
     return x, {"block1": block1_cache, "block2": block2_cache}
 
@@ -487,7 +490,7 @@ class Downsample(nnx.Module):
     if self.shortcut:
       y = y + fold_shortcut(x.astype(y.dtype), y.shape[-1], spatial=self.spatial,
                             temporal=self.temporal, start_of_video=cache is None)
-    return y, new_cache
+    return sharding.constrain(y, axes.FEATURE_MAP), new_cache
 
 
 class Upsample(nnx.Module):
@@ -523,7 +526,7 @@ class Upsample(nnx.Module):
         x = x[:, 1:]
     if shortcut is not None:
       x = x + shortcut.astype(x.dtype)
-    return x, new_cache
+    return sharding.constrain(x, axes.FEATURE_MAP), new_cache
 
 
 class Encoder(nnx.Module):
@@ -561,6 +564,7 @@ class Encoder(nnx.Module):
     patches = einops.rearrange(video, "b t (h p) (w q) c -> b t h w (p q c)", p=self.patch_size,
                                q=self.patch_size)
     x, new_cache["conv_in"] = self.conv_in(patches, cache.get("conv_in"))
+    x = sharding.constrain(x, axes.FEATURE_MAP)
     for index, block in enumerate(self.blocks):
       x, new_cache[f"block{index}"] = block(x, cache.get(f"block{index}"))
       level, position = divmod(index, self.num_res_blocks)
@@ -619,6 +623,7 @@ class Decoder(nnx.Module):
     if self.shortcut:
       x = x + einops.repeat(latents.astype(x.dtype), "b t h w c -> b t h w (c r)",
                             r=x.shape[-1] // latents.shape[-1])
+    x = sharding.constrain(x, axes.FEATURE_MAP)
     x, new_cache["middle"] = self.middle(x, cache.get("middle"))
     for index, block in enumerate(self.blocks):
       x, new_cache[f"block{index}"] = block(x, cache.get(f"block{index}"))

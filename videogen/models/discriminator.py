@@ -23,6 +23,7 @@ from flax import nnx
 
 from videogen.models import autoencoder as autoencoder_lib
 from videogen.parallel import axes
+from videogen.parallel import sharding
 
 # The slope of the leaky ReLUs, as in PatchGAN.
 LEAKY_SLOPE = 0.2
@@ -82,7 +83,7 @@ class PatchDiscriminator3D(nnx.Module):
   def __call__(self, video: jax.Array) -> jax.Array:
     if video.ndim != 5 or video.shape[-1] != 3:
       raise ValueError(f"video must be [B, T, H, W, 3], got shape {video.shape}")
-    x = jax.nn.leaky_relu(self.conv_in(video), LEAKY_SLOPE)
+    x = sharding.constrain(jax.nn.leaky_relu(self.conv_in(video), LEAKY_SLOPE), axes.FEATURE_MAP)
     for conv, norm in zip(self.convs, self.norms):
-      x = jax.nn.leaky_relu(norm(conv(x)), LEAKY_SLOPE)
+      x = sharding.constrain(jax.nn.leaky_relu(norm(conv(x)), LEAKY_SLOPE), axes.FEATURE_MAP)
     return self.conv_out(x).astype(jnp.float32)

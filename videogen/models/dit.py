@@ -30,6 +30,7 @@ from flax import nnx
 from videogen.models import attention as attention_lib
 from videogen.models import layers
 from videogen.parallel import axes
+from videogen.parallel import sharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,7 +201,7 @@ class DiTBlock(nnx.Module):
       x = x + jnp.where(has_context[:, None, None], update, jnp.zeros_like(update))
     hidden = layers.modulate(layers.layer_norm(x, self.norm_eps), shift_mlp, scale_mlp)
     hidden = self.mlp(hidden.astype(self.dtype))
-    return x + layers.gate(hidden, gate_mlp)
+    return sharding.constrain(x + layers.gate(hidden, gate_mlp), axes.TOKENS)
 
 
 class FinalLayer(nnx.Module):
@@ -283,6 +284,7 @@ class DiT(nnx.Module):
     positions = layers.grid_positions(*grid)
     if "sincos" in config.position_embedding:
       x = x + layers.sincos_embedding(positions, config.width)[None].astype(dtype)
+    x = sharding.constrain(x, axes.TOKENS)
     rope = None
     if "rope" in config.position_embedding:
       rope = layers.rope_angles(positions, layers.split_axes_dims(config.head_dim),
@@ -297,7 +299,7 @@ class DiT(nnx.Module):
                          "cross-attention): set context_dim to the text encoder's width")
       if context_mask is None:
         context_mask = jnp.ones(context.shape[:2], bool)
-      context = context.astype(dtype)
+      context = sharding.constrain(context.astype(dtype), axes.TOKENS)
       context_mask = context_mask.astype(bool)
       has_context = jnp.any(context_mask, axis=-1)
       # A sample without text attends to all of its (ignored) context instead of to nothing:

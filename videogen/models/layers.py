@@ -33,6 +33,7 @@ from flax import nnx
 
 from videogen.models import attention as attention_lib
 from videogen.parallel import axes
+from videogen.parallel import sharding
 
 DTypeName = Literal["float32", "bfloat16", "float16"]
 Initializer = Callable[..., jax.Array]
@@ -111,8 +112,8 @@ class MLP(nnx.Module):
                       param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    hidden = checkpoint_name(
-        jax.nn.gelu(self.up(x), approximate=True), "mlp_hidden")
+    hidden = sharding.constrain(jax.nn.gelu(self.up(x), approximate=True), axes.TOKEN_HIDDEN)
+    hidden = checkpoint_name(hidden, "mlp_hidden")
     return self.down(hidden)
 
 
@@ -393,9 +394,9 @@ class Attention(nnx.Module):
     """x: [B, N, D]; context: [B, L, C] or None; mask: bool broadcastable to [B, heads, N, L];
     rope: angles [B or 1, N, head_dim / 2] (self-attention only)."""
     source = x if context is None else context
-    query = self.query(x)  # [B, N, heads, head_dim]
-    key = self.key(source)
-    value = self.value(source)
+    query = sharding.constrain(self.query(x), axes.TOKEN_HEADS)  # [B, N, heads, head_dim]
+    key = sharding.constrain(self.key(source), axes.TOKEN_HEADS)
+    value = sharding.constrain(self.value(source), axes.TOKEN_HEADS)
     if self.query_norm is not None:
       query, key = self.query_norm(query), self.key_norm(key)
     if rope is not None:
@@ -404,5 +405,6 @@ class Attention(nnx.Module):
     key = checkpoint_name(key, "key")
     value = checkpoint_name(value, "value")
     out = attention_lib.dot_product_attention(query, key, value, mask=mask, backend=self.backend)
-    out = checkpoint_name(out.astype(self.dtype), "attention")
+    out = sharding.constrain(out.astype(self.dtype), axes.TOKEN_HEADS)
+    out = checkpoint_name(out, "attention")
     return self.output(out)

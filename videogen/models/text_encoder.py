@@ -30,6 +30,7 @@ from flax import nnx
 from videogen.models import attention as attention_lib
 from videogen.models import layers
 from videogen.parallel import axes
+from videogen.parallel import sharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +109,7 @@ class _EncoderBlock(nnx.Module):
 
   def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
     x = x + self.attention(self.attention_norm(x), mask=mask)
-    return x + self.mlp(self.mlp_norm(x))
+    return sharding.constrain(x + self.mlp(self.mlp_norm(x)), axes.TOKENS)
 
 
 class TextEncoder(nnx.Module):
@@ -167,13 +168,14 @@ class TextEncoder(nnx.Module):
       raise ValueError("text mode needs the token mask (bool [batch, length], False at padding)")
     mask = mask.astype(bool)
     x = jnp.take(self.embedding[...], tokens, axis=0) + self.positions[...][None, :length]
-    x = x.astype(self.dtype)
+    x = sharding.constrain(x.astype(self.dtype), axes.TOKENS)
     attention_mask = mask[:, None, None, :]  # padded keys are never attended to.
     for block in self.blocks:
       x = block(x, attention_mask)
     x = self.final_norm(x)
     weights = mask[..., None].astype(jnp.float32)
     embeddings = (x.astype(jnp.float32) * weights).astype(self.dtype)  # padding -> zeros
+    embeddings = sharding.constrain(embeddings, axes.TOKENS)
     counts = jnp.maximum(jnp.sum(weights, axis=1), 1.0)  # a fully padded caption pools to zero
     pooled = (jnp.sum(embeddings.astype(jnp.float32), axis=1) / counts).astype(self.dtype)
     return embeddings, pooled

@@ -61,6 +61,17 @@ DEFAULT_RULES: dict[str, tuple[str, ...]] = {
     "width": (),
     "channels": (),
     "modulation": (),
+    # Activations (`sharding.constrain`): the batch split as the data is, tokens over "sequence",
+    # attention heads and MLP hidden units over "tensor" (the Megatron layout), the rest whole.
+    axes.ACT_LENGTH: (axes.SEQUENCE,),
+    axes.ACT_EMBED: (),
+    axes.ACT_HEADS: (axes.TENSOR,),
+    axes.ACT_KV: (),
+    axes.ACT_MLP: (axes.TENSOR,),
+    axes.ACT_FRAMES: (),
+    axes.ACT_HEIGHT: (),
+    axes.ACT_WIDTH: (),
+    axes.ACT_CHANNELS: (),
 }
 
 
