@@ -403,6 +403,7 @@ class ResidualBlock(nnx.Module):
       skip = jnp.einsum("bthwc,cd->bthwd", skip, self.skip[...].astype(self.dtype))
     return skip + h, {"conv1": conv1_cache, "conv2": conv2_cache}
 
+  @jax.named_scope("residual_block")
   def __call__(self, x: jax.Array, cache: Cache = None) -> tuple[jax.Array, Cache]:
     if self.remat:
       y, cache = nnx.remat(ResidualBlock._forward)(self, x, cache)
@@ -436,6 +437,7 @@ class SpatialAttention(nnx.Module):
     self.out_bias = nnx.Param(nnx.with_partitioning(nnx.initializers.zeros_init(), (axes.EMBED,))(
         rngs.params(), (channels,), param_dtype))
 
+  @jax.named_scope("spatial_attention")
   def __call__(self, x: jax.Array) -> jax.Array:
     batch, frames, height, width, _ = x.shape
     tokens = einops.rearrange(self.norm(x), "b t h w c -> (b t) (h w) c")
@@ -461,6 +463,7 @@ class MiddleBlock(nnx.Module):
                       if config.middle_attention else None)
     self.block2 = ResidualBlock(channels, channels, remat=config.remat, **common)
 
+  @jax.named_scope("middle")
   def __call__(self, x: jax.Array, cache: Cache = None) -> tuple[jax.Array, Cache]:
     cache = cache or {}
     x, block1_cache = self.block1(x, cache.get("block1"))
@@ -485,6 +488,7 @@ class Downsample(nnx.Module):
     self.conv = CausalConv3d(channels, channels, stride=stride, dtype=dtype,
                              param_dtype=param_dtype, rngs=rngs)
 
+  @jax.named_scope("downsample")
   def __call__(self, x: jax.Array, cache: Cache = None) -> tuple[jax.Array, Cache]:
     y, new_cache = self.conv(x, cache)
     if self.shortcut:
@@ -512,6 +516,7 @@ class Upsample(nnx.Module):
     self.conv = CausalConv3d(in_channels, out_channels * (2 if temporal else 1), dtype=dtype,
                              param_dtype=param_dtype, rngs=rngs)
 
+  @jax.named_scope("upsample")
   def __call__(self, x: jax.Array, cache: Cache = None) -> tuple[jax.Array, Cache]:
     start_of_video = cache is None
     shortcut = (unfold_shortcut(x, self.out_channels, spatial=self.spatial,
@@ -558,6 +563,7 @@ class Encoder(nnx.Module):
     self.shortcut = config.shortcuts
     self.latent_channels = config.latent_channels
 
+  @jax.named_scope("encoder")
   def __call__(self, video: jax.Array, cache: Cache = None) -> tuple[jax.Array, Cache]:
     cache = cache or {}
     new_cache = {}
@@ -566,11 +572,12 @@ class Encoder(nnx.Module):
     x, new_cache["conv_in"] = self.conv_in(patches, cache.get("conv_in"))
     x = sharding.constrain(x, axes.FEATURE_MAP)
     for index, block in enumerate(self.blocks):
-      x, new_cache[f"block{index}"] = block(x, cache.get(f"block{index}"))
       level, position = divmod(index, self.num_res_blocks)
-      if position == self.num_res_blocks - 1 and level < len(self.downsamples):
-        key = f"downsample{level}"
-        x, new_cache[key] = self.downsamples[level](x, cache.get(key))
+      with jax.named_scope(f"level{level}"):
+        x, new_cache[f"block{index}"] = block(x, cache.get(f"block{index}"))
+        if position == self.num_res_blocks - 1 and level < len(self.downsamples):
+          key = f"downsample{level}"
+          x, new_cache[key] = self.downsamples[level](x, cache.get(key))
     x, new_cache["middle"] = self.middle(x, cache.get("middle"))
     moments, new_cache["conv_out"] = self.conv_out(jax.nn.silu(self.norm_out(x)),
                                                    cache.get("conv_out"))
@@ -615,6 +622,7 @@ class Decoder(nnx.Module):
     self.patch_size = config.patch_size
     self.conv_out = CausalConv3d(channels, 3 * config.patch_size ** 2, out_axis=None, **common)
 
+  @jax.named_scope("decoder")
   def features(self, latents: jax.Array, cache: Cache = None) -> tuple[jax.Array, Cache]:
     """latents [B, t, h, w, C] -> (activated features [B, T, H, W, C0], carried frames)."""
     cache = cache or {}
@@ -626,11 +634,13 @@ class Decoder(nnx.Module):
     x = sharding.constrain(x, axes.FEATURE_MAP)
     x, new_cache["middle"] = self.middle(x, cache.get("middle"))
     for index, block in enumerate(self.blocks):
-      x, new_cache[f"block{index}"] = block(x, cache.get(f"block{index}"))
+      # Decoder levels count from the coarsest (level0) up, in the order they run.
       level, position = divmod(index, self.blocks_per_level)
-      if position == self.blocks_per_level - 1 and level < len(self.upsamples):
-        key = f"upsample{level}"
-        x, new_cache[key] = self.upsamples[level](x, cache.get(key))
+      with jax.named_scope(f"level{level}"):
+        x, new_cache[f"block{index}"] = block(x, cache.get(f"block{index}"))
+        if position == self.blocks_per_level - 1 and level < len(self.upsamples):
+          key = f"upsample{level}"
+          x, new_cache[key] = self.upsamples[level](x, cache.get(key))
     return jax.nn.silu(self.norm_out(x)), new_cache
 
   def unpatchify(self, patches: jax.Array) -> jax.Array:

@@ -185,6 +185,7 @@ class DiTBlock(nnx.Module):
     self.mlp = layers.MLP(config.width, int(config.width * config.mlp_ratio), dtype=dtype,
                           param_dtype=param_dtype, rngs=rngs)
 
+  @jax.named_scope("dit_block")
   def __call__(self, x: jax.Array, cond: jax.Array, *, context: jax.Array | None,
                context_mask: jax.Array | None, has_context: jax.Array | None,
                self_mask: jax.Array | None, rope: jax.Array | None) -> jax.Array:
@@ -220,6 +221,7 @@ class FinalLayer(nnx.Module):
                                dtype=self.dtype, param_dtype=layers.dtype_of(config.param_dtype),
                                rngs=rngs)
 
+  @jax.named_scope("final_layer")
   def __call__(self, x: jax.Array, cond: jax.Array) -> jax.Array:
     shift, scale = self.modulation(cond)
     hidden = layers.modulate(layers.layer_norm(x, self.norm_eps), shift, scale)
@@ -280,7 +282,8 @@ class DiT(nnx.Module):
                        f"{config.in_channels}")
     dtype = layers.dtype_of(config.dtype)
 
-    x = self.patch_embed(layers.patchify(latents.astype(dtype), config.patch_size))  # [B, N, D]
+    with jax.named_scope("patch_embed"):
+      x = self.patch_embed(layers.patchify(latents.astype(dtype), config.patch_size))  # [B, N, D]
     positions = layers.grid_positions(*grid)
     if "sincos" in config.position_embedding:
       x = x + layers.sincos_embedding(positions, config.width)[None].astype(dtype)
@@ -290,7 +293,8 @@ class DiT(nnx.Module):
       rope = layers.rope_angles(positions, layers.split_axes_dims(config.head_dim),
                                 config.rope_theta)[None]
 
-    cond = self._conditioning(timesteps, pooled, batch, frames, grid[0])  # [B, t', D] float32
+    with jax.named_scope("conditioning"):
+      cond = self._conditioning(timesteps, pooled, batch, frames, grid[0])  # [B, t', D] float32
     self_mask = layers.self_attention_mask(token_mask, segment_ids)
     context_mask_4d = has_context = None
     if context is not None:

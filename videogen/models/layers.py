@@ -111,6 +111,7 @@ class MLP(nnx.Module):
     self.down = Dense(hidden, width, axes=(axes.MLP, axes.EMBED), dtype=dtype,
                       param_dtype=param_dtype, rngs=rngs)
 
+  @jax.named_scope("mlp")
   def __call__(self, x: jax.Array) -> jax.Array:
     hidden = sharding.constrain(jax.nn.gelu(self.up(x), approximate=True), axes.TOKEN_HIDDEN)
     hidden = checkpoint_name(hidden, "mlp_hidden")
@@ -393,7 +394,12 @@ class Attention(nnx.Module):
                mask: jax.Array | None = None, rope: jax.Array | None = None) -> jax.Array:
     """x: [B, N, D]; context: [B, L, C] or None; mask: bool broadcastable to [B, heads, N, L];
     rope: angles [B or 1, N, head_dim / 2] (self-attention only)."""
-    source = x if context is None else context
+    # Named by role, so a profile tells a DiT block's two attentions apart.
+    with jax.named_scope("self_attention" if context is None else "cross_attention"):
+      return self._attend(x, x if context is None else context, mask, rope)
+
+  def _attend(self, x: jax.Array, source: jax.Array, mask: jax.Array | None,
+              rope: jax.Array | None) -> jax.Array:
     query = sharding.constrain(self.query(x), axes.TOKEN_HEADS)  # [B, N, heads, head_dim]
     key = sharding.constrain(self.key(source), axes.TOKEN_HEADS)
     value = sharding.constrain(self.value(source), axes.TOKEN_HEADS)

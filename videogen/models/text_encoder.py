@@ -107,6 +107,7 @@ class _EncoderBlock(nnx.Module):
     self.mlp_norm = layers.RMSNorm(config.width, **common)
     self.mlp = layers.MLP(config.width, int(config.width * config.mlp_ratio), **common)
 
+  @jax.named_scope("encoder_block")
   def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
     x = x + self.attention(self.attention_norm(x), mask=mask)
     return sharding.constrain(x + self.mlp(self.mlp_norm(x)), axes.TOKENS)
@@ -132,6 +133,7 @@ class TextEncoder(nnx.Module):
     self.final_norm = layers.RMSNorm(config.width, dtype=dtype, param_dtype=param_dtype,
                                      rngs=rngs) if is_text else None
 
+  @jax.named_scope("text_encoder")
   def __call__(self, tokens: jax.Array,
                mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Text mode: tokens int [B, L], mask bool [B, L] -> ([B, L, D], [B, D]).
