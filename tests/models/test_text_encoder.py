@@ -88,22 +88,20 @@ def test_shorter_sequences_and_errors(encode):
     model(tokens)
 
 
-def test_class_mode_embeds_labels_and_a_null_class():
+def test_class_mode_is_a_label_table_with_the_papers_null_row():
   model = _build(CLASSES)
-  labels = jnp.asarray([0, 3, 3, -1, 9])
+  labels = jnp.asarray([0, 3, 3, 10])
   embeddings, pooled = model(labels)
-  assert embeddings.shape == (5, 1, 16) and pooled.shape == (5, 16)
+  assert embeddings.shape == (4, 1, 16) and pooled.shape == (4, 16)
   np.testing.assert_array_equal(embeddings[:, 0], pooled)
   table = model.embedding[...]
-  assert table.shape == (CLASSES.num_classes + 1, 16)
-  np.testing.assert_array_equal(pooled[3], table[CLASSES.null_class])  # -1 -> null
-  np.testing.assert_array_equal(pooled[1], pooled[2])
+  assert table.shape == (CLASSES.num_classes + 1, 16)  # the DiT paper counts the null row
+  np.testing.assert_array_equal(pooled, table[np.asarray(labels)])
   assert not np.allclose(pooled[0], pooled[1])
-  dropped, _ = model(labels, jnp.asarray([True, False, True, True, True]))
-  np.testing.assert_array_equal(dropped[1, 0], table[CLASSES.null_class])
-  np.testing.assert_array_equal(dropped[2, 0], pooled[2])
   with pytest.raises(ValueError, match="class mode takes labels of shape"):
     model(jnp.zeros((2, 3), jnp.int32))
+  with pytest.raises(ValueError, match="class mode takes labels only"):
+    model(labels, jnp.ones((4,), bool))
 
 
 @pytest.mark.parametrize("frozen", [False, True])

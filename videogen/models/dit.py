@@ -11,10 +11,10 @@ A final adaLN layer and a linear map bring the tokens back to patches -> [B, t, 
 
 Timesteps are per latent frame ([B] or [B, t], in [0, 1]): frames given as clean conditioning carry
 timestep 0 while the others are noisy, so every block modulates each frame's tokens with that
-frame's own shift, scale and gate. A pooled text (or class) embedding is added to the timestep
-embedding. The DiT paper's class-conditional image models are the special case of one frame, no
-cross-attention, sin-cos positions, learned sigma and the label embedding added unprojected
-(`DiTConfig.paper("XL", 2)`).
+frame's own shift, scale and gate. A pooled text embedding is added to the timestep embedding.
+The DiT paper's class-conditional image models, which `summary` measures but nothing here trains,
+are the special case of one frame, no cross-attention, sin-cos positions, learned sigma and the
+label embedding added unprojected (`DiTConfig.paper("XL", 2)`).
 """
 
 from __future__ import annotations
@@ -46,9 +46,10 @@ class DiTConfig:
     in_channels: latent channels C.
     input_size: the latent (t, h, w) this model is sized for: what `summary` measures. The model
       itself takes any size divisible by the patch.
-    learn_sigma: output 2C channels (the DiT paper's learned variance) instead of C.
+    learn_sigma: output 2C channels (the DiT paper's learned variance) instead of C. Kept only so
+      that `summary` counts the paper's models exactly; the flow objective cannot train it.
     context_dim: width of the text tokens to cross-attend to; None = no cross-attention.
-    pooled_dim: width of the pooled text/class embedding added to the timestep embedding; None =
+    pooled_dim: width of the pooled text embedding added to the timestep embedding; None =
       no pooled input.
     pooled_projection: project the pooled embedding with an MLP; False adds it as it is (the DiT
       paper's label embedding; then pooled_dim must equal width).
@@ -266,7 +267,7 @@ class DiT(nnx.Module):
       context: [B, L, context_dim] text token embeddings, or None (no text: same as a fully
         padded caption).
       context_mask: bool [B, L], False at padding; None = all valid.
-      pooled: [B, pooled_dim] pooled text/class embedding, or None.
+      pooled: [B, pooled_dim] pooled text embedding, or None.
       token_mask: bool [B, N] over the N video tokens, False at padding (they are not attended
         to).
       segment_ids: int [B, N]; tokens attend only within their own segment (packing).
