@@ -4,6 +4,7 @@ import dataclasses
 import functools
 
 import jax
+import jax.extend as jex
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -306,3 +307,29 @@ def test_latent_normalisation_round_trips():
   np.testing.assert_allclose(model.normalize_latents(latents), (latents - 0.25) * 0.5)
   np.testing.assert_allclose(model.denormalize_latents(model.normalize_latents(latents)),
                              latents, atol=1e-6)
+
+
+def _name_stacks(jaxpr) -> set[str]:
+  """The `jax.named_scope` paths of every operation of a jaxpr, nested programs included."""
+  stacks = set()
+  for eqn in jaxpr.eqns:
+    stacks.add(str(eqn.source_info.name_stack))
+    for value in eqn.params.values():
+      for item in value if isinstance(value, (tuple, list)) else (value,):
+        if isinstance(item, (jex.core.Jaxpr, jex.core.ClosedJaxpr)):
+          stacks |= _name_stacks(getattr(item, "jaxpr", item))
+  return stacks
+
+
+def test_named_scopes_label_levels_and_blocks_for_profiles():
+  with nnx.use_eager_sharding(False):
+    model = nnx.eval_shape(lambda: ae.VideoAutoencoder(SMALL, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(model)
+  jaxpr = jax.make_jaxpr(
+      lambda state, video: nnx.merge(graphdef, state)(video, sample_posterior=False))(
+          state, jax.ShapeDtypeStruct((1, 5, 16, 16, 3), jnp.float32))
+  stacks = _name_stacks(jaxpr.jaxpr)
+  for scope in ("encoder/level0/residual_block", "encoder/level1/downsample",
+                "encoder/middle/spatial_attention", "decoder/middle/residual_block",
+                "decoder/level1/upsample", "decoder/level2/residual_block"):
+    assert any(stack.startswith(scope) for stack in stacks), (scope, sorted(stacks))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.extend as jex
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -87,22 +88,20 @@ def test_shorter_sequences_and_errors(encode):
     model(tokens)
 
 
-def test_class_mode_embeds_labels_and_a_null_class():
+def test_class_mode_is_a_label_table_with_the_papers_null_row():
   model = _build(CLASSES)
-  labels = jnp.asarray([0, 3, 3, -1, 9])
+  labels = jnp.asarray([0, 3, 3, 10])
   embeddings, pooled = model(labels)
-  assert embeddings.shape == (5, 1, 16) and pooled.shape == (5, 16)
+  assert embeddings.shape == (4, 1, 16) and pooled.shape == (4, 16)
   np.testing.assert_array_equal(embeddings[:, 0], pooled)
   table = model.embedding[...]
-  assert table.shape == (CLASSES.num_classes + 1, 16)
-  np.testing.assert_array_equal(pooled[3], table[CLASSES.null_class])  # -1 -> null
-  np.testing.assert_array_equal(pooled[1], pooled[2])
+  assert table.shape == (CLASSES.num_classes + 1, 16)  # the DiT paper counts the null row
+  np.testing.assert_array_equal(pooled, table[np.asarray(labels)])
   assert not np.allclose(pooled[0], pooled[1])
-  dropped, _ = model(labels, jnp.asarray([True, False, True, True, True]))
-  np.testing.assert_array_equal(dropped[1, 0], table[CLASSES.null_class])
-  np.testing.assert_array_equal(dropped[2, 0], pooled[2])
   with pytest.raises(ValueError, match="class mode takes labels of shape"):
     model(jnp.zeros((2, 3), jnp.int32))
+  with pytest.raises(ValueError, match="class mode takes labels only"):
+    model(labels, jnp.ones((4,), bool))
 
 
 @pytest.mark.parametrize("frozen", [False, True])
@@ -129,3 +128,26 @@ def test_every_parameter_has_logical_axis_names():
     axes = variable.get_metadata("out_sharding", None)
     assert axes is not None and len(axes) == variable.get_value().ndim, path
   assert model.embedding.get_metadata("out_sharding") == ("vocab", "embed")
+
+
+def _name_stacks(jaxpr) -> set[str]:
+  """The `jax.named_scope` paths of every operation of a jaxpr, nested programs included."""
+  stacks = set()
+  for eqn in jaxpr.eqns:
+    stacks.add(str(eqn.source_info.name_stack))
+    for value in eqn.params.values():
+      for item in value if isinstance(value, (tuple, list)) else (value,):
+        if isinstance(item, (jex.core.Jaxpr, jex.core.ClosedJaxpr)):
+          stacks |= _name_stacks(getattr(item, "jaxpr", item))
+  return stacks
+
+
+def test_named_scopes_label_the_blocks_for_profiles():
+  model = nnx.eval_shape(lambda: text_encoder.TextEncoder(CONFIG, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(model)
+  s = jax.ShapeDtypeStruct
+  jaxpr = jax.make_jaxpr(lambda state, *inputs: nnx.merge(graphdef, state)(*inputs))(
+      state, s((1, CONFIG.max_length), jnp.int32), s((1, CONFIG.max_length), jnp.bool_))
+  stacks = _name_stacks(jaxpr.jaxpr)
+  for scope in ("text_encoder/encoder_block/self_attention", "text_encoder/encoder_block/mlp"):
+    assert any(stack.startswith(scope) for stack in stacks), (scope, sorted(stacks))

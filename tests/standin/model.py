@@ -4,7 +4,7 @@
     y = model(x)            # x: [B, L, features] -> y: [B, L, features]
 
 Pre-norm blocks of full self-attention and an MLP over a sequence of feature vectors. It has the
-parameter kinds of the real models (dense "embed"/"mlp" weights, attention "heads"/"kv" weights,
+parameter kinds of the real models (dense EMBED/MLP weights, attention HEADS/KV weights,
 float32 norm scales), each with logical axis names, and at its default size (about 3.2M parameters)
 FSDP over 8 devices shards it in earnest. The stand-in stage (`tests.standin.stage`) trains it on
 synthetic regression data.
@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from videogen.models import attention
+from videogen.parallel import axes
 
 DType = Literal["float32", "bfloat16", "float16"]
 
@@ -68,7 +69,7 @@ class RMSNorm(nnx.Module):
   """
 
   def __init__(self, dim: int, *, param_dtype: jnp.dtype, rngs: nnx.Rngs):
-    self.scale = _param(rngs, nnx.initializers.ones_init(), (dim,), ("norm",), param_dtype)
+    self.scale = _param(rngs, nnx.initializers.ones_init(), (dim,), (axes.NORM,), param_dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x32 = x.astype(jnp.float32)
@@ -85,15 +86,18 @@ class StandinBlock(nnx.Module):
     dense = nnx.initializers.lecun_normal()
     heads_shape = (config.embed, config.heads, config.head_dim)
     self.attention_norm = RMSNorm(config.embed, param_dtype=param_dtype, rngs=rngs)
-    self.query = _param(rngs, dense, heads_shape, ("embed", "heads", "kv"), param_dtype)
-    self.key = _param(rngs, dense, heads_shape, ("embed", "heads", "kv"), param_dtype)
-    self.value = _param(rngs, dense, heads_shape, ("embed", "heads", "kv"), param_dtype)
+    heads_axes = (axes.EMBED, axes.HEADS, axes.KV)
+    self.query = _param(rngs, dense, heads_shape, heads_axes, param_dtype)
+    self.key = _param(rngs, dense, heads_shape, heads_axes, param_dtype)
+    self.value = _param(rngs, dense, heads_shape, heads_axes, param_dtype)
     self.out = _param(rngs, nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2),
-                      (config.heads, config.head_dim, config.embed), ("heads", "kv", "embed"),
-                      param_dtype)
+                      (config.heads, config.head_dim, config.embed),
+                      (axes.HEADS, axes.KV, axes.EMBED), param_dtype)
     self.mlp_norm = RMSNorm(config.embed, param_dtype=param_dtype, rngs=rngs)
-    self.mlp_in = _param(rngs, dense, (config.embed, config.mlp), ("embed", "mlp"), param_dtype)
-    self.mlp_out = _param(rngs, dense, (config.mlp, config.embed), ("mlp", "embed"), param_dtype)
+    self.mlp_in = _param(rngs, dense, (config.embed, config.mlp), (axes.EMBED, axes.MLP),
+                         param_dtype)
+    self.mlp_out = _param(rngs, dense, (config.mlp, config.embed), (axes.MLP, axes.EMBED),
+                          param_dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     cast = lambda p: p[...].astype(self.dtype)
@@ -115,13 +119,13 @@ class StandinModel(nnx.Module):
     param_dtype = jnp.dtype(config.param_dtype)
     self.dtype = jnp.dtype(config.dtype)
     dense = nnx.initializers.lecun_normal()
-    self.embed_in = _param(rngs, dense, (config.features, config.embed), ("features", "embed"),
-                           param_dtype)
+    self.embed_in = _param(rngs, dense, (config.features, config.embed),
+                           (axes.FEATURES, axes.EMBED), param_dtype)
     self.blocks = nnx.List([StandinBlock(config, rngs=rngs) for _ in range(config.depth)])
     self.final_norm = RMSNorm(config.embed, param_dtype=param_dtype, rngs=rngs)
     # A small read-out: the model starts near 0, the mean of the targets.
     self.embed_out = _param(rngs, nnx.initializers.normal(0.02), (config.embed, config.features),
-                            ("embed", "features"), param_dtype)
+                            (axes.EMBED, axes.FEATURES), param_dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     h = jnp.einsum("blf,fd->bld", x.astype(self.dtype), self.embed_in[...].astype(self.dtype))

@@ -18,14 +18,21 @@ pipeline builds the mask with `mode_mask` and the latents with `place_frames`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-if TYPE_CHECKING:
-  from videogen.diffusion.flow import FlowConfig
+
+class ConditionDraw(Protocol):
+  """What `sample_condition_mask` reads of its config: `flow.FlowConfig` has both fields.
+
+  A protocol rather than FlowConfig itself, so that this module imports nothing from flow.py
+  (which imports it).
+  """
+  condition_probability: float
+  condition_weights: tuple[float, ...]
 
 # The modes drawn in training, in the order of `FlowConfig.condition_weights`.
 CONDITION_MODES: tuple[str, ...] = ("first", "last", "prefix", "suffix", "first_and_last")
@@ -103,7 +110,7 @@ def hold_frames(x: jax.Array, cond_latents: jax.Array, cond_mask: jax.Array) -> 
   return jnp.where(cond_mask, cond_latents.astype(x.dtype), x)
 
 
-def sample_condition_mask(rng: jax.Array, batch: int, latent_frames: int, config: FlowConfig,
+def sample_condition_mask(rng: jax.Array, batch: int, latent_frames: int, config: ConditionDraw,
                           frame_valid: jax.Array | None = None) -> jax.Array:
   """Training draw of the frames given clean, one mode per example.
 
@@ -117,7 +124,8 @@ def sample_condition_mask(rng: jax.Array, batch: int, latent_frames: int, config
     rng: a PRNG key.
     batch: B.
     latent_frames: t.
-    config: the flow config (`condition_probability`, `condition_weights`).
+    config: the flow config, or anything with its `condition_probability` and
+      `condition_weights`.
     frame_valid: optional bool [B, t], False at padding frames after each video's end; "last"
       and "suffix" then count from the last valid frame.
 

@@ -38,15 +38,16 @@ once). Optional spatial tiling (`tile_latents`) runs each tile with a margin (`t
 and keeps its centre: exact when the margin covers the receptive field and `middle_attention` is
 off, a close approximation otherwise (attention in the middle block sees the whole frame).
 
-Logical axis names of the parameters (the trainer's rules map them to mesh axes):
-  convolution kernels [kt, kh, kw, in, out]:  (None, None, None, "conv_in", "conv_out")
-  convolution biases [out]:                   ("conv_out",)
-  the RGB side of the first and the last convolution is None, not "conv_in"/"conv_out" (3 channels
+Logical axis names of the parameters (constants of `videogen.parallel.axes`; the trainer's rules
+map them to mesh axes):
+  convolution kernels [kt, kh, kw, in, out]:  (None, None, None, CONV_IN, CONV_OUT)
+  convolution biases [out]:                   (CONV_OUT,)
+  the RGB side of the first and the last convolution is None, not CONV_IN/CONV_OUT (3 channels
   cannot be split over devices)
-  pointwise (1x1x1) skip projections [in, out]: ("conv_in", "conv_out")
-  norm scales [C]:                            ("norm",)
-  attention query/key/value [C, N, D]:        ("embed", "heads", "kv")
-  attention output [N, D, C] and its bias [C]: ("heads", "kv", "embed") and ("embed",)
+  pointwise (1x1x1) skip projections [in, out]: (CONV_IN, CONV_OUT)
+  norm scales [C]:                            (NORM,)
+  attention query/key/value [C, N, D]:        (EMBED, HEADS, KV)
+  attention output [N, D, C] and its bias [C]: (HEADS, KV, EMBED) and (EMBED,)
 
 Latent scaling for the diffusion stage. The posterior's scale is not unit; the user of the latents
 (the diffusion stage) applies `normalize_latents` (`(z - shift_factor) * scale_factor`) before
@@ -64,6 +65,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from videogen.models import attention as attention_lib
+from videogen.parallel import axes
+from videogen.parallel import sharding
 
 DType = Literal["float32", "bfloat16", "float16"]
 # The posterior's log-variance is clipped to this range, so exp() neither overflows nor vanishes.
@@ -336,7 +339,7 @@ class CausalConv3d(nnx.Module):
   def __init__(self, in_channels: int, out_channels: int, *,
                kernel_size: tuple[int, int, int] = (3, 3, 3),
                stride: tuple[int, int, int] = (1, 1, 1),
-               in_axis: str | None = "conv_in", out_axis: str | None = "conv_out",
+               in_axis: str | None = axes.CONV_IN, out_axis: str | None = axes.CONV_OUT,
                dtype: jnp.dtype = jnp.float32, param_dtype: jnp.dtype = jnp.float32,
                rngs: nnx.Rngs):
     self.stride = stride
@@ -360,7 +363,7 @@ class ChannelRMSNorm(nnx.Module):
                param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
     self.epsilon = epsilon
     self.dtype = dtype
-    self.scale = nnx.Param(nnx.with_partitioning(nnx.initializers.ones_init(), ("norm",))(
+    self.scale = nnx.Param(nnx.with_partitioning(nnx.initializers.ones_init(), (axes.NORM,))(
         rngs.params(), (channels,), param_dtype))
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -385,7 +388,7 @@ class ResidualBlock(nnx.Module):
     self.norm2 = ChannelRMSNorm(out_channels, epsilon=epsilon, **common)
     self.conv2 = CausalConv3d(out_channels, out_channels, **common)
     if in_channels != out_channels:
-      init = nnx.with_partitioning(nnx.initializers.lecun_normal(), ("conv_in", "conv_out"))
+      init = nnx.with_partitioning(nnx.initializers.lecun_normal(), (axes.CONV_IN, axes.CONV_OUT))
       self.skip = nnx.Param(init(rngs.params(), (in_channels, out_channels), param_dtype))
     else:
       self.skip = None
@@ -400,10 +403,13 @@ class ResidualBlock(nnx.Module):
       skip = jnp.einsum("bthwc,cd->bthwd", skip, self.skip[...].astype(self.dtype))
     return skip + h, {"conv1": conv1_cache, "conv2": conv2_cache}
 
+  @jax.named_scope("residual_block")
   def __call__(self, x: jax.Array, cache: Cache = None) -> tuple[jax.Array, Cache]:
     if self.remat:
-      return nnx.remat(ResidualBlock._forward)(self, x, cache)
-    return self._forward(x, cache)
+      y, cache = nnx.remat(ResidualBlock._forward)(self, x, cache)
+    else:
+      y, cache = self._forward(x, cache)
+    return sharding.constrain(y, axes.FEATURE_MAP), cache
 
 
 class SpatialAttention(nnx.Module):
@@ -421,16 +427,17 @@ class SpatialAttention(nnx.Module):
     self.norm = ChannelRMSNorm(channels, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
                                rngs=rngs)
     in_init = nnx.with_partitioning(nnx.initializers.lecun_normal(in_axis=0, out_axis=(1, 2)),
-                                    ("embed", "heads", "kv"))
+                                    (axes.EMBED, axes.HEADS, axes.KV))
     self.query = nnx.Param(in_init(rngs.params(), (channels, heads, head_dim), param_dtype))
     self.key = nnx.Param(in_init(rngs.params(), (channels, heads, head_dim), param_dtype))
     self.value = nnx.Param(in_init(rngs.params(), (channels, heads, head_dim), param_dtype))
     out_init = nnx.with_partitioning(nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2),
-                                     ("heads", "kv", "embed"))
+                                     (axes.HEADS, axes.KV, axes.EMBED))
     self.out = nnx.Param(out_init(rngs.params(), (heads, head_dim, channels), param_dtype))
-    self.out_bias = nnx.Param(nnx.with_partitioning(nnx.initializers.zeros_init(), ("embed",))(
+    self.out_bias = nnx.Param(nnx.with_partitioning(nnx.initializers.zeros_init(), (axes.EMBED,))(
         rngs.params(), (channels,), param_dtype))
 
+  @jax.named_scope("spatial_attention")
   def __call__(self, x: jax.Array) -> jax.Array:
     batch, frames, height, width, _ = x.shape
     tokens = einops.rearrange(self.norm(x), "b t h w c -> (b t) (h w) c")
@@ -456,11 +463,12 @@ class MiddleBlock(nnx.Module):
                       if config.middle_attention else None)
     self.block2 = ResidualBlock(channels, channels, remat=config.remat, **common)
 
+  @jax.named_scope("middle")
   def __call__(self, x: jax.Array, cache: Cache = None) -> tuple[jax.Array, Cache]:
     cache = cache or {}
     x, block1_cache = self.block1(x, cache.get("block1"))
     if self.attention is not None:
-      x = self.attention(x)
+      x = sharding.constrain(self.attention(x), axes.FEATURE_MAP)
     x, block2_cache = self.block2(x, cache.get("block2"))
     return x, {"block1": block1_cache, "block2": block2_cache}
 
@@ -480,12 +488,13 @@ class Downsample(nnx.Module):
     self.conv = CausalConv3d(channels, channels, stride=stride, dtype=dtype,
                              param_dtype=param_dtype, rngs=rngs)
 
+  @jax.named_scope("downsample")
   def __call__(self, x: jax.Array, cache: Cache = None) -> tuple[jax.Array, Cache]:
     y, new_cache = self.conv(x, cache)
     if self.shortcut:
       y = y + fold_shortcut(x.astype(y.dtype), y.shape[-1], spatial=self.spatial,
                             temporal=self.temporal, start_of_video=cache is None)
-    return y, new_cache
+    return sharding.constrain(y, axes.FEATURE_MAP), new_cache
 
 
 class Upsample(nnx.Module):
@@ -507,6 +516,7 @@ class Upsample(nnx.Module):
     self.conv = CausalConv3d(in_channels, out_channels * (2 if temporal else 1), dtype=dtype,
                              param_dtype=param_dtype, rngs=rngs)
 
+  @jax.named_scope("upsample")
   def __call__(self, x: jax.Array, cache: Cache = None) -> tuple[jax.Array, Cache]:
     start_of_video = cache is None
     shortcut = (unfold_shortcut(x, self.out_channels, spatial=self.spatial,
@@ -521,7 +531,7 @@ class Upsample(nnx.Module):
         x = x[:, 1:]
     if shortcut is not None:
       x = x + shortcut.astype(x.dtype)
-    return x, new_cache
+    return sharding.constrain(x, axes.FEATURE_MAP), new_cache
 
 
 class Encoder(nnx.Module):
@@ -553,18 +563,21 @@ class Encoder(nnx.Module):
     self.shortcut = config.shortcuts
     self.latent_channels = config.latent_channels
 
+  @jax.named_scope("encoder")
   def __call__(self, video: jax.Array, cache: Cache = None) -> tuple[jax.Array, Cache]:
     cache = cache or {}
     new_cache = {}
     patches = einops.rearrange(video, "b t (h p) (w q) c -> b t h w (p q c)", p=self.patch_size,
                                q=self.patch_size)
     x, new_cache["conv_in"] = self.conv_in(patches, cache.get("conv_in"))
+    x = sharding.constrain(x, axes.FEATURE_MAP)
     for index, block in enumerate(self.blocks):
-      x, new_cache[f"block{index}"] = block(x, cache.get(f"block{index}"))
       level, position = divmod(index, self.num_res_blocks)
-      if position == self.num_res_blocks - 1 and level < len(self.downsamples):
-        key = f"downsample{level}"
-        x, new_cache[key] = self.downsamples[level](x, cache.get(key))
+      with jax.named_scope(f"level{level}"):
+        x, new_cache[f"block{index}"] = block(x, cache.get(f"block{index}"))
+        if position == self.num_res_blocks - 1 and level < len(self.downsamples):
+          key = f"downsample{level}"
+          x, new_cache[key] = self.downsamples[level](x, cache.get(key))
     x, new_cache["middle"] = self.middle(x, cache.get("middle"))
     moments, new_cache["conv_out"] = self.conv_out(jax.nn.silu(self.norm_out(x)),
                                                    cache.get("conv_out"))
@@ -609,6 +622,7 @@ class Decoder(nnx.Module):
     self.patch_size = config.patch_size
     self.conv_out = CausalConv3d(channels, 3 * config.patch_size ** 2, out_axis=None, **common)
 
+  @jax.named_scope("decoder")
   def features(self, latents: jax.Array, cache: Cache = None) -> tuple[jax.Array, Cache]:
     """latents [B, t, h, w, C] -> (activated features [B, T, H, W, C0], carried frames)."""
     cache = cache or {}
@@ -617,13 +631,16 @@ class Decoder(nnx.Module):
     if self.shortcut:
       x = x + einops.repeat(latents.astype(x.dtype), "b t h w c -> b t h w (c r)",
                             r=x.shape[-1] // latents.shape[-1])
+    x = sharding.constrain(x, axes.FEATURE_MAP)
     x, new_cache["middle"] = self.middle(x, cache.get("middle"))
     for index, block in enumerate(self.blocks):
-      x, new_cache[f"block{index}"] = block(x, cache.get(f"block{index}"))
+      # Decoder levels count from the coarsest (level0) up, in the order they run.
       level, position = divmod(index, self.blocks_per_level)
-      if position == self.blocks_per_level - 1 and level < len(self.upsamples):
-        key = f"upsample{level}"
-        x, new_cache[key] = self.upsamples[level](x, cache.get(key))
+      with jax.named_scope(f"level{level}"):
+        x, new_cache[f"block{index}"] = block(x, cache.get(f"block{index}"))
+        if position == self.blocks_per_level - 1 and level < len(self.upsamples):
+          key = f"upsample{level}"
+          x, new_cache[key] = self.upsamples[level](x, cache.get(key))
     return jax.nn.silu(self.norm_out(x)), new_cache
 
   def unpatchify(self, patches: jax.Array) -> jax.Array:

@@ -10,9 +10,9 @@ last convolution maps to one logit per patch. Time is padded on both sides: the 
 judges, it need not be causal. Normalisation is the autoencoder's per-position RMSNorm over
 channels, so the discriminator's verdict on one video never depends on the others in the batch.
 
-Parameter axis names: convolution kernels (None, None, None, "conv_in", "conv_out") and biases
-("conv_out",), except the RGB input axis of the first and the single logit of the last (None);
-norm scales ("norm",).
+Parameter axis names (`videogen.parallel.axes`): convolution kernels (None, None, None, CONV_IN,
+CONV_OUT) and biases (CONV_OUT,), except the RGB input axis of the first and the single logit of
+the last (None); norm scales (NORM,).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from videogen.models import autoencoder as autoencoder_lib
+from videogen.parallel import axes
+from videogen.parallel import sharding
 
 # The slope of the leaky ReLUs, as in PatchGAN.
 LEAKY_SLOPE = 0.2
@@ -63,25 +65,25 @@ class PatchDiscriminator3D(nnx.Module):
     if num_layers < 1:
       raise ValueError(f"num_layers={num_layers} must be >= 1")
     common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.conv_in = _Conv3d(3, channels, stride=(1, 2, 2), in_axis=None, out_axis="conv_out",
+    self.conv_in = _Conv3d(3, channels, stride=(1, 2, 2), in_axis=None, out_axis=axes.CONV_OUT,
                            **common)
     convs, norms = [], []
     width = channels
     for layer in range(1, num_layers):
       next_width = channels * min(2 ** layer, 8)
-      convs.append(_Conv3d(width, next_width, stride=(2, 2, 2), in_axis="conv_in",
-                           out_axis="conv_out", **common))
+      convs.append(_Conv3d(width, next_width, stride=(2, 2, 2), in_axis=axes.CONV_IN,
+                           out_axis=axes.CONV_OUT, **common))
       norms.append(autoencoder_lib.ChannelRMSNorm(next_width, epsilon=epsilon, **common))
       width = next_width
     self.convs = nnx.List(convs)
     self.norms = nnx.List(norms)
-    self.conv_out = _Conv3d(width, 1, stride=(1, 1, 1), in_axis="conv_in", out_axis=None,
+    self.conv_out = _Conv3d(width, 1, stride=(1, 1, 1), in_axis=axes.CONV_IN, out_axis=None,
                             **common)
 
   def __call__(self, video: jax.Array) -> jax.Array:
     if video.ndim != 5 or video.shape[-1] != 3:
       raise ValueError(f"video must be [B, T, H, W, 3], got shape {video.shape}")
-    x = jax.nn.leaky_relu(self.conv_in(video), LEAKY_SLOPE)
+    x = sharding.constrain(jax.nn.leaky_relu(self.conv_in(video), LEAKY_SLOPE), axes.FEATURE_MAP)
     for conv, norm in zip(self.convs, self.norms):
-      x = jax.nn.leaky_relu(norm(conv(x)), LEAKY_SLOPE)
+      x = sharding.constrain(jax.nn.leaky_relu(norm(conv(x)), LEAKY_SLOPE), axes.FEATURE_MAP)
     return self.conv_out(x).astype(jnp.float32)

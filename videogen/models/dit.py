@@ -11,10 +11,10 @@ A final adaLN layer and a linear map bring the tokens back to patches -> [B, t, 
 
 Timesteps are per latent frame ([B] or [B, t], in [0, 1]): frames given as clean conditioning carry
 timestep 0 while the others are noisy, so every block modulates each frame's tokens with that
-frame's own shift, scale and gate. A pooled text (or class) embedding is added to the timestep
-embedding. The DiT paper's class-conditional image models are the special case of one frame, no
-cross-attention, sin-cos positions, learned sigma and the label embedding added unprojected
-(`DiTConfig.paper("XL", 2)`).
+frame's own shift, scale and gate. A pooled text embedding is added to the timestep embedding.
+The DiT paper's class-conditional image models, which `summary` measures but nothing here trains,
+are the special case of one frame, no cross-attention, sin-cos positions, learned sigma and the
+label embedding added unprojected (`DiTConfig.paper("XL", 2)`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from flax import nnx
 
 from videogen.models import attention as attention_lib
 from videogen.models import layers
+from videogen.parallel import axes
+from videogen.parallel import sharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,9 +46,10 @@ class DiTConfig:
     in_channels: latent channels C.
     input_size: the latent (t, h, w) this model is sized for: what `summary` measures. The model
       itself takes any size divisible by the patch.
-    learn_sigma: output 2C channels (the DiT paper's learned variance) instead of C.
+    learn_sigma: output 2C channels (the DiT paper's learned variance) instead of C. Kept only so
+      that `summary` counts the paper's models exactly; the flow objective cannot train it.
     context_dim: width of the text tokens to cross-attend to; None = no cross-attention.
-    pooled_dim: width of the pooled text/class embedding added to the timestep embedding; None =
+    pooled_dim: width of the pooled text embedding added to the timestep embedding; None =
       no pooled input.
     pooled_projection: project the pooled embedding with an MLP; False adds it as it is (the DiT
       paper's label embedding; then pooled_dim must equal width).
@@ -183,6 +186,7 @@ class DiTBlock(nnx.Module):
     self.mlp = layers.MLP(config.width, int(config.width * config.mlp_ratio), dtype=dtype,
                           param_dtype=param_dtype, rngs=rngs)
 
+  @jax.named_scope("dit_block")
   def __call__(self, x: jax.Array, cond: jax.Array, *, context: jax.Array | None,
                context_mask: jax.Array | None, has_context: jax.Array | None,
                self_mask: jax.Array | None, rope: jax.Array | None) -> jax.Array:
@@ -199,7 +203,7 @@ class DiTBlock(nnx.Module):
       x = x + jnp.where(has_context[:, None, None], update, jnp.zeros_like(update))
     hidden = layers.modulate(layers.layer_norm(x, self.norm_eps), shift_mlp, scale_mlp)
     hidden = self.mlp(hidden.astype(self.dtype))
-    return x + layers.gate(hidden, gate_mlp)
+    return sharding.constrain(x + layers.gate(hidden, gate_mlp), axes.TOKENS)
 
 
 class FinalLayer(nnx.Module):
@@ -214,10 +218,11 @@ class FinalLayer(nnx.Module):
     patch_values = config.patch_size[0] * config.patch_size[1] * config.patch_size[2]
     self.modulation = layers.AdaLNModulation(config.width, config.width, 2, rngs=rngs)
     self.linear = layers.Dense(config.width, patch_values * config.out_channels,
-                               axes=("embed", None), kernel_init=nnx.initializers.zeros_init(),
+                               axes=(axes.EMBED, None), kernel_init=nnx.initializers.zeros_init(),
                                dtype=self.dtype, param_dtype=layers.dtype_of(config.param_dtype),
                                rngs=rngs)
 
+  @jax.named_scope("final_layer")
   def __call__(self, x: jax.Array, cond: jax.Array) -> jax.Array:
     shift, scale = self.modulation(cond)
     hidden = layers.modulate(layers.layer_norm(x, self.norm_eps), shift, scale)
@@ -232,7 +237,7 @@ class DiT(nnx.Module):
     dtype, param_dtype = layers.dtype_of(config.dtype), layers.dtype_of(config.param_dtype)
     patch_values = config.patch_size[0] * config.patch_size[1] * config.patch_size[2]
     self.patch_embed = layers.Dense(patch_values * config.in_channels, config.width,
-                                    axes=(None, "embed"), dtype=dtype, param_dtype=param_dtype,
+                                    axes=(None, axes.EMBED), dtype=dtype, param_dtype=param_dtype,
                                     rngs=rngs)
     self.time_embed = layers.TimestepEmbedding(
         config.width, frequency_dim=config.frequency_dim, time_scale=config.time_scale,
@@ -242,7 +247,7 @@ class DiT(nnx.Module):
         rngs=rngs) if config.pooled_dim is not None and config.pooled_projection else None
     if config.scan_layers:
       @nnx.split_rngs(splits=config.depth)
-      @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+      @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: axes.LAYERS})
       def make_blocks(rngs: nnx.Rngs) -> DiTBlock:
         return DiTBlock(config, rngs=rngs)
       self.blocks = make_blocks(rngs)
@@ -262,7 +267,7 @@ class DiT(nnx.Module):
       context: [B, L, context_dim] text token embeddings, or None (no text: same as a fully
         padded caption).
       context_mask: bool [B, L], False at padding; None = all valid.
-      pooled: [B, pooled_dim] pooled text/class embedding, or None.
+      pooled: [B, pooled_dim] pooled text embedding, or None.
       token_mask: bool [B, N] over the N video tokens, False at padding (they are not attended
         to).
       segment_ids: int [B, N]; tokens attend only within their own segment (packing).
@@ -278,16 +283,19 @@ class DiT(nnx.Module):
                        f"{config.in_channels}")
     dtype = layers.dtype_of(config.dtype)
 
-    x = self.patch_embed(layers.patchify(latents.astype(dtype), config.patch_size))  # [B, N, D]
+    with jax.named_scope("patch_embed"):
+      x = self.patch_embed(layers.patchify(latents.astype(dtype), config.patch_size))  # [B, N, D]
     positions = layers.grid_positions(*grid)
     if "sincos" in config.position_embedding:
       x = x + layers.sincos_embedding(positions, config.width)[None].astype(dtype)
+    x = sharding.constrain(x, axes.TOKENS)
     rope = None
     if "rope" in config.position_embedding:
       rope = layers.rope_angles(positions, layers.split_axes_dims(config.head_dim),
                                 config.rope_theta)[None]
 
-    cond = self._conditioning(timesteps, pooled, batch, frames, grid[0])  # [B, t', D] float32
+    with jax.named_scope("conditioning"):
+      cond = self._conditioning(timesteps, pooled, batch, frames, grid[0])  # [B, t', D] float32
     self_mask = layers.self_attention_mask(token_mask, segment_ids)
     context_mask_4d = has_context = None
     if context is not None:
@@ -296,7 +304,7 @@ class DiT(nnx.Module):
                          "cross-attention): set context_dim to the text encoder's width")
       if context_mask is None:
         context_mask = jnp.ones(context.shape[:2], bool)
-      context = context.astype(dtype)
+      context = sharding.constrain(context.astype(dtype), axes.TOKENS)
       context_mask = context_mask.astype(bool)
       has_context = jnp.any(context_mask, axis=-1)
       # A sample without text attends to all of its (ignored) context instead of to nothing:
@@ -351,10 +359,10 @@ class _PooledProjection(nnx.Module):
   """Pooled text embedding [B, P] -> Linear, SiLU, Linear -> [B, D]."""
 
   def __init__(self, pooled_dim: int, width: int, *, param_dtype: jnp.dtype, rngs: nnx.Rngs):
-    self.linear_in = layers.Dense(pooled_dim, width, axes=("embed", "mlp"),
+    self.linear_in = layers.Dense(pooled_dim, width, axes=(axes.EMBED, axes.MLP),
                                   param_dtype=param_dtype, rngs=rngs)
-    self.linear_out = layers.Dense(width, width, axes=("mlp", "embed"), param_dtype=param_dtype,
-                                   rngs=rngs)
+    self.linear_out = layers.Dense(width, width, axes=(axes.MLP, axes.EMBED),
+                                   param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, pooled: jax.Array) -> jax.Array:
     return self.linear_out(jax.nn.silu(self.linear_in(pooled.astype(jnp.float32))))

@@ -1,14 +1,15 @@
 """Building blocks shared by the diffusion transformer and the text encoder.
 
 Every parameter carries logical axis names through `nnx.with_partitioning`; the experiment's rules
-table maps them to mesh axes. The names used here (and by dit.py / text_encoder.py):
+table maps them to mesh axes. The names (constants of `videogen.parallel.axes`) used here and by
+dit.py / text_encoder.py:
 
-  "embed"   the model width (residual stream), also a text encoder's width
-  "mlp"     MLP hidden units and the adaLN modulation outputs
-  "heads"   attention heads
-  "kv"      the per-head feature dimension
-  "vocab"   rows of a token embedding table
-  "layers"  the stacked-layer axis added by `nnx.scan` over blocks
+  EMBED     the model width (residual stream), also a text encoder's width
+  MLP       MLP hidden units and the adaLN modulation outputs
+  HEADS     attention heads
+  KV        the per-head feature dimension
+  VOCAB     rows of a token embedding table
+  LAYERS    the stacked-layer axis added by `nnx.vmap` to the blocks `nnx.scan` runs
   None      small input dimensions (patch features, timestep frequencies, positions): replicated
 
 Compute happens in `dtype`, parameters are stored in `param_dtype`; normalisation, modulation and
@@ -31,6 +32,8 @@ from jax.ad_checkpoint import checkpoint_name
 from flax import nnx
 
 from videogen.models import attention as attention_lib
+from videogen.parallel import axes
+from videogen.parallel import sharding
 
 DTypeName = Literal["float32", "bfloat16", "float16"]
 Initializer = Callable[..., jax.Array]
@@ -103,25 +106,26 @@ class MLP(nnx.Module):
 
   def __init__(self, width: int, hidden: int, *, dtype: jnp.dtype = jnp.float32,
                param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
-    self.up = Dense(width, hidden, axes=("embed", "mlp"), dtype=dtype, param_dtype=param_dtype,
-                    rngs=rngs)
-    self.down = Dense(hidden, width, axes=("mlp", "embed"), dtype=dtype,
+    self.up = Dense(width, hidden, axes=(axes.EMBED, axes.MLP), dtype=dtype,
+                    param_dtype=param_dtype, rngs=rngs)
+    self.down = Dense(hidden, width, axes=(axes.MLP, axes.EMBED), dtype=dtype,
                       param_dtype=param_dtype, rngs=rngs)
 
+  @jax.named_scope("mlp")
   def __call__(self, x: jax.Array) -> jax.Array:
-    hidden = checkpoint_name(
-        jax.nn.gelu(self.up(x), approximate=True), "mlp_hidden")
+    hidden = sharding.constrain(jax.nn.gelu(self.up(x), approximate=True), axes.TOKEN_HIDDEN)
+    hidden = checkpoint_name(hidden, "mlp_hidden")
     return self.down(hidden)
 
 
 class RMSNorm(nnx.Module):
   """x / rms(x) * scale over the last axis, computed in float32; returns `dtype`.
 
-  `axis_name` is the logical name of the normalised axis ("embed" for the residual stream, "kv"
-  for per-head query/key normalisation).
+  `axis_name` is the logical name of the normalised axis (`axes.EMBED` for the residual stream,
+  `axes.KV` for per-head query/key normalisation).
   """
 
-  def __init__(self, features: int, *, axis_name: str = "embed", eps: float = 1e-6,
+  def __init__(self, features: int, *, axis_name: str = axes.EMBED, eps: float = 1e-6,
                dtype: jnp.dtype = jnp.float32, param_dtype: jnp.dtype = jnp.float32,
                rngs: nnx.Rngs):
     del rngs  # the scale starts at one; no randomness.
@@ -180,7 +184,7 @@ class AdaLNModulation(nnx.Module):
 
   def __init__(self, cond_dim: int, width: int, count: int, *, rngs: nnx.Rngs):
     self.count = count
-    self.linear = Dense(cond_dim, (count, width), axes=("embed", None, "mlp"),
+    self.linear = Dense(cond_dim, (count, width), axes=(axes.EMBED, None, axes.MLP),
                         kernel_init=nnx.initializers.zeros_init(), dtype=jnp.float32,
                         param_dtype=jnp.float32, rngs=rngs)
 
@@ -213,9 +217,9 @@ class TimestepEmbedding(nnx.Module):
     self.frequency_dim = frequency_dim
     self.time_scale = time_scale
     init = nnx.initializers.normal(0.02)
-    self.linear_in = Dense(frequency_dim, width, axes=(None, "embed"), kernel_init=init,
+    self.linear_in = Dense(frequency_dim, width, axes=(None, axes.EMBED), kernel_init=init,
                            param_dtype=param_dtype, rngs=rngs)
-    self.linear_out = Dense(width, width, axes=("embed", "mlp"), kernel_init=init,
+    self.linear_out = Dense(width, width, axes=(axes.EMBED, axes.MLP), kernel_init=init,
                             param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, timesteps: jax.Array) -> jax.Array:
@@ -372,15 +376,16 @@ class Attention(nnx.Module):
     self.dtype = dtype
     source_dim = width if context_dim is None else context_dim
     projection = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.query = Dense(width, (num_heads, head_dim), axes=("embed", "heads", "kv"), **projection)
-    self.key = Dense(source_dim, (num_heads, head_dim), axes=("embed", "heads", "kv"),
+    self.query = Dense(width, (num_heads, head_dim), axes=(axes.EMBED, axes.HEADS, axes.KV),
+                       **projection)
+    self.key = Dense(source_dim, (num_heads, head_dim), axes=(axes.EMBED, axes.HEADS, axes.KV),
                      **projection)
-    self.value = Dense(source_dim, (num_heads, head_dim), axes=("embed", "heads", "kv"),
+    self.value = Dense(source_dim, (num_heads, head_dim), axes=(axes.EMBED, axes.HEADS, axes.KV),
                        **projection)
     output_init = nnx.initializers.zeros_init() if zero_init_output else None
-    self.output = Dense((num_heads, head_dim), width, axes=("heads", "kv", "embed"),
+    self.output = Dense((num_heads, head_dim), width, axes=(axes.HEADS, axes.KV, axes.EMBED),
                         kernel_init=output_init, **projection)
-    norm = lambda: RMSNorm(head_dim, axis_name="kv", dtype=dtype, param_dtype=param_dtype,
+    norm = lambda: RMSNorm(head_dim, axis_name=axes.KV, dtype=dtype, param_dtype=param_dtype,
                            rngs=rngs)
     self.query_norm = norm() if qk_norm else None
     self.key_norm = norm() if qk_norm else None
@@ -389,10 +394,15 @@ class Attention(nnx.Module):
                mask: jax.Array | None = None, rope: jax.Array | None = None) -> jax.Array:
     """x: [B, N, D]; context: [B, L, C] or None; mask: bool broadcastable to [B, heads, N, L];
     rope: angles [B or 1, N, head_dim / 2] (self-attention only)."""
-    source = x if context is None else context
-    query = self.query(x)  # [B, N, heads, head_dim]
-    key = self.key(source)
-    value = self.value(source)
+    # Named by role, so a profile tells a DiT block's two attentions apart.
+    with jax.named_scope("self_attention" if context is None else "cross_attention"):
+      return self._attend(x, x if context is None else context, mask, rope)
+
+  def _attend(self, x: jax.Array, source: jax.Array, mask: jax.Array | None,
+              rope: jax.Array | None) -> jax.Array:
+    query = sharding.constrain(self.query(x), axes.TOKEN_HEADS)  # [B, N, heads, head_dim]
+    key = sharding.constrain(self.key(source), axes.TOKEN_HEADS)
+    value = sharding.constrain(self.value(source), axes.TOKEN_HEADS)
     if self.query_norm is not None:
       query, key = self.query_norm(query), self.key_norm(key)
     if rope is not None:
@@ -401,5 +411,6 @@ class Attention(nnx.Module):
     key = checkpoint_name(key, "key")
     value = checkpoint_name(value, "value")
     out = attention_lib.dot_product_attention(query, key, value, mask=mask, backend=self.backend)
-    out = checkpoint_name(out.astype(self.dtype), "attention")
+    out = sharding.constrain(out.astype(self.dtype), axes.TOKEN_HEADS)
+    out = checkpoint_name(out, "attention")
     return self.output(out)

@@ -1,4 +1,4 @@
-"""Text conditioning for the diffusion transformer: a small transformer encoder, or class labels.
+"""Text conditioning for the diffusion transformer: a small transformer encoder.
 
     encoder = TextEncoder(TextEncoderConfig.tiny(), rngs=nnx.Rngs(0))
     embeddings, pooled = encoder(tokens, mask)      # "text": [B, L, D], [B, D]
@@ -9,9 +9,10 @@ blocks (bidirectional self-attention over the valid tokens) -> RMSNorm. Padded p
 as zeros; `pooled` is the mean over the valid tokens (zeros for a fully padded caption, which is
 how the trainer drops captions for classifier-free guidance).
 
-Class mode (the DiT paper, class-conditional video benchmarks): an embedding table with one extra
-"null" row for classifier-free guidance. A label < 0, or a False entry of the optional mask [B],
-selects the null class.
+Class mode exists only so that `summary` reproduces the DiT paper's parameter table
+(experiments/dit_paper.py): a label embedding of num_classes + 1 rows (the paper's extra "null"
+class for guidance is part of its count), looked up by label. No data set here carries labels, so
+nothing trains it (the dit stage refuses it).
 
 The encoder is trained jointly with the transformer by default; `frozen=True` asks the stage to
 leave its parameters out of the optimizer (its trainable filter), and stops gradients at its
@@ -29,6 +30,8 @@ from flax import nnx
 
 from videogen.models import attention as attention_lib
 from videogen.models import layers
+from videogen.parallel import axes
+from videogen.parallel import sharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,10 +39,10 @@ class TextEncoderConfig:
   """The `config.text_encoder` section.
 
   Attributes:
-    mode: "text" (token ids -> transformer) or "class" (label embedding).
+    mode: "text" (token ids -> transformer) or "class" (label embedding, measured only).
     vocab_size: sentencepiece vocabulary size (must match the tokenizer's).
     max_length: longest token sequence (must match the tokenizer's max_length).
-    num_classes: number of class labels in class mode (one more "null" row is added).
+    num_classes: number of class labels in class mode (the table has one more, "null", row).
     width: embedding width D (the DiT's context_dim / pooled_dim).
     depth, num_heads, mlp_ratio: transformer size in text mode.
     frozen: keep the encoder fixed while the transformer trains.
@@ -64,11 +67,6 @@ class TextEncoderConfig:
                        f"{self.num_heads}")
     if min(self.vocab_size, self.max_length, self.num_classes, self.width) < 1:
       raise ValueError("vocab_size, max_length, num_classes and width must be positive")
-
-  @property
-  def null_class(self) -> int:
-    """The label index of the null (unconditional) class in class mode."""
-    return self.num_classes
 
   @property
   def context_length(self) -> int:
@@ -105,9 +103,10 @@ class _EncoderBlock(nnx.Module):
     self.mlp_norm = layers.RMSNorm(config.width, **common)
     self.mlp = layers.MLP(config.width, int(config.width * config.mlp_ratio), **common)
 
+  @jax.named_scope("encoder_block")
   def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
     x = x + self.attention(self.attention_norm(x), mask=mask)
-    return x + self.mlp(self.mlp_norm(x))
+    return sharding.constrain(x + self.mlp(self.mlp_norm(x)), axes.TOKENS)
 
 
 class TextEncoder(nnx.Module):
@@ -120,38 +119,37 @@ class TextEncoder(nnx.Module):
     init = nnx.initializers.normal(0.02)
     is_text = config.mode == "text"
     rows = config.vocab_size if is_text else config.num_classes + 1
-    row_axis = "vocab" if is_text else None  # 1001 class rows rarely divide a mesh axis.
-    self.embedding = nnx.Param(nnx.with_partitioning(init, (row_axis, "embed"))(
+    row_axis = axes.VOCAB if is_text else None  # 1001 class rows rarely divide a mesh axis.
+    self.embedding = nnx.Param(nnx.with_partitioning(init, (row_axis, axes.EMBED))(
         rngs.params(), (rows, config.width), param_dtype))
-    self.positions = nnx.Param(nnx.with_partitioning(init, (None, "embed"))(
+    self.positions = nnx.Param(nnx.with_partitioning(init, (None, axes.EMBED))(
         rngs.params(), (config.max_length, config.width), param_dtype)) if is_text else None
     self.blocks = nnx.List(
         [_EncoderBlock(config, rngs=rngs) for _ in range(config.depth)] if is_text else [])
     self.final_norm = layers.RMSNorm(config.width, dtype=dtype, param_dtype=param_dtype,
                                      rngs=rngs) if is_text else None
 
+  @jax.named_scope("text_encoder")
   def __call__(self, tokens: jax.Array,
                mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Text mode: tokens int [B, L], mask bool [B, L] -> ([B, L, D], [B, D]).
 
-    Class mode: labels int [B] (< 0 = null), optional mask bool [B] (False = null) ->
-    ([B, 1, D], [B, D]).
+    Class mode: labels int [B] in [0, num_classes], no mask -> ([B, 1, D], [B, D]).
     """
     if self.config.mode == "class":
-      embeddings, pooled = self._classes(tokens, mask)
+      if mask is not None:
+        raise ValueError("class mode takes labels only, no mask")
+      embeddings, pooled = self._classes(tokens)
     else:
       embeddings, pooled = self._text(tokens, mask)
     if self.config.frozen:
       embeddings, pooled = jax.lax.stop_gradient((embeddings, pooled))
     return embeddings, pooled
 
-  def _classes(self, labels: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+  def _classes(self, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
     if labels.ndim != 1:
       raise ValueError(f"class mode takes labels of shape [batch], got {labels.shape}; for "
                        f"token ids set config.text_encoder.mode='text'")
-    labels = jnp.where(labels < 0, self.config.null_class, labels)
-    if mask is not None:
-      labels = jnp.where(mask.astype(bool), labels, self.config.null_class)
     pooled = jnp.take(self.embedding[...], labels, axis=0).astype(self.dtype)  # [B, D]
     return pooled[:, None, :], pooled
 
@@ -166,13 +164,14 @@ class TextEncoder(nnx.Module):
       raise ValueError("text mode needs the token mask (bool [batch, length], False at padding)")
     mask = mask.astype(bool)
     x = jnp.take(self.embedding[...], tokens, axis=0) + self.positions[...][None, :length]
-    x = x.astype(self.dtype)
+    x = sharding.constrain(x.astype(self.dtype), axes.TOKENS)
     attention_mask = mask[:, None, None, :]  # padded keys are never attended to.
     for block in self.blocks:
       x = block(x, attention_mask)
     x = self.final_norm(x)
     weights = mask[..., None].astype(jnp.float32)
     embeddings = (x.astype(jnp.float32) * weights).astype(self.dtype)  # padding -> zeros
+    embeddings = sharding.constrain(embeddings, axes.TOKENS)
     counts = jnp.maximum(jnp.sum(weights, axis=1), 1.0)  # a fully padded caption pools to zero
     pooled = (jnp.sum(embeddings.astype(jnp.float32), axis=1) / counts).astype(self.dtype)
     return embeddings, pooled

@@ -29,36 +29,41 @@ import jax
 import numpy as np
 from jax.experimental import mesh_utils
 
-# Mesh axis names, in mesh order (outermost, least communication first).
-AXES: tuple[str, ...] = ("data", "fsdp", "sequence", "tensor")
+from videogen.parallel import axes
 
-# Logical axis name -> mesh axes it is split over ("()" = replicated). Parameters name their
-# dimensions with these (`nnx.with_partitioning(init, ("embed", "mlp"))`); activations and batches
-# use "batch" and "length".
+# Mesh axis names, in mesh order (outermost, least communication first).
+AXES: tuple[str, ...] = axes.MESH_AXES
+
+# Logical axis name -> mesh axes it is split over ("()" = replicated). Every name a model gives a
+# parameter (`nnx.with_partitioning(init, (axes.EMBED, axes.MLP))`) or an activation
+# (`sharding.constrain(x, axes.TOKENS)`) has a rule, and no other name does
+# (tests/parallel/test_mesh.py checks both).
 DEFAULT_RULES: dict[str, tuple[str, ...]] = {
-    # Activations and data.
-    "batch": ("data", "fsdp"),
-    "length": ("sequence",),
     # Dense weights: FSDP shards the model dimension, tensor parallelism the wide dimension.
-    "embed": ("fsdp",),
-    "mlp": ("tensor",),
-    "heads": ("tensor",),
-    "kv_heads": ("tensor",),
-    "kv": (),
-    "vocab": ("tensor",),
-    "features": (),
-    # Convolutions (the autoencoder): FSDP over output channels, kernel taps replicated.
-    "conv_in": (),
-    "conv_out": ("fsdp",),
-    "kernel": (),
-    # Small or structural axes.
-    "norm": (),
-    "layers": (),
-    "time": (),
-    "height": (),
-    "width": (),
-    "channels": (),
-    "modulation": (),
+    axes.EMBED: (axes.FSDP,),
+    axes.MLP: (axes.TENSOR,),
+    axes.HEADS: (axes.TENSOR,),
+    axes.KV: (),
+    axes.VOCAB: (axes.TENSOR,),
+    axes.FEATURES: (),
+    axes.LAYERS: (),
+    # Convolutions (the autoencoder, the discriminator): FSDP over output channels.
+    axes.CONV_IN: (),
+    axes.CONV_OUT: (axes.FSDP,),
+    axes.NORM: (),
+    # Activations: the batch split as the data is (the loader's batches use this rule too),
+    # tokens over "sequence", attention heads and MLP hidden units over "tensor" (the Megatron
+    # layout), the rest whole.
+    axes.ACT_BATCH: (axes.DATA, axes.FSDP),
+    axes.ACT_LENGTH: (axes.SEQUENCE,),
+    axes.ACT_EMBED: (),
+    axes.ACT_HEADS: (axes.TENSOR,),
+    axes.ACT_KV: (),
+    axes.ACT_MLP: (axes.TENSOR,),
+    axes.ACT_FRAMES: (),
+    axes.ACT_HEIGHT: (),
+    axes.ACT_WIDTH: (),
+    axes.ACT_CHANNELS: (),
 }
 
 

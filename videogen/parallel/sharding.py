@@ -8,19 +8,36 @@ of abstract variables into a tree of `NamedSharding`s built on the concrete mesh
 
 A dimension keeps only as many of its mesh axes as divide it (a 3-channel conv input is not split 8
 ways but replicated), and a mesh axis is used at most once per array; both fallbacks are logged.
+
+Activations are constrained with the same table, through one helper that models call at block
+boundaries:
+
+    x = sharding.constrain(x, axes.TOKENS)  # [B, L, D] -> split as the rules say
+
+It does nothing unless the caller traces the model inside `activation_sharding(mesh, rules)`, so
+a model called without a mesh (unit tests, `nnx.eval_shape`, single-device tools) computes exactly
+what it did before. The trainer and the generator enter it around the jit that traces their step.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import jax
 from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from videogen.parallel import axes
+
 Rules = Mapping[str, Sequence[str]]
+
+# The (mesh, rules) that `constrain` applies; None outside `activation_sharding`.
+_ACTIVATION_SHARDING: contextvars.ContextVar[tuple[jax.sharding.Mesh, Rules] | None] = (
+    contextvars.ContextVar("activation_sharding", default=None))
 
 
 class ShardingRuleError(ValueError):
@@ -112,12 +129,52 @@ def with_shardings(abstract_tree: Any, shardings: Any) -> Any:
       abstract_tree, shardings)
 
 
+@contextlib.contextmanager
+def activation_sharding(mesh: jax.sharding.Mesh, rules: Rules) -> Iterator[None]:
+  """Within this context, `constrain` pins activations to `mesh` by `rules`.
+
+  The context is read when a function is traced, not when it runs: enter it around the first call
+  (or the `.lower()`) of the jitted step. A function jitted and traced outside it keeps no
+  constraints, and its cached compilation is reused even inside the context.
+
+  Args:
+    mesh: the concrete mesh the step's in/out shardings live on.
+    rules: the logical-axis rules (`MeshConfig.rules`); must name every activation axis the
+      models use (`axes.ACT_*`).
+  """
+  token = _ACTIVATION_SHARDING.set((mesh, rules))
+  try:
+    yield
+  finally:
+    _ACTIVATION_SHARDING.reset(token)
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+  """x pinned to the sharding its logical axis names map to; x itself outside a mesh context.
+
+  Args:
+    x: an activation, e.g. tokens [B, L, D].
+    logical_axes: one activation axis name (`axes.ACT_*`) or None per dimension, e.g.
+      `axes.TOKENS`.
+
+  Raises:
+    ShardingRuleError: inside `activation_sharding`, a name has no rule or the rank differs.
+  """
+  current = _ACTIVATION_SHARDING.get()
+  if current is None:
+    return x
+  mesh, rules = current
+  spec = logical_to_spec(logical_axes, x.shape, rules, mesh,
+                         name=f"activation {tuple(logical_axes)}")
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
 def batch_axes(mesh: jax.sharding.Mesh, rules: Rules) -> tuple[str, ...]:
-  """The mesh axes the batch dimension is split over (the "batch" rule, size-1 axes left out)."""
-  if "batch" not in rules:
-    raise ShardingRuleError("config.mesh.rules has no 'batch' rule: add e.g. "
-                            "config.mesh.rules['batch'] = ('data', 'fsdp')")
-  return tuple(axis for axis in rules["batch"] if mesh.shape[axis] > 1)
+  """The mesh axes the batch dimension is split over (its rule, size-1 axes left out)."""
+  if axes.ACT_BATCH not in rules:
+    raise ShardingRuleError(f"config.mesh.rules has no {axes.ACT_BATCH!r} rule: add e.g. "
+                            f"config.mesh.rules[{axes.ACT_BATCH!r}] = ('data', 'fsdp')")
+  return tuple(axis for axis in rules[axes.ACT_BATCH] if mesh.shape[axis] > 1)
 
 
 def batch_sharding(mesh: jax.sharding.Mesh, rules: Rules) -> NamedSharding:

@@ -314,11 +314,6 @@ class DiTStage(stage_lib.Stage):
     under an all-False mask.
     """
     probability = self.flow_config.caption_dropout
-    if self.text_config.mode == "class":
-      labels = batch["label"]
-      keep = jax.random.bernoulli(rng, 1.0 - probability, labels.shape)
-      context, pooled = model.text_encoder(jnp.where(keep, labels, -1))
-      return context, jnp.ones(context.shape[:2], bool), pooled, ~keep
     token_mask = flow.drop_captions(rng, batch["token_mask"].astype(bool), probability)
     dropped = ~jnp.any(token_mask, axis=1)
     tokens = jnp.where(token_mask, batch["tokens"], tokenizer_lib.PAD_ID)
