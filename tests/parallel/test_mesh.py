@@ -13,7 +13,6 @@ from videogen import config as config_lib
 from videogen.models import autoencoder
 from videogen.models import discriminator
 from videogen.models import dit
-from videogen.models import standin
 from videogen.models import text_encoder
 from videogen.parallel import mesh as mesh_lib
 from videogen.parallel import sharding as sharding_lib
@@ -118,8 +117,6 @@ _MODELS: dict[str, tuple[Callable[[], nnx.Module], Callable[[nnx.Module], Any], 
     "discriminator": (lambda: discriminator.PatchDiscriminator3D(channels=8, num_layers=2,
                                                                 rngs=nnx.Rngs(0)),
                       lambda model, video: model(video), (_S((2, 5, 8, 8, 3), jnp.float32),)),
-    "standin": (lambda: standin.StandinModel(standin.StandinConfig(), rngs=nnx.Rngs(0)),
-                lambda model, x: model(x), (_S((2, 16, 16), jnp.float32),)),
 }
 
 

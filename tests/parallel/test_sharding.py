@@ -20,7 +20,7 @@ from videogen.parallel import sharding as sharding_lib
 
 from tests.standin import model as standin
 
-RULES = mesh_lib.DEFAULT_RULES
+RULES = standin.RULES
 TINY = standin.StandinConfig(features=8, embed=32, mlp=64, heads=2, head_dim=16, depth=1)
 
 

@@ -23,6 +23,7 @@ from videogen.parallel.mesh import MeshConfig
 from videogen.train import stages as stages_lib
 from videogen.train.config import TrainConfig
 
+from tests.standin.model import RULES
 from tests.standin.model import StandinConfig
 from tests.standin.stage import StandinStage
 
@@ -36,9 +37,9 @@ experiment_lib.register_section("standin", StandinConfig)
 stages_lib.register("standin", StandinStage)
 
 LAYOUTS = {
-    "dp": MeshConfig(),
-    "fsdp": MeshConfig(data=1, fsdp=-1),
-    "tensor": MeshConfig(data=-1, tensor=2),
+    "dp": MeshConfig(rules=RULES),
+    "fsdp": MeshConfig(data=1, fsdp=-1, rules=RULES),
+    "tensor": MeshConfig(data=-1, tensor=2, rules=RULES),
 }
 
 

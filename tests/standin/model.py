@@ -21,6 +21,12 @@ from flax import nnx
 
 from videogen.models import attention
 from videogen.parallel import axes
+from videogen.parallel import mesh as mesh_lib
+
+# The token vectors of this test-only model: an axis name of its own, replicated, beside the
+# package's rules table (which holds only the names the package's models use).
+FEATURES = "features"
+RULES = {**mesh_lib.DEFAULT_RULES, FEATURES: ()}
 
 DType = Literal["float32", "bfloat16", "float16"]
 
@@ -120,12 +126,12 @@ class StandinModel(nnx.Module):
     self.dtype = jnp.dtype(config.dtype)
     dense = nnx.initializers.lecun_normal()
     self.embed_in = _param(rngs, dense, (config.features, config.embed),
-                           (axes.FEATURES, axes.EMBED), param_dtype)
+                           (FEATURES, axes.EMBED), param_dtype)
     self.blocks = nnx.List([StandinBlock(config, rngs=rngs) for _ in range(config.depth)])
     self.final_norm = RMSNorm(config.embed, param_dtype=param_dtype, rngs=rngs)
     # A small read-out: the model starts near 0, the mean of the targets.
     self.embed_out = _param(rngs, nnx.initializers.normal(0.02), (config.embed, config.features),
-                            (axes.EMBED, axes.FEATURES), param_dtype)
+                            (axes.EMBED, FEATURES), param_dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     h = jnp.einsum("blf,fd->bld", x.astype(self.dtype), self.embed_in[...].astype(self.dtype))

@@ -13,7 +13,7 @@ from tests.standin import model as standin
 from tests.standin import stage as standin_stage
 
 CONFIG = standin.StandinConfig(features=4, batch_size=8, lengths=(3, 5), num_batches=6)
-RULES = mesh_lib.DEFAULT_RULES
+RULES = standin.RULES
 
 
 def _iterator(devices, seed=0, config=CONFIG, **mesh_sizes):

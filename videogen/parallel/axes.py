@@ -33,7 +33,6 @@ LAYERS = "layers"  # the stacked-layer axis `nnx.vmap` adds to the blocks that `
 CONV_IN = "conv_in"  # input channels of a convolution or a pointwise projection
 CONV_OUT = "conv_out"  # output channels of a convolution (and its bias)
 NORM = "norm"  # per-channel norm scales of the convolutional models
-FEATURES = "features"  # the stand-in model's input/output vectors
 
 # Activation dimensions. The batch shares its name with the loader's batches
 # (`sharding.batch_sharding`): activations stay split the way the data arrives.

@@ -45,7 +45,6 @@ DEFAULT_RULES: dict[str, tuple[str, ...]] = {
     axes.HEADS: (axes.TENSOR,),
     axes.KV: (),
     axes.VOCAB: (axes.TENSOR,),
-    axes.FEATURES: (),
     axes.LAYERS: (),
     # Convolutions (the autoencoder, the discriminator): FSDP over output channels.
     axes.CONV_IN: (),
