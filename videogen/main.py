@@ -65,7 +65,7 @@ flags.DEFINE_string("input2", None, "generate: the second clip of --mode=connect
 flags.DEFINE_float("strength", 0.6, "generate: edit strength in (0, 1] (--mode=edit).")
 flags.DEFINE_integer("bridge_frames", None, "generate: the closing bridge of --mode=loop.")
 flags.DEFINE_string("prompts_file", None, "generate: a JSONL file of requests, one per line.")
-# Used by `evaluate` (videogen.evaluate.generation.evaluate).
+# Used by `evaluate` (videogen.evaluate.command.evaluate).
 flags.DEFINE_string("what", "generation", "evaluate: what to measure, 'generation' (prompt "
                     "following, physics, seams, speed), 'autoencoder' (reconstruction), "
                     "'noise_levels' (which noise levels the model fails to decide) or "
@@ -94,7 +94,7 @@ COMMANDS: dict[str, Command] = {
                       "process_id")),
     "cache_latents": Command("videogen.train.latent_cache:command", True),
     "generate": Command("videogen.generate.command:command", False, _GENERATE_FLAGS),
-    "evaluate": Command("videogen.evaluate.generation:evaluate", False, ("what",)),
+    "evaluate": Command("videogen.evaluate.command:evaluate", False, ("what",)),
     "summary": Command("videogen.evaluate.summary:summary", True),
     "benchmark": Command("videogen.evaluate.benchmark:command", True),
 }
