@@ -8,7 +8,8 @@ Commands:
   evaluate   measure a trained workdir (`--what=`: generation, autoencoder, noise_levels,
              caption_use).
   summary    parameter count and forward-pass cost of the experiment's model.
-  benchmark  print speed figures for the experiment.
+  benchmark  print speed figures for the experiment (`--what=`: all, train_step, generation,
+             loader, autoencoder).
 
 Example:
   python -m videogen.main train --config=experiments/shapes.py:tiny --workdir=runs/tiny \
@@ -65,11 +66,19 @@ flags.DEFINE_string("input2", None, "generate: the second clip of --mode=connect
 flags.DEFINE_float("strength", 0.6, "generate: edit strength in (0, 1] (--mode=edit).")
 flags.DEFINE_integer("bridge_frames", None, "generate: the closing bridge of --mode=loop.")
 flags.DEFINE_string("prompts_file", None, "generate: a JSONL file of requests, one per line.")
-# Used by `evaluate` (videogen.evaluate.generation.evaluate).
-flags.DEFINE_string("what", "generation", "evaluate: what to measure, 'generation' (prompt "
+# Used by `evaluate` (videogen.evaluate.command.evaluate) and `benchmark`
+# (videogen.evaluate.benchmark.command).
+flags.DEFINE_string("what", None, "evaluate: what to measure, 'generation' (the default: prompt "
                     "following, physics, seams, speed), 'autoencoder' (reconstruction), "
                     "'noise_levels' (which noise levels the model fails to decide) or "
-                    "'caption_use' (which caption words the model has learned).")
+                    "'caption_use' (which caption words the model has learned). benchmark: "
+                    "'all' (the default), 'train_step' (FLOP/s against a matmul, compile time, "
+                    "memory per device), 'generation' (sampling speed), 'loader' (samples/s of "
+                    "config.data) or 'autoencoder' (encode and decode frames/s).")
+flags.DEFINE_list("layouts", [], "benchmark: also time the train step on these meshes, "
+                  "DEVICES:DATAxFSDPxTENSOR each, e.g. 1:1x1x1,8:8x1x1,8:1x8x1.")
+flags.DEFINE_string("stage", None, "benchmark: the stage whose train step is timed (default: "
+                    "'dit' when the experiment has it, else its last stage).")
 
 _GENERATE_FLAGS = ("prompt", "negative_prompt", "out", "mode", "frames", "height", "width",
                    "steps", "guidance", "sampler", "seed", "input", "input2", "strength",
@@ -94,9 +103,10 @@ COMMANDS: dict[str, Command] = {
                       "process_id")),
     "cache_latents": Command("videogen.train.latent_cache:command", True),
     "generate": Command("videogen.generate.command:command", False, _GENERATE_FLAGS),
-    "evaluate": Command("videogen.evaluate.generation:evaluate", False, ("what",)),
+    "evaluate": Command("videogen.evaluate.command:evaluate", False, ("what",)),
     "summary": Command("videogen.evaluate.summary:summary", True),
-    "benchmark": Command("videogen.evaluate.benchmark:command", True),
+    "benchmark": Command("videogen.evaluate.benchmark:command", True,
+                         ("what", "layouts", "stage")),
 }
 
 

@@ -16,7 +16,3 @@ def test_measure_throughput_reports_every_figure():
                           "encode_compile_seconds", "decode_compile_seconds"}
   assert all(math.isfinite(v) and v > 0 for v in results.values())
 
-
-def test_presets_are_the_models_presets():
-  assert autoencoder_throughput.PRESETS["standard"]().spatial_factor == 8
-  assert autoencoder_throughput.PRESETS["tiny"]() == autoencoder.AutoencoderConfig.tiny()

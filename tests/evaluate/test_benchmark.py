@@ -1,8 +1,11 @@
-"""Tests of the benchmark's pieces that run fast: the matmul, the train step's cost, the JSON."""
+"""Tests of the benchmark's pieces that run fast: the matmul, the train step's cost, the JSON, and
+each --what on tiny settings."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -92,6 +95,10 @@ def test_result_json_has_every_field_and_names_what_is_unavailable(result):
   assert parsed["sampler_real_time_factor"] is None and parsed["loader_samples_per_second"] is None
   assert "no 'dit' stage" in parsed["unavailable"]["sampler"]
   assert "config.data" in parsed["unavailable"]["loader"]
+  assert parsed["autoencoder_encode_frames_per_second"] is None
+  assert "config.autoencoder" in parsed["unavailable"]["autoencoder"]
+  assert parsed["what"] == "all"
+  assert parsed["train_step"]["params_and_optimizer_bytes_per_device"] > 0
   table = benchmark.format_table(result)
   assert "train / matmul" in table and "sampler: unavailable" in table
 
@@ -120,10 +127,75 @@ def test_a_stage_not_built_yet_is_reported_unavailable_not_faked(monkeypatch, tm
   assert parsed["matmul_flops_per_second"] > 0
 
 
-def test_main_wires_the_benchmark_command_which_needs_a_config():
-  import subprocess
-  import sys
+def test_layouts_time_the_step_on_each_mesh_and_fsdp_holds_a_share_per_device(experiment,
+                                                                                 tmp_path):
+  result = benchmark.run_benchmark(experiment, what="train_step", layouts=("1:1x1x1", "8:1x8x1"),
+                                   matmul_size=64, train_steps=1, min_seconds=0.0,
+                                   workdir=str(tmp_path))
+  one, fsdp = result["layouts"]
+  assert (one["layout"], one["devices"], fsdp["devices"]) == ("1:1x1x1", 1, 8)
+  assert "fsdp=8" in fsdp["mesh"] and fsdp["seconds_per_step"] > 0
+  # FSDP shards the parameters and their optimizer state: each device holds well under the whole.
+  assert (fsdp["params_and_optimizer_bytes_per_device"]
+          < 0.5 * one["params_and_optimizer_bytes_per_device"])
+  # Only the train step was asked for: no other part ran, none is reported unavailable.
+  assert result["unavailable"] == {} and "loader" not in result and "sampler" not in result
+  table = benchmark.format_table(result)
+  assert "params+opt MiB/dev" in table and "fsdp=8" in table
+
+
+def test_bad_options_are_usage_errors_before_anything_runs(experiment, capsys):
+  assert benchmark.command(experiment, None, what="speling") == 2
+  assert "choose one of: all, train_step" in capsys.readouterr().err
+  assert benchmark.command(experiment, None, what="train_step", layouts=["8:1x8"]) == 2
+  assert "DEVICES:DATAxFSDPxTENSOR" in capsys.readouterr().err
+  assert benchmark.command(experiment, None, what="train_step", layouts=["64:64x1x1"]) == 2
+  assert "xla_force_host_platform_device_count=64" in capsys.readouterr().err
+  assert benchmark.command(experiment, None, stage="dit") == 2
+  assert "not a stage of" in capsys.readouterr().err
+
+
+def test_the_autoencoder_part_prints_its_figures_and_the_json_last(tiny_workdir_config, capsys):
+  experiment = experiment_lib.validate(tiny_workdir_config)
+  assert benchmark.command(experiment, None, what="autoencoder") == 0
+  out = capsys.readouterr().out.strip().splitlines()
+  parsed = json.loads(out[-1])
+  assert parsed["what"] == "autoencoder" and parsed["unavailable"] == {}
+  # One device's share of the first bucket, 9x32x32:8 over the 8 test devices.
+  assert parsed["autoencoder"]["shape"] == [1, 9, 32, 32]
+  assert parsed["autoencoder_encode_frames_per_second"] > 0
+  assert parsed["autoencoder_decode_frames_per_second"] > 0
+  assert parsed["train_step_flops_per_second"] is None and parsed["matmul_flops_per_second"] is None
+  assert any(line.startswith("  autoencoder 1x9x32x32") for line in out)
+
+
+def test_the_loader_part_measures_the_experiments_data(tiny_workdir_config, tmp_path):
+  experiment = experiment_lib.validate(tiny_workdir_config)
+  result = benchmark.run_benchmark(experiment, what="loader", loader_batches=2,
+                                   workdir=str(tmp_path))
+  assert result["loader"]["buckets"] == ["9x32x32:8"] and result["unavailable"] == {}
+  assert result["loader_samples_per_second"] == pytest.approx(
+      8 * result["loader"]["batches_per_s"])
+  assert "loader 9x32x32:8" in benchmark.format_table(result)
+
+
+@pytest.mark.slow  # ~20-40 s: a fresh tiny transformer compiled for one clip's sampling
+def test_the_generation_part_times_a_freshly_initialised_sampler(tiny_workdir_config, tmp_path):
+  tiny_workdir_config.sample.num_steps = 2
+  experiment = experiment_lib.validate(tiny_workdir_config)
+  result = benchmark.run_benchmark(experiment, what="generation", workdir=str(tmp_path))
+  assert result["unavailable"] == {} and "train_step" not in result
+  assert result["sampler"]["shape"] == [9, 32, 32] and result["sampler"]["steps"] == 2
+  assert result["sampler_real_time_factor"] == result["sampler"]["real_time_factor"] > 0
+
+
+def test_main_wires_the_benchmark_command_and_its_flags():
   result = subprocess.run([sys.executable, "-m", "videogen.main", "benchmark"],
                           capture_output=True, text=True, timeout=120)
   assert result.returncode != 0
   assert "benchmark needs --config" in result.stderr
+  result = subprocess.run([sys.executable, "-m", "videogen.main", "benchmark",
+                           "--config=experiments/shapes.py:tiny", "--what=speling"],
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2, result.stderr
+  assert "unknown --what='speling'; choose one of: all, train_step" in result.stderr

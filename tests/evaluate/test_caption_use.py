@@ -1,11 +1,9 @@
 """videogen/evaluate/caption_use.py: counterfactual captions, gaps measured with fake loss
-functions whose answers are known, and the command end to end on the tiny trained workdir."""
+functions whose answers are known (the command: tests/evaluate/test_command.py)."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
 
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +12,6 @@ import pytest
 from data_pipelines.shapes import vocabulary
 from data_pipelines.shapes import world
 from videogen.evaluate import caption_use
-from videogen.evaluate import generation
 
 
 def _scene(*motions):
@@ -188,27 +185,3 @@ def test_the_training_measurement_reads_each_setting_at_its_own_level(monkeypatc
                     "caption_win_first_direction": 0.5,
                     "caption_gap_t2v_color": pytest.approx(0.225),
                     "caption_gap_first_color": 0.25, "caption_gap_first_direction": 0.001}
-
-
-def test_command_errors_say_what_to_do(tmp_path, capsys):
-  assert generation.evaluate(None, None, what="caption_use") == 2
-  assert "--workdir" in capsys.readouterr().err
-  assert generation.evaluate(None, str(tmp_path), what="caption_use") == 1
-  assert "videogen.main train" in capsys.readouterr().err
-
-
-@pytest.mark.slow  # ~10-20 s: 3 clips, 2 levels, both settings, by the tiny workdir's models
-def test_a_trained_workdir_gets_its_table_and_json(tiny_workdir, tmp_path, capsys):
-  workdir = str(tmp_path / "run")
-  shutil.copytree(tiny_workdir, workdir)  # the shared workdir is read-only
-  report = caption_use.evaluate_workdir(None, workdir, levels=(0.5, 1.0), clips=3,
-                                        progress=False)
-  with open(f"{workdir}/{caption_use.RESULTS_FILE}") as f:
-    assert json.load(f) == json.loads(json.dumps(report))
-  for setting in caption_use.GIVEN:
-    for row in report["given"][setting].values():
-      assert np.isfinite(row["loss"]) and row["loss"] > 0
-      for attribute in caption_use.ATTRIBUTES:
-        gap, win = row["gap"][attribute], row["win_rate"][attribute]
-        assert (gap is None) == (win is None) == (report["pairs"][attribute] == 0)
-        assert gap is None or (np.isfinite(gap) and 0.0 <= win <= 1.0)

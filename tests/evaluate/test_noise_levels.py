@@ -1,16 +1,13 @@
 """videogen/evaluate/noise_levels.py: per-level scores, with fake edit functions whose answers are
-known, and the command end to end on the tiny trained workdir."""
+known (the command: tests/evaluate/test_command.py)."""
 
 from __future__ import annotations
 
-import json
-import shutil
 
 import numpy as np
 import pytest
 
 from data_pipelines.shapes import vocabulary
-from videogen.evaluate import generation
 from videogen.evaluate import noise_levels
 
 
@@ -86,24 +83,3 @@ def test_bad_levels_are_refused(levels):
 def test_an_edit_that_changes_the_shape_is_an_error():
   with pytest.raises(ValueError, match="must keep the clip's shape"):
     noise_levels.score_levels(lambda c, v, l, s: v[:5], levels=(0.5,), clips=1, progress=False)
-
-
-def test_command_errors_say_what_to_do(tmp_path, capsys):
-  assert generation.evaluate(None, None, what="noise_levels") == 2
-  assert "--workdir" in capsys.readouterr().err
-  assert generation.evaluate(None, str(tmp_path), what="noise_levels") == 1
-  assert "videogen.main train" in capsys.readouterr().err
-
-
-@pytest.mark.slow  # ~10-20 s: 2 clips edited from 2 levels by the tiny workdir's models
-def test_a_trained_workdir_gets_its_table_and_json(tiny_workdir, tmp_path, capsys):
-  workdir = str(tmp_path / "run")
-  shutil.copytree(tiny_workdir, workdir)  # the shared workdir is read-only
-  report = noise_levels.evaluate_workdir(None, workdir, levels=(0.5, 1.0), clips=2,
-                                         progress=False)
-  with open(f"{workdir}/{noise_levels.RESULTS_FILE}") as f:
-    assert json.load(f) == json.loads(json.dumps(report))
-  assert list(report["levels"]) == ["0.5", "1"] and report["clips"] == 2
-  for figures in [report["reconstruction"], *report["levels"].values()]:
-    assert set(figures) == set(noise_levels.FIGURES)
-    assert all(v is None or 0.0 <= v <= 1.0 for v in figures.values())

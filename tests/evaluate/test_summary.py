@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-import types
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import pytest
 from flax import nnx
 
+from videogen import experiment as experiment_lib
 from videogen.evaluate import summary
 from videogen.models import dit
 from videogen.models import text_encoder
@@ -85,10 +86,17 @@ def test_measured_cost_matches_the_closed_form_and_the_built_model(dit_config, t
   assert costs["dit"].params == params
 
 
+def _experiment(**sections) -> experiment_lib.Experiment:
+  """An experiment whose file sets exactly `sections` (the others keep their defaults)."""
+  config = ml_collections.ConfigDict({name: {} for name in sections})
+  return experiment_lib.Experiment(name="summary_test", seed=0, stages=("dit",), config=config,
+                                   **sections)
+
+
 def test_summary_prints_a_table_then_the_json_line(capsys):
   dit_config = dit.DiTConfig.tiny(depth=1)
   text_config = text_encoder.TextEncoderConfig.tiny(depth=1)
-  experiment = types.SimpleNamespace(sections={"dit": dit_config, "text_encoder": text_config})
+  experiment = _experiment(dit=dit_config, text_encoder=text_config)
   assert summary.summary(experiment, None) == 0
   lines = capsys.readouterr().out.strip().splitlines()
   assert lines[0].split() == ["component", "params", "GMACs", "GFLOPs"]
@@ -103,11 +111,10 @@ def test_summary_prints_a_table_then_the_json_line(capsys):
 
 
 def test_summary_refuses_what_it_cannot_measure(capsys):
-  assert summary.summary(types.SimpleNamespace(sections={}), None) == 2
+  assert summary.summary(_experiment(), None) == 2
   assert "summary needs a config.dit section" in capsys.readouterr().out
-  mismatched = types.SimpleNamespace(sections={
-      "dit": dit.DiTConfig.tiny(context_dim=64),
-      "text_encoder": text_encoder.TextEncoderConfig.tiny()})
+  mismatched = _experiment(dit=dit.DiTConfig.tiny(context_dim=64),
+                           text_encoder=text_encoder.TextEncoderConfig.tiny())
   assert summary.summary(mismatched, None) == 2
   assert ("config.dit.context_dim (64) must equal config.text_encoder.width (128)"
           in capsys.readouterr().out)

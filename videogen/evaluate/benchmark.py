@@ -1,36 +1,48 @@
-r"""Speed figures of an experiment: the train step against a large matmul, sampling, loading.
+r"""Speed figures of an experiment: the train step, sampling, loading, the autoencoder.
 
     python -m videogen.main benchmark --config=experiments/shapes.py:tiny
-    python -m videogen.main benchmark --config=experiments/shapes.py:small
+    python -m videogen.main benchmark --config=experiments/shapes.py:small --what=generation
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m videogen.main benchmark \
+        --config=experiments/shapes.py:tiny --what=train_step --layouts=1:1x1x1,8:8x1x1,8:1x8x1
 
-Prints a table and, as its last line, one JSON object:
+`--what` picks the part (`WHAT`); "all" (the default) runs every part on the experiment's own mesh.
+Each part that cannot run for this experiment (no diffusion stage, no data or autoencoder section,
+a module not built yet) is reported as null with the reason under "unavailable", never as a
+made-up number. Prints a table and, as its last line, one JSON object with these headline figures
+(null for a part not run):
 
-  matmul_flops_per_second
+  matmul_flops_per_second  (train_step)
       A large square matmul (4096 x 4096 by default, in the model's compute dtype) on one device,
       timed after a warm-up: what this hardware reaches on the friendliest possible work.
-  train_step_flops_per_second
+  train_step_flops_per_second  (train_step)
       The compiled train step's FLOPs (XLA's `compile().cost_analysis()` of the exact program:
       forward, backward, optimizer, rematerialised recomputation included) over the whole mesh,
       divided by its measured step time. XLA counts a scanned layer stack's body once, so a
       transformer with `scan_layers` is counted from the same step with its layers unrolled.
-  train_step_model_flops_per_second
+      The part also reports the compile time and the bytes of parameters + optimizer state (and
+      of the EMA copy) one device holds; `--layouts` repeats it on other meshes (on fake CPU
+      devices the devices share the host's cores: the step time shows the sharding overhead).
+  train_step_model_flops_per_second  (train_step)
       The same with the step's work counted once (the cost of the global program before
       partitioning), which work replicated over a mesh's devices does not inflate; on one device
       the two agree.
-  train_to_matmul_ratio
+  train_to_matmul_ratio  (train_step)
       train_step_flops_per_second over the matmul's: an MFU-like figure against a measured (not a
       datasheet) peak. On CPU every device is a share of one processor, which the matmul used
       whole, so the whole mesh is compared with it; on accelerators, per device.
-  sampler_real_time_factor
+  sampler_real_time_factor  (generation)
       Seconds of video per second of compute for one text-to-video clip of the training shape
       (randomly initialised weights: the cost does not depend on them), after a warm-up clip that
       compiles.
-  loader_samples_per_second
-      The experiment's data pipeline, through `data_pipelines.benchmark.measure`.
+  loader_samples_per_second  (loader)
+      The experiment's data pipeline (`config.data`: its buckets, workers, ...), through
+      `data_pipelines.benchmark.measure`.
+  autoencoder_encode_frames_per_second, autoencoder_decode_frames_per_second  (autoencoder)
+      The experiment's autoencoder on random videos of its first data bucket, one device's share
+      of the batch, through `videogen.evaluate.autoencoder_throughput`.
 
-The train step benchmarked is the experiment's "dit" stage when it has one, else its last stage. A
-part that cannot run for this experiment (no diffusion stage, no data section, a module not built
-yet) is reported as null with the reason under "unavailable", never as a made-up number.
+The train step benchmarked is `--stage`'s, by default the experiment's "dit" stage when it has
+one, else its last.
 """
 
 from __future__ import annotations
@@ -38,9 +50,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import tempfile
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -48,10 +61,26 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from data_pipelines import benchmark as loader_benchmark
+from data_pipelines import loader
+from data_pipelines import tokenizer as tokenizer_lib
+from videogen import experiment as experiment_lib
 from videogen import workdir as workdir_lib
+from videogen.evaluate import autoencoder_throughput
+from videogen.generate import modes
+from videogen.generate import pipeline
+from videogen.parallel import memory as memory_lib
+from videogen.parallel import mesh as mesh_lib
+from videogen.parallel import sharding as sharding_lib
+from videogen.train import stages as stages_lib
+from videogen.train import trainer as trainer_lib
+from videogen.train import train_state as train_state_lib
 
 # The stage whose train step and sampler are measured when the experiment has it.
 DIFFUSION_STAGE = "dit"
+# The parts `--what` names, in the order "all" runs them.
+PARTS: tuple[str, ...] = ("train_step", "generation", "loader", "autoencoder")
+WHAT: tuple[str, ...] = ("all",) + PARTS
 
 
 def _timed_runs(run: Callable[[], Any], *, min_runs: int, min_seconds: float) -> list[float]:
@@ -92,20 +121,18 @@ def _cost_flops(program: Any) -> float:
   return float(flops)
 
 
-def _with_unrolled_layers(experiment: Any) -> Any | None:
+def _with_unrolled_layers(experiment: experiment_lib.Experiment
+                          ) -> experiment_lib.Experiment | None:
   """The experiment with its transformer's layer stack unrolled; None when nothing is scanned."""
   if not experiment.has("dit") or not experiment.dit.scan_layers:
     return None
   return dataclasses.replace(experiment, dit=dataclasses.replace(experiment.dit, scan_layers=False))
 
 
-def _traced_step_flops(experiment: Any, stage_name: str, mesh: jax.sharding.Mesh, rules: Any,
-                       batch: dict[str, jax.Array]) -> float:
+def _traced_step_flops(experiment: experiment_lib.Experiment, stage_name: str,
+                       mesh: jax.sharding.Mesh, rules: Any, batch: dict[str, jax.Array]) -> float:
   """FLOPs of the stage's global train step, traced on abstract parameters (nothing is
   allocated, compiled or run)."""
-  from videogen.train import stages as stages_lib  # pylint: disable=g-import-not-at-top
-  from videogen.train import train_state as train_state_lib  # pylint: disable=g-import-not-at-top
-
   stage = stages_lib.make_stage(stage_name, experiment)
   config = experiment.train[stage_name]
   tx = train_state_lib.make_optimizer(config)
@@ -115,7 +142,7 @@ def _traced_step_flops(experiment: Any, stage_name: str, mesh: jax.sharding.Mesh
   return _cost_flops(jax.jit(step_fn).lower(state, batch))
 
 
-def train_step_figures(experiment: Any, stage_name: str, *, workdir: str,
+def train_step_figures(experiment: experiment_lib.Experiment, stage_name: str, *, workdir: str,
                        mesh: jax.sharding.Mesh | None = None, steps: int = 5,
                        warmup: int = 2, min_seconds: float = 1.0
                        ) -> tuple[dict[str, Any], nnx.Module]:
@@ -134,18 +161,14 @@ def train_step_figures(experiment: Any, stage_name: str, *, workdir: str,
     min_seconds: keep timing steps until they took this long in all.
 
   Returns:
-    ({"stage", "devices", "flops_per_step", "seconds_per_step", "flops_per_second",
-      "model_flops_per_step", "model_flops_per_second", "compile_seconds", "batch"}, the model
-     with the final parameters). "flops" are what the whole mesh executes (the compiled
+    ({"stage", "devices", "mesh", "flops_per_step", "seconds_per_step", "flops_per_second",
+      "model_flops_per_step", "model_flops_per_second", "compile_seconds",
+      "params_and_optimizer_bytes_per_device", "ema_bytes_per_device", "batch"}, the model with
+     the final parameters). "flops" are what the whole mesh executes (the compiled
     per-device cost times the devices: work replicated over devices, such as the optimizer update
     of replicated parameters, counts on each); "model_flops" count the step's work once (the
     cost of the global program before partitioning), so they do not grow with the mesh.
   """
-  from videogen.parallel import memory as memory_lib  # pylint: disable=g-import-not-at-top
-  from videogen.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from videogen.train import stages as stages_lib  # pylint: disable=g-import-not-at-top
-  from videogen.train import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
-  from videogen.train import train_state as train_state_lib  # pylint: disable=g-import-not-at-top
 
   mesh_config = experiment.mesh
   mesh = mesh_lib.create_mesh(mesh_config) if mesh is None else mesh
@@ -155,6 +178,10 @@ def train_step_figures(experiment: Any, stage_name: str, *, workdir: str,
   state, state_shardings = train_state_lib.init_sharded_train_state(
       stage, tx, experiment.seed, mesh, mesh_config.rules)
   graphdef, _, _ = train_state_lib.abstract_model(stage)
+  # Read before the first step: the compiled step donates the state.
+  resident_bytes = (sharding_lib.bytes_per_device(state.params)
+                    + sharding_lib.bytes_per_device(state.opt_state))
+  ema_bytes = sharding_lib.bytes_per_device(state.ema_params)
 
   iterator = stage.make_iterator(mesh=mesh, seed=experiment.seed, workdir=workdir)
   try:
@@ -202,20 +229,21 @@ def train_step_figures(experiment: Any, stage_name: str, *, workdir: str,
 
   seconds = float(np.median(_timed_runs(one_step, min_runs=steps, min_seconds=min_seconds)))
   figures = {
-      "stage": stage_name, "devices": int(mesh.size), "flops_per_step": flops,
+      "stage": stage_name, "devices": int(mesh.size), "mesh": mesh_lib.describe(mesh),
+      "flops_per_step": flops,
       "seconds_per_step": seconds, "flops_per_second": flops / seconds,
       "model_flops_per_step": model_flops, "model_flops_per_second": model_flops / seconds,
       "compile_seconds": compile_seconds,
+      "params_and_optimizer_bytes_per_device": resident_bytes,
+      "ema_bytes_per_device": ema_bytes,
       "batch": {k: list(v.shape) for k, v in sorted(batch.items())},
   }
   model = nnx.merge(graphdef, state.params, state.frozen)
   return figures, model
 
 
-def _tokenizer(experiment: Any, workdir: str) -> Any:
+def _tokenizer(experiment: experiment_lib.Experiment, workdir: str) -> tokenizer_lib.Tokenizer:
   """The tokenizer the experiment's stage wrote into `workdir`, else one trained for it there."""
-  from data_pipelines import loader  # pylint: disable=g-import-not-at-top
-  from data_pipelines import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   config = experiment.tokenizer
   path = workdir_lib.tokenizer_path(workdir, experiment)
   return tokenizer_lib.load_or_train(
@@ -223,7 +251,8 @@ def _tokenizer(experiment: Any, workdir: str) -> Any:
                                             num=config.num_train_captions))
 
 
-def sampler_figures(experiment: Any, model: nnx.Module, tokenizer: Any) -> dict[str, Any]:
+def sampler_figures(experiment: experiment_lib.Experiment, model: nnx.Module,
+                    tokenizer: tokenizer_lib.Tokenizer) -> dict[str, Any]:
   """Times one text-to-video clip of the training shape with the diffusion stage's model.
 
   Args:
@@ -231,8 +260,6 @@ def sampler_figures(experiment: Any, model: nnx.Module, tokenizer: Any) -> dict[
     model: the diffusion stage's module, holding `autoencoder`, `text_encoder` and `dit`.
     tokenizer: encodes the prompt.
   """
-  from videogen.generate import modes  # pylint: disable=g-import-not-at-top
-  from videogen.generate import pipeline  # pylint: disable=g-import-not-at-top
   generator = pipeline.Generator(
       autoencoder=model.autoencoder, text_encoder=model.text_encoder, dit=model.dit,
       tokenizer=tokenizer, flow_config=experiment.diffusion,
@@ -252,94 +279,201 @@ def sampler_figures(experiment: Any, model: nnx.Module, tokenizer: Any) -> dict[
   }
 
 
-def loader_figures(experiment: Any, tokenizer: Any, *, warmup: int = 2,
-                   batches: int = 10) -> dict[str, Any]:
+def loader_figures(experiment: experiment_lib.Experiment, tokenizer: tokenizer_lib.Tokenizer, *,
+                   warmup: int = 2, batches: int = 10) -> dict[str, Any]:
   """The experiment's data pipeline through `data_pipelines.benchmark.measure`."""
-  from data_pipelines import benchmark as loader_benchmark  # pylint: disable=g-import-not-at-top
   figures = loader_benchmark.measure(experiment.data, tokenizer, warmup=warmup, batches=batches)
   figures["buckets"] = list(experiment.data.buckets)
   figures["workers"] = experiment.data.num_workers
   return figures
 
 
-def _compute_dtype(experiment: Any) -> Any:
+def _compute_dtype(experiment: experiment_lib.Experiment) -> jnp.dtype:
   """The diffusion transformer's compute dtype when the experiment names one, else float32."""
   dtype = getattr(experiment.dit, "dtype", None)
   return jnp.dtype(dtype) if dtype else jnp.dtype(jnp.float32)
 
 
-def run_benchmark(experiment: Any, *, matmul_size: int = 4096, train_steps: int = 5,
-                  loader_batches: int = 10, min_seconds: float = 1.0,
+def initial_model(experiment: experiment_lib.Experiment, stage_name: str) -> nnx.Module:
+  """The stage's model with freshly initialised parameters, on the experiment's mesh."""
+  mesh_config = experiment.mesh
+  stage = stages_lib.make_stage(stage_name, experiment)
+  tx = train_state_lib.make_optimizer(experiment.train[stage_name])
+  state, _ = train_state_lib.init_sharded_train_state(
+      stage, tx, experiment.seed, mesh_lib.create_mesh(mesh_config), mesh_config.rules)
+  graphdef, _, _ = train_state_lib.abstract_model(stage)
+  return nnx.merge(graphdef, state.params, state.frozen)
+
+
+def autoencoder_figures(experiment: experiment_lib.Experiment, *,
+                        repeats: int = 3) -> dict[str, Any]:
+  """Encoder and decoder throughput of the experiment's autoencoder on one device.
+
+  The videos have the shape of the first data bucket, in one device's share of its batch.
+  """
+  bucket = experiment.data.parsed_buckets()[0]
+  batch = max(1, bucket.global_batch // jax.device_count())
+  figures = autoencoder_throughput.measure_throughput(
+      experiment.autoencoder, batch=batch, frames=bucket.frames, height=bucket.height,
+      width=bucket.width, repeats=repeats, seed=experiment.seed)
+  return {"shape": [batch, bucket.frames, bucket.height, bucket.width],
+          "dtype": str(experiment.autoencoder.dtype), **figures}
+
+
+def parse_layout(layout: str) -> tuple[int, dict[str, int]]:
+  """"8:1x8x1" -> (8 devices, {"data": 1, "fsdp": 8, "tensor": 1})."""
+  count, _, sizes = layout.partition(":")
+  try:
+    data, fsdp, tensor = (int(size) for size in sizes.split("x"))
+    devices = int(count)
+  except ValueError:
+    raise ValueError(f"layout {layout!r} is not DEVICES:DATAxFSDPxTENSOR, e.g. 8:1x8x1") from None
+  if devices > jax.device_count():
+    raise ValueError(f"layout {layout} needs {devices} devices, {jax.device_count()} exist: on CPU "
+                     f"set XLA_FLAGS=--xla_force_host_platform_device_count={devices}")
+  return devices, {"data": data, "fsdp": fsdp, "tensor": tensor}
+
+
+def layout_figures(experiment: experiment_lib.Experiment, stage_name: str, layout: str, *,
+                   workdir: str, steps: int = 5, min_seconds: float = 1.0) -> dict[str, Any]:
+  """`train_step_figures` on the mesh a layout ("8:1x8x1", see `parse_layout`) describes."""
+  devices, sizes = parse_layout(layout)
+  experiment = dataclasses.replace(experiment, mesh=dataclasses.replace(experiment.mesh, **sizes))
+  mesh = mesh_lib.create_mesh(experiment.mesh, jax.devices()[:devices])
+  figures, _ = train_step_figures(experiment, stage_name, workdir=workdir, mesh=mesh, steps=steps,
+                                  min_seconds=min_seconds)
+  return {"layout": layout, **figures}
+
+
+def _stage_to_time(experiment: experiment_lib.Experiment, stage: str | None) -> str:
+  """`stage`, checked, or the diffusion stage when the experiment has one, else its last."""
+  if stage is None:
+    return DIFFUSION_STAGE if DIFFUSION_STAGE in experiment.stages else experiment.stages[-1]
+  if stage not in experiment.stages:
+    raise ValueError(f"--stage={stage!r} is not a stage of {experiment.name}; choose one of "
+                     f"{', '.join(experiment.stages)}")
+  return stage
+
+
+def check_options(experiment: experiment_lib.Experiment, *, what: str, layouts: Sequence[str],
+                  stage: str | None) -> None:
+  """Raises ValueError, saying what to pass, for an unknown `what` or `stage` or a bad layout."""
+  if what not in WHAT:
+    raise ValueError(f"unknown --what={what!r}; choose one of: {', '.join(WHAT)}")
+  _stage_to_time(experiment, stage)
+  for layout in layouts:
+    parse_layout(layout)
+
+
+def run_benchmark(experiment: experiment_lib.Experiment, *, what: str = "all",
+                  layouts: Sequence[str] = (), stage: str | None = None,
+                  matmul_size: int = 4096, train_steps: int = 5, loader_batches: int = 10,
+                  autoencoder_repeats: int = 3, min_seconds: float = 1.0,
                   workdir: str | None = None) -> dict[str, Any]:
-  """Every figure of the module docstring for one experiment; see there.
+  """The figures of the module docstring for one experiment; see there.
 
   Args:
     experiment: the validated experiment.
+    what: a part of `PARTS`, or "all" of them.
+    layouts: with the train step, also time it on each of these meshes ("8:1x8x1": see
+      `parse_layout`).
+    stage: whose train step (default: "dit" when the experiment has it, else its last stage).
     matmul_size: side of the square matmul.
     train_steps: fewest timed train steps.
     loader_batches: timed loader batches.
+    autoencoder_repeats: timed encoder and decoder calls (the best counts).
     min_seconds: the matmul and the train step are timed for at least this long each.
     workdir: scratch directory (default: a temporary one, removed afterwards).
 
   Returns:
     The figures as a JSON-able dict; parts that could not run are None, with the reason in
     result["unavailable"][part].
+
+  Raises:
+    ValueError: an unknown `what` or `stage`, or a malformed layout (before anything runs).
   """
+  check_options(experiment, what=what, layouts=layouts, stage=stage)
+  stage_name = _stage_to_time(experiment, stage)
   if workdir is None:
     with tempfile.TemporaryDirectory(prefix="videogen_benchmark_") as scratch:
-      return run_benchmark(experiment, matmul_size=matmul_size, train_steps=train_steps,
-                           loader_batches=loader_batches, min_seconds=min_seconds,
-                           workdir=scratch)
+      return run_benchmark(experiment, what=what, layouts=layouts, stage=stage,
+                           matmul_size=matmul_size, train_steps=train_steps,
+                           loader_batches=loader_batches, autoencoder_repeats=autoencoder_repeats,
+                           min_seconds=min_seconds, workdir=scratch)
+  parts = PARTS if what == "all" else (what,)
   devices = jax.devices()
-  dtype = _compute_dtype(experiment)
   result: dict[str, Any] = {
-      "experiment": experiment.name, "platform": devices[0].platform,
+      "experiment": experiment.name, "what": what, "platform": devices[0].platform,
       "device_kind": devices[0].device_kind, "devices": len(devices),
   }
   unavailable: dict[str, str] = {}
 
-  logging.info("benchmark: %dx%d %s matmul", matmul_size, matmul_size, dtype.name)
-  matmul = matmul_flops_per_second(matmul_size, dtype, min_seconds=min_seconds)
-  result["matmul"] = {"size": matmul_size, "dtype": dtype.name, "flops_per_second": matmul}
-
-  stage_name = DIFFUSION_STAGE if DIFFUSION_STAGE in experiment.stages else experiment.stages[-1]
-  model = None
-  try:
-    logging.info("benchmark: train step of stage %s", stage_name)
-    result["train_step"], model = train_step_figures(experiment, stage_name, workdir=workdir,
-                                                     steps=train_steps,
-                                                     min_seconds=min_seconds)
-  except ModuleNotFoundError as error:
-    result["train_step"] = None
-    unavailable["train_step"] = f"stage {stage_name!r} is not built yet ({error})"
-  except FileNotFoundError as error:  # e.g. a latent cache that needs a trained autoencoder
-    result["train_step"] = None
-    unavailable["train_step"] = f"stage {stage_name!r} needs files this run lacks ({error})"
+  model = None  # the diffusion stage's, when its train step was timed
+  if "train_step" in parts:
+    dtype = _compute_dtype(experiment)
+    logging.info("benchmark: %dx%d %s matmul", matmul_size, matmul_size, dtype.name)
+    matmul = matmul_flops_per_second(matmul_size, dtype, min_seconds=min_seconds)
+    result["matmul"] = {"size": matmul_size, "dtype": dtype.name, "flops_per_second": matmul}
+    try:
+      logging.info("benchmark: train step of stage %s", stage_name)
+      result["train_step"], trained = train_step_figures(
+          experiment, stage_name, workdir=workdir, steps=train_steps, min_seconds=min_seconds)
+      model = trained if stage_name == DIFFUSION_STAGE else None
+      if layouts:
+        result["layouts"] = [
+            layout_figures(experiment, stage_name, layout, workdir=workdir, steps=train_steps,
+                           min_seconds=min_seconds) for layout in layouts]
+    except ModuleNotFoundError as error:
+      result["train_step"] = None
+      unavailable["train_step"] = f"stage {stage_name!r} is not built yet ({error})"
+    except FileNotFoundError as error:  # e.g. a latent cache that needs a trained autoencoder
+      result["train_step"] = None
+      unavailable["train_step"] = f"stage {stage_name!r} needs files this run lacks ({error})"
 
   tokenizer = None
-  if not experiment.has("data"):
-    unavailable["loader"] = "the experiment has no config.data section (no video loader)"
-  else:
-    try:
-      tokenizer = _tokenizer(experiment, workdir)
-    except ModuleNotFoundError as error:
-      unavailable["loader"] = f"the tokenizer or loader is not built yet ({error})"
+  if "generation" in parts or "loader" in parts:
+    if not experiment.has("data"):
+      unavailable["loader"] = "the experiment has no config.data section (no video loader)"
+    else:
+      try:
+        tokenizer = _tokenizer(experiment, workdir)
+      except ModuleNotFoundError as error:
+        unavailable["loader"] = f"the tokenizer or loader is not built yet ({error})"
 
-  if stage_name != DIFFUSION_STAGE:
-    unavailable["sampler"] = (f"the experiment has no {DIFFUSION_STAGE!r} stage (stages: "
-                              f"{', '.join(experiment.stages)}), so there is no sampler to time")
-  elif model is None or tokenizer is None:
-    unavailable["sampler"] = "needs the diffusion stage's model and the tokenizer: " + "; ".join(
-        unavailable.get(k, "") for k in ("train_step", "loader") if k in unavailable)
-  else:
-    logging.info("benchmark: sampler")
-    result["sampler"] = sampler_figures(experiment, model, tokenizer)
-  result.setdefault("sampler", None)
+  if "generation" in parts:
+    if DIFFUSION_STAGE not in experiment.stages:
+      unavailable["sampler"] = (f"the experiment has no {DIFFUSION_STAGE!r} stage (stages: "
+                                f"{', '.join(experiment.stages)}), so there is no sampler to time")
+    elif model is None and "train_step" in unavailable and stage_name == DIFFUSION_STAGE:
+      unavailable["sampler"] = ("needs the diffusion stage's model: "
+                                + unavailable["train_step"])
+    elif tokenizer is None:
+      unavailable["sampler"] = "needs the tokenizer: " + unavailable["loader"]
+    else:
+      try:
+        if model is None:
+          model = initial_model(experiment, DIFFUSION_STAGE)
+        logging.info("benchmark: sampler")
+        result["sampler"] = sampler_figures(experiment, model, tokenizer)
+      except ModuleNotFoundError as error:
+        unavailable["sampler"] = f"the diffusion stage or the pipeline is not built yet ({error})"
+    result.setdefault("sampler", None)
+    if "loader" not in parts:
+      unavailable.pop("loader", None)  # not asked for; the sampler's reason says it
 
-  if tokenizer is not None:
-    logging.info("benchmark: loader")
-    result["loader"] = loader_figures(experiment, tokenizer, batches=loader_batches)
-  result.setdefault("loader", None)
+  if "loader" in parts:
+    if tokenizer is not None:
+      logging.info("benchmark: loader")
+      result["loader"] = loader_figures(experiment, tokenizer, batches=loader_batches)
+    result.setdefault("loader", None)
+
+  if "autoencoder" in parts:
+    if not experiment.has("autoencoder"):
+      unavailable["autoencoder"] = "the experiment has no config.autoencoder section"
+      result["autoencoder"] = None
+    else:
+      logging.info("benchmark: autoencoder")
+      result["autoencoder"] = autoencoder_figures(experiment, repeats=autoencoder_repeats)
 
   result.update(headline_figures(result))
   result["unavailable"] = unavailable
@@ -348,13 +482,14 @@ def run_benchmark(experiment: Any, *, matmul_size: int = 4096, train_steps: int 
 
 def headline_figures(result: dict[str, Any]) -> dict[str, Optional[float]]:
   """The headline figures of the module docstring, from the parts of `result` (None if absent)."""
-  matmul = result["matmul"]["flops_per_second"]
+  matmul = result["matmul"]["flops_per_second"] if result.get("matmul") else None
   train = result.get("train_step")
   sampler = result.get("sampler")
-  loader = result.get("loader")
+  loader_result = result.get("loader")
+  autoencoder = result.get("autoencoder")
   train_flops = None if train is None else train["flops_per_second"]
   ratio = None
-  if train_flops is not None:
+  if train_flops is not None and matmul is not None:
     # CPU devices share one processor, which the matmul already uses whole.
     shares_processor = result.get("platform") == "cpu"
     ratio = train_flops / (matmul if shares_processor else matmul * train["devices"])
@@ -365,7 +500,12 @@ def headline_figures(result: dict[str, Any]) -> dict[str, Optional[float]]:
           "model_flops_per_second"],
       "train_to_matmul_ratio": ratio,
       "sampler_real_time_factor": None if sampler is None else sampler["real_time_factor"],
-      "loader_samples_per_second": None if loader is None else loader["samples_per_s"],
+      "loader_samples_per_second": None if loader_result is None else loader_result[
+          "samples_per_s"],
+      "autoencoder_encode_frames_per_second": None if autoencoder is None else autoencoder[
+          "encode_frames_per_second"],
+      "autoencoder_decode_frames_per_second": None if autoencoder is None else autoencoder[
+          "decode_frames_per_second"],
   }
 
 
@@ -383,9 +523,10 @@ def format_table(result: dict[str, Any]) -> str:
   """A readable summary of `run_benchmark`'s result."""
   lines = [f"benchmark of {result['experiment']} on {result['devices']} x {result['device_kind']} "
            f"({result['platform']})"]
-  matmul = result["matmul"]
-  lines.append(f"  {'matmul ' + str(matmul['size']) + '^2 ' + matmul['dtype']:34} "
-               f"{_si(matmul['flops_per_second'], 'FLOP/s')}")
+  matmul = result.get("matmul")
+  if matmul is not None:
+    lines.append(f"  {'matmul ' + str(matmul['size']) + '^2 ' + matmul['dtype']:34} "
+                 f"{_si(matmul['flops_per_second'], 'FLOP/s')}")
   train = result.get("train_step")
   if train is not None:
     lines.append(f"  {'train step (' + train['stage'] + ')':34} "
@@ -394,28 +535,61 @@ def format_table(result: dict[str, Any]) -> str:
                  f"(model FLOPs: {_si(train['model_flops_per_second'], 'FLOP/s')}; compiled in "
                  f"{train['compile_seconds']:.1f} s)")
     lines.append(f"  {'train / matmul':34} {result['train_to_matmul_ratio']:.3f}")
+  if result.get("layouts"):
+    lines.append(f"  {'layout':10} {'mesh':48} {'compile s':>9} {'step ms':>9} "
+                 f"{'params+opt MiB/dev':>19} {'EMA MiB/dev':>12}")
+    for row in result["layouts"]:
+      lines.append(f"  {row['layout']:10} {row['mesh']:48} {row['compile_seconds']:9.1f} "
+                   f"{row['seconds_per_step'] * 1e3:9.1f} "
+                   f"{row['params_and_optimizer_bytes_per_device'] / 2**20:19.2f} "
+                   f"{row['ema_bytes_per_device'] / 2**20:12.2f}")
   sampler = result.get("sampler")
   if sampler is not None:
     frames, height, width = sampler["shape"]
     lines.append(f"  sampler {frames}x{height}x{width}, {sampler['steps']} {sampler['method']} "
                  f"steps: {sampler['seconds_per_video']:.3g} s per video, real-time factor "
                  f"{sampler['real_time_factor']:.3g}")
-  loader = result.get("loader")
-  if loader is not None:
-    lines.append(f"  loader {','.join(loader['buckets'])}: {loader['samples_per_s']:.1f} samples/s "
-                 f"({loader['batches_per_s']:.2f} batches/s, {loader['workers']} workers)")
+  loader_result = result.get("loader")
+  if loader_result is not None:
+    lines.append(f"  loader {','.join(loader_result['buckets'])}: "
+                 f"{loader_result['samples_per_s']:.1f} samples/s "
+                 f"({loader_result['batches_per_s']:.2f} batches/s, "
+                 f"{loader_result['workers']} workers)")
+  autoencoder = result.get("autoencoder")
+  if autoencoder is not None:
+    lines.append(f"  autoencoder {'x'.join(map(str, autoencoder['shape']))} "
+                 f"{autoencoder['dtype']}: encode "
+                 f"{autoencoder['encode_frames_per_second']:.1f} frames/s, decode "
+                 f"{autoencoder['decode_frames_per_second']:.1f} frames/s")
   for part, reason in result["unavailable"].items():
     lines.append(f"  {part}: unavailable: {reason}")
   return "\n".join(lines)
 
 
-def command(experiment: Any, workdir: str | None) -> int:
-  """`python -m videogen.main benchmark --config=...`: prints the table, then the JSON line.
+def command(experiment: experiment_lib.Experiment, workdir: str | None, *,
+            what: str | None = None, layouts: Sequence[str] = (),
+            stage: str | None = None) -> int:
+  """`python -m videogen.main benchmark --config=... [--what=...]`: prints the table, then the
+  JSON line.
 
-  With --workdir, the JSON is also written to WORKDIR/benchmark.json (the scratch files of the
-  run go to a temporary directory either way).
+  Args:
+    experiment: the validated experiment.
+    workdir: with it, the JSON is also written to WORKDIR/benchmark.json (the scratch files of
+      the run go to a temporary directory either way).
+    what: a part of `PARTS`, or "all" (also None).
+    layouts: meshes to time the train step on as well (`parse_layout`).
+    stage: whose train step (default: the diffusion stage, else the last).
+
+  Returns:
+    0, or 2 for a usage error (unknown --what or --stage, a malformed or too large layout).
   """
-  result = run_benchmark(experiment)
+  what, layouts = what or "all", tuple(layouts or ())
+  try:
+    check_options(experiment, what=what, layouts=layouts, stage=stage)
+  except ValueError as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+  result = run_benchmark(experiment, what=what, layouts=layouts, stage=stage)
   print(format_table(result))
   print(json.dumps(result))
   if workdir:

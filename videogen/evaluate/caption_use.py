@@ -16,7 +16,9 @@ that a word the model ignores is told apart from one it uses but renders badly. 
 measured twice: every latent frame noised ("t2v"), and with the first latent frame given clean
 ("first", the image-to-video case), where the motion words decide where the objects go next.
 
-Prints a table, then one JSON object as the last line; writes it to WORKDIR/eval_caption_use.json.
+The command (`videogen.evaluate.command`) prints a table, then one JSON object as the last line,
+and writes it to WORKDIR/eval_caption_use.json. The dit stage measures `stage_scores` at its
+evaluations, so this module imports nothing from `videogen.train`.
 """
 
 from __future__ import annotations
@@ -24,13 +26,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Optional, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import tqdm
 
 from data_pipelines.shapes import vocabulary
 from data_pipelines.shapes import world
-from videogen.evaluate import generation
+from videogen.diffusion import flow
 from videogen.evaluate import noise_levels
+from videogen.generate import pipeline
 
 LEVELS: tuple[float, ...] = (0.5, 0.7, 0.9, 1.0)
 # What a counterfactual caption changes; "caption" drops the caption altogether (the null caption).
@@ -38,7 +43,6 @@ ATTRIBUTES: tuple[str, ...] = ("color", "shape", "size", "direction", "motion", 
                                "caption")
 # Frames given clean: none (text-to-video) or the first latent frame (image-to-video).
 GIVEN: tuple[str, ...] = ("t2v", "first")
-RESULTS_FILE = "eval_caption_use.json"
 # The level of each setting in the dit stage's periodic measurement (`stage_scores`). Text-to-video
 # at 0.9: high enough that the caption decides much of the clip, low enough that the noised
 # frames still show where objects are. First frame given at 1: there only the caption says where
@@ -197,9 +201,6 @@ def generator_loss_fn(generator: Any) -> LossFn:
   Clips and captions are encoded once each (clips cached by noise seed: one seed per clip); each
   loss is the mean squared error of the predicted velocity over the latent frames not given.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from videogen.diffusion import flow  # pylint: disable=g-import-not-at-top
   latents: dict[int, jax.Array] = {}
   conditioning: dict[str, dict[str, jax.Array]] = {}
 
@@ -237,7 +238,6 @@ def stage_scores(autoencoder: Any, text_encoder: Any, dit: Any, tokenizer: Any, 
     {"caption_gap_<given>_<attribute>": mean loss increase, "caption_win_<given>_<attribute>":
     win rate} for every given setting and every attribute that applies to at least one clip.
   """
-  from videogen.generate import pipeline  # pylint: disable=g-import-not-at-top
   generator = pipeline.Generator(autoencoder=autoencoder, text_encoder=text_encoder, dit=dit,
                                  tokenizer=tokenizer, flow_config=flow_config,
                                  default_shape=shape, progress=False)
@@ -253,26 +253,3 @@ def stage_scores(autoencoder: Any, text_encoder: Any, dit: Any, tokenizer: Any, 
       scores.update({f"caption_{name}_{setting}_{attribute}": value
                      for attribute, value in measured[metric].items() if value is not None})
   return scores
-
-
-def evaluate_workdir(experiment: Any, workdir: str, *, levels: Sequence[float] = LEVELS,
-                     clips: int = 64, progress: bool = True) -> dict[str, Any]:
-  """Loads the workdir's models, measures every gap, writes WORKDIR/eval_caption_use.json.
-
-  Args:
-    experiment: the validated experiment; None reads the one saved with the checkpoint.
-  """
-  generator, world_config = generation.world_generator(experiment, workdir)
-  frames, height, width = generator.default_shape
-  report = measure_gaps(generator_loss_fn(generator), levels=levels, clips=clips, frames=frames,
-                        height=height, width=width, world_config=world_config,
-                        progress=progress)
-  generation.write_report(workdir, RESULTS_FILE, report)
-  return report
-
-
-def command(experiment: Any, workdir: Optional[str]) -> int:
-  """`evaluate --what=caption_use`: prints the table, then the JSON as the last line."""
-  return generation.report_command("caption_use", workdir,
-                                   lambda w: evaluate_workdir(experiment, w), format_table,
-                                   lambda report: report)

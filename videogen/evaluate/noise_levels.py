@@ -10,8 +10,8 @@ only refines what the clip already shows, so the scores approach the autoencoder
 level (an attribute the autoencoder loses cannot be won back by the transformer); t = 1 ignores
 the clip (text-to-video). The level at which an attribute's accuracy falls is where the model has
 not learned to decide it: which part of the noise schedule to train harder, not just "train
-longer". Prints a table, then one JSON object as the last line; writes it to
-WORKDIR/eval_noise_levels.json.
+longer". The command (`videogen.evaluate.command`) prints a table, then one JSON object as the
+last line, and writes it to WORKDIR/eval_noise_levels.json.
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ import numpy as np
 import tqdm
 
 from data_pipelines.shapes import world
-from videogen.evaluate import generation
+from videogen.evaluate import scoring
 from videogen.evaluate import suite as suite_lib
+from videogen.generate import modes
+from videogen.generate import pipeline
 
 LEVELS: tuple[float, ...] = (0.3, 0.5, 0.7, 0.8, 0.9, 1.0)
-RESULTS_FILE = "eval_noise_levels.json"
-# The figures reported per level (keys of `generation.accuracies`).
+# The figures reported per level (keys of `scoring.accuracies`).
 FIGURES: tuple[str, ...] = ("color_accuracy", "shape_accuracy", "size_accuracy",
                             "direction_accuracy", "count_accuracy")
 
@@ -84,12 +85,12 @@ def score_levels(edit_fn: EditFn, *, levels: Sequence[float] = LEVELS, clips: in
       if made.shape != video.shape or made.dtype != np.uint8:
         raise ValueError(f"{what} returned {made.dtype} {made.shape} for a uint8 {video.shape} "
                          f"clip: it must keep the clip's shape")
-      result = generation.score_video(made, expected)
+      result = scoring.score_video(made, expected)
       rows.append({"hits": result.hits, "totals": result.totals,
                    "count_stability": result.count_stability,
                    "count_correct": result.count_correct, "background_correct": None})
       bar.update(1)
-    scores = generation.accuracies(rows)
+    scores = scoring.accuracies(rows)
     return {figure: scores[figure] for figure in FIGURES}
 
   report: dict[str, Any] = {"clips": clips, "frames": frames, "height": height, "width": width}
@@ -119,33 +120,19 @@ def format_table(report: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def evaluate_workdir(experiment: Any, workdir: str, *, levels: Sequence[float] = LEVELS,
-                     clips: int = 32, progress: bool = True) -> dict[str, Any]:
-  """Loads the workdir's generator, scores the autoencoder's reconstructions and every level,
-  writes WORKDIR/eval_noise_levels.json.
-
-  Args:
-    experiment: the validated experiment; None reads the one saved with the checkpoint.
-  """
-  from videogen.generate import modes  # pylint: disable=g-import-not-at-top
-  generator, world_config = generation.world_generator(experiment, workdir)
-  frames, height, width = generator.default_shape
+def generator_edit_fn(generator: pipeline.Generator) -> EditFn:
+  """A `pipeline.Generator`'s edit mode (SDEdit from the noise level) as an `EditFn`."""
 
   def edit(caption: str, video: np.ndarray, level: float, seed: int) -> np.ndarray:
     return modes.edit(generator, caption, video, strength=level, seed=seed).video
 
+  return edit
+
+
+def generator_reconstruct_fn(generator: pipeline.Generator) -> ReconstructFn:
+  """A `pipeline.Generator`'s autoencoder round trip as a `ReconstructFn`."""
+
   def reconstruct(video: np.ndarray) -> np.ndarray:
     return generator.decode(generator.encode(video), desc="reconstructing")
 
-  report = score_levels(edit, levels=levels, clips=clips, frames=frames, height=height,
-                        width=width, world_config=world_config, reconstruct_fn=reconstruct,
-                        progress=progress)
-  generation.write_report(workdir, RESULTS_FILE, report)
-  return report
-
-
-def command(experiment: Any, workdir: Optional[str]) -> int:
-  """`evaluate --what=noise_levels`: prints the table, then the JSON as the last line."""
-  return generation.report_command("noise_levels", workdir,
-                                   lambda w: evaluate_workdir(experiment, w), format_table,
-                                   lambda report: report)
+  return reconstruct

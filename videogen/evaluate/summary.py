@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from videogen import experiment as experiment_lib
 from videogen.models import dit as dit_lib
 from videogen.models import text_encoder as text_encoder_lib
 
@@ -200,7 +201,7 @@ def format_table(costs: list[Cost], dit_config: dit_lib.DiTConfig) -> str:
   return "\n".join(rows)
 
 
-def summary(experiment: Any, workdir: str | None) -> int:
+def summary(experiment: experiment_lib.Experiment, workdir: str | None) -> int:
   """The `summary` command: prints the table, then the JSON object as the last line."""
   del workdir  # the summary reads only the config.
   if not experiment.has("dit"):

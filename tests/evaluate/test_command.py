@@ -1,0 +1,95 @@
+"""videogen/evaluate/command.py: the `evaluate` command's errors, and each --what end to end on the
+tiny trained workdir."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from videogen.evaluate import caption_use
+from videogen.evaluate import command
+from videogen.evaluate import noise_levels
+
+
+def test_evaluate_command_errors_say_what_to_do(tmp_path, capsys):
+  assert command.evaluate(None, str(tmp_path), what="speling") == 2
+  assert "choose one of: generation" in capsys.readouterr().err
+  assert command.evaluate(None, None, what="generation") == 2
+  assert "--workdir" in capsys.readouterr().err
+  assert command.evaluate(None, str(tmp_path), what="generation") == 1
+  error = capsys.readouterr().err
+  assert "checkpoints/dit" in error and "videogen.main train" in error
+
+
+def test_main_wires_the_evaluate_command_and_its_what_flag(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "videogen.main", "evaluate", f"--workdir={tmp_path}",
+       "--what=generation"], capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1, result.stderr
+  assert "no checkpoint of stage 'dit'" in result.stderr
+
+
+@pytest.mark.slow  # ~10-20 s: the shrunk autoencoder reconstructs 16 held-out clips
+def test_autoencoder_evaluation_reports_its_scores_and_what_they_are_about(
+    tiny_workdir, tmp_path, capsys):
+  """`evaluate --what=autoencoder`: the last printed line is the JSON of the issue's contract."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(tiny_workdir, workdir)  # the shared workdir is read-only
+  assert command.evaluate(None, workdir, what="autoencoder") == 0
+  last_line = capsys.readouterr().out.strip().splitlines()[-1]
+  result = json.loads(last_line)
+  assert result["compression"] == "2x4x4" and result["latent_channels"] == 8
+  assert result["num_videos"] == 16 and result["step"] == 2
+  assert 0.0 < result["psnr"] < 60.0 and -1.0 <= result["ssim"] <= 1.0  # barely trained
+  with open(f"{workdir}/eval_autoencoder.json") as f:
+    assert json.load(f) == result
+
+
+def test_noise_levels_command_errors_say_what_to_do(tmp_path, capsys):
+  assert command.evaluate(None, None, what="noise_levels") == 2
+  assert "--workdir" in capsys.readouterr().err
+  assert command.evaluate(None, str(tmp_path), what="noise_levels") == 1
+  assert "videogen.main train" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # ~10-20 s: 2 clips edited from 2 levels by the tiny workdir's models
+def test_noise_levels_of_a_trained_workdir_gets_its_json(tiny_workdir, tmp_path, capsys):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(tiny_workdir, workdir)  # the shared workdir is read-only
+  report = command.run_noise_levels(None, workdir, levels=(0.5, 1.0), clips=2,
+                                         progress=False)
+  with open(f"{workdir}/{command.NOISE_LEVELS_FILE}") as f:
+    assert json.load(f) == json.loads(json.dumps(report))
+  assert list(report["levels"]) == ["0.5", "1"] and report["clips"] == 2
+  for figures in [report["reconstruction"], *report["levels"].values()]:
+    assert set(figures) == set(noise_levels.FIGURES)
+    assert all(v is None or 0.0 <= v <= 1.0 for v in figures.values())
+
+
+def test_caption_use_command_errors_say_what_to_do(tmp_path, capsys):
+  assert command.evaluate(None, None, what="caption_use") == 2
+  assert "--workdir" in capsys.readouterr().err
+  assert command.evaluate(None, str(tmp_path), what="caption_use") == 1
+  assert "videogen.main train" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # ~10-20 s: 3 clips, 2 levels, both settings, by the tiny workdir's models
+def test_caption_use_of_a_trained_workdir_gets_its_json(tiny_workdir, tmp_path, capsys):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(tiny_workdir, workdir)  # the shared workdir is read-only
+  report = command.run_caption_use(None, workdir, levels=(0.5, 1.0), clips=3,
+                                        progress=False)
+  with open(f"{workdir}/{command.CAPTION_USE_FILE}") as f:
+    assert json.load(f) == json.loads(json.dumps(report))
+  for setting in caption_use.GIVEN:
+    for row in report["given"][setting].values():
+      assert np.isfinite(row["loss"]) and row["loss"] > 0
+      for attribute in caption_use.ATTRIBUTES:
+        gap, win = row["gap"][attribute], row["win_rate"][attribute]
+        assert (gap is None) == (win is None) == (report["pairs"][attribute] == 0)
+        assert gap is None or (np.isfinite(gap) and 0.0 <= win <= 1.0)
