@@ -211,7 +211,8 @@ def test_build_declares_every_module_with_its_imports():
   for name in sorted(expected.keys() - declared.keys()):
     problems.append(f"{expected[name]['srcs'][0]} has no target {name!r}")
   for name in sorted(declared.keys() - expected.keys()):
-    problems.append(f"target {name!r} names no module of the project (srcs {declared[name]['srcs']})")
+    problems.append(f"target {name!r} names no module of the project "
+                    f"(srcs {declared[name]['srcs']})")
   for name in sorted(expected.keys() & declared.keys()):
     want, have = expected[name], declared[name]
     if (want["kind"], want["srcs"]) != (have["kind"], have["srcs"]):

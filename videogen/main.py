@@ -3,7 +3,8 @@ r"""The one entry point: `python -m videogen.main <command> --config=... --workd
 Commands:
   run        the main job: train every stage of the experiment, then write a sample gallery.
   train      train the experiment's stages in order (resumes from the workdir's checkpoints).
-  cache_latents  encode the data once with the trained autoencoder (`--config.dit_stage.latents=cache`).
+  cache_latents  encode the data once with the trained autoencoder (for
+             `--config.dit_stage.latents=cache`).
   generate   prompt -> video, from a trained workdir.
   evaluate   measure a trained workdir (`--what=`: generation, autoencoder, noise_levels,
              caption_use).
@@ -37,7 +38,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment file and variant, e.g. experiments/shapes.py:tiny.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
-# Used by `train` (videogen.train.trainer.command).
+# Used by `train` (videogen.train.command).
 flags.DEFINE_bool("allow_config_change", False,
                   "Resume a workdir whose checkpoints were made with a different config.")
 flags.DEFINE_string("coordinator_address", None,

@@ -82,13 +82,17 @@ def require_step(workdir: str, stage: str, remedy: str | None = None) -> int:
 
 
 def experiment_from_json(saved: dict[str, Any]) -> experiment_lib.Experiment:
-  """Re-validates the typed experiment a checkpoint saved (`trainer.experiment_json`).
+  """Re-validates the typed experiment a checkpoint saved (`config_changes.experiment_json`).
 
   Settings the saved config predates get the value it was trained with, not today's default
   (`autoencoder_lib.upgrade_saved_config`).
   """
   if isinstance(saved.get("autoencoder"), dict):
     saved = {**saved, "autoencoder": autoencoder_lib.upgrade_saved_config(saved["autoencoder"])}
+  if isinstance(saved.get("mesh"), dict) and isinstance(saved["mesh"].get("rules"), dict):
+    # A table saved before a logical axis name existed keeps its rules and gains the new name's.
+    saved = {**saved, "mesh": {**saved["mesh"],
+                               "rules": {**mesh_lib.DEFAULT_RULES, **saved["mesh"]["rules"]}}}
   return experiment_lib.validate(ml_collections.ConfigDict(saved))
 
 

@@ -11,9 +11,11 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import standin as standin_experiment
+from experiments import shapes as shapes_experiment
 from videogen import experiment as experiment_lib
 from videogen.evaluate import benchmark
+
+from tests.standin import experiment as standin_experiment
 
 
 @pytest.fixture(scope="module")
@@ -111,19 +113,15 @@ def test_accelerators_compare_per_device():
   assert benchmark.headline_figures({**part, "platform": "cpu"})["train_to_matmul_ratio"] == 4.0
 
 
-def test_a_stage_not_built_yet_is_reported_unavailable_not_faked(monkeypatch, tmp_path):
-  from videogen.train import stages
-  monkeypatch.setitem(stages.STAGES, "dit", "videogen.train.not_built_yet:DiTStage")
-  config = standin_experiment.get_config("tiny")
-  config.stages = ("dit",)
-  config.train.dit = config.train.standin
-  del config.train["standin"]
-  parsed = benchmark.run_benchmark(experiment_lib.validate(config), matmul_size=64,
-                                   min_seconds=0.01, workdir=str(tmp_path))
+def test_a_stage_that_needs_missing_files_is_reported_unavailable_not_faked(tmp_path):
+  config = shapes_experiment.get_config("tiny")
+  config.stages = ("dit",)  # the dit stage needs the autoencoder's checkpoint, absent here
+  parsed = benchmark.run_benchmark(experiment_lib.validate(config), what="train_step",
+                                   matmul_size=64, min_seconds=0.01, workdir=str(tmp_path))
   assert parsed["train_step"] is None and parsed["train_step_flops_per_second"] is None
-  assert parsed["train_to_matmul_ratio"] is None and parsed["sampler"] is None
-  assert "not built yet" in parsed["unavailable"]["train_step"]
-  assert "videogen.train.not_built_yet" in parsed["unavailable"]["sampler"]
+  assert parsed["train_to_matmul_ratio"] is None
+  assert "needs files this run lacks" in parsed["unavailable"]["train_step"]
+  assert "no checkpoint of stage 'autoencoder'" in parsed["unavailable"]["train_step"]
   assert parsed["matmul_flops_per_second"] > 0
 
 

@@ -24,8 +24,8 @@ from videogen.generate import command
 from videogen.generate import pipeline
 from videogen.parallel import mesh as mesh_lib
 from videogen.train import checkpointing
+from videogen.train import config_changes
 from videogen.train import dit_stage
-from videogen.train import trainer
 
 
 @pytest.mark.parametrize("frames, continuing, expected", [
@@ -291,7 +291,7 @@ def trained_workdir(tmp_path_factory, make_generator, model_configs, generator):
            "ema_params": ema_params, "rng": jax.random.key_data(jax.random.key(0))}
   checkpointer = checkpointing.Checkpointer(workdir_lib.checkpoint_dir(workdir, "dit"),
                                             async_save=False)
-  checkpointer.save(7, state, {}, trainer.experiment_json(experiment))
+  checkpointer.save(7, state, {}, config_changes.experiment_json(experiment))
   checkpointer.close()
   generator.tokenizer.save(workdir_lib.tokenizer_path(str(workdir)))
   return str(workdir)

@@ -423,9 +423,6 @@ def run_benchmark(experiment: experiment_lib.Experiment, *, what: str = "all",
         result["layouts"] = [
             layout_figures(experiment, stage_name, layout, workdir=workdir, steps=train_steps,
                            min_seconds=min_seconds) for layout in layouts]
-    except ModuleNotFoundError as error:
-      result["train_step"] = None
-      unavailable["train_step"] = f"stage {stage_name!r} is not built yet ({error})"
     except FileNotFoundError as error:  # e.g. a latent cache that needs a trained autoencoder
       result["train_step"] = None
       unavailable["train_step"] = f"stage {stage_name!r} needs files this run lacks ({error})"
@@ -435,10 +432,7 @@ def run_benchmark(experiment: experiment_lib.Experiment, *, what: str = "all",
     if not experiment.has("data"):
       unavailable["loader"] = "the experiment has no config.data section (no video loader)"
     else:
-      try:
-        tokenizer = _tokenizer(experiment, workdir)
-      except ModuleNotFoundError as error:
-        unavailable["loader"] = f"the tokenizer or loader is not built yet ({error})"
+      tokenizer = _tokenizer(experiment, workdir)
 
   if "generation" in parts:
     if DIFFUSION_STAGE not in experiment.stages:
@@ -450,13 +444,10 @@ def run_benchmark(experiment: experiment_lib.Experiment, *, what: str = "all",
     elif tokenizer is None:
       unavailable["sampler"] = "needs the tokenizer: " + unavailable["loader"]
     else:
-      try:
-        if model is None:
-          model = initial_model(experiment, DIFFUSION_STAGE)
-        logging.info("benchmark: sampler")
-        result["sampler"] = sampler_figures(experiment, model, tokenizer)
-      except ModuleNotFoundError as error:
-        unavailable["sampler"] = f"the diffusion stage or the pipeline is not built yet ({error})"
+      if model is None:
+        model = initial_model(experiment, DIFFUSION_STAGE)
+      logging.info("benchmark: sampler")
+      result["sampler"] = sampler_figures(experiment, model, tokenizer)
     result.setdefault("sampler", None)
     if "loader" not in parts:
       unavailable.pop("loader", None)  # not asked for; the sampler's reason says it

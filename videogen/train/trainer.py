@@ -118,9 +118,11 @@ class _StepCompiler:
   `memory_lib.StepMemoryError` before it runs.
   """
 
-  def __init__(self, step_fn, state_shardings: Any, mesh: jax.sharding.Mesh, name: str):
+  def __init__(self, step_fn, state_shardings: Any, mesh: jax.sharding.Mesh,
+               rules: sharding_lib.Rules, name: str):
     self._name = name
     self._step_fn = step_fn
+    self._mesh, self._rules = mesh, rules
     self._state_shardings = state_shardings
     self._replicated = NamedSharding(mesh, PartitionSpec())
     self._local_devices = memory_lib.local_devices(mesh)
@@ -134,7 +136,9 @@ class _StepCompiler:
       jitted = jax.jit(self._step_fn, in_shardings=(self._state_shardings, batch_shardings),
                        out_shardings=(self._state_shardings, self._replicated),
                        donate_argnums=(0,))
-      compiled = jitted.lower(state, batch).compile()
+      # Traced inside the context, so the models' activation constraints take effect.
+      with sharding_lib.activation_sharding(self._mesh, self._rules):
+        compiled = jitted.lower(state, batch).compile()
       shapes = describe_batch(batch)
       _log_memory(compiled, shapes, time.perf_counter() - start)
       memory_lib.check_fits(compiled, devices=self._local_devices,
@@ -293,7 +297,7 @@ def train_stage(stage: stage_lib.Stage, experiment: experiment_lib.Experiment, w
 
     # == Update =================================================================================
     step_fn = train_state_lib.make_train_step(stage, graphdef, tx, config, mesh=mesh, rules=rules)
-    compiler = _StepCompiler(step_fn, state_shardings, mesh, stage.name)
+    compiler = _StepCompiler(step_fn, state_shardings, mesh, rules, stage.name)
 
     # == Evals ==================================================================================
     def evaluate(at_step: int, trained: TrainState) -> None:
