@@ -35,7 +35,8 @@ emits: `config.text_encoder.vocab_size` >= the trained tokenizer's real vocabula
 best: rows above it are never used).
 
 Evaluation samples the stage's prompts through the generation pipeline's `Generator`, the one
-users call: a sample of step S is what `generate --seed=<eval_seed>` gives for that checkpoint.
+users call: a sample of step S is what `generate --seed=<eval_seed> --steps=<eval_steps>` gives
+at the same shape from that checkpoint.
 """
 
 from __future__ import annotations
