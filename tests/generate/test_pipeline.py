@@ -1,5 +1,6 @@
 """videogen/generate/pipeline.py: decoding, determinism, conditioning, loading a workdir."""
 
+import hashlib
 import logging
 import os
 import shutil
@@ -22,6 +23,7 @@ from videogen import experiment as experiment_lib
 from videogen import pixels
 from videogen.diffusion import flow
 from videogen.generate import command
+from videogen.generate import modes
 from videogen.generate import pipeline
 from videogen.models import text_to_video
 from videogen.parallel import mesh as mesh_lib
@@ -52,6 +54,46 @@ def test_same_seed_same_video_and_another_seed_another(generator):
   assert first.shape == (9, 16, 16, 3) and first.dtype == np.uint8
   np.testing.assert_array_equal(first, again)
   assert np.mean(first != other) > 0.1
+
+
+# Videos a fixed seed gave before the pipeline was split into modules, pinning the whole pipeline
+# (prompt encoding, noise, windows, given frames, decoding) on the CPU backend the tests run on.
+# After a deliberate change of the numerics, record the new hashes and say why in the commit.
+RECORDED_PROMPT = "a red circle moving right"
+# request -> (shape, sha256 of the uint8 video's bytes).
+RECORDED = {
+    "t2v": ((9, 16, 16, 3),
+        "11be92fe396437286dfbfce48a1eaa0c85f8bf4d5c1dfeabc7fa4df5630de1eb"),
+    "long": ((17, 16, 16, 3),
+        "0a1b17e21a8d89693fb797a18adfc745e87bde939522178033638479cabaa0c1"),
+    "connect": ((14, 16, 16, 3),
+        "ff97e763c1c9e9353baaab1eb29f0b6019fa8287c9578222d2da0de31b9fd9d1"),
+    "edit": ((9, 16, 16, 3),
+        "b7f978e5035afd1c70ee7bb122cb15e9eed20e80cc144f92b33de4eb6c47e78f"),
+}
+
+
+def _recorded_request(generator, clip, request: str) -> np.ndarray:
+  if request == "t2v":
+    return generator.generate(RECORDED_PROMPT, frames=9, seed=1)
+  if request == "long":  # three windows: given frames re-encoded from decoded pixels
+    return generator.generate(RECORDED_PROMPT, frames=17, seed=3)
+  if request == "connect":  # a prefix and a suffix given
+    return modes.connect(generator, RECORDED_PROMPT, clip[:5], clip[4:][::-1].copy(), frames=4,
+                         seed=5).video
+  if request == "edit":
+    return modes.edit(generator, RECORDED_PROMPT, clip, strength=0.7, seed=5).video
+  raise AssertionError(request)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu",
+                    reason="the hashes were recorded on the CPU backend")
+@pytest.mark.parametrize("request_name", sorted(RECORDED))
+def test_a_fixed_seed_gives_the_recorded_video(generator, clip, request_name):
+  video = _recorded_request(generator, clip, request_name)
+  shape, digest = RECORDED[request_name]
+  assert video.shape == shape and video.dtype == np.uint8
+  assert hashlib.sha256(np.ascontiguousarray(video).tobytes()).hexdigest() == digest
 
 
 def test_the_prompt_changes_the_video(generator):
