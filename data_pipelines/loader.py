@@ -39,10 +39,6 @@ from data_pipelines import buckets as buckets_lib
 from data_pipelines import hashing
 from data_pipelines import sources as sources_lib
 from data_pipelines.shapes import world as world_lib
-# Imported from here by videogen/ modules (train/autoencoder_stage.py, generate/pipeline.py); their
-# home is buckets.py and transforms.py.
-from data_pipelines.buckets import parse_bucket  # pylint: disable=unused-import
-from data_pipelines.transforms import resize_and_crop  # pylint: disable=unused-import
 
 # Bumped when the meaning of a saved state (or of a step) changes.
 _STATE_VERSION = 1

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import types
 import typing
 from typing import Any, Literal, TypeVar, Union
@@ -50,6 +51,14 @@ def to_config_dict(value: Any) -> Any:
     else:
       result[field.name] = to_config_dict(item)
   return result
+
+
+def jsonable(value: Any) -> Any:
+  """A (nested) config dataclass, dict or tuple tree as plain JSON values, exactly as it reads
+  back from a JSON file: tuples become lists, keys strings, dict keys sorted."""
+  if dataclasses.is_dataclass(value):
+    value = dataclasses.asdict(value)
+  return json.loads(json.dumps(value, sort_keys=True))
 
 
 def parse(cls: type[T], section: Any, path: str) -> T:

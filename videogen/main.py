@@ -3,8 +3,8 @@ r"""The one entry point: `python -m videogen.main <command> --config=... --workd
 Commands:
   run        the main job: train every stage of the experiment, then write a sample gallery.
   train      train the experiment's stages in order (resumes from the workdir's checkpoints).
-  cache_latents  encode the data once with the trained autoencoder (for
-             `--config.dit_stage.latents=cache`).
+  cache_latents  encode the data once with the trained autoencoder, for
+             `--config.dit_stage.latents=cache` (`videogen.train.latent_cache`).
   generate   prompt -> video, from a trained workdir.
   evaluate   measure a trained workdir (`--what=`: generation, autoencoder, noise_levels,
              caption_use).

@@ -8,7 +8,8 @@
       metrics.jsonl, tensorboard/, curves/, samples/, gallery/
 
 Every module that needs one of these paths, the newest step of a stage, the experiment a
-checkpoint was trained with, or a trained model's (EMA) weights on a mesh asks this module.
+checkpoint was trained with, the run's tokenizer, or a trained model's (EMA) weights on a mesh
+asks this module.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import ml_collections
 from absl import logging
 from flax import nnx
 
+from data_pipelines import loader as loader_lib
+from data_pipelines import tokenizer as tokenizer_lib
+from videogen import config as config_lib
 from videogen import experiment as experiment_lib
 from videogen.models import autoencoder as autoencoder_lib
 from videogen.parallel import mesh as mesh_lib
@@ -30,6 +34,10 @@ from videogen.train import checkpointing
 CHECKPOINTS_DIR = "checkpoints"
 TOKENIZER_FILE = "tokenizer.model"
 LATENT_CACHE_DIR = "latent_cache"
+# The stages whose checkpoints other parts of the code read: the autoencoder (frozen under the
+# diffusion stage, encoding its latent cache) and the diffusion stage (the sampling model).
+AUTOENCODER_STAGE = "autoencoder"
+DIT_STAGE = "dit"
 
 
 def train_command(workdir: str) -> str:
@@ -48,6 +56,30 @@ def tokenizer_path(workdir: str, experiment: experiment_lib.Experiment | None = 
   if experiment is not None and experiment.tokenizer.model_path:
     return experiment.tokenizer.model_path
   return os.path.join(workdir, TOKENIZER_FILE)
+
+
+def load_tokenizer(workdir: str,
+                   experiment: experiment_lib.Experiment) -> tokenizer_lib.Tokenizer:
+  """The tokenizer the run's dit stage trained (or config.tokenizer.model_path).
+
+  Raises:
+    FileNotFoundError: there is none yet, naming the path and the command that writes it.
+  """
+  path = tokenizer_path(workdir, experiment)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"tokenizer {path} is missing: the dit stage writes it when it "
+                            f"trains (`{train_command(workdir)}`)")
+  return tokenizer_lib.Tokenizer.load(path, experiment.tokenizer.max_length)
+
+
+def load_or_train_tokenizer(experiment: experiment_lib.Experiment,
+                            workdir: str) -> tokenizer_lib.Tokenizer:
+  """The run's tokenizer: the saved asset, or one trained now on the data's captions and saved."""
+  config = experiment.tokenizer
+  data = experiment.data
+  return tokenizer_lib.load_or_train(
+      config, tokenizer_path(workdir, experiment),
+      lambda: loader_lib.captions(data, seed=experiment.seed, num=config.num_train_captions))
 
 
 def latent_cache_dir(workdir: str, experiment: experiment_lib.Experiment) -> str:
@@ -156,3 +188,97 @@ def restore_model(workdir: str, stage: str, graphdef: nnx.GraphDef, params: nnx.
   logging.info("restored %s step %d onto mesh %s", checkpoint_dir(workdir, stage), step,
                mesh_lib.describe(mesh))
   return nnx.merge(graphdef, restored[trainable], restored["frozen"]), step
+
+
+# ------------------------------------------------------------------------------------------------
+# The autoencoder stage's weights, for the stages that build on them.
+# ------------------------------------------------------------------------------------------------
+
+
+def autoencoder_checkpoint_step(workdir: str) -> int:
+  """The newest step of WORKDIR/checkpoints/autoencoder.
+
+  Raises:
+    FileNotFoundError: the autoencoder stage has not been trained in `workdir`.
+  """
+  return require_step(
+      workdir, AUTOENCODER_STAGE,
+      f"the diffusion stage trains on the frozen autoencoder's latents, so train the autoencoder "
+      f"first: python -m videogen.main train --config=<the experiment, e.g. "
+      f"experiments/shapes.py:tiny> --workdir={workdir} --config.stages=autoencoder (or keep "
+      f"'autoencoder' before 'dit' in config.stages)")
+
+
+class AutoencoderMismatchError(ValueError):
+  """The autoencoder checkpoint was trained with another architecture than config.autoencoder."""
+
+
+def check_autoencoder_architecture(saved: dict[str, Any], experiment: experiment_lib.Experiment,
+                                   where: str) -> None:
+  """Raises AutoencoderMismatchError if the config saved in `where` computes another function.
+
+  Settings such as the parameter-free shortcuts change the function without changing the
+  parameters, so a restore alone would not notice them.
+  """
+  section = saved.get("autoencoder") if isinstance(saved, dict) else None
+  if not isinstance(section, dict):
+    return  # a config without the section: the parameter restore is the only check
+  trained = config_lib.parse(autoencoder_lib.AutoencoderConfig,
+                             autoencoder_lib.upgrade_saved_config(section),
+                             f"the config saved in {where}: autoencoder")
+  differences = autoencoder_lib.architecture_differences(trained, experiment.autoencoder)
+  if differences:
+    raise AutoencoderMismatchError(
+        f"the autoencoder checkpoint {where} was trained with another architecture than "
+        f"config.autoencoder ({'; '.join(differences)}): set those fields back (e.g. "
+        f"--config.autoencoder.{differences[0].split(':')[0]}=...), or train the autoencoder "
+        f"again with this config")
+
+
+def restore_autoencoder(workdir: str, experiment: experiment_lib.Experiment,
+                        abstract_model: tuple[nnx.GraphDef, nnx.State, nnx.State], *,
+                        mesh: jax.sharding.Mesh) -> tuple[autoencoder_lib.VideoAutoencoder, int]:
+  """The autoencoder stage's EMA `VideoAutoencoder`, sharded over `mesh` by the experiment's rules.
+
+  Nothing is initialised or compiled: `abstract_model`, the autoencoder stage's model split
+  abstractly into (graphdef, trainable, frozen) (`train_state.abstract_model`), is the restore
+  target of `restore_model`, and only its `VideoAutoencoder` part is returned.
+
+  Returns:
+    (the autoencoder, the step of its checkpoint).
+
+  Raises:
+    FileNotFoundError: the autoencoder stage has no checkpoint in `workdir`.
+    ValueError: the checkpoint does not fit `config.autoencoder` (it was trained with another):
+      its parameters differ (or some are missing), or its saved config has another architecture
+      (`AutoencoderMismatchError`).
+  """
+  step = autoencoder_checkpoint_step(workdir)
+  where = f"{checkpoint_dir(workdir, AUTOENCODER_STAGE)}/{step}"
+  graphdef, params, frozen = abstract_model
+  try:
+    check_autoencoder_architecture(saved_config(workdir, AUTOENCODER_STAGE, step), experiment,
+                                   where)
+    model, _ = restore_model(workdir, AUTOENCODER_STAGE, graphdef, params, frozen,
+                             experiment=experiment, mesh=mesh, step=step)
+  except AutoencoderMismatchError:
+    raise  # already says what differs and what to do
+  except checkpointing.RESTORE_ERRORS as error:
+    raise ValueError(
+        f"the autoencoder checkpoint {where} does not fit config.autoencoder ({error}); train the "
+        f"autoencoder again with this config, or use the config it was trained with") from error
+  # A partial restore leaves the target's abstract leaves where the checkpoint lacks a path.
+  missing = [jax.tree_util.keystr(path)
+             for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(model))
+             if not isinstance(leaf, jax.Array)]
+  if missing:
+    raise ValueError(
+        f"the autoencoder checkpoint {where} lacks {len(missing)} parameter(s) of the autoencoder "
+        f"stage's model (e.g. {missing[0]}): it was written by another version or config of the "
+        f"autoencoder stage; train the autoencoder again")
+  autoencoder = model if isinstance(model, autoencoder_lib.VideoAutoencoder) else getattr(
+      model, "autoencoder", None)
+  if not isinstance(autoencoder, autoencoder_lib.VideoAutoencoder):
+    raise TypeError(f"the autoencoder stage's model {type(model).__name__} is not a "
+                    f"VideoAutoencoder and has no `autoencoder` attribute holding one")
+  return autoencoder, step

@@ -1,5 +1,6 @@
-"""videogen/generate/pipeline.py: shapes, windows, determinism, conditioning, loading a workdir."""
+"""videogen/generate/pipeline.py: decoding, determinism, conditioning, loading a workdir."""
 
+import hashlib
 import logging
 import os
 import shutil
@@ -19,84 +20,15 @@ from data_pipelines import tokenizer as tokenizer_lib
 from data_pipelines import video_io
 from videogen import config as config_lib
 from videogen import experiment as experiment_lib
+from videogen import pixels
 from videogen.diffusion import flow
 from videogen.generate import command
+from videogen.generate import modes
 from videogen.generate import pipeline
+from videogen.models import text_to_video
 from videogen.parallel import mesh as mesh_lib
 from videogen.train import checkpointing
 from videogen.train import config_changes
-from videogen.train import dit_stage
-
-
-@pytest.mark.parametrize("frames, continuing, expected", [
-    (9, False, 9), (8, False, 9), (10, False, 11), (1, False, 1), (0, False, 1), (2, False, 3),
-    (4, True, 4), (5, True, 6), (1, True, 2), (0, True, 2),
-])
-def test_round_frames_picks_the_nearest_valid_count(frames, continuing, expected, caplog):
-  with caplog.at_level(logging.WARNING):
-    assert pipeline.round_frames(frames, 2, continuing=continuing) == expected
-  assert ("generating" in caplog.text) == (frames != expected)
-
-
-def test_round_frames_with_temporal_factor_four():
-  assert pipeline.round_frames(16, 4, continuing=False) == 17
-  assert pipeline.round_frames(14, 4, continuing=False) == 13
-  assert pipeline.round_frames(7, 4, continuing=True) == 8
-
-
-def test_round_size():
-  assert pipeline.round_size(16, 4, "height") == 16
-  assert pipeline.round_size(18, 4, "height") == 20
-  assert pipeline.round_size(17, 4, "height") == 16
-  assert pipeline.round_size(1, 4, "width") == 4
-
-
-@pytest.mark.parametrize("total, window, overlap, history, suffix", [
-    (5, 5, 2, 0, 0), (9, 5, 2, 0, 0), (8, 5, 2, 0, 0), (3, 5, 2, 3, 0), (10, 5, 2, 3, 1),
-    (2, 5, 2, 4, 1), (7, None, 2, 0, 1), (12, 4, 1, 1, 2), (1, 5, 2, 0, 1),
-])
-def test_plan_windows_properties(total, window, overlap, history, suffix):
-  windows = pipeline.plan_windows(total, window=window, overlap=overlap, history=history,
-                                  suffix=suffix)
-  assert sum(w.new for w in windows) == total
-  assert all(w.new >= 1 for w in windows)
-  assert [w.suffix for w in windows] == [0] * (len(windows) - 1) + [suffix]
-  if window is not None:
-    assert all(w.total <= window for w in windows)
-    if len(windows) > 1 and not suffix:  # the last window is padded to the shape of the others
-      assert windows[-1].total == window
-  assert all(w.extra == 0 for w in windows[:-1])
-  available = history
-  for w in windows:
-    assert w.context == min(overlap, available)
-    available += w.new
-
-
-def test_plan_windows_exact():
-  # 15 frames at F = 2 are 8 latent frames: a full first window, then 3 new after 2 given.
-  assert pipeline.plan_windows(8, window=5, overlap=2, history=0, suffix=0) == [
-      pipeline.Window(0, 5, 0), pipeline.Window(2, 3, 0)]
-  assert pipeline.plan_windows(4, window=None, overlap=2, history=3, suffix=1) == [
-      pipeline.Window(2, 4, 1)]
-  # 17 frames are 9 latent frames: the last window makes 1 frame and 2 that are dropped.
-  assert pipeline.plan_windows(9, window=5, overlap=2, history=0, suffix=0) == [
-      pipeline.Window(0, 5, 0), pipeline.Window(2, 3, 0), pipeline.Window(2, 1, 0, extra=2)]
-  assert pipeline.plan_windows(9, window=5, overlap=2, history=0, suffix=0, pad_last=False)[
-      -1] == pipeline.Window(2, 1, 0)
-
-
-def test_plan_windows_rejects_a_window_too_small_for_its_given_frames():
-  with pytest.raises(ValueError, match="cannot hold"):
-    pipeline.plan_windows(4, window=3, overlap=2, history=2, suffix=1)
-
-
-def test_window_mask_and_new_pixel_frames():
-  window = pipeline.Window(2, 3, 1)
-  np.testing.assert_array_equal(window.mask(), [True, True, False, False, False, True])
-  np.testing.assert_array_equal(pipeline.Window(1, 1, 1, extra=1).mask(),
-                                [True, False, False, True])
-  assert window.new_pixel_frames(4) == 12
-  assert pipeline.Window(0, 3, 0).new_pixel_frames(4) == 9
 
 
 def test_decode_in_chunks_equals_one_pass(generator):
@@ -107,7 +39,7 @@ def test_decode_in_chunks_equals_one_pass(generator):
   @jax.jit
   def one_pass(state, latents):
     autoencoder = nnx.merge(graphdef, state)
-    return pipeline.to_uint8(autoencoder.decode(autoencoder.denormalize_latents(latents)))[0]
+    return pixels.to_uint8(autoencoder.decode(autoencoder.denormalize_latents(latents)))[0]
 
   whole = np.asarray(one_pass(state, latents))
   assert chunked.shape == (9, 16, 16, 3) and chunked.dtype == np.uint8
@@ -122,6 +54,46 @@ def test_same_seed_same_video_and_another_seed_another(generator):
   assert first.shape == (9, 16, 16, 3) and first.dtype == np.uint8
   np.testing.assert_array_equal(first, again)
   assert np.mean(first != other) > 0.1
+
+
+# Videos a fixed seed gave before the pipeline was split into modules, pinning the whole pipeline
+# (prompt encoding, noise, windows, given frames, decoding) on the CPU backend the tests run on.
+# After a deliberate change of the numerics, record the new hashes and say why in the commit.
+RECORDED_PROMPT = "a red circle moving right"
+# request -> (shape, sha256 of the uint8 video's bytes).
+RECORDED = {
+    "t2v": ((9, 16, 16, 3),
+        "11be92fe396437286dfbfce48a1eaa0c85f8bf4d5c1dfeabc7fa4df5630de1eb"),
+    "long": ((17, 16, 16, 3),
+        "0a1b17e21a8d89693fb797a18adfc745e87bde939522178033638479cabaa0c1"),
+    "connect": ((14, 16, 16, 3),
+        "ff97e763c1c9e9353baaab1eb29f0b6019fa8287c9578222d2da0de31b9fd9d1"),
+    "edit": ((9, 16, 16, 3),
+        "b7f978e5035afd1c70ee7bb122cb15e9eed20e80cc144f92b33de4eb6c47e78f"),
+}
+
+
+def _recorded_request(generator, clip, request: str) -> np.ndarray:
+  if request == "t2v":
+    return generator.generate(RECORDED_PROMPT, frames=9, seed=1)
+  if request == "long":  # three windows: given frames re-encoded from decoded pixels
+    return generator.generate(RECORDED_PROMPT, frames=17, seed=3)
+  if request == "connect":  # a prefix and a suffix given
+    return modes.connect(generator, RECORDED_PROMPT, clip[:5], clip[4:][::-1].copy(), frames=4,
+                         seed=5).video
+  if request == "edit":
+    return modes.edit(generator, RECORDED_PROMPT, clip, strength=0.7, seed=5).video
+  raise AssertionError(request)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu",
+                    reason="the hashes were recorded on the CPU backend")
+@pytest.mark.parametrize("request_name", sorted(RECORDED))
+def test_a_fixed_seed_gives_the_recorded_video(generator, clip, request_name):
+  video = _recorded_request(generator, clip, request_name)
+  shape, digest = RECORDED[request_name]
+  assert video.shape == shape and video.dtype == np.uint8
+  assert hashlib.sha256(np.ascontiguousarray(video).tobytes()).hexdigest() == digest
 
 
 def test_the_prompt_changes_the_video(generator):
@@ -279,13 +251,13 @@ def trained_workdir(tmp_path_factory, make_generator, model_configs, generator):
   workdir = tmp_path_factory.mktemp("workdir")
   experiment = _tiny_experiment(model_configs, generator.sample_config,
                                 generator.tokenizer.max_length)
-  stage = dit_stage.DiTStage(experiment)
-  with nnx.use_eager_sharding(False):
-    model = nnx.eval_shape(lambda: stage.create_model(nnx.Rngs(0)))
+  graphdef, abstract_params, abstract_frozen = text_to_video.abstract_model(
+      experiment.autoencoder, experiment.text_encoder, experiment.dit)
+  model = nnx.merge(graphdef, abstract_params, abstract_frozen)
   fresh = make_generator()
   model.autoencoder, model.text_encoder, model.dit = (fresh.autoencoder, fresh.text_encoder,
                                                       fresh.dit)
-  _, ema_params, frozen = nnx.split(model, stage.trainable, ...)
+  _, ema_params, frozen = nnx.split(model, text_to_video.trainable(experiment.text_encoder), ...)
   state = {"step": jnp.asarray(7, jnp.int32), "params": jax.tree.map(jnp.zeros_like, ema_params),
            "frozen": frozen, "opt_state": {"count": jnp.zeros((), jnp.int32)},
            "ema_params": ema_params, "rng": jax.random.key_data(jax.random.key(0))}

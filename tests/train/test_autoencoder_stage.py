@@ -17,6 +17,7 @@ from data_pipelines import video_io
 from data_pipelines.shapes import world
 from videogen import config as config_lib
 from videogen import experiment as experiment_lib
+from videogen import pixels
 from videogen.models import autoencoder as ae
 from videogen.parallel import mesh as mesh_lib
 from videogen.train import autoencoder_stage as stage_lib
@@ -79,7 +80,7 @@ def test_loss_is_l1_plus_weighted_kl_of_the_model_forward():
   def both(params):
     model = nnx.merge(graphdef, params)
     loss, metrics = stage_lib.autoencoder_loss(model, videos, jax.random.key(1), 0, LOSS)
-    target = stage_lib.video_to_float(videos)
+    target = pixels.to_model_range(videos)
     reconstruction, mean, logvar = model.autoencoder(target, rng=jax.random.key(1))
     return loss, metrics, reconstruction - target, ae.kl_divergence(mean, logvar)
 
@@ -163,7 +164,7 @@ def test_adaptive_weight_is_the_ratio_of_gradient_norms_at_the_last_kernel():
 
   def terms(params):
     model = nnx.merge(graphdef, params)
-    target = stage_lib.video_to_float(videos)
+    target = pixels.to_model_range(videos)
     reconstruction, _, _ = model.autoencoder(target, rng=jax.random.key(1))
     return (stage_lib.reconstruction_loss(reconstruction, target, GAN),
             -jnp.mean(model.discriminator(reconstruction)))

@@ -7,6 +7,7 @@ stage's checkpoint is written directly from a randomly initialised model (no aut
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
@@ -20,15 +21,19 @@ from data_pipelines import loader
 from data_pipelines.loader import DataConfig
 from data_pipelines.tokenizer import TokenizerConfig
 from videogen import experiment as experiment_lib
+from videogen import workdir as workdir_lib
 from videogen.config import to_config_dict
 from videogen.diffusion.flow import FlowConfig
 from videogen.diffusion.samplers import SamplerConfig
 from videogen.models.autoencoder import AutoencoderConfig
+from videogen.generate import pipeline
+from videogen.models import text_to_video
 from videogen.models.dit import DiTConfig
 from videogen.models.text_encoder import TextEncoderConfig
 from videogen.parallel import mesh as mesh_lib
 from videogen.train import config as configs
 from videogen.train import dit_stage
+from videogen.train import latent_cache
 from videogen.train import metrics as metrics_lib
 from videogen.train import stages as stages_lib
 from videogen.train import train_state as train_state_lib
@@ -76,10 +81,11 @@ def make_experiment(*, flow: FlowConfig = FlowConfig(), text_frozen: bool = Fals
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
   experiment = make_experiment()
-  return dit_stage.load_or_train_tokenizer(experiment, str(tmp_path_factory.mktemp("tokenizer")))
+  return workdir_lib.load_or_train_tokenizer(experiment,
+                                             str(tmp_path_factory.mktemp("tokenizer")))
 
 
-def eager_model(stage: dit_stage.DiTStage, seed: int = 0) -> dit_stage.TextToVideoModel:
+def eager_model(stage: dit_stage.DiTStage, seed: int = 0) -> text_to_video.TextToVideoModel:
   with nnx.use_eager_sharding(False):
     return stage.create_model(nnx.Rngs(seed))
 
@@ -143,6 +149,22 @@ def test_trainable_parts(text_frozen):
   assert "autoencoder" in frozen
   assert ("text_encoder" in frozen) == text_frozen
   assert not any(path[0] == "autoencoder" for path, _ in nnx.to_flat_state(params))
+
+
+@pytest.mark.parametrize("text_frozen", [False, True])
+def test_the_stage_trains_the_model_generation_restores(text_frozen):
+  """The stage's split (what its checkpoint stores as params / frozen) is the one
+  `text_to_video.abstract_model` gives the generation pipeline to restore into."""
+  experiment = make_experiment(text_frozen=text_frozen)
+  stage_graph, stage_params, stage_frozen = train_state_lib.abstract_model(
+      dit_stage.DiTStage(experiment))
+  graph, params, frozen = text_to_video.abstract_model(
+      experiment.autoencoder, experiment.text_encoder, experiment.dit)
+  assert stage_graph == graph
+  for ours, theirs in ((stage_params, params), (stage_frozen, frozen)):
+    assert jax.tree.structure(ours) == jax.tree.structure(theirs)
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), ours) == jax.tree.map(
+        lambda x: (x.shape, x.dtype), theirs)
 
 
 def test_given_frames_are_excluded_from_the_loss(tokenizer):
@@ -250,18 +272,56 @@ def test_an_autoencoder_trained_with_another_architecture_is_refused(
   saved = to_config_dict(AUTOENCODER).to_dict()
   assert AUTOENCODER.shortcuts
   write_autoencoder_checkpoint(experiment, str(tmp_path / "same"), config={"autoencoder": saved})
-  dit_stage.restore_autoencoder(experiment, str(tmp_path / "same"), mesh=mesh)
+  latent_cache.restore_autoencoder(experiment, str(tmp_path / "same"), mesh=mesh)
   # Latent scaling is chosen after training: a change there is no other architecture.
   write_autoencoder_checkpoint(experiment, str(tmp_path / "scaled"), config={
       "autoencoder": {**saved, "scale_factor": 0.25}})
-  dit_stage.restore_autoencoder(experiment, str(tmp_path / "scaled"), mesh=mesh)
+  latent_cache.restore_autoencoder(experiment, str(tmp_path / "scaled"), mesh=mesh)
   for name, section in (("off", {**saved, "shortcuts": False}),
                         ("old", {k: v for k, v in saved.items() if k != "shortcuts"})):
     write_autoencoder_checkpoint(experiment, str(tmp_path / name),
                                  config={"autoencoder": section})
-    with pytest.raises(dit_stage.AutoencoderMismatchError, match=(
+    with pytest.raises(workdir_lib.AutoencoderMismatchError, match=(
         "^the autoencoder checkpoint .* another architecture .*shortcuts: False -> True")):
-      dit_stage.restore_autoencoder(experiment, str(tmp_path / name), mesh=mesh)
+      latent_cache.restore_autoencoder(experiment, str(tmp_path / name), mesh=mesh)
+
+
+def test_evaluation_samples_what_the_generation_pipeline_gives(tmp_path, tokenizer,
+                                                             monkeypatch):
+  """The evaluation's sample of a prompt is the video `generate --seed=<eval_seed>
+  --steps=<eval_steps>` makes from the same modules, at the stage's sample shape."""
+  experiment = make_experiment()
+  stage = dit_stage.DiTStage(experiment)
+  model = eager_model(stage, seed=1)
+  tokenizer.save(workdir_lib.tokenizer_path(str(tmp_path)))
+  written = {}
+  monkeypatch.setattr(dit_stage.video_io, "write_video",
+                      lambda path, video, fps: written.setdefault(os.path.basename(path), video))
+  monkeypatch.setattr(stage, "config", dataclasses.replace(stage.config, eval_caption_clips=0))
+  scores = stage.evaluate(model, 3, str(tmp_path))
+  assert set(scores) == {"sample_seconds"}
+  generator = pipeline.Generator(
+      autoencoder=model.autoencoder, text_encoder=model.text_encoder, dit=model.dit,
+      tokenizer=tokenizer, flow_config=experiment.diffusion, sample_config=experiment.sample,
+      progress=False)
+  config = experiment.dit_stage
+  for index, prompt in enumerate(config.eval_prompts):
+    expected = generator.generate(prompt, frames=5, height=16, width=16, seed=config.eval_seed,
+                                  steps=config.eval_steps)
+    np.testing.assert_array_equal(written[f"{index:02d}.mp4"], expected)
+  assert os.path.exists(tmp_path / "samples" / "dit_000003" / "contact_sheet.png")
+
+
+def test_an_autoencoder_checkpoint_lacking_parameters_is_refused(
+    tmp_path, write_autoencoder_checkpoint):
+  """A checkpoint without the discriminator the config asks for: named, not restored half."""
+  experiment = make_experiment()
+  write_autoencoder_checkpoint(experiment, str(tmp_path))
+  with_discriminator = dataclasses.replace(experiment, autoencoder_loss=dataclasses.replace(
+      experiment.autoencoder_loss, discriminator=True))
+  mesh = mesh_lib.create_mesh(experiment.mesh, jax.devices()[:1])
+  with pytest.raises(ValueError, match=r"lacks \d+ parameter\(s\) .*\['discriminator'\]"):
+    latent_cache.restore_autoencoder(with_discriminator, str(tmp_path), mesh=mesh)
 
 
 def test_trains_with_the_trainer_from_a_frozen_autoencoder(tmp_path, devices,

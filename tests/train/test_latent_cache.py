@@ -19,6 +19,7 @@ from data_pipelines import loader
 from data_pipelines.loader import DataConfig
 from data_pipelines.tokenizer import TokenizerConfig
 from videogen import experiment as experiment_lib
+from videogen import pixels
 from videogen import workdir as workdir_lib
 from videogen.config import to_config_dict
 from videogen.models.autoencoder import AutoencoderConfig
@@ -66,7 +67,7 @@ def built(tmp_path_factory, write_autoencoder_checkpoint):
   experiment = make_experiment()
   workdir = str(tmp_path_factory.mktemp("run"))
   model = write_autoencoder_checkpoint(experiment, workdir, step=5, seed=3)
-  tokenizer = dit_stage.load_or_train_tokenizer(experiment, workdir)
+  tokenizer = workdir_lib.load_or_train_tokenizer(experiment, workdir)
   mesh = mesh_lib.create_mesh(experiment.mesh)
   iterator = latent_cache.open_or_build(experiment, workdir, tokenizer=tokenizer, mesh=mesh,
                                         seed=experiment.seed)
@@ -83,7 +84,7 @@ def test_cached_batches_equal_the_encoded_loader_batches(built, devices):
 
   @jax.jit
   def posterior_mean(state, video):
-    return nnx.merge(graphdef, state).encode(dit_stage.video_to_model_range(video))[0]
+    return nnx.merge(graphdef, state).encode(pixels.to_model_range(video))[0]
 
   shapes = set()
   for step in range(CACHE_STEPS + 2):
@@ -125,7 +126,7 @@ def test_a_cache_of_another_autoencoder_is_refused(built, tmp_path):
   shutil.copytree(built["workdir"], workdir)
   (workdir / "checkpoints" / "autoencoder" / "9").mkdir()  # the autoencoder trained further
   with pytest.raises(ValueError, match=r"autoencoder_step: 5 -> 9.*python -m "
-                                       r"videogen.train.latent_cache"):
+                                       r"videogen.main cache_latents"):
     latent_cache.open_cache(built["experiment"], str(workdir), tokenizer=built["tokenizer"],
                             seed=0)
 

@@ -34,6 +34,7 @@ import numpy as np
 from absl import logging
 
 from data_pipelines import video_io
+from videogen import experiment as experiment_lib
 from videogen.generate import gallery
 from videogen.generate import modes
 from videogen.generate import pipeline
@@ -254,8 +255,8 @@ def generate_many(generator: pipeline.Generator, requests: list[Request],
   return manifest, failed
 
 
-def command(experiment: Any, workdir: str | None, *, prompts_file: str | None = None,
-            **flags: Any) -> int:
+def command(experiment: experiment_lib.Experiment | None, workdir: str | None, *,
+            prompts_file: str | None = None, **flags: Any) -> int:
   """`python -m videogen.main generate`: see the module docstring.
 
   Args:

@@ -32,6 +32,7 @@ import numpy as np
 from absl import logging
 
 from videogen.generate import pipeline
+from videogen.generate import windows as windows_lib
 
 # mode -> (number of input videos it takes, one line of help).
 MODES: dict[str, tuple[int, str]] = {
@@ -130,8 +131,8 @@ def image_to_video(generator: pipeline.Generator, prompt: str, image: np.ndarray
   (image,), height, width = _fit_inputs(generator, [_as_video(image, "image")[:1]], height,
                                         width)
   total = generator.default_shape[0] if frames is None else frames
-  total = pipeline.round_frames(total, generator.temporal_factor, continuing=False,
-                                what="frames")
+  total = windows_lib.round_frames(total, generator.temporal_factor, continuing=False,
+                                   what="frames")
   if total == 1:
     logging.warning("image-to-video with 1 frame is the image itself; generating %d frames",
                     1 + generator.temporal_factor)

@@ -27,14 +27,14 @@ frames they lead into), encoded as follows:
           approximation confined to the encoder's receptive field, at the seam only.
 
 Windows. A video longer than the model's window (`window_frames`, by default the longest training
-clip) is made window by window: each next window is given the last `overlap` latent frames of
-what exists so far (re-encoded from its decoded pixels, so the given frames sit where the model
-saw them in training: latent 0 a lone frame) and generates the rest of its window. Only the last
-window holds the suffix; a last window without one is filled up to the full window with frames
-that are then dropped, so every window runs the same compiled shape. Each window is decoded
-whole (its given frames are the causal decoder's past) and only its new frames are kept, so the
-caller's given pixel frames appear verbatim in the final video and the seams are the only new
-content.
+clip) is made window by window (planned by `videogen.generate.windows`): each next window is
+given the last `overlap` latent frames of what exists so far (re-encoded from its decoded pixels,
+so the given frames sit where the model saw them in training: latent 0 a lone frame) and
+generates the rest of its window. Only the last window holds the suffix; a last window without
+one is filled up to the full window with frames that are then dropped, so every window runs the
+same compiled shape. Each window is decoded whole (its given frames are the causal decoder's
+past) and only its new frames are kept, so the caller's given pixel frames appear verbatim in the
+final video and the seams are the only new content.
 
 Compilation. The networks are jitted once with their parameters as arguments, so a shape is
 compiled once and reused by every later request of that shape (`samplers.sample(jit=False)`).
@@ -45,7 +45,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 from typing import Any
 
 import jax
@@ -55,10 +54,15 @@ import tqdm
 from absl import logging
 from flax import nnx
 
+from data_pipelines import transforms
+from videogen import experiment as experiment_lib
+from videogen import pixels
 from videogen import workdir as workdir_lib
 from videogen.diffusion import conditioning as conditioning_lib
 from videogen.diffusion import flow
 from videogen.diffusion import samplers
+from videogen.generate import windows as windows_lib
+from videogen.models import text_to_video
 
 # Frames per second written when the experiment does not say (the procedural world's rate).
 DEFAULT_FPS = 8.0
@@ -69,150 +73,17 @@ DEFAULT_SUFFIX_OVERLAP = 1
 
 
 # ------------------------------------------------------------------------------------------------
-# Shapes: rounding to what the autoencoder and the transformer accept, and the window plan.
+# Inputs.
 # ------------------------------------------------------------------------------------------------
-
-
-def round_frames(frames: int, temporal_factor: int, *, continuing: bool,
-                 what: str = "frames") -> int:
-  """The valid frame count nearest to `frames`, with a logged warning when it differs.
-
-  A fresh clip starts with a frame encoded alone, so it has 1 + F k frames (k >= 0); frames that
-  continue a clip come in whole groups of F (F k, k >= 1).
-
-  Args:
-    frames: the requested count.
-    temporal_factor: F, the autoencoder's temporal compression.
-    continuing: whether the frames continue existing ones.
-    what: how the count is called in the warning (e.g. "--frames").
-  """
-  if continuing:
-    groups = max(1, math.floor(frames / temporal_factor + 0.5))
-    valid = temporal_factor * groups
-    form = f"a multiple of {temporal_factor}"
-  else:
-    groups = max(0, math.floor((frames - 1) / temporal_factor + 0.5))
-    valid = 1 + temporal_factor * groups
-    form = f"1 + {temporal_factor}k"
-  if valid != frames:
-    logging.warning("%s = %d is not %s (the autoencoder's temporal compression is %d): "
-                    "generating %d frames instead", what, frames, form, temporal_factor, valid)
-  return valid
-
-
-def round_size(size: int, multiple: int, what: str) -> int:
-  """`size` rounded to the nearest positive multiple of `multiple`, warning when it changes."""
-  valid = max(multiple, multiple * math.floor(size / multiple + 0.5))
-  if valid != size:
-    logging.warning("%s = %d is not a multiple of %d (autoencoder downsampling x transformer "
-                    "patch): using %d", what, size, multiple, valid)
-  return valid
-
-
-@dataclasses.dataclass(frozen=True)
-class Window:
-  """One sampling call, in latent frames: [context | new | extra | suffix].
-
-  Attributes:
-    context: latent frames given at the start (the end of what exists); 0 starts a fresh clip.
-    new: latent frames generated and kept.
-    suffix: latent frames given at the end (the start of what must follow).
-    extra: latent frames generated after the new ones and dropped: they pad the last window of a
-      long video to the full window, so that it reuses the compiled shape of the others.
-  """
-  context: int
-  new: int
-  suffix: int
-  extra: int = 0
-
-  @property
-  def total(self) -> int:
-    return self.context + self.new + self.extra + self.suffix
-
-  def mask(self) -> np.ndarray:
-    """bool [total], True at the given frames."""
-    frames = np.arange(self.total)
-    return (frames < self.context) | (frames >= self.total - self.suffix)
-
-  def new_pixel_frames(self, temporal_factor: int) -> int:
-    """Pixel frames the new latents decode to: F per latent, plus the lone first frame of a
-    fresh clip."""
-    if self.context:
-      return temporal_factor * self.new
-    return 1 + temporal_factor * (self.new - 1)
-
-
-def plan_windows(new_latent_frames: int, *, window: int | None, overlap: int,
-                 history: int, suffix: int, pad_last: bool = True) -> list[Window]:
-  """Splits a generation of `new_latent_frames` into sampling windows.
-
-  Args:
-    new_latent_frames: latent frames to generate in all (>= 1).
-    window: the most latent frames one sampling call holds; None = everything in one call.
-    overlap: latent frames each window is given from the end of what exists (>= 1).
-    history: latent frames that exist before the first window (0 for a fresh clip).
-    suffix: latent frames given at the end of the last window.
-    pad_last: when there are several windows and the last has no suffix, fill it up to the
-      window with `extra` frames (one compiled shape for every window of a long video).
-
-  Returns:
-    The windows in order; their `new` sum to `new_latent_frames`, only the last has a suffix,
-    and every window holds at most `window` latent frames.
-
-  Raises:
-    ValueError: the window cannot hold a context, one new frame and the suffix.
-  """
-  if new_latent_frames < 1:
-    raise ValueError(f"nothing to generate: new_latent_frames = {new_latent_frames}")
-  if overlap < 1:
-    raise ValueError(f"overlap = {overlap} must be >= 1 latent frame")
-  if window is not None and window < overlap + suffix + 1:
-    raise ValueError(
-        f"a window of {window} latent frames cannot hold {overlap} given + 1 new + {suffix} "
-        f"suffix latent frames: use a longer window or a smaller overlap")
-  windows = []
-  remaining, available = new_latent_frames, history
-  while remaining > 0:
-    context = min(overlap, available)
-    capacity = math.inf if window is None else window - context
-    if remaining + suffix <= capacity:
-      extra = 0
-      if pad_last and windows and not suffix:
-        extra = capacity - remaining
-      windows.append(Window(context, remaining, suffix, extra))
-      break
-    # The last window must keep at least one new frame beside the suffix.
-    new = capacity if suffix == 0 else min(capacity, remaining - 1)
-    windows.append(Window(context, new, 0))
-    remaining -= new
-    available += new
-  return windows
-
-
-# ------------------------------------------------------------------------------------------------
-# Pixels.
-# ------------------------------------------------------------------------------------------------
-
-
-def to_model_range(frames: np.ndarray) -> np.ndarray:
-  """uint8 [..., 3] -> float32 in [-1, 1] (the autoencoder's input range)."""
-  return np.asarray(frames, np.float32) / 127.5 - 1.0
-
-
-def to_uint8(video: jax.Array) -> jax.Array:
-  """float in [-1, 1] (unclipped) -> uint8 [0, 255]."""
-  return jnp.round((jnp.clip(video, -1.0, 1.0) + 1.0) * 127.5).astype(jnp.uint8)
 
 
 def fit_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
   """Scales uint8 frames [T, H, W, 3] to cover height x width, then centre-crops (as training
   data is fitted); returns the frames themselves when they already have that size."""
-  # Imported here: the loader imports grain and TFDS, which the in-memory generator never needs.
-  from data_pipelines import loader  # pylint: disable=g-import-not-at-top
   frames = np.asarray(frames)
   if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
     raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
-  return loader.resize_and_crop(frames, height, width)
+  return transforms.resize_and_crop(frames, height, width)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -269,7 +140,7 @@ def _decode_chunk(graphdef: nnx.GraphDef, state: nnx.State, latents: jax.Array,
   model = nnx.merge(graphdef, state)
   latents = model.denormalize_latents(latents).astype(jnp.dtype(model.config.dtype))
   video, cache = model.decoder(latents, cache)
-  return to_uint8(video.astype(jnp.float32)), cache
+  return pixels.to_uint8(video.astype(jnp.float32)), cache
 
 
 class Generator:
@@ -321,7 +192,7 @@ class Generator:
     self.spatial_multiple: tuple[int, int] = (ae_config.spatial_factor * self.patch_size[1],
                                               ae_config.spatial_factor * self.patch_size[2])
     self.window_latents = (None if window_frames is None else
-                           1 + (round_frames(window_frames, self.temporal_factor,
+                           1 + (windows_lib.round_frames(window_frames, self.temporal_factor,
                                              continuing=False, what="window_frames") - 1)
                            // self.temporal_factor)
     if overlap < 1 or suffix_overlap < 1:
@@ -363,8 +234,8 @@ class Generator:
       height = round(width * default_height / default_width) if like else default_height
     elif width is None:
       width = round(height * default_width / default_height) if like else default_width
-    return (round_size(height, self.spatial_multiple[0], "height"),
-            round_size(width, self.spatial_multiple[1], "width"))
+    return (windows_lib.round_size(height, self.spatial_multiple[0], "height"),
+            windows_lib.round_size(width, self.spatial_multiple[1], "width"))
 
   def latent_frames(self, frames: int) -> int:
     """Latent frames of a clip of 1 + F k pixel frames."""
@@ -406,7 +277,7 @@ class Generator:
     if (frames.shape[0] - 1) % self.temporal_factor:
       raise ValueError(f"cannot encode {frames.shape[0]} frames: a clip has 1 + "
                        f"{self.temporal_factor}k frames")
-    video = jnp.asarray(to_model_range(frames))[None]
+    video = jnp.asarray(pixels.to_model_range(frames))[None]
     return _encode_video(self._ae_graph, self._ae_state, video, self.chunk_latent_frames)
 
   def decode(self, latents: jax.Array, *, desc: str = "decoding") -> np.ndarray:
@@ -507,7 +378,7 @@ class Generator:
     if frames is None:
       frames = factor * (self.latent_frames(self.default_shape[0]) - 1) if continuing else (
           self.default_shape[0])
-    frames = round_frames(frames, factor, continuing=continuing)
+    frames = windows_lib.round_frames(frames, factor, continuing=continuing)
     new_latents = frames // factor if continuing else self.latent_frames(frames)
     source_latents = None
     if edit_source is not None:
@@ -523,8 +394,9 @@ class Generator:
     suffix = 0 if after is None else min(self.suffix_overlap,
                                          max(1, len(after) // factor))
     # An edit has no source latents to start the padding frames from: no padded window.
-    windows = plan_windows(new_latents, window=self.window_latents, overlap=self.overlap,
-                           history=history, suffix=suffix, pad_last=edit_source is None)
+    windows = windows_lib.plan_windows(new_latents, window=self.window_latents,
+                                       overlap=self.overlap, history=history, suffix=suffix,
+                                       pad_last=edit_source is None)
     suffix_given = None if after is None else self.suffix_latents(after, suffix)
     cond = self.encode_prompt(prompt)
     negative = None if config.guidance_scale == 1.0 else self.encode_prompt(config.negative_prompt)
@@ -572,17 +444,19 @@ class Generator:
 # Loading a trained workdir.
 # ------------------------------------------------------------------------------------------------
 
-DIT_STAGE = "dit"
+# The stage whose checkpoint holds the sampling model (the name stays for callers of this module).
+DIT_STAGE = workdir_lib.DIT_STAGE
 
 
-def load(workdir: str, experiment: Any = None, *, mesh: jax.sharding.Mesh | None = None,
-         step: int | None = None, **generator_kwargs: Any) -> Generator:
+def load(workdir: str, experiment: experiment_lib.Experiment | None = None, *,
+         mesh: jax.sharding.Mesh | None = None, step: int | None = None,
+         **generator_kwargs: Any) -> Generator:
   """Restores a trained workdir's models (EMA weights) onto `mesh` and builds a `Generator`.
 
-  The diffusion stage's checkpoint holds the whole sampling model: its trainable variables (the
-  transformer and the text encoder, restored from their EMA) and its frozen ones (the
-  autoencoder, copied from the autoencoder stage). Only those two parts of the train state are
-  read; the optimizer state stays on disk.
+  The diffusion stage's checkpoint holds the whole sampling model (`TextToVideoModel`): its
+  trainable variables (the transformer and the text encoder, restored from their EMA) and its
+  frozen ones (the autoencoder, copied from the autoencoder stage). Only those two parts of the
+  train state are read; the optimizer state stays on disk.
 
   Args:
     workdir: the run's directory (WORKDIR/checkpoints/dit/<step>/, WORKDIR/tokenizer.model).
@@ -596,21 +470,13 @@ def load(workdir: str, experiment: Any = None, *, mesh: jax.sharding.Mesh | None
     FileNotFoundError: no checkpoint or no tokenizer, naming the path and the command that
       makes it.
   """
-  from data_pipelines import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-  from videogen.train import stages as stages_lib  # pylint: disable=g-import-not-at-top
-  from videogen.train import train_state as train_state_lib  # pylint: disable=g-import-not-at-top
-
   step = workdir_lib.require_step(workdir, DIT_STAGE) if step is None else step
   if experiment is None:
     experiment = workdir_lib.saved_experiment(workdir, DIT_STAGE, step)
-  # The tokenizer is checked before the (slow) restore, so a broken workdir fails at once.
-  path = workdir_lib.tokenizer_path(workdir, experiment)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"tokenizer {path} is missing: the dit stage writes it when it "
-                            f"trains (`{workdir_lib.train_command(workdir)}`)")
-  tokenizer = tokenizer_lib.Tokenizer.load(path, experiment.tokenizer.max_length)
-  graphdef, params, frozen = train_state_lib.abstract_model(
-      stages_lib.make_stage(DIT_STAGE, experiment))
+  # The tokenizer is read before the (slow) restore, so a broken workdir fails at once.
+  tokenizer = workdir_lib.load_tokenizer(workdir, experiment)
+  graphdef, params, frozen = text_to_video.abstract_model(
+      experiment.autoencoder, experiment.text_encoder, experiment.dit)
   model, _ = workdir_lib.restore_model(workdir, DIT_STAGE, graphdef, params, frozen,
                                        experiment=experiment, mesh=mesh, step=step)
 
@@ -622,7 +488,7 @@ def load(workdir: str, experiment: Any = None, *, mesh: jax.sharding.Mesh | None
                    sample_config=experiment.sample, **kwargs)
 
 
-def experiment_defaults(experiment: Any) -> dict[str, Any]:
+def experiment_defaults(experiment: experiment_lib.Experiment) -> dict[str, Any]:
   """Generator settings an experiment implies: its longest training clip is the window and the
   default shape, its world's frame rate the fps."""
   data = experiment.data

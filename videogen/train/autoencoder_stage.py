@@ -44,6 +44,7 @@ from flax import nnx
 from data_pipelines import loader
 from data_pipelines import video_io
 from videogen import experiment as experiment_lib
+from videogen import pixels
 from videogen.evaluate import metrics as metrics_lib
 from videogen.models import autoencoder as autoencoder_lib
 from videogen.models import discriminator as discriminator_lib
@@ -65,17 +66,6 @@ class AutoencoderWithDiscriminator(nnx.Module):
         loss.disc_channels, loss.disc_layers, epsilon=autoencoder.norm_epsilon,
         dtype=jnp.dtype(autoencoder.dtype), param_dtype=jnp.dtype(autoencoder.param_dtype),
         rngs=rngs) if loss.discriminator else None)
-
-
-def video_to_float(video: jax.Array) -> jax.Array:
-  """uint8 [..., 3] in [0, 255] -> float32 in [-1, 1]."""
-  return video.astype(jnp.float32) / 127.5 - 1.0
-
-
-def video_to_uint8(video: jax.Array | np.ndarray) -> np.ndarray:
-  """float in [-1, 1] (clipped) -> uint8 in [0, 255], on the host."""
-  video = np.clip(np.asarray(video, np.float32), -1.0, 1.0)
-  return np.rint((video + 1.0) * 127.5).astype(np.uint8)
 
 
 def _frozen(module: nnx.Module) -> nnx.Module:
@@ -141,7 +131,7 @@ def autoencoder_loss_terms(model: AutoencoderWithDiscriminator, video: jax.Array
   """
   autoencoder = model.autoencoder
   decoder = autoencoder.decoder
-  target = video_to_float(video)
+  target = pixels.to_model_range(video)
   mean, logvar = autoencoder.encode(target)
   latents = autoencoder.sample(mean, logvar, rng)
   features, _ = decoder.features(latents.astype(decoder.conv_out.dtype))
@@ -306,7 +296,7 @@ class AutoencoderStage(stage_lib.Stage):
       psnrs.append(np.asarray(psnr))
       ssims.append(np.asarray(ssim))
       if sum(len(s) for s in samples) < config.sample_videos:
-        samples.append(video_to_uint8(reconstruction))
+        samples.append(pixels.to_uint8(np.asarray(reconstruction, np.float32)))
     if config.sample_videos and multihost.is_primary():
       self._write_samples(np.concatenate(samples)[:config.sample_videos], step, workdir)
     return {"psnr": float(np.mean(np.concatenate(psnrs))),
@@ -345,7 +335,7 @@ def _reconstruct_and_measure(graphdef: nnx.GraphDef, state: nnx.State, videos: j
   The reconstruction decodes the posterior mean and is clipped to [-1, 1].
   """
   autoencoder = nnx.merge(graphdef, state)
-  target = video_to_float(videos)
+  target = pixels.to_model_range(videos)
   reconstruction, _, _ = autoencoder(target, sample_posterior=False)
   reconstruction = jnp.clip(reconstruction, -1.0, 1.0)
   # The standard 11x11 window, or the largest odd one that fits smaller frames.

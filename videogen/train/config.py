@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal, Optional
 
-from data_pipelines import loader as loader_lib
+from data_pipelines import buckets as buckets_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +128,7 @@ class AutoencoderLossConfig:
       raise ValueError(f"buckets={self.buckets!r} must be a tuple of specs, e.g. "
                        f"('{self.buckets}',)")
     for spec in self.buckets:
-      loader_lib.parse_bucket(spec)  # raises on a malformed spec
+      buckets_lib.parse_bucket(spec)  # raises on a malformed spec
     if self.crop_size < 0:
       raise ValueError(f"crop_size={self.crop_size} must be >= 0 (0 trains on whole frames)")
     if self.eval_videos < 0 or self.eval_batch_size < 1 or self.sample_videos < 0:
@@ -141,7 +141,7 @@ class DiTStageConfig:
 
   Attributes:
     latents: "encode" runs the frozen encoder on every batch's pixels inside the step; "cache"
-      reads latents that `python -m videogen.train.latent_cache` wrote once (built on first use
+      reads latents that `python -m videogen.main cache_latents` wrote once (built on first use
       when missing, on a single process).
     cache_dir: the latent cache; None = WORKDIR/latent_cache.
     cache_steps: how many loader steps the cache holds; None = `config.train.dit.num_steps`, so a

@@ -3,10 +3,11 @@ r"""The diffusion-transformer stage: text-to-video flow matching on frozen-autoe
     python -m videogen.main train --config=experiments/shapes.py:tiny --workdir=runs/tiny \
         --config.stages=dit        # after the autoencoder stage has trained in the same workdir
 
-The stage's model (`TextToVideoModel`) holds three modules:
+The stage's model (`videogen.models.text_to_video.TextToVideoModel`) holds three modules:
 
   autoencoder   the `VideoAutoencoder`, frozen: left out of `trainable`, filled by `load_frozen`
-                with the EMA parameters of the autoencoder stage (WORKDIR/checkpoints/autoencoder).
+                with the EMA parameters of the autoencoder stage (WORKDIR/checkpoints/autoencoder,
+                read by `latent_cache.restore_autoencoder`, which the latent cache encodes with).
   text_encoder  trained jointly with the transformer, unless `config.text_encoder.frozen`.
   dit           the diffusion transformer.
 
@@ -29,75 +30,44 @@ the autoencoder is skipped in the step.
 
 The tokenizer is trained once on the data's captions and kept as WORKDIR/tokenizer.model (or read
 from `config.tokenizer.model_path`); the generation pipeline reads it from the same place
-(`tokenizer_path`). The text encoder's embedding table must hold every id the tokenizer emits:
-`config.text_encoder.vocab_size` >= the trained tokenizer's real vocabulary size (equal is best:
-rows above it are never used).
+(`workdir.tokenizer_path`). The text encoder's embedding table must hold every id the tokenizer
+emits: `config.text_encoder.vocab_size` >= the trained tokenizer's real vocabulary size (equal is
+best: rows above it are never used).
+
+Evaluation samples the stage's prompts through the generation pipeline's `Generator`, the one
+users call: a sample of step S is what `generate --seed=<eval_seed> --steps=<eval_steps>` gives
+at the same shape from that checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import logging
 from flax import nnx
 
 from data_pipelines import loader as loader_lib
 from data_pipelines import tokenizer as tokenizer_lib
-from videogen import config as config_lib
+from data_pipelines import video_io
 from videogen import experiment as experiment_lib
+from videogen import pixels
 from videogen import workdir as workdir_lib
 from videogen.diffusion import flow
-from videogen.diffusion import samplers
+from videogen.evaluate import caption_use
+from videogen.generate import pipeline
 from videogen.models import autoencoder as autoencoder_lib
-from videogen.models import dit as dit_lib
-from videogen.models import text_encoder as text_encoder_lib
+from videogen.models import text_to_video
 from videogen.parallel import multihost
-from videogen.parallel import sharding as sharding_lib
-from videogen.train import checkpointing
+from videogen.train import latent_cache
 from videogen.train import stage as stage_lib
 
-AUTOENCODER_STAGE = "autoencoder"
 SAMPLES_DIR = "samples"
 # Timesteps below this count as "low noise" in the split loss metrics.
 _LOW_NOISE = 0.5
-
-
-class TextToVideoModel(nnx.Module):
-  """The three modules of the stage, side by side (no computation of its own).
-
-  Attributes:
-    autoencoder: `VideoAutoencoder` (frozen in this stage).
-    text_encoder: `TextEncoder`.
-    dit: `DiT`.
-  """
-
-  def __init__(self, autoencoder_config: autoencoder_lib.AutoencoderConfig,
-               text_config: text_encoder_lib.TextEncoderConfig, dit_config: dit_lib.DiTConfig, *,
-               rngs: nnx.Rngs):
-    self.autoencoder = autoencoder_lib.VideoAutoencoder(autoencoder_config, rngs=rngs)
-    self.text_encoder = text_encoder_lib.TextEncoder(text_config, rngs=rngs)
-    self.dit = dit_lib.DiT(dit_config, rngs=rngs)
-
-
-def load_or_train_tokenizer(experiment: experiment_lib.Experiment,
-                            workdir: str) -> tokenizer_lib.Tokenizer:
-  """The run's tokenizer: the saved asset, or one trained now on the data's captions and saved."""
-  config = experiment.tokenizer
-  data = experiment.data
-  return tokenizer_lib.load_or_train(
-      config, workdir_lib.tokenizer_path(workdir, experiment),
-      lambda: loader_lib.captions(data, seed=experiment.seed, num=config.num_train_captions))
-
-
-def video_to_model_range(video: jax.Array) -> jax.Array:
-  """uint8 [..., 3] in [0, 255] -> float32 in [-1, 1] (the autoencoder's input range)."""
-  return video.astype(jnp.float32) / 127.5 - 1.0
 
 
 def clean_latents(autoencoder: autoencoder_lib.VideoAutoencoder, mean: jax.Array,
@@ -128,106 +98,10 @@ def _mesh_of(state: nnx.State) -> jax.sharding.Mesh:
                    "(jax.jit with out_shardings from sharding.tree_shardings)")
 
 
-def autoencoder_checkpoint_step(workdir: str) -> int:
-  """The newest step of WORKDIR/checkpoints/autoencoder.
-
-  Raises:
-    FileNotFoundError: the autoencoder stage has not been trained in `workdir`.
-  """
-  return workdir_lib.require_step(
-      workdir, AUTOENCODER_STAGE,
-      f"the diffusion stage trains on the frozen autoencoder's latents, so train the autoencoder "
-      f"first: python -m videogen.main train --config=<the experiment, e.g. "
-      f"experiments/shapes.py:tiny> --workdir={workdir} --config.stages=autoencoder (or keep "
-      f"'autoencoder' before 'dit' in config.stages)")
-
-
-class AutoencoderMismatchError(ValueError):
-  """The autoencoder checkpoint was trained with another architecture than config.autoencoder."""
-
-
-def _check_autoencoder_architecture(saved: dict, experiment: experiment_lib.Experiment,
-                                    where: str) -> None:
-  """Raises AutoencoderMismatchError if the trained config computes another function."""
-  section = saved.get("autoencoder") if isinstance(saved, dict) else None
-  if not isinstance(section, dict):
-    return  # a config without the section: the parameter restore is the only check
-  trained = config_lib.parse(autoencoder_lib.AutoencoderConfig,
-                             autoencoder_lib.upgrade_saved_config(section),
-                             f"the config saved in {where}: autoencoder")
-  current = experiment.autoencoder
-  differences = autoencoder_lib.architecture_differences(trained, current)
-  if differences:
-    raise AutoencoderMismatchError(
-        f"the autoencoder checkpoint {where} was trained with another architecture than "
-        f"config.autoencoder ({'; '.join(differences)}): set those fields back (e.g. "
-        f"--config.autoencoder.{differences[0].split(':')[0]}=...), or train the autoencoder "
-        f"again with this config")
-
-
-def restore_autoencoder(experiment: experiment_lib.Experiment, workdir: str, *,
-                        mesh: jax.sharding.Mesh) -> tuple[nnx.GraphDef, nnx.State, int]:
-  """The autoencoder stage's EMA autoencoder, sharded over `mesh` by the experiment's rules.
-
-  Nothing is initialised or compiled: the abstract model of the autoencoder stage is the restore
-  target, and only its `VideoAutoencoder` part is returned.
-
-  Returns:
-    (graphdef, state, step) of the `VideoAutoencoder`; `nnx.merge(graphdef, state)` builds it.
-
-  Raises:
-    FileNotFoundError: the autoencoder stage has no checkpoint in `workdir`.
-    ValueError: the checkpoint does not fit `config.autoencoder` (it was trained with another):
-      its parameters differ, or its saved config has another architecture (settings such as the
-      parameter-free shortcuts change the function without changing the parameters).
-  """
-  # Imported here: stages imports every stage lazily, and the train-state helpers need the stage.
-  from videogen.train import stages as stages_lib  # pylint: disable=g-import-not-at-top
-  from videogen.train import train_state as train_state_lib  # pylint: disable=g-import-not-at-top
-  step = autoencoder_checkpoint_step(workdir)
-  rules = experiment.mesh.rules
-  autoencoder_stage = stages_lib.make_stage(AUTOENCODER_STAGE, experiment)
-  graphdef, abstract_params, abstract_frozen = train_state_lib.abstract_model(autoencoder_stage)
-  target = sharding_lib.with_shardings(
-      abstract_params, sharding_lib.tree_shardings(abstract_params, mesh, rules))
-  directory = workdir_lib.checkpoint_dir(workdir, AUTOENCODER_STAGE)
-  checkpointer = checkpointing.Checkpointer(directory, async_save=False)
-  try:
-    _check_autoencoder_architecture(checkpointer.read_config(step), experiment,
-                                    f"{directory}/{step}")
-    params = checkpointer.restore_subtree(step, "ema_params", target)
-  except AutoencoderMismatchError:
-    raise  # already says what differs and what to do
-  except checkpointing.RESTORE_ERRORS as error:
-    raise ValueError(
-        f"the autoencoder checkpoint {directory}/{step} does not fit config.autoencoder ({error}); "
-        f"train the autoencoder again with this config, or use the config it was trained "
-        f"with") from error
-  finally:
-    checkpointer.close()
-  # A partial restore leaves the target's abstract leaves where the checkpoint lacks a path.
-  missing = [jax.tree_util.keystr(path)
-             for path, leaf in jax.tree_util.tree_leaves_with_path(params)
-             if not isinstance(leaf, jax.Array)]
-  if missing:
-    raise ValueError(
-        f"the autoencoder checkpoint {directory}/{step} lacks {len(missing)} parameter(s) of the "
-        f"autoencoder stage's model (e.g. {missing[0]}): it was written by another version or "
-        f"config of the autoencoder stage; train the autoencoder again")
-  model = nnx.merge(graphdef, params, abstract_frozen)
-  autoencoder = model if isinstance(model, autoencoder_lib.VideoAutoencoder) else getattr(
-      model, "autoencoder", None)
-  if not isinstance(autoencoder, autoencoder_lib.VideoAutoencoder):
-    raise TypeError(f"the autoencoder stage's model {type(model).__name__} is not a "
-                    f"VideoAutoencoder and has no `autoencoder` attribute holding one")
-  autoencoder_graph, autoencoder_state = nnx.split(autoencoder)
-  return autoencoder_graph, autoencoder_state, step
-
-
 class DiTStage(stage_lib.Stage):
   """Trains the text encoder and the diffusion transformer on frozen-autoencoder latents."""
 
-  name = "dit"
+  name = workdir_lib.DIT_STAGE
 
   def __init__(self, experiment: experiment_lib.Experiment):
     self.experiment = experiment
@@ -241,9 +115,7 @@ class DiTStage(stage_lib.Stage):
     self.config = experiment.dit_stage
     self.rules = experiment.mesh.rules
     self._check_configs()
-    # The autoencoder is never trained here; the text encoder only when it is not frozen.
-    trained = ("dit",) if self.text_config.frozen else ("dit", "text_encoder")
-    self.trainable = nnx.All(nnx.Param, lambda path, _: bool(path) and path[0] in trained)
+    self.trainable = text_to_video.trainable(self.text_config)
 
   def _check_configs(self) -> None:
     dit, text, autoencoder = self.dit_config, self.text_config, self.autoencoder_config
@@ -269,8 +141,9 @@ class DiTStage(stage_lib.Stage):
 
   # -- model -------------------------------------------------------------------------------------
 
-  def create_model(self, rngs: nnx.Rngs) -> TextToVideoModel:
-    return TextToVideoModel(self.autoencoder_config, self.text_config, self.dit_config, rngs=rngs)
+  def create_model(self, rngs: nnx.Rngs) -> text_to_video.TextToVideoModel:
+    return text_to_video.TextToVideoModel(self.autoencoder_config, self.text_config,
+                                          self.dit_config, rngs=rngs)
 
   def load_frozen(self, state: nnx.State, workdir: str) -> nnx.State:
     """Fills `state["autoencoder"]` with the autoencoder stage's EMA parameters.
@@ -278,15 +151,17 @@ class DiTStage(stage_lib.Stage):
     Raises:
       FileNotFoundError: the autoencoder stage has not been trained in `workdir`.
     """
-    autoencoder_checkpoint_step(workdir)  # a missing checkpoint is named before anything else
-    _, restored, step = restore_autoencoder(self.experiment, workdir, mesh=_mesh_of(state))
+    workdir_lib.autoencoder_checkpoint_step(workdir)  # named before anything else is built
+    autoencoder, step = latent_cache.restore_autoencoder(self.experiment, workdir,
+                                                         mesh=_mesh_of(state))
+    restored = nnx.state(autoencoder)
     current = state["autoencoder"]
     if jax.tree.structure(restored) != jax.tree.structure(current):
       raise ValueError("the autoencoder stage's VideoAutoencoder differs in structure from "
                        "config.autoencoder's: use the config the autoencoder was trained with")
     state["autoencoder"] = jax.tree.map(
         lambda new, old: jax.device_put(new, old.sharding).astype(old.dtype), restored, current)
-    autoencoder_training = self.experiment.train.get(AUTOENCODER_STAGE)
+    autoencoder_training = self.experiment.train.get(workdir_lib.AUTOENCODER_STAGE)
     if autoencoder_training is not None and step < autoencoder_training.num_steps:
       logging.warning("dit stage: the autoencoder checkpoint is at step %d of its %d steps; the "
                       "diffusion transformer trains on a partly trained autoencoder", step,
@@ -296,17 +171,17 @@ class DiTStage(stage_lib.Stage):
 
   # -- loss --------------------------------------------------------------------------------------
 
-  def _latents(self, model: TextToVideoModel, batch: dict[str, jax.Array],
+  def _latents(self, model: text_to_video.TextToVideoModel, batch: dict[str, jax.Array],
                rng: jax.Array) -> jax.Array:
     """Clean normalised latents [B, t, h, w, C] of the batch (encoded, or read from the cache)."""
     posterior_rng = rng if self.config.sample_posterior else None
     if "latents" in batch:
       return clean_latents(model.autoencoder, batch["latents"], batch.get("logvar"),
                            posterior_rng)
-    mean, logvar = model.autoencoder.encode(video_to_model_range(batch["video"]))
+    mean, logvar = model.autoencoder.encode(pixels.to_model_range(batch["video"]))
     return clean_latents(model.autoencoder, mean, logvar, posterior_rng)
 
-  def _text(self, model: TextToVideoModel, batch: dict[str, jax.Array],
+  def _text(self, model: text_to_video.TextToVideoModel, batch: dict[str, jax.Array],
             rng: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """(context [B, L, D], context mask [B, L], pooled [B, D], dropped bool [B]).
 
@@ -320,8 +195,8 @@ class DiTStage(stage_lib.Stage):
     context, pooled = model.text_encoder(tokens, token_mask)
     return context, token_mask, pooled, dropped
 
-  def loss(self, model: TextToVideoModel, batch: dict[str, jax.Array], rng: jax.Array,
-           step: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def loss(self, model: text_to_video.TextToVideoModel, batch: dict[str, jax.Array],
+           rng: jax.Array, step: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The rectified-flow loss over the frames that are not given; see the module docstring.
 
     Metrics: latent_std (of the normalised clean latents: about 1 when the autoencoder's
@@ -365,7 +240,7 @@ class DiTStage(stage_lib.Stage):
 
   def tokenizer(self, workdir: str) -> tokenizer_lib.Tokenizer:
     """The run's tokenizer (trained and saved on first use), checked against the text encoder."""
-    tokenizer = load_or_train_tokenizer(self.experiment, workdir)
+    tokenizer = workdir_lib.load_or_train_tokenizer(self.experiment, workdir)
     if self.text_config.mode != "text":
       return tokenizer
     if tokenizer.vocab_size > self.text_config.vocab_size:
@@ -396,11 +271,9 @@ class DiTStage(stage_lib.Stage):
     if self.config.latents == "encode":
       return loader_lib.make_iterator(self.data_config, tokenizer=tokenizer, mesh=mesh, seed=seed,
                                       batch_axes=batch_axes)
-    # Imported here: only cached runs need it.
-    from videogen.train import latent_cache  # pylint: disable=g-import-not-at-top
     if not latent_cache.has_cache(self.experiment, workdir):
       try:
-        autoencoder_checkpoint_step(workdir)
+        workdir_lib.autoencoder_checkpoint_step(workdir)
       except FileNotFoundError:
         # Training never gets here (load_frozen needs the checkpoint first); a benchmark or a
         # test of the step on a fresh directory does: give it the pixels the step can encode.
@@ -419,115 +292,53 @@ class DiTStage(stage_lib.Stage):
     buckets = self.data_config.parsed_buckets()
     return max(buckets, key=lambda bucket: (bucket.frames, bucket.height * bucket.width)).shape
 
-  def evaluate(self, model: TextToVideoModel, step: int, workdir: str) -> dict[str, float]:
+  def evaluation_generator(self, model: text_to_video.TextToVideoModel,
+                           tokenizer: tokenizer_lib.Tokenizer) -> pipeline.Generator:
+    """The generation pipeline over the stage's modules, with the evaluation's sampler settings
+    (`config.dit_stage.eval_steps`, `eval_seed`) and one window of the sample shape."""
+    return pipeline.Generator(
+        autoencoder=model.autoencoder, text_encoder=model.text_encoder, dit=model.dit,
+        tokenizer=tokenizer, flow_config=self.flow_config,
+        sample_config=dataclasses.replace(self.sample_config, num_steps=self.config.eval_steps,
+                                          seed=self.config.eval_seed),
+        default_shape=self.sample_shape(), fps=float(self.data_config.world.fps),
+        progress=False)
+
+  def evaluate(self, model: text_to_video.TextToVideoModel, step: int,
+               workdir: str) -> dict[str, float]:
     """Samples `config.dit_stage.eval_prompts` with few steps into WORKDIR/samples/dit_<step>/.
 
-    Writes one .mp4 and one .gif per prompt, a contact sheet (contact_sheet.png) and the prompts
-    (prompts.txt), from process 0. Returns {"sample_seconds": wall time of sampling + decoding},
-    and on the procedural world the caption win rates (see `eval_caption_clips`).
+    Each prompt is sampled by the generation pipeline (`evaluation_generator`) at the sample
+    shape. Writes one .mp4 and one .gif per prompt, a contact sheet (contact_sheet.png) and the
+    prompts (prompts.txt), from process 0. Returns {"sample_seconds": wall time of sampling +
+    decoding}, and on the procedural world the caption win rates (see `eval_caption_clips`).
     """
-    from data_pipelines import video_io  # pylint: disable=g-import-not-at-top
-    tokenizer = tokenizer_lib.Tokenizer.load(workdir_lib.tokenizer_path(workdir, self.experiment),
-                                             self.tokenizer_config.max_length)
+    tokenizer = workdir_lib.load_tokenizer(workdir, self.experiment)
+    generator = self.evaluation_generator(model, tokenizer)
+    frames, height, width = generator.default_shape
     start = time.perf_counter()
-    videos = sample_videos(model, tokenizer, list(self.config.eval_prompts),
-                           shape=self.sample_shape(), flow_config=self.flow_config,
-                           sample_config=dataclasses.replace(
-                               self.sample_config, num_steps=self.config.eval_steps,
-                               seed=self.config.eval_seed))
+    videos = [generator.generate(prompt, frames=frames, height=height, width=width)
+              for prompt in self.config.eval_prompts]
     seconds = time.perf_counter() - start
     if multihost.is_primary():
       directory = os.path.join(workdir, SAMPLES_DIR, f"dit_{step:06d}")
       os.makedirs(directory, exist_ok=True)
-      fps = float(self.data_config.world.fps)
       for index, video in enumerate(videos):
         for suffix in (".mp4", ".gif"):
-          video_io.write_video(os.path.join(directory, f"{index:02d}{suffix}"), video, fps=fps)
-      video_io.write_contact_sheet(os.path.join(directory, "contact_sheet.png"), list(videos),
+          video_io.write_video(os.path.join(directory, f"{index:02d}{suffix}"), video,
+                               fps=generator.fps)
+      video_io.write_contact_sheet(os.path.join(directory, "contact_sheet.png"), videos,
                                    labels=list(self.config.eval_prompts))
       with open(os.path.join(directory, "prompts.txt"), "w") as f:
         f.write("".join(f"{index:02d} {prompt}\n"
                         for index, prompt in enumerate(self.config.eval_prompts)))
       logging.info("dit stage: %d samples of step %d in %s (%.1fs)", len(videos), step, directory,
-                    seconds)
+                   seconds)
     scores = {"sample_seconds": seconds}
     if self.config.eval_caption_clips and self.data_config.source == "shapes":
-      # Imported here: the evaluation package reads pixels back, which training never needs.
-      from videogen.evaluate import caption_use  # pylint: disable=g-import-not-at-top
       scores.update(caption_use.stage_scores(
           model.autoencoder, model.text_encoder, model.dit, tokenizer, self.flow_config,
           shape=self.sample_shape(), world_config=self.data_config.world,
           clips=self.config.eval_caption_clips))
     return scores
 
-
-# ------------------------------------------------------------------------------------------------
-# Sampling for evaluation: the networks jitted once with their parameters as arguments, so each
-# evaluation reuses the compiled functions with the new parameters.
-# ------------------------------------------------------------------------------------------------
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _encode_text(graphdef: nnx.GraphDef, state: nnx.State, ids: jax.Array,
-                 mask: jax.Array) -> dict[str, jax.Array]:
-  embeddings, pooled = nnx.merge(graphdef, state)(ids, mask)
-  return {"context": embeddings, "context_mask": mask, "pooled": pooled}
-
-
-@functools.partial(jax.jit, static_argnums=(0, 5))
-def _velocity(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, t: jax.Array,
-              cond: dict[str, jax.Array], use_pooled: bool) -> jax.Array:
-  return nnx.merge(graphdef, state)(x, t, cond["context"], cond["context_mask"],
-                                    cond["pooled"] if use_pooled else None)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _decode(graphdef: nnx.GraphDef, state: nnx.State, latents: jax.Array) -> jax.Array:
-  """Normalised latents [B, t, h, w, C] -> uint8 video [B, T, H, W, 3]."""
-  autoencoder = nnx.merge(graphdef, state)
-  video = autoencoder.decode(autoencoder.denormalize_latents(latents))
-  return jnp.round((jnp.clip(video, -1.0, 1.0) + 1.0) * 127.5).astype(jnp.uint8)
-
-
-def sample_videos(model: TextToVideoModel, tokenizer: tokenizer_lib.Tokenizer,
-                  prompts: list[str], *, shape: tuple[int, int, int],
-                  flow_config: flow.FlowConfig,
-                  sample_config: samplers.SamplerConfig) -> np.ndarray:
-  """Text-to-video samples of the stage's model, all prompts in one batch.
-
-  Args:
-    model: the stage's model (EMA parameters for evaluation).
-    tokenizer: encodes the prompts.
-    prompts: N non-empty prompts.
-    shape: (frames, height, width) of the videos; frames = 1 + F k.
-    flow_config: the training objective (its time shift sets the sampling grid).
-    sample_config: method, steps, guidance scale, seed and negative prompt.
-
-  Returns:
-    uint8 [N, frames, height, width, 3].
-  """
-  frames, height, width = shape
-  latent_shape = (len(prompts), *model.autoencoder.latent_shape(frames, height, width))
-  text_graph, text_state = nnx.split(model.text_encoder)
-  dit_graph, dit_state = nnx.split(model.dit)
-  ae_graph, ae_state = nnx.split(model.autoencoder)
-  ids, mask = tokenizer.encode(prompts)
-  cond = _encode_text(text_graph, text_state, jnp.asarray(ids), jnp.asarray(mask))
-  negative = None
-  if sample_config.guidance_scale != 1.0:
-    if sample_config.negative_prompt.strip():
-      negative_ids, negative_mask = tokenizer.encode([sample_config.negative_prompt] * len(prompts))
-    else:  # the null caption, as training's caption dropout makes it
-      negative_ids = np.full_like(ids, tokenizer.pad_id)
-      negative_mask = np.zeros_like(mask)
-    negative = _encode_text(text_graph, text_state, jnp.asarray(negative_ids),
-                            jnp.asarray(negative_mask))
-  use_pooled = model.dit.config.pooled_dim is not None
-  velocity = lambda x, t, c: _velocity(dit_graph, dit_state, x, t, c, use_pooled)
-  shift = samplers.sampling_shift(sample_config, flow_config,
-                                  num_tokens(latent_shape[1:], model.dit.config.patch_size))
-  noise = samplers.initial_noise(jax.random.key(sample_config.seed), latent_shape)
-  latents = samplers.sample(velocity, noise, config=sample_config, shift=shift,
-                            conditioning=cond, negative_conditioning=negative, progress=False,
-                            jit=False)
-  return np.asarray(_decode(ae_graph, ae_state, latents))

@@ -1,6 +1,6 @@
 r"""The latent cache: the diffusion stage's training data encoded once by the frozen autoencoder.
 
-    python -m videogen.train.latent_cache --config=experiments/shapes.py:tiny --workdir=runs/tiny
+    python -m videogen.main cache_latents --config=experiments/shapes.py:tiny --workdir=runs/tiny
     python -m videogen.main train --config=experiments/shapes.py:tiny --workdir=runs/tiny \
         --config.dit_stage.latents=cache
 
@@ -24,11 +24,13 @@ S, dtype) is checked when a run opens the cache: a cache of another autoencoder 
 stream is refused with the command that rebuilds it. Arrays are read with memory mapping, each
 process reading only its own rows of each global batch, so any number of processes shares one
 cache on a shared file system. Building runs on one process.
+
+The autoencoder that encodes the cache is the one the dit stage holds frozen: both restore it with
+`restore_autoencoder`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import json
@@ -48,11 +50,14 @@ from flax import nnx
 
 from data_pipelines import loader as loader_lib
 from data_pipelines import tokenizer as tokenizer_lib
+from videogen import config as config_lib
 from videogen import experiment as experiment_lib
+from videogen import pixels
 from videogen import workdir as workdir_lib
 from videogen.models import autoencoder as autoencoder_lib
 from videogen.parallel import mesh as mesh_lib
-from videogen.train import dit_stage as dit_stage_lib
+from videogen.train import autoencoder_stage
+from videogen.train import train_state as train_state_lib
 
 VERSION = 1
 META_FILE = "meta.json"
@@ -60,13 +65,8 @@ STEPS_FILE = "steps.npy"
 TEXT_KEYS = ("tokens", "token_mask", "index")
 # DataConfig fields that change how fast batches come, not what they hold.
 _DATA_SPEED_SETTINGS = ("num_workers", "num_threads", "prefetch")
-
-
-def _jsonable(value: Any) -> Any:
-  """A dataclass / tuple tree as plain JSON values (tuples become lists, as after a round trip)."""
-  if dataclasses.is_dataclass(value):
-    value = dataclasses.asdict(value)
-  return json.loads(json.dumps(value, sort_keys=True))
+# The command that (re)builds a run's cache, for messages.
+_BUILD_COMMAND = "python -m videogen.main cache_latents --config=... --workdir="
 
 
 def cache_steps(experiment: experiment_lib.Experiment) -> int:
@@ -74,7 +74,7 @@ def cache_steps(experiment: experiment_lib.Experiment) -> int:
   config = experiment.dit_stage
   if config.cache_steps is not None:
     return config.cache_steps
-  return experiment.train[dit_stage_lib.DiTStage.name].num_steps
+  return experiment.train[workdir_lib.DIT_STAGE].num_steps
 
 
 def fingerprint(*, data_config: loader_lib.DataConfig, data_seed: int,
@@ -82,12 +82,12 @@ def fingerprint(*, data_config: loader_lib.DataConfig, data_seed: int,
                 tokenizer: tokenizer_lib.Tokenizer, num_steps: int, dtype: str,
                 logvar: bool) -> dict[str, Any]:
   """What a cache's contents depend on; two caches with equal fingerprints hold equal data."""
-  data = _jsonable(data_config)
+  data = config_lib.jsonable(data_config)
   for speed_setting in _DATA_SPEED_SETTINGS:
     data.pop(speed_setting, None)
-  return _jsonable({
+  return config_lib.jsonable({
       "data": data, "data_seed": data_seed,
-      "autoencoder": _jsonable(autoencoder_config), "autoencoder_step": autoencoder_step,
+      "autoencoder": config_lib.jsonable(autoencoder_config), "autoencoder_step": autoencoder_step,
       "tokenizer_md5": hashlib.md5(tokenizer.model_proto).hexdigest(),
       "tokenizer_max_length": tokenizer.max_length, "num_steps": num_steps, "dtype": dtype,
       "logvar": logvar,
@@ -109,7 +109,7 @@ def _encode(graphdef: nnx.GraphDef, state: nnx.State,
             video: jax.Array) -> tuple[jax.Array, jax.Array]:
   """uint8 video [B, T, H, W, 3] -> posterior (mean, logvar), each [B, t, h, w, C] float32."""
   autoencoder = nnx.merge(graphdef, state)
-  return autoencoder.encode(dit_stage_lib.video_to_model_range(video))
+  return autoencoder.encode(pixels.to_model_range(video))
 
 
 def _bucket_file(directory: str, bucket: int, key: str) -> str:
@@ -146,9 +146,8 @@ def build(directory: str, *, autoencoder: autoencoder_lib.VideoAutoencoder,
   """
   if jax.process_count() > 1:
     raise RuntimeError(
-        "the latent cache is built by one process: run `python -m videogen.train.latent_cache "
-        "--config=... --workdir=...` on a single host first; training then reads it from every "
-        "process")
+        f"the latent cache is built by one process: run `{_BUILD_COMMAND}...` on a single host "
+        f"first; training then reads it from every process")
   if num_steps < 1:
     raise ValueError(f"num_steps = {num_steps} must be >= 1")
   step_batches = loader_lib.StepBatches(data_config, tokenizer=tokenizer, seed=data_seed)
@@ -274,14 +273,14 @@ class LatentCache:
     meta_path = os.path.join(directory, META_FILE)
     if not os.path.exists(meta_path):
       raise FileNotFoundError(
-          f"no latent cache in {directory} (no {META_FILE}): build it with `python -m "
-          f"videogen.train.latent_cache --config=... --workdir=...`")
+          f"no latent cache in {directory} (no {META_FILE}): build it with "
+          f"`{_BUILD_COMMAND}...`")
     with open(meta_path) as f:
       self.meta = json.load(f)
     if self.meta.get("version") != VERSION:
       raise ValueError(f"the latent cache {directory} has version {self.meta.get('version')}, "
-                       f"this code reads version {VERSION}: rebuild it with `python -m "
-                       f"videogen.train.latent_cache --config=... --workdir=...`")
+                       f"this code reads version {VERSION}: rebuild it with "
+                       f"`{_BUILD_COMMAND}...`")
     self.directory = directory
     self.num_steps = int(self.meta["num_steps"])
     self.global_batches = [int(b["global_batch"]) for b in self.meta["buckets"]]
@@ -384,6 +383,23 @@ class CachedLatentIterator:
 # ------------------------------------------------------------------------------------------------
 
 
+def restore_autoencoder(experiment: experiment_lib.Experiment, workdir: str, *,
+                        mesh: jax.sharding.Mesh) -> tuple[autoencoder_lib.VideoAutoencoder, int]:
+  """The autoencoder stage's EMA autoencoder on `mesh`: what the cache is encoded with, and what
+  the dit stage holds frozen.
+
+  Returns:
+    (the autoencoder, the step of its checkpoint).
+
+  Raises:
+    FileNotFoundError: the autoencoder stage has not been trained in `workdir`.
+    ValueError: its checkpoint does not fit `config.autoencoder` (see
+      `workdir.restore_autoencoder`).
+  """
+  abstract_model = train_state_lib.abstract_model(autoencoder_stage.AutoencoderStage(experiment))
+  return workdir_lib.restore_autoencoder(workdir, experiment, abstract_model, mesh=mesh)
+
+
 def expected_fingerprint(experiment: experiment_lib.Experiment, workdir: str, *,
                          tokenizer: tokenizer_lib.Tokenizer, seed: int) -> dict[str, Any]:
   """The fingerprint a cache for this run and workdir must carry."""
@@ -392,7 +408,7 @@ def expected_fingerprint(experiment: experiment_lib.Experiment, workdir: str, *,
   return fingerprint(
       data_config=data_config, data_seed=seed if data_config.seed is None else data_config.seed,
       autoencoder_config=experiment.autoencoder,
-      autoencoder_step=dit_stage_lib.autoencoder_checkpoint_step(workdir), tokenizer=tokenizer,
+      autoencoder_step=workdir_lib.autoencoder_checkpoint_step(workdir), tokenizer=tokenizer,
       num_steps=cache_steps(experiment), dtype=stage_config.cache_dtype,
       logvar=stage_config.sample_posterior)
 
@@ -404,13 +420,13 @@ def build_for_run(experiment: experiment_lib.Experiment, workdir: str, *,
   stage_config = experiment.dit_stage
   data_config = experiment.data
   rules = experiment.mesh.rules
-  graphdef, state, _ = dit_stage_lib.restore_autoencoder(experiment, workdir, mesh=mesh)
+  autoencoder, _ = restore_autoencoder(experiment, workdir, mesh=mesh)
   batch_sharding = loader_lib.batch_sharding(mesh, tuple(rules["batch"]))
   shards = int(np.prod([mesh.shape[axis] for axis in batch_sharding.spec[0]]))
   if any(bucket.global_batch % shards for bucket in data_config.parsed_buckets()):
     batch_sharding = None
   return build(
-      workdir_lib.latent_cache_dir(workdir, experiment), autoencoder=nnx.merge(graphdef, state),
+      workdir_lib.latent_cache_dir(workdir, experiment), autoencoder=autoencoder,
       data_config=data_config, tokenizer=tokenizer,
       data_seed=seed if data_config.seed is None else data_config.seed,
       num_steps=cache_steps(experiment), dtype=stage_config.cache_dtype,
@@ -431,7 +447,7 @@ def open_cache(experiment: experiment_lib.Experiment, workdir: str, *,
     listed = "; ".join(differences[:8]) + ("; ..." if len(differences) > 8 else "")
     raise ValueError(
         f"the latent cache {directory} was built for another run ({listed}): rebuild it with "
-        f"`python -m videogen.train.latent_cache --config=... --workdir={workdir}`, or set "
+        f"`{_BUILD_COMMAND}{workdir}`, or set "
         f"--config.dit_stage.latents=encode")
   return cache
 
@@ -451,7 +467,7 @@ def open_or_build(experiment: experiment_lib.Experiment, workdir: str, *,
     build_for_run(experiment, workdir, tokenizer=tokenizer, mesh=mesh, seed=seed)
   cache = open_cache(experiment, workdir, tokenizer=tokenizer, seed=seed)
   rules = experiment.mesh.rules
-  run_steps = experiment.train[dit_stage_lib.DiTStage.name].num_steps
+  run_steps = experiment.train[workdir_lib.DIT_STAGE].num_steps
   if run_steps > cache.num_steps:
     logging.warning("the latent cache holds %d steps and the dit stage trains %d: it is read "
                     "%.1f times over", cache.num_steps, run_steps, run_steps / cache.num_steps)
@@ -459,7 +475,8 @@ def open_or_build(experiment: experiment_lib.Experiment, workdir: str, *,
 
 
 def command(experiment: experiment_lib.Experiment, workdir: str | None) -> int:
-  """Builds (or rebuilds) WORKDIR's latent cache from its trained autoencoder. Exit code 0/1/2."""
+  """`python -m videogen.main cache_latents`: builds (or rebuilds) WORKDIR's latent cache from its
+  trained autoencoder. Exit code 0/1/2."""
   if not workdir:
     print("the latent cache needs --workdir=DIR, a run whose autoencoder stage has trained",
           file=sys.stderr)
@@ -467,7 +484,7 @@ def command(experiment: experiment_lib.Experiment, workdir: str | None) -> int:
   mesh = mesh_lib.create_mesh(experiment.mesh)
   seed = experiment.seed
   try:
-    tokenizer = dit_stage_lib.load_or_train_tokenizer(experiment, workdir)
+    tokenizer = workdir_lib.load_or_train_tokenizer(experiment, workdir)
     meta = build_for_run(experiment, workdir, tokenizer=tokenizer, mesh=mesh, seed=seed)
   except FileNotFoundError as error:
     print(f"error: {error}", file=sys.stderr)
@@ -477,33 +494,3 @@ def command(experiment: experiment_lib.Experiment, workdir: str | None) -> int:
         f"({disk_bytes(directory) / 2**20:.1f} MiB, {meta['seconds']:.1f}s)")
   return 0
 
-
-def _main() -> None:
-  """`python -m videogen.train.latent_cache --config=... --workdir=...`."""
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  from videogen import config as config_lib  # pylint: disable=g-import-not-at-top
-
-  config_flag = config_flags.DEFINE_config_file(
-      "config", None, "Experiment file and variant, e.g. experiments/shapes.py:tiny.",
-      lock_config=True)
-  workdir_flag = flags.DEFINE_string("workdir", None, "The run whose autoencoder encodes.")
-
-  def main(argv: list[str]) -> int:
-    if len(argv) > 1:
-      raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    if config_flag.value is None:
-      raise app.UsageError("give --config=experiments/<file>.py:<variant>")
-    try:
-      experiment = experiment_lib.validate(config_flag.value)
-    except config_lib.ConfigError as error:
-      print(f"invalid config: {error}", file=sys.stderr)
-      return 2
-    return command(experiment, workdir_flag.value)
-
-  app.run(main)
-
-
-if __name__ == "__main__":
-  _main()
