@@ -11,7 +11,6 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import shapes as shapes_experiment
 from videogen import experiment as experiment_lib
 from videogen.evaluate import benchmark
 
@@ -113,15 +112,19 @@ def test_accelerators_compare_per_device():
   assert benchmark.headline_figures({**part, "platform": "cpu"})["train_to_matmul_ratio"] == 4.0
 
 
-def test_a_stage_that_needs_missing_files_is_reported_unavailable_not_faked(tmp_path):
-  config = shapes_experiment.get_config("tiny")
-  config.stages = ("dit",)  # the dit stage needs the autoencoder's checkpoint, absent here
-  parsed = benchmark.run_benchmark(experiment_lib.validate(config), what="train_step",
-                                   matmul_size=64, min_seconds=0.01, workdir=str(tmp_path))
+def test_a_stage_that_needs_missing_files_is_reported_unavailable_not_faked(experiment,
+                                                                            monkeypatch, tmp_path):
+  def needs_files(*args, **kwargs):
+    raise FileNotFoundError("no checkpoint of stage 'autoencoder' in /nowhere")
+
+  monkeypatch.setattr(benchmark, "train_step_figures", needs_files)
+  parsed = benchmark.run_benchmark(experiment, what="train_step", matmul_size=64,
+                                   min_seconds=0.01, workdir=str(tmp_path))
   assert parsed["train_step"] is None and parsed["train_step_flops_per_second"] is None
   assert parsed["train_to_matmul_ratio"] is None
-  assert "needs files this run lacks" in parsed["unavailable"]["train_step"]
-  assert "no checkpoint of stage 'autoencoder'" in parsed["unavailable"]["train_step"]
+  assert parsed["unavailable"]["train_step"] == (
+      "stage 'standin' needs files this run lacks (no checkpoint of stage 'autoencoder' in "
+      "/nowhere)")
   assert parsed["matmul_flops_per_second"] > 0
 
 

@@ -61,6 +61,7 @@ from videogen.evaluate import caption_use
 from videogen.generate import pipeline
 from videogen.models import autoencoder as autoencoder_lib
 from videogen.models import text_to_video
+from videogen.parallel import axes
 from videogen.parallel import multihost
 from videogen.train import latent_cache
 from videogen.train import stage as stage_lib
@@ -267,7 +268,7 @@ class DiTStage(stage_lib.Stage):
       raise ValueError("config.text_encoder.mode='class' needs a labelled data set, which the "
                        "video loader does not provide; use mode='text' with captions")
     tokenizer = self.tokenizer(workdir)
-    batch_axes = tuple(self.rules["batch"])
+    batch_axes = tuple(self.rules[axes.ACT_BATCH])
     if self.config.latents == "encode":
       return loader_lib.make_iterator(self.data_config, tokenizer=tokenizer, mesh=mesh, seed=seed,
                                       batch_axes=batch_axes)

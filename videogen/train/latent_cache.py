@@ -55,6 +55,7 @@ from videogen import experiment as experiment_lib
 from videogen import pixels
 from videogen import workdir as workdir_lib
 from videogen.models import autoencoder as autoencoder_lib
+from videogen.parallel import axes
 from videogen.parallel import mesh as mesh_lib
 from videogen.train import autoencoder_stage
 from videogen.train import train_state as train_state_lib
@@ -421,7 +422,7 @@ def build_for_run(experiment: experiment_lib.Experiment, workdir: str, *,
   data_config = experiment.data
   rules = experiment.mesh.rules
   autoencoder, _ = restore_autoencoder(experiment, workdir, mesh=mesh)
-  batch_sharding = loader_lib.batch_sharding(mesh, tuple(rules["batch"]))
+  batch_sharding = loader_lib.batch_sharding(mesh, tuple(rules[axes.ACT_BATCH]))
   shards = int(np.prod([mesh.shape[axis] for axis in batch_sharding.spec[0]]))
   if any(bucket.global_batch % shards for bucket in data_config.parsed_buckets()):
     batch_sharding = None
@@ -471,7 +472,7 @@ def open_or_build(experiment: experiment_lib.Experiment, workdir: str, *,
   if run_steps > cache.num_steps:
     logging.warning("the latent cache holds %d steps and the dit stage trains %d: it is read "
                     "%.1f times over", cache.num_steps, run_steps, run_steps / cache.num_steps)
-  return CachedLatentIterator(cache, mesh=mesh, batch_axes=tuple(rules["batch"]))
+  return CachedLatentIterator(cache, mesh=mesh, batch_axes=tuple(rules[axes.ACT_BATCH]))
 
 
 def command(experiment: experiment_lib.Experiment, workdir: str | None) -> int:
