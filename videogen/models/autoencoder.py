@@ -57,7 +57,7 @@ diffusion and `denormalize_latents` before `decode`. The autoencoder itself neve
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import einops
 import jax
@@ -65,10 +65,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from videogen.models import attention as attention_lib
+from videogen.models import layers
 from videogen.parallel import axes
 from videogen.parallel import sharding
 
-DType = Literal["float32", "bfloat16", "float16"]
 # The posterior's log-variance is clipped to this range, so exp() neither overflows nor vanishes.
 LOGVAR_RANGE: tuple[float, float] = (-30.0, 20.0)
 Cache = Any  # A nested dict of carried frames, None at the start of a video.
@@ -119,8 +119,8 @@ class AutoencoderConfig:
   norm_epsilon: float = 1e-6
   scale_factor: float = 1.0
   shift_factor: float = 0.0
-  dtype: DType = "float32"
-  param_dtype: DType = "float32"
+  dtype: layers.DTypeName = "float32"
+  param_dtype: layers.DTypeName = "float32"
   remat: bool = False
 
   def __post_init__(self):

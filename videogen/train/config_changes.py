@@ -11,10 +11,10 @@ difference the trainer refuses unless told `--allow_config_change`.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any
 
+from videogen import config as config_lib
 from videogen import experiment as experiment_lib
 
 # Config keys that may change between a run and its resumption: bookkeeping that does not change
@@ -25,20 +25,11 @@ RESUMABLE_CHANGES = ("name", "mesh", "sample", "log_every", "checkpoint_every",
                      "profile_steps")
 
 
-def _jsonable(value: Any) -> Any:
-  if dataclasses.is_dataclass(value):
-    return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-  if isinstance(value, dict):
-    return {str(k): _jsonable(v) for k, v in sorted(value.items())}
-  if isinstance(value, (tuple, list)):
-    return [_jsonable(v) for v in value]
-  return value
-
-
 def experiment_json(experiment: experiment_lib.Experiment) -> dict[str, Any]:
   """The typed experiment as JSON: every section with its defaults filled in."""
   return {"name": experiment.name, "seed": experiment.seed, "stages": list(experiment.stages),
-          **{key: _jsonable(section) for key, section in sorted(experiment.sections().items())}}
+          **{key: config_lib.jsonable(section)
+             for key, section in sorted(experiment.sections().items())}}
 
 
 def _flatten(tree: Any, prefix: str = "config") -> dict[str, Any]:
