@@ -64,14 +64,8 @@ class FlowConfig:
       `conditioning.CONDITION_MODES` (first, last, prefix, suffix, first_and_last).
     condition_logit_mean, condition_logit_std: the logit-normal of t (before the same shift)
       for examples that get frames given; None = `logit_mean` / `logit_std`, one distribution
-      for all. With frames given, the caption's motion words pay off only at high noise: at
-      lower t the noised frames already show where the objects went, so a model trained at
-      the shared distribution can ignore them. Mean 4, std 0.3 puts those examples near
-      t = 1. Measured on the tiny preset (3000 steps, descriptive captions, the first frame
-      given in 75% of clips): `evaluate --what=caption_use` with the first frame given at
-      t = 1 rose from win rate 0.57 to 0.68 for the direction word and from 0.33 to 0.91 for
-      moving vs still, while text-to-video, trained on the other quarter, lost its colours
-      (0.91 -> 0.41 in `--what=generation`).
+      for all. With frames given, motion words pay off only near t = 1, where the noised frames
+      no longer show where objects went (measurements: docs/tiny_run.md).
   """
   logit_mean: float = 0.0
   logit_std: float = 1.0
