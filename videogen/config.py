@@ -18,7 +18,6 @@ before any compilation, never a crash at step 900.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import types
 import typing
@@ -56,9 +55,13 @@ def to_config_dict(value: Any) -> Any:
 def jsonable(value: Any) -> Any:
   """A (nested) config dataclass, dict or tuple tree as plain JSON values, exactly as it reads
   back from a JSON file: tuples become lists, keys strings, dict keys sorted."""
-  if dataclasses.is_dataclass(value):
-    value = dataclasses.asdict(value)
-  return json.loads(json.dumps(value, sort_keys=True))
+  return json.loads(json.dumps(value, sort_keys=True, default=_dataclass_fields))
+
+
+def _dataclass_fields(value: Any) -> Any:
+  if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    return dataclasses.asdict(value)
+  raise TypeError(f"{type(value).__name__} {value!r} is not a config value (JSON or a dataclass)")
 
 
 def parse(cls: type[T], section: Any, path: str) -> T:
@@ -95,12 +98,6 @@ def parse(cls: type[T], section: Any, path: str) -> T:
     return cls(**kwargs)
   except (TypeError, ValueError) as error:
     raise ConfigError(f"{path}: {error}") from error
-
-
-def load_class(spec: str) -> type:
-  """Imports "package.module:ClassName"."""
-  module_name, _, class_name = spec.partition(":")
-  return getattr(importlib.import_module(module_name), class_name)
 
 
 def as_mapping(section: Any, path: str) -> dict[str, Any]:
