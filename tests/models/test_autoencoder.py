@@ -4,7 +4,6 @@ import dataclasses
 import functools
 
 import jax
-import jax.extend as jex
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -14,6 +13,8 @@ from videogen import config as config_lib
 from videogen.models import autoencoder as ae
 from videogen.parallel import mesh as mesh_lib
 from videogen.parallel import sharding as sharding_lib
+
+from tests.helpers import named_scopes
 
 # 4x4x4 compression, attention in the middle: the full feature set at a tiny width.
 SMALL = ae.AutoencoderConfig(
@@ -309,18 +310,6 @@ def test_latent_normalisation_round_trips():
                              latents, atol=1e-6)
 
 
-def _name_stacks(jaxpr) -> set[str]:
-  """The `jax.named_scope` paths of every operation of a jaxpr, nested programs included."""
-  stacks = set()
-  for eqn in jaxpr.eqns:
-    stacks.add(str(eqn.source_info.name_stack))
-    for value in eqn.params.values():
-      for item in value if isinstance(value, (tuple, list)) else (value,):
-        if isinstance(item, (jex.core.Jaxpr, jex.core.ClosedJaxpr)):
-          stacks |= _name_stacks(getattr(item, "jaxpr", item))
-  return stacks
-
-
 def test_named_scopes_label_levels_and_blocks_for_profiles():
   with nnx.use_eager_sharding(False):
     model = nnx.eval_shape(lambda: ae.VideoAutoencoder(SMALL, rngs=nnx.Rngs(0)))
@@ -328,7 +317,7 @@ def test_named_scopes_label_levels_and_blocks_for_profiles():
   jaxpr = jax.make_jaxpr(
       lambda state, video: nnx.merge(graphdef, state)(video, sample_posterior=False))(
           state, jax.ShapeDtypeStruct((1, 5, 16, 16, 3), jnp.float32))
-  stacks = _name_stacks(jaxpr.jaxpr)
+  stacks = named_scopes.name_stacks(jaxpr.jaxpr)
   for scope in ("encoder/level0/residual_block", "encoder/level1/downsample",
                 "encoder/middle/spatial_attention", "decoder/middle/residual_block",
                 "decoder/level1/upsample", "decoder/level2/residual_block"):

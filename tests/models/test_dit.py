@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.extend as jex
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -21,6 +20,8 @@ from videogen.models import attention
 from videogen.models import dit
 from videogen.parallel import mesh as mesh_lib
 from videogen.parallel import sharding as sharding_lib
+
+from tests.helpers import named_scopes
 
 CONFIG = dit.DiTConfig.tiny(depth=2)
 BATCH, FRAMES, SIZE, CONTEXT = 2, 5, 8, 7
@@ -296,18 +297,6 @@ def test_gradients_reach_every_parameter_through_scan_and_remat(tiny):
     assert np.abs(np.asarray(leaf)).max() > 0, f"no gradient reaches {jax.tree_util.keystr(path)}"
 
 
-def _name_stacks(jaxpr) -> set[str]:
-  """The `jax.named_scope` paths of every operation of a jaxpr, nested programs included."""
-  stacks = set()
-  for eqn in jaxpr.eqns:
-    stacks.add(str(eqn.source_info.name_stack))
-    for value in eqn.params.values():
-      for item in value if isinstance(value, (tuple, list)) else (value,):
-        if isinstance(item, (jex.core.Jaxpr, jex.core.ClosedJaxpr)):
-          stacks |= _name_stacks(getattr(item, "jaxpr", item))
-  return stacks
-
-
 def test_named_scopes_label_blocks_attention_and_mlp_for_profiles():
   model = nnx.eval_shape(lambda: _build(CONFIG))
   graphdef, state = nnx.split(model)
@@ -316,7 +305,7 @@ def test_named_scopes_label_blocks_attention_and_mlp_for_profiles():
       state, s((1, FRAMES, SIZE, SIZE, CONFIG.in_channels), jnp.float32), s((1,), jnp.float32),
       s((1, CONTEXT, CONFIG.context_dim), jnp.float32), None,
       s((1, CONFIG.pooled_dim), jnp.float32))
-  stacks = _name_stacks(jaxpr.jaxpr)
+  stacks = named_scopes.name_stacks(jaxpr.jaxpr)
   for scope in ("patch_embed", "conditioning", "dit_block/self_attention",
                 "dit_block/cross_attention", "dit_block/mlp", "final_layer"):
     assert any(stack.startswith(scope) for stack in stacks), (scope, sorted(stacks))

@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.extend as jex
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 from videogen.models import text_encoder
+
+from tests.helpers import named_scopes
 
 CONFIG = text_encoder.TextEncoderConfig.tiny(vocab_size=64, max_length=12, width=32, depth=2)
 CLASSES = text_encoder.TextEncoderConfig.classes(10, 16)
@@ -130,24 +131,12 @@ def test_every_parameter_has_logical_axis_names():
   assert model.embedding.get_metadata("out_sharding") == ("vocab", "embed")
 
 
-def _name_stacks(jaxpr) -> set[str]:
-  """The `jax.named_scope` paths of every operation of a jaxpr, nested programs included."""
-  stacks = set()
-  for eqn in jaxpr.eqns:
-    stacks.add(str(eqn.source_info.name_stack))
-    for value in eqn.params.values():
-      for item in value if isinstance(value, (tuple, list)) else (value,):
-        if isinstance(item, (jex.core.Jaxpr, jex.core.ClosedJaxpr)):
-          stacks |= _name_stacks(getattr(item, "jaxpr", item))
-  return stacks
-
-
 def test_named_scopes_label_the_blocks_for_profiles():
   model = nnx.eval_shape(lambda: text_encoder.TextEncoder(CONFIG, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(model)
   s = jax.ShapeDtypeStruct
   jaxpr = jax.make_jaxpr(lambda state, *inputs: nnx.merge(graphdef, state)(*inputs))(
       state, s((1, CONFIG.max_length), jnp.int32), s((1, CONFIG.max_length), jnp.bool_))
-  stacks = _name_stacks(jaxpr.jaxpr)
+  stacks = named_scopes.name_stacks(jaxpr.jaxpr)
   for scope in ("text_encoder/encoder_block/self_attention", "text_encoder/encoder_block/mlp"):
     assert any(stack.startswith(scope) for stack in stacks), (scope, sorted(stacks))
