@@ -136,6 +136,7 @@ def _execute(notebook: nbformat.NotebookNode, kernel_name: str, cwd: pathlib.Pat
                  for out in cell.outputs if out.output_type == "stream" and out.name == "stdout")
 
 
+@pytest.mark.slow  # trains both stages in the notebook's kernel: about a minute on 2 CPU cores
 def test_notebook_trains_the_preset_when_no_workdir_is_given(tiny_workdir_config, kernel_name,
                                                               tmp_path):
   # The preset with the tiny workdir's changes (2 steps a stage, smaller models): the notebook's
