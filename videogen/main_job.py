@@ -4,7 +4,7 @@ r"""The main job: train every stage of an experiment, then write a gallery of sa
 
 1. `videogen.train.trainer.train` trains the experiment's stages in order (the autoencoder, then
    the diffusion transformer on its latents), resuming from the workdir's checkpoints.
-2. The gallery: the generation pipeline samples one video per prompt of a fixed list, the
+2. The gallery: the Python API (`videogen.api`) samples one video per prompt of a fixed list, the
    text-to-video prompts of the generation suite (`videogen.evaluate.suite.build_suite`):
    brief and descriptive captions of training combinations and of held-out ones. Each video is
    written as .mp4 and .gif into WORKDIR/gallery/, with a PNG contact sheet, each stage's loss
@@ -25,10 +25,10 @@ import time
 from absl import logging
 
 from data_pipelines import video_io
+from videogen import api
 from videogen import experiment as experiment_lib
 from videogen.evaluate import suite as suite_lib
 from videogen.generate import gallery
-from videogen.generate import modes
 from videogen.generate import pipeline
 from videogen.train import curves
 from videogen.train import trainer
@@ -42,10 +42,13 @@ def _slug(text: str, limit: int = 40) -> str:
 
 def write_gallery(experiment: experiment_lib.Experiment, workdir: str, *,
                   generator: pipeline.Generator | None = None) -> str:
-  """Samples the gallery's prompts from the trained workdir; returns the index.html path."""
-  generator = pipeline.load(workdir, experiment) if generator is None else generator
+  """Samples the gallery's prompts from the trained workdir; returns the index.html path.
+
+  `generator`: an already loaded model to sample from; None loads the workdir's.
+  """
+  model = api.load(workdir, experiment) if generator is None else api.Pipeline(generator)
   world_config = experiment.data.world if experiment.has("data") else None
-  frames, height, width = generator.default_shape
+  frames, height, width = model.default_shape
   suite = suite_lib.build_suite(
       suite_lib.GenerationEvalConfig(modes=()),
       **({"world_config": world_config} if world_config is not None else {}),
@@ -54,11 +57,11 @@ def write_gallery(experiment: experiment_lib.Experiment, workdir: str, *,
   os.makedirs(out_dir, exist_ok=True)
   entries, videos, manifest = [], [], []
   for number, prompt in enumerate(suite.prompts):
-    result = modes.text_to_video(generator, prompt.text, frames=suite.frames, height=suite.height,
-                                 width=suite.width, seed=suite.seed + number)
+    result = model.generate(prompt.text, frames=suite.frames, height=suite.height,
+                            width=suite.width, seed=suite.seed + number)
     stem = f"{number:02d}_{_slug(prompt.text)}"
-    video_io.write_video(os.path.join(out_dir, stem + ".mp4"), result.video, round(result.fps))
-    video_io.write_video(os.path.join(out_dir, stem + ".gif"), result.video, round(result.fps))
+    for suffix in (".mp4", ".gif"):
+      model.save(result, os.path.join(out_dir, stem + suffix), fps=round(result.fps))
     note = ("held-out combination" if prompt.group == "held_out" else "training combination")
     note += f" · {prompt.kind} · seed {suite.seed + number}"
     entries.append(gallery.GalleryEntry(prompt=prompt.text, video=stem + ".mp4",
