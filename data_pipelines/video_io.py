@@ -86,7 +86,8 @@ def _make_folder(path: pathlib.Path) -> None:
   for folder in (path.parent, *path.parent.parents):
     if folder.exists():
       if not folder.is_dir():
-        raise VideoWriteError(path, f"{folder} is a file, not a folder: choose another path")
+        raise VideoWriteError(path, f"{os.path.normpath(folder)} is a file, not a folder: "
+                                    f"choose another path")
       break
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
