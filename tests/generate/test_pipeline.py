@@ -108,6 +108,20 @@ def test_an_empty_prompt_is_a_clear_error(generator, prompt):
     generator.generate(prompt, frames=9)
 
 
+@pytest.mark.parametrize("settings, message", [
+    (dict(frames=0), "frames = 0 must be at least 1"),
+    (dict(frames=-3), "frames = -3 must be at least 1"),
+    (dict(height=0), "height = 0 must be a positive number of pixels"),
+    (dict(width=-8), "width = -8 must be a positive number of pixels"),
+    (dict(guidance=-1.0), "guidance = -1.0 must be >= 0"),
+    (dict(guidance=float("nan")), "guidance = nan must be >= 0"),
+    (dict(steps=0), "num_steps = 0 must be >= 1"),
+])
+def test_impossible_settings_are_refused_not_rounded(generator, settings, message):
+  with pytest.raises(ValueError, match=message):
+    generator.generate("a red circle", **settings)
+
+
 def test_frames_and_sizes_are_rounded_not_refused(generator, caplog):
   with caplog.at_level(logging.WARNING):
     video = generator.generate("a red circle", frames=8, height=15, width=17, seed=0)

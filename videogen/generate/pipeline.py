@@ -226,7 +226,13 @@ class Generator:
       height, width: the requested size; None fills a side from `like` (the other side scaled by
         its aspect ratio when one side is given), else from the default shape.
       like: (height, width) of an input whose size the output takes by default.
+
+    Raises:
+      ValueError: a size below 1.
     """
+    for name, size in (("height", height), ("width", width)):
+      if size is not None and size < 1:
+        raise ValueError(f"{name} = {size} must be a positive number of pixels (e.g. 32)")
     default_height, default_width = like or self.default_shape[1:]
     if height is None and width is None:
       height, width = default_height, default_width
@@ -323,6 +329,9 @@ class Generator:
     changes = {k: v for k, v in changes.items() if v is not None}
     if "method" in changes and changes["method"] not in ("euler", "heun"):
       raise ValueError(f"sampler = {changes['method']!r}: choose 'euler' or 'heun'")
+    if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
+      raise ValueError(f"guidance = {guidance} must be >= 0: 1 turns guidance off, larger follows "
+                       f"the prompt more closely (e.g. 4)")
     return dataclasses.replace(self.sample_config, **changes)
 
   def velocity(self, x: jax.Array, t: jax.Array, cond: dict[str, jax.Array]) -> jax.Array:
@@ -360,6 +369,8 @@ class Generator:
     if not isinstance(prompt, str) or not prompt.strip():
       raise ValueError(f"prompt is empty ({prompt!r}): pass a description such as "
                        f"--prompt='a red circle moving right'")
+    if frames is not None and frames < 1:
+      raise ValueError(f"frames = {frames} must be at least 1: the frames to make (e.g. 17)")
     config = self.sampler_config(steps=steps, guidance=guidance, sampler=sampler, seed=seed,
                                  negative_prompt=negative_prompt)
     given = [x for x in (before, after, edit_source) if x is not None]
