@@ -3,6 +3,7 @@
     frames, fps = video_io.read_video("clip.mp4")           # uint8 [T, H, W, 3], frames per second
     info = video_io.probe_video("clip.mp4")                 # size, fps, frames, source pixel format
     video_io.write_video("sample.mp4", frames, fps=8)       # H.264 yuv420p; ".gif" writes a GIF
+    video_io.write_image("frame.png", frames[0])            # one frame as a PNG
     video_io.write_contact_sheet("grid.png", [frames_a, frames_b], labels=["a", "b"])
 
 Reading goes through PyAV (FFmpeg's libraries, in this process): the container and stream tell
@@ -10,8 +11,10 @@ size, rate, pixel format and frame count, and decoding errors arrive as exceptio
 parses a log. Decoded frames pass through an FFmpeg filter graph that turns them upright (the
 stream's display matrix, as the ffmpeg command line does), resizes and crops them, and converts
 them to RGB: the same filters and pixel values as `ffmpeg -i IN -f rawvideo -pix_fmt rgb24 -`.
-Writing pipes frames through `imageio_ffmpeg.write_frames`, for GIFs too: Pillow (imageio's GIF
-writer) merges identical consecutive frames, so a still clip would read back shorter.
+Writing pipes frames into the ffmpeg binary that `imageio_ffmpeg` ships, for GIFs too: Pillow
+(imageio's GIF writer) merges identical consecutive frames, so a still clip would read back
+shorter. A file is written under a temporary name and renamed when ffmpeg has finished without
+error, so a failed write raises `VideoWriteError` (with ffmpeg's message) and leaves no file.
 
 Every decoded frame is RGB uint8. The source pixel format (grey, with alpha, ...) is reported by
 `probe_video`, so that a data set builder can decide what to do with such files.
@@ -19,8 +22,12 @@ Every decoded frame is RGB uint8. The source pixel format (grey, with alpha, ...
 
 from __future__ import annotations
 
+import fractions
+import os
 import pathlib
 import struct
+import subprocess
+import uuid
 from typing import Any, Iterator
 
 import av
@@ -53,6 +60,63 @@ class VideoDecodeError(ValueError):
     self.reason = reason
     self.message = message
     super().__init__(f"{path}: {message}")
+
+
+class VideoWriteError(OSError):
+  """A video or image file could not be written: says which file, why, and what to do.
+
+  Attributes:
+    path: the file.
+    message: what was wrong and what to do, without the path.
+  """
+
+  def __init__(self, path: str | pathlib.Path, message: str):
+    self.path = str(path)
+    self.message = message
+    super().__init__(f"{path}: {message}")
+
+
+def _temporary_beside(path: pathlib.Path) -> pathlib.Path:
+  """A hidden name in the folder of `path` with its suffix (ffmpeg picks the format by it)."""
+  return path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex}{path.suffix}")
+
+
+def _make_folder(path: pathlib.Path) -> None:
+  """Creates the folder of `path`, raising `VideoWriteError` when it cannot be."""
+  for folder in (path.parent, *path.parent.parents):
+    if folder.exists():
+      if not folder.is_dir():
+        raise VideoWriteError(path, f"{os.path.normpath(folder)} is a file, not a folder: "
+                                    f"choose another path")
+      break
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+  except OSError as error:
+    raise VideoWriteError(path, f"cannot create its folder {path.parent} ({error.strerror}): "
+                                f"choose a folder you can write to") from error
+
+
+def check_writable(path: str | pathlib.Path) -> None:
+  """Checks, before any work is done, that a file can be written at `path`.
+
+  Creates its folder, then creates and removes an empty file beside it.
+
+  Raises:
+    VideoWriteError: `path` is a folder, a parent is a file, or the folder cannot be created or
+      written to; says which.
+  """
+  path = pathlib.Path(path)
+  if path.is_dir():
+    raise VideoWriteError(path, "is a folder: name a file inside it, e.g. "
+                                f"{path / ('video' + (path.suffix or '.mp4'))}")
+  _make_folder(path)
+  temporary = _temporary_beside(path)
+  try:
+    temporary.touch(exist_ok=False)
+    temporary.unlink()
+  except OSError as error:
+    raise VideoWriteError(path, f"cannot create a file in {path.parent} ({error.strerror}): "
+                                f"choose a folder you can write to") from error
 
 
 def _check_readable(path: pathlib.Path) -> None:
@@ -392,7 +456,9 @@ def write_video(path: str | pathlib.Path, frames: np.ndarray, fps: float) -> Non
     fps: frames per second (> 0).
 
   Raises:
-    ValueError: a wrong suffix, dtype, shape or fps, or ffmpeg failed.
+    ValueError: a wrong suffix, dtype, shape or fps.
+    VideoWriteError: the file could not be written (its folder cannot be created or written to,
+      the disk is full, ffmpeg failed); no file is left at `path`.
   """
   path = pathlib.Path(path)
   suffix = path.suffix.lower()
@@ -402,7 +468,7 @@ def write_video(path: str | pathlib.Path, frames: np.ndarray, fps: float) -> Non
   frames = _check_frames(frames, f"write_video({path})")
   if not fps > 0:
     raise ValueError(f"write_video({path}): fps must be > 0, got {fps}")
-  path.parent.mkdir(parents=True, exist_ok=True)
+  _make_folder(path)
   if suffix == ".gif":
     # One palette for the whole clip from every pixel, no dithering: exact for <= 256 colours.
     # (Pillow, imageio's GIF writer, merges identical consecutive frames, so a still clip would
@@ -419,17 +485,60 @@ def write_video(path: str | pathlib.Path, frames: np.ndarray, fps: float) -> Non
 
 def _encode(path: pathlib.Path, frames: np.ndarray, fps: float, *, codec: str, pix_fmt_out: str,
             output_params: list[str]) -> None:
-  """Pipes frames uint8 [T, H, W, 3] into ffmpeg."""
-  writer = imageio_ffmpeg.write_frames(
-      str(path), (frames.shape[2], frames.shape[1]), fps=float(fps), codec=codec,
-      pix_fmt_in="rgb24", pix_fmt_out=pix_fmt_out, quality=None, macro_block_size=1,
-      ffmpeg_log_level="error", output_params=output_params)
-  writer.send(None)  # starts ffmpeg
+  """Pipes frames uint8 [T, H, W, 3] into ffmpeg, writing `path` whole or not at all.
+
+  The command is the one `imageio_ffmpeg.write_frames` builds for these settings; running it here
+  gives ffmpeg's exit status and error output, which that generator leaves on the terminal.
+  """
+  _, height, width, _ = frames.shape
+  rate = fractions.Fraction(float(fps)).limit_denominator()
+  temporary = _temporary_beside(path)
+  command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo",
+             "-s", f"{width}x{height}", "-pix_fmt", "rgb24", "-r", str(rate), "-i", "-", "-an",
+             "-vcodec", codec, "-pix_fmt", pix_fmt_out, "-v", "error", *output_params,
+             str(temporary)]
   try:
-    for frame in frames:
-      writer.send(np.ascontiguousarray(frame))
-  finally:
-    writer.close()
+    result = subprocess.run(command, input=np.ascontiguousarray(frames).tobytes(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+  except OSError as error:
+    raise VideoWriteError(path, f"cannot run ffmpeg ({error.strerror}): reinstall "
+                                f"imageio-ffmpeg") from error
+  written = temporary.exists() and temporary.stat().st_size > 0
+  if result.returncode or not written:
+    temporary.unlink(missing_ok=True)
+    lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
+    reason = lines[-1] if lines else f"exit status {result.returncode}"
+    raise VideoWriteError(path, f"ffmpeg could not write it ({reason}): check that its folder "
+                                f"is writable and the disk has free space")
+  try:
+    os.replace(temporary, path)
+  except OSError as error:
+    temporary.unlink(missing_ok=True)
+    raise VideoWriteError(path, f"cannot replace it ({error.strerror}): is it a folder, or "
+                                f"read-only?") from error
+
+
+def write_image(path: str | pathlib.Path, frame: np.ndarray) -> None:
+  """Writes one RGB frame uint8 [H, W, 3] as a PNG, whole or not at all.
+
+  Raises:
+    ValueError: a suffix other than .png, or a wrong dtype or shape.
+    VideoWriteError: the file could not be written; no file is left at `path`.
+  """
+  path = pathlib.Path(path)
+  if path.suffix.lower() != ".png":
+    raise ValueError(f"write_image({path}): cannot write {path.suffix or 'a file without suffix'};"
+                     f" name the file .png")
+  frame = _check_frames(np.asarray(frame)[None], f"write_image({path})")[0]
+  _make_folder(path)
+  temporary = _temporary_beside(path)
+  try:
+    Image.fromarray(frame).save(temporary, format="PNG")
+    os.replace(temporary, path)
+  except OSError as error:
+    temporary.unlink(missing_ok=True)
+    raise VideoWriteError(path, f"cannot write it ({error.strerror or error}): check that its "
+                                f"folder is writable and the disk has free space") from error
 
 
 def read_image(path: str | pathlib.Path) -> np.ndarray:

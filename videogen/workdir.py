@@ -4,6 +4,8 @@
       checkpoints/<stage>/<step>/   one Orbax checkpoint per saved step (`train.checkpointing`)
       tokenizer.model               the sentencepiece model the dit stage trains (or
                                     config.tokenizer.model_path when set)
+      tokenizer.words.json          the words of the captions it was trained on (the prompt
+                                    words the model can know)
       latent_cache/                 latents of the frozen autoencoder (config.dit_stage.cache_dir)
       metrics.jsonl, tensorboard/, curves/, samples/, gallery/
 
@@ -14,8 +16,12 @@ asks this module.
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Any
+import re
+import unicodedata
+import uuid
+from typing import Any, Iterable
 
 import jax
 import ml_collections
@@ -33,6 +39,8 @@ from videogen.train import checkpointing
 
 CHECKPOINTS_DIR = "checkpoints"
 TOKENIZER_FILE = "tokenizer.model"
+# Beside the tokenizer: {"words": [...]}, every word of its training captions.
+TOKENIZER_WORDS_SUFFIX = ".words.json"
 LATENT_CACHE_DIR = "latent_cache"
 # The stages whose checkpoints other parts of the code read: the autoencoder (frozen under the
 # diffusion stage, encoding its latent cache) and the diffusion stage (the sampling model).
@@ -74,12 +82,67 @@ def load_tokenizer(workdir: str,
 
 def load_or_train_tokenizer(experiment: experiment_lib.Experiment,
                             workdir: str) -> tokenizer_lib.Tokenizer:
-  """The run's tokenizer: the saved asset, or one trained now on the data's captions and saved."""
+  """The run's tokenizer: the saved asset, or one trained now on the data's captions and saved.
+
+  Training it also writes the captions' words beside it (`tokenizer_words_path`), so that
+  `generate` can name the words of a prompt that no training caption holds.
+  """
   config = experiment.tokenizer
   data = experiment.data
-  return tokenizer_lib.load_or_train(
-      config, tokenizer_path(workdir, experiment),
-      lambda: loader_lib.captions(data, seed=experiment.seed, num=config.num_train_captions))
+  path = tokenizer_path(workdir, experiment)
+  trained_on: list[str] = []
+
+  def captions() -> list[str]:
+    trained_on.extend(loader_lib.captions(data, seed=experiment.seed,
+                                          num=config.num_train_captions))
+    return trained_on
+
+  tokenizer = tokenizer_lib.load_or_train(config, path, captions)
+  if trained_on:  # trained now, not loaded
+    write_tokenizer_words(path, trained_on)
+  return tokenizer
+
+
+def words(text: str) -> list[str]:
+  """The words of a caption or prompt as the tokenizer sees them (NFKC, case-folded), in order.
+
+  Punctuation and hyphens separate words: "moving up-left;" -> ["moving", "up", "left"].
+  """
+  return re.findall(r"[^\W_]+", unicodedata.normalize("NFKC", text).casefold())
+
+
+def tokenizer_words_path(model_path: str) -> str:
+  """Where the training captions' words of the tokenizer `model_path` are kept: beside it,
+  WORKDIR/tokenizer.words.json for WORKDIR/tokenizer.model."""
+  return os.path.splitext(model_path)[0] + TOKENIZER_WORDS_SUFFIX
+
+
+def write_tokenizer_words(model_path: str, captions: Iterable[str]) -> str:
+  """Writes the sorted set of words of `captions` beside the tokenizer `model_path`; its path."""
+  vocabulary = sorted({word for caption in captions for word in words(caption)})
+  path = tokenizer_words_path(model_path)
+  # Every host of a multi-host run writes the same file: each renames its own temporary copy.
+  temporary = f"{path}.tmp-{uuid.uuid4().hex}"
+  with open(temporary, "w", encoding="utf-8") as file:
+    json.dump({"words": vocabulary}, file, indent=0)
+  os.replace(temporary, path)
+  return path
+
+
+def read_tokenizer_words(workdir: str, experiment: experiment_lib.Experiment | None = None
+                         ) -> frozenset[str] | None:
+  """The words of the captions the run's tokenizer was trained on, or None where not recorded
+  (a workdir trained before they were, or a user-supplied tokenizer)."""
+  path = tokenizer_words_path(tokenizer_path(workdir, experiment))
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path, encoding="utf-8") as file:
+      return frozenset(json.load(file)["words"])
+  except (OSError, ValueError, KeyError, TypeError) as error:
+    logging.warning("cannot read the tokenizer's caption words %s (%s): prompt words are not "
+                    "checked", path, error)
+    return None
 
 
 def latent_cache_dir(workdir: str, experiment: experiment_lib.Experiment) -> str:

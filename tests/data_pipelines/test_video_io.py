@@ -190,6 +190,69 @@ def test_write_video_rejects_bad_input(tmp_path):
   assert not list(tmp_path.iterdir())
 
 
+def test_a_failed_write_raises_names_ffmpegs_reason_and_leaves_no_file(tmp_path, monkeypatch,
+                                                                       capfd):
+  video = _clip(frames=3)
+  with pytest.raises(video_io.VideoWriteError,
+                     match=r"^/proc/clip.mp4: ffmpeg could not write it \(.*No such file"):
+    video_io.write_video("/proc/clip.mp4", video, fps=8)
+  assert capfd.readouterr().err == ""  # ffmpeg's own message is in the error, not on the terminal
+  # A write that fails replaces nothing: an existing file stays, no temporary file remains.
+  kept = tmp_path / "kept.mp4"
+  kept.write_bytes(b"the old video")
+  monkeypatch.setattr(imageio_ffmpeg, "get_ffmpeg_exe", lambda: "false")  # exits 1, writes nothing
+  with pytest.raises(video_io.VideoWriteError,
+                     match=r"ffmpeg could not write it \(exit status 1\)"):
+    video_io.write_video(kept, video, fps=8)
+  assert kept.read_bytes() == b"the old video"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.mp4"]
+
+
+def test_written_files_replace_old_ones_whole(tmp_path):
+  path = tmp_path / "clip.gif"
+  path.write_bytes(b"an older file")
+  video = _flat_clip([10, 60, 60, 200])
+  video_io.write_video(path, video, fps=8)
+  np.testing.assert_array_equal(video_io.read_video(path)[0], video)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.gif"]
+
+
+@pytest.mark.parametrize("where, message, write_message", [
+    ("file.txt/clip.mp4", r"file.txt is a file, not a folder: choose another path", None),
+    ("file.txt/deeper/clip.mp4", r"file.txt is a file, not a folder", None),
+    ("folder.mp4", r"folder.mp4: is a folder: name a file inside it", r"cannot replace it"),
+    ("/proc/clip.mp4", r"cannot create a file in /proc \(No such file or directory\)",
+     r"ffmpeg could not write it"),
+])
+def test_check_writable_names_what_is_in_the_way(tmp_path, where, message, write_message):
+  (tmp_path / "file.txt").write_text("x")
+  (tmp_path / "folder.mp4").mkdir()
+  with pytest.raises(video_io.VideoWriteError, match=message):
+    video_io.check_writable(tmp_path / where)
+  with pytest.raises(video_io.VideoWriteError, match=write_message or message):
+    video_io.write_video(tmp_path / where, _clip(frames=1), fps=8)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "folder.mp4"]
+
+
+def test_check_writable_creates_the_folder_and_leaves_nothing_else(tmp_path):
+  video_io.check_writable(tmp_path / "new" / "deeper" / "clip.mp4")
+  assert (tmp_path / "new" / "deeper").is_dir()
+  assert not list((tmp_path / "new" / "deeper").iterdir())
+
+
+def test_write_image_round_trip_and_errors(tmp_path):
+  rgb = _clip(frames=1, height=10, width=12)[0]
+  video_io.write_image(tmp_path / "sub" / "frame.png", rgb)
+  np.testing.assert_array_equal(video_io.read_image(tmp_path / "sub" / "frame.png"), rgb)
+  with pytest.raises(ValueError, match=r"\.jpg; name the file \.png"):
+    video_io.write_image(tmp_path / "frame.jpg", rgb)
+  with pytest.raises(ValueError, match=r"\[T, H, W, 3\]"):
+    video_io.write_image(tmp_path / "frame.png", rgb[..., :2])
+  with pytest.raises(video_io.VideoWriteError, match="^/proc/frame.png: cannot write it"):
+    video_io.write_image("/proc/frame.png", rgb)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]
+
+
 def test_read_image(tmp_path):
   rgb = _clip(frames=1, height=10, width=12)[0]
   Image.fromarray(rgb).save(tmp_path / "rgb.png")

@@ -56,3 +56,16 @@ def test_contact_sheet_and_curves_are_shown_and_must_exist(tmp_path):
   assert 'src="sheet.png"' in page and 'src="dit.svg"' in page
   with pytest.raises(FileNotFoundError, match="autoencoder.svg"):
     gallery.write_index(str(tmp_path), entries, title="t", curves=["autoencoder.svg"])
+
+
+def test_images_are_shown_as_images(tmp_path):
+  for name in ("0.mp4", "1.png", "2.gif"):
+    (tmp_path / name).write_bytes(b"x")
+  entries = [gallery.GalleryEntry(prompt=f"prompt {i}", video=name)
+             for i, name in enumerate(("0.mp4", "1.png", "2.gif"))]
+  page = open(gallery.write_index(str(tmp_path), entries, title="t"), encoding="utf-8").read()
+  collector = _Collector()
+  collector.feed(page)
+  assert collector.videos == ["0.mp4"]
+  assert '<img src="1.png" alt="prompt 1">' in page and '<img src="2.gif" alt="prompt 2">' in page
+  assert '<a href="1.png">png</a>' in page

@@ -110,3 +110,5 @@ def test_bad_inputs_are_clear_errors(generator, clip):
     modes.extend(generator, PROMPT, clip.astype(np.float32), frames=6)
   with pytest.raises(ValueError, match="prompt is empty"):
     modes.image_to_video(generator, "", clip[0], frames=9)
+  with pytest.raises(ValueError, match="bridge_frames = 0 must be at least 1"):
+    modes.loop(generator, PROMPT, frames=9, bridge_frames=0)

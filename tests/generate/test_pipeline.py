@@ -108,6 +108,20 @@ def test_an_empty_prompt_is_a_clear_error(generator, prompt):
     generator.generate(prompt, frames=9)
 
 
+@pytest.mark.parametrize("settings, message", [
+    (dict(frames=0), "frames = 0 must be at least 1"),
+    (dict(frames=-3), "frames = -3 must be at least 1"),
+    (dict(height=0), "height = 0 must be a positive number of pixels"),
+    (dict(width=-8), "width = -8 must be a positive number of pixels"),
+    (dict(guidance=-1.0), "guidance = -1.0 must be >= 0"),
+    (dict(guidance=float("nan")), "guidance = nan must be >= 0"),
+    (dict(steps=0), "num_steps = 0 must be >= 1"),
+])
+def test_impossible_settings_are_refused_not_rounded(generator, settings, message):
+  with pytest.raises(ValueError, match=message):
+    generator.generate("a red circle", **settings)
+
+
 def test_frames_and_sizes_are_rounded_not_refused(generator, caplog):
   with caplog.at_level(logging.WARNING):
     video = generator.generate("a red circle", frames=8, height=15, width=17, seed=0)
@@ -300,3 +314,29 @@ def test_load_names_what_is_missing(trained_workdir, tmp_path):
   os.remove(workdir_lib.tokenizer_path(str(workdir)))
   with pytest.raises(FileNotFoundError, match="tokenizer .* is missing"):
     pipeline.load(str(workdir), progress=False)
+
+
+def test_estimate_memory_counts_the_video_a_decoded_chunk_and_the_attention_logits(
+    tiny_workdir_config):
+  experiment = experiment_lib.validate(tiny_workdir_config)
+  # 9x32x32 by default (the training clip): 5 latent frames of 8x8 (2x4x4 compression, 1x1x1
+  # patches) = 320 tokens; 2 heads; guidance 4 runs two branches.
+  estimate = pipeline.estimate_memory(experiment, platform="cpu")
+  assert (estimate.frames, estimate.height, estimate.width, estimate.tokens) == (9, 32, 32, 320)
+  assert estimate.video_bytes == 9 * 32 * 32 * 3
+  assert estimate.decode_bytes == 8 * 32 * 32 * 3 * 4  # 4 latent frames -> 8 pixel frames
+  assert estimate.attention_bytes == 2 * 2 * 320 ** 2 * 4
+  # Sizes round as the generator rounds them; one branch without guidance.
+  wide = pipeline.estimate_memory(experiment, height=30, width=100001, guidance=1.0,
+                                  platform="cpu")
+  assert (wide.height, wide.width, wide.tokens) == (32, 100000, 5 * 8 * 25000)
+  assert wide.attention_bytes == 2 * (5 * 8 * 25000) ** 2 * 4
+  # A long video is made window by window: the tokens stop at the window, the video grows.
+  long = pipeline.estimate_memory(experiment, frames=1001, platform="cpu")
+  assert long.tokens == 320 and long.video_bytes == 1001 * 32 * 32 * 3
+  # Flash attention (16-bit on GPU) and splash (TPU) keep no logits in memory.
+  assert pipeline.estimate_memory(experiment, platform="tpu").attention_bytes == 0
+  tiny_workdir_config.dit.dtype = "bfloat16"
+  half = experiment_lib.validate(tiny_workdir_config)
+  assert pipeline.estimate_memory(half, platform="gpu").attention_bytes == 0
+  assert pipeline.estimate_memory(half, platform="cpu").attention_bytes > 0

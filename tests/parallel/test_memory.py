@@ -84,6 +84,23 @@ def test_accelerators_are_left_to_report_their_own_errors():
   memory.check_fits(_compiled(), what="the step", remedy="-", devices=[FakeGpu()], available=0)
 
 
+def test_devices_memory_is_the_hosts_for_cpus_and_the_sum_of_accelerators(monkeypatch):
+  monkeypatch.setattr(memory, "host_available_bytes", lambda: 5 * 2**30)
+  assert memory.devices_memory_bytes(jax.devices()) == 5 * 2**30  # 8 CPU devices share it
+
+  class FakeGpu:
+    platform = "gpu"
+
+    def __init__(self, limit):
+      self.limit = limit
+
+    def memory_stats(self):
+      return None if self.limit is None else {"bytes_limit": self.limit, "bytes_in_use": 1}
+
+  assert memory.devices_memory_bytes([FakeGpu(3), FakeGpu(4)]) == 7
+  assert memory.devices_memory_bytes([FakeGpu(3), FakeGpu(None)]) is None
+
+
 def test_the_trainer_refuses_a_step_that_cannot_fit(tmp_path, monkeypatch):
   config = standin_experiment.get_config("tiny")
   config.standin.depth = 1

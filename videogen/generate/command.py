@@ -5,39 +5,49 @@ r"""The `generate` command: prompt -> video file(s) from a trained workdir.
         --sampler=heun --seed=0 --negative_prompt="..." --input=clip.mp4 --input2=other.mp4 \
         --strength=0.6 --bridge_frames=8]
 
-writes red.mp4 and red.gif beside it, and prints the real-time factor (seconds of video per second
-of compute). The experiment is the one saved with the workdir's checkpoint (`--config` replaces
-it). `--prompts_file=requests.jsonl` generates one video per line instead, each line a JSON object
-with the keys of `Request` (only "prompt" is required; the flags are the defaults), into the folder
-`--out` (default WORKDIR/generated), with `manifest.jsonl` (one line per video: its request, files,
+writes red.mp4 and red.gif beside it (`--mode=t2i --out=red.png` writes one PNG), and prints the
+real-time factor (seconds of video per second of compute). The experiment is the one saved with
+the workdir's checkpoint (`--config` replaces it). `--prompts_file=requests.jsonl` generates one
+video per line instead, each line a JSON object with the keys of `Request` (only "prompt" is
+required; the flags are the defaults), into the folder `--out` (default WORKDIR/generated), each
+named after its line and prompt (`003-a-red-circle.mp4`) unless the line gives "out", with
+`manifest.jsonl` (one line per video: its request with the sampler settings actually used, files,
 shape and timing) and a gallery page `index.html`.
 
 Modes (`--mode`, see `videogen.generate.modes`): t2v, t2i, i2v (--input: an image or a video's
 first frame), extend and extend_backward (--input, --frames new frames), connect (--input,
 --input2, --frames between them), loop (--frames, --bridge_frames), edit (--input, --strength).
-Frame counts the autoencoder cannot take are rounded with a warning; missing checkpoints,
-missing or undecodable inputs and empty prompts are errors that say what to do (exit code 1;
-2 for a usage error).
+Frame counts the autoencoder cannot take are rounded with a warning.
+
+Everything that can be checked before the model is loaded is: values out of range, missing inputs,
+outputs that cannot be written (their folder is created), sizes that cannot fit in memory
+(`pipeline.estimate_memory`). Each failure is one line on stderr that says what to do, with exit
+code 1 (2 for a usage error); a prompt with words no training caption holds gets a one-line
+warning and is generated anyway.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import pathlib
+import re
 import sys
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
-from absl import logging
+import sentencepiece as spm
 
 from data_pipelines import video_io
 from videogen import experiment as experiment_lib
+from videogen import workdir as workdir_lib
 from videogen.generate import gallery
 from videogen.generate import modes
 from videogen.generate import pipeline
+from videogen.parallel import memory
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 # Request fields that are not strings: (accepted types, how the error names them).
@@ -47,6 +57,34 @@ _KINDS: dict[str, tuple[Any, str]] = {
     "guidance": ((int, float), "a number"),
     "strength": ((int, float), "a number"),
 }
+# Request fields with a range: (whether a value is in it, what the error says about it).
+_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "frames": (lambda v: v >= 1, "must be at least 1: the frames to make (e.g. 17)"),
+    "height": (lambda v: v >= 1, "must be a positive number of pixels (e.g. 32)"),
+    "width": (lambda v: v >= 1, "must be a positive number of pixels (e.g. 32)"),
+    "steps": (lambda v: v >= 1, "must be at least 1 (e.g. 30)"),
+    "guidance": (lambda v: math.isfinite(v) and v >= 0,
+                 "must be >= 0: 1 turns guidance off, larger follows the prompt more closely "
+                 "(e.g. 4)"),
+    "strength": (lambda v: 0 < v <= 1, "must be in (0, 1]: small keeps more of the input, 1 "
+                                       "ignores it"),
+    "bridge_frames": (lambda v: v >= 1, "must be at least 1 (or leave it unset: about a third "
+                                        "of the clip)"),
+    "sampler": (lambda v: v in ("euler", "heun"), "must be 'euler' or 'heun'"),
+}
+# Where the command line's values come from, in `Request.from_mapping(..., where=FLAGS)`.
+FLAGS = "flags"
+# Characters of an output name made from a prompt (the slug).
+_SLUG_LENGTH = 48
+
+
+def _named(where: str, name: str, value: Any) -> str:
+  """How an error names a value: `--frames=0` on the command line, `file:3: frames = 0` in a
+  prompts file."""
+  if where == FLAGS:
+    quoted = isinstance(value, str) and (not value or any(c.isspace() for c in value))
+    return f"--{name}={value!r}" if quoted else f"--{name}={value}"
+  return f"{where}: {name} = {value!r}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,13 +95,15 @@ class Request:
     prompt: what to show (required, not empty).
     mode: one of `modes.MODES`.
     negative_prompt: the unconditional branch's prompt (None: the experiment's, "" by default).
-    frames: new frames (see `modes`); None: the training clip length.
-    height, width: the frame size; None: the input's, or the training size.
-    steps, guidance, sampler, seed: sampler settings (None: the experiment's `config.sample`).
+    frames: new frames (see `modes`), >= 1; None: the training clip length.
+    height, width: the frame size, >= 1; None: the input's, or the training size.
+    steps, guidance, sampler, seed: sampler settings (None: the experiment's `config.sample`);
+      steps >= 1, guidance >= 0, sampler "euler" or "heun".
     input, input2: video or image files the mode takes.
     strength: edit strength in (0, 1].
-    bridge_frames: the loop's closing bridge length.
-    out: the output file (.mp4 or .gif); in a prompts file, relative to the output folder.
+    bridge_frames: the loop's closing bridge length, >= 1.
+    out: the output file (.mp4 with a .gif beside it, .gif, or .png for t2i); in a prompts file,
+      relative to the output folder.
   """
   prompt: str
   mode: str = "t2v"
@@ -84,11 +124,17 @@ class Request:
   @classmethod
   def from_mapping(cls, values: dict[str, Any], where: str, defaults: Request | None = None, *,
                    require_prompt: bool = True) -> Request:
-    """A request from a JSON object, unset keys taken from `defaults`.
+    """A request from a JSON object (or the flags), unset keys taken from `defaults`.
+
+    Args:
+      values: the keys of `Request`.
+      where: names the source in errors: `FLAGS`, or e.g. "prompts.jsonl:3".
+      defaults: values for the keys `values` lacks.
+      require_prompt: whether a prompt (and the mode's inputs) must be given.
 
     Raises:
-      ValueError: an unknown key, a value of the wrong type or an empty prompt, naming `where`
-        (e.g. "prompts.jsonl:3").
+      ValueError: an unknown key, a value of the wrong type or out of range, an empty prompt, or
+        the wrong inputs for the mode, naming `where`.
     """
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(values) - set(names))
@@ -100,43 +146,84 @@ class Request:
     for name, value in merged.items():
       expected, description = _KINDS.get(name, (str, "a string"))
       if value is not None and (not isinstance(value, expected) or isinstance(value, bool)):
-        raise ValueError(f"{where}: {name} = {value!r} must be {description}")
-    if merged.get("mode", "t2v") not in modes.MODES:
-      raise ValueError(f"{where}: mode = {merged['mode']!r}; choose one of: "
-                       f"{', '.join(modes.MODES)}")
+        raise ValueError(f"{_named(where, name, value)} must be {description}")
+      in_range, rule = _RANGES.get(name, (None, ""))
+      if value is not None and in_range is not None and not in_range(value):
+        raise ValueError(f"{_named(where, name, value)} {rule}")
+    mode = merged.get("mode", "t2v")
+    if mode not in modes.MODES:
+      raise ValueError(f"{_named(where, 'mode', mode)}; choose one of: {', '.join(modes.MODES)}")
     prompt = merged.get("prompt")
     if require_prompt and (not isinstance(prompt, str) or not prompt.strip()):
-      raise ValueError(f"{where}: the prompt is empty: give one, e.g. "
-                       f"\"prompt\": \"a red circle moving right\"")
-    mode = merged.get("mode", "t2v")
+      example = ("--prompt='a red circle moving right'" if where == FLAGS
+                 else "\"prompt\": \"a red circle moving right\"")
+      raise ValueError(f"{where}: the prompt is empty: give one, e.g. {example}")
     needed, help_text = modes.MODES[mode]
     given = [name for name in ("input", "input2") if merged.get(name)]
     if require_prompt and len(given) != needed:
-      wanted = " and ".join(["input", "input2"][:needed]) or "no input"
+      prefix = "--" if where == FLAGS else ""
+      wanted = " and ".join(prefix + name for name in ["input", "input2"][:needed]) or "no input"
       raise ValueError(f"{where}: mode {mode!r} ({help_text}) takes {wanted}; got "
-                       f"{', '.join(given) or 'none'}")
+                       f"{', '.join(prefix + name for name in given) or 'none'}")
     merged.setdefault("prompt", "")
     return cls(**merged)
 
-  def check_files(self, where: str) -> None:
-    """Checks, before any model is loaded, that the inputs exist and the output can be written.
+  def output_paths(self, out_dir: str | None = None) -> list[str]:
+    """The files this request writes: `out` (in `out_dir`), and for an .mp4 the .gif beside it."""
+    out = os.path.join(out_dir, self.out) if out_dir else self.out
+    if out is None:
+      return []
+    if pathlib.Path(out).suffix.lower() == ".mp4":
+      return [out, str(pathlib.Path(out).with_suffix(".gif"))]
+    return [out]
+
+  def check_files(self, where: str, out_dir: str | None = None) -> None:
+    """Checks, before any model is loaded, that the inputs exist and the outputs can be written.
+
+    Creates the output's folder (a file in the way, an unwritable folder or a wrong suffix is an
+    error).
 
     Raises:
       FileNotFoundError, ValueError: naming `where` and the file.
     """
-    for path in (self.input, self.input2):
+    for name in ("input", "input2"):
+      path = getattr(self, name)
       if path and not os.path.exists(path):
-        raise FileNotFoundError(f"{where}: input {path} does not exist: pass an existing video "
-                                f"(.mp4, .gif, .webm, .mov) or image (.png, .jpg)")
-    if self.out and pathlib.Path(self.out).suffix.lower() not in (".mp4", ".gif"):
-      raise ValueError(f"{where}: out = {self.out}: name the output .mp4 (a .gif is written "
+        raise FileNotFoundError(f"{_named(where, name, path)} does not exist: pass an existing "
+                                f"video (.mp4, .gif, .webm, .mov) or image (.png, .jpg)")
+    if not self.out:
+      return
+    suffix = pathlib.Path(self.out).suffix.lower()
+    if suffix == ".png" and self.mode != "t2i":
+      raise ValueError(f"{_named(where, 'out', self.out)}: a .png holds one image: use "
+                       f"--mode=t2i for an image, or name the output .mp4 (a .gif is written "
                        f"beside it) or .gif")
+    if suffix not in (".mp4", ".gif", ".png"):
+      raise ValueError(f"{_named(where, 'out', self.out)}: name the output .mp4 (a .gif is "
+                       f"written beside it) or .gif" + (", or .png" if self.mode == "t2i" else ""))
+    paths = self.output_paths(out_dir)
+    for path in paths:
+      try:
+        video_io.check_writable(path)
+      except video_io.VideoWriteError as error:
+        beside = "" if path == paths[0] else f" (the .gif beside it, {path})"
+        raise ValueError(f"{_named(where, 'out', self.out)}{beside}: {error.message}") from error
 
   def options(self) -> dict[str, Any]:
     """The sampler settings that are set, as `Generator.generate` keywords."""
     values = dict(negative_prompt=self.negative_prompt, steps=self.steps,
                   guidance=self.guidance, sampler=self.sampler, seed=self.seed)
     return {k: v for k, v in values.items() if v is not None}
+
+
+def output_name(request: Request, number: int) -> str:
+  """The output file of a prompts file's line `number`: its `out`, else named after the line and
+  the prompt, e.g. "003-a-red-circle-moving-right.mp4" (".png" for t2i)."""
+  if request.out:
+    return request.out
+  slug = re.sub(r"[^a-z0-9]+", "-", request.prompt.lower()).strip("-")
+  slug = slug[:_SLUG_LENGTH].rstrip("-") or "video"
+  return f"{number:03d}-{slug}{'.png' if request.mode == 't2i' else '.mp4'}"
 
 
 def read_input(path: str) -> np.ndarray:
@@ -155,8 +242,22 @@ def read_input(path: str) -> np.ndarray:
 
 
 def write_outputs(video: np.ndarray, out: str, fps: float) -> list[str]:
-  """Writes `out` (.mp4 or .gif) and, for an .mp4, the .gif beside it. Returns the paths."""
+  """Writes `out` (.mp4, .gif, or .png for one frame) and, for an .mp4, the .gif beside it.
+
+  Returns:
+    The paths written (each exists: a failed write raises).
+
+  Raises:
+    ValueError: another suffix, or a .png for more than one frame.
+    video_io.VideoWriteError: a file could not be written.
+  """
   suffix = pathlib.Path(out).suffix.lower()
+  if suffix == ".png":
+    if len(video) != 1:
+      raise ValueError(f"--out={out}: a .png holds one image, the video has {len(video)} frames: "
+                       f"use --mode=t2i, or name the output .mp4 or .gif")
+    video_io.write_image(out, video[0])
+    return [out]
   if suffix not in (".mp4", ".gif"):
     raise ValueError(f"--out={out}: name the output .mp4 (a .gif is written beside it) or .gif")
   paths = [out]
@@ -167,8 +268,20 @@ def write_outputs(video: np.ndarray, out: str, fps: float) -> list[str]:
   return paths
 
 
+def resolved(generator: pipeline.Generator, request: Request) -> Request:
+  """`request` with the sampler settings it leaves unset filled in from the generator's."""
+  config = generator.sampler_config(**request.options())
+  return dataclasses.replace(request, steps=config.num_steps, guidance=config.guidance_scale,
+                             sampler=config.method, seed=config.seed,
+                             negative_prompt=config.negative_prompt)
+
+
 def generate_one(generator: pipeline.Generator, request: Request, out: str) -> dict[str, Any]:
-  """Runs one request and writes its files; returns its manifest entry."""
+  """Runs one request and writes its files; returns its manifest entry.
+
+  The entry's request holds the sampler settings actually used (seed, steps, ...), so that the
+  same video can be made again from it.
+  """
   inputs = tuple(read_input(path) for path in (request.input, request.input2) if path)
   result = modes.run(generator, request.mode, request.prompt, inputs=inputs,
                      frames=request.frames, height=request.height, width=request.width,
@@ -176,35 +289,61 @@ def generate_one(generator: pipeline.Generator, request: Request, out: str) -> d
                      **request.options())
   files = write_outputs(result.video, out, generator.fps) if jax.process_index() == 0 else []
   print(f"{out}: {result.summary()}", flush=True)
-  return {"request": dataclasses.asdict(request), "files": files,
+  return {"request": dataclasses.asdict(resolved(generator, request)), "files": files,
           "shape": list(result.video.shape), "new_frames": result.new_frames,
           "seconds": round(result.seconds, 3), "fps": result.fps,
           "real_time_factor": round(result.real_time_factor, 4)}
 
 
-def read_requests(path: str, defaults: Request) -> list[Request]:
-  """The requests of a JSONL prompts file (blank lines skipped).
+def read_requests(path: str, defaults: Request,
+                  out_dir: str | None = None) -> list[tuple[str, Request]]:
+  """The requests of a JSONL prompts file (blank lines skipped), each with where it was read.
+
+  Each request's `out` is set: the line's own, or `output_name`'s (unique by its line number).
+
+  Args:
+    path: the prompts file.
+    defaults: the values of keys a line leaves out (the command's flags).
+    out_dir: the output folder; when given, each output is checked to be writable there.
+
+  Returns:
+    ("FILE:LINE", request) pairs in file order.
 
   Raises:
     FileNotFoundError, ValueError: naming the file and line.
   """
   if not os.path.exists(path):
     raise FileNotFoundError(f"--prompts_file={path} does not exist")
-  requests = []
-  with open(path, encoding="utf-8") as file:
-    for number, line in enumerate(file, 1):
-      if not line.strip():
-        continue
-      try:
-        values = json.loads(line)
-      except json.JSONDecodeError as error:
-        raise ValueError(f"{path}:{number}: not a JSON object ({error}); write one request per "
-                         f"line, e.g. {{\"prompt\": \"a red circle\"}}") from error
-      if not isinstance(values, dict):
-        raise ValueError(f"{path}:{number}: expected a JSON object, got {values!r}")
-      request = Request.from_mapping(values, f"{path}:{number}", defaults)
-      request.check_files(f"{path}:{number}")
-      requests.append(request)
+  with open(path, "rb") as file:
+    lines = file.read().split(b"\n")
+  requests: list[tuple[str, Request]] = []
+  writers: dict[str, str] = {}  # output path -> the line that writes it
+  for number, raw in enumerate(lines, 1):
+    where = f"{path}:{number}"
+    try:
+      line = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+      raise ValueError(f"{where}: not UTF-8 text (byte {raw[error.start]:#04x} at column "
+                       f"{error.start + 1}): save the file as UTF-8") from error
+    if not line.strip():
+      continue
+    try:
+      values = json.loads(line)
+    except json.JSONDecodeError as error:
+      raise ValueError(f"{where}: not a JSON object ({error}); write one request per line, e.g. "
+                       f"{{\"prompt\": \"a red circle\"}}") from error
+    if not isinstance(values, dict):
+      raise ValueError(f"{where}: expected a JSON object, got {values!r}")
+    request = Request.from_mapping(values, where, defaults)
+    request = dataclasses.replace(request, out=output_name(request, number))
+    request.check_files(where, out_dir)
+    for output in request.output_paths():
+      key = os.path.normpath(output)
+      if key in writers:
+        raise ValueError(f"{where}: out = {request.out!r} writes {output}, as {writers[key]} "
+                         f"does: give each line its own \"out\"")
+      writers[key] = where
+    requests.append((where, request))
   if not requests:
     raise ValueError(f"{path} holds no requests: write one JSON object per line")
   return requests
@@ -214,8 +353,9 @@ def generate_many(generator: pipeline.Generator, requests: list[Request],
                   out_dir: str) -> tuple[str, int]:
   """Generates every request into `out_dir`; writes manifest.jsonl and index.html there.
 
-  A request that fails (an input that cannot be decoded, a shape a mode refuses) is logged and
-  recorded in the manifest with its error; the others still run.
+  A request without `out` is named by `output_name` after its position. A request that fails (an
+  input that cannot be decoded, a shape a mode refuses, a file that cannot be written) is logged
+  and recorded in the manifest with its error; the others still run.
 
   Returns:
     (the manifest's path, the number of failed requests).
@@ -223,21 +363,22 @@ def generate_many(generator: pipeline.Generator, requests: list[Request],
   os.makedirs(out_dir, exist_ok=True)
   entries, cards, failed = [], [], 0
   for index, request in enumerate(requests):
-    name = request.out or f"{index:03d}_{request.mode}.mp4"
+    name = output_name(request, index + 1)
     try:
       entry = generate_one(generator, request, os.path.join(out_dir, name))
-    except (FileNotFoundError, ValueError) as error:
-      logging.error("request %d (%r) failed: %s", index, request.prompt, error)
-      print(f"error: request {index} ({request.prompt!r}): {error}", file=sys.stderr)
+    except (OSError, ValueError) as error:
+      print(f"error: {name} ({request.prompt!r}): {error}", file=sys.stderr)
       entries.append({"request": dataclasses.asdict(request), "error": str(error)})
       failed += 1
       continue
     entries.append(entry)
     relative = [os.path.relpath(path, out_dir) for path in entry["files"]]
-    if relative and relative[0].endswith(".mp4"):
+    if relative:
+      used = entry["request"]
       cards.append(gallery.GalleryEntry(
-          prompt=request.prompt, video=relative[0], gif=relative[1] if len(relative) > 1 else None,
-          note=f"{request.mode}, seed {request.seed if request.seed is not None else 'default'}"))
+          prompt=request.prompt, video=relative[0],
+          gif=relative[1] if len(relative) > 1 else None,
+          note=f"{request.mode}, seed {used['seed']}, {used['steps']} {used['sampler']} steps"))
   manifest = os.path.join(out_dir, "manifest.jsonl")
   if jax.process_index() == 0:
     with open(manifest, "w", encoding="utf-8") as file:
@@ -253,6 +394,105 @@ def generate_many(generator: pipeline.Generator, requests: list[Request],
         f"{total_frames / generator.fps / max(total_seconds, 1e-9):.3f}; manifest {manifest}",
         flush=True)
   return manifest, failed
+
+
+# ------------------------------------------------------------------------------------------------
+# Checks before the model is loaded.
+# ------------------------------------------------------------------------------------------------
+
+
+def _size(count: float) -> str:
+  for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+    if count >= scale:
+      return f"{count / scale:.1f} {unit}"
+  return f"{count / 2**10:.1f} KiB"
+
+
+def check_memory(experiment: experiment_lib.Experiment, request: Request, where: str,
+                 available: int | None = None) -> None:
+  """Refuses a request whose shape cannot fit in this machine's memory (`estimate_memory`).
+
+  Args:
+    available: bytes the devices have (default: `memory.devices_memory_bytes`); None unknown.
+
+  Raises:
+    ValueError: it needs more than `available`, saying how much and why.
+  """
+  available = memory.devices_memory_bytes() if available is None else available
+  if available is None:
+    return
+  # A size the inputs set is unknown here: counted at its smallest (the estimate stays a bound).
+  sized_by_input = modes.MODES[request.mode][0] > 0
+  smallest = 1 if sized_by_input else None
+  estimate = pipeline.estimate_memory(
+      experiment, frames=1 if request.mode == "t2i" else request.frames,
+      height=request.height if request.height is not None else smallest,
+      width=request.width if request.width is not None else smallest,
+      guidance=request.guidance)
+  if estimate.total_bytes <= available:
+    return
+  given = {name: getattr(request, name) for name in ("frames", "height", "width")
+           if getattr(request, name) is not None}
+  if where == FLAGS:
+    subject = " ".join(_named(FLAGS, k, v) for k, v in given.items()) or "the training size"
+  else:
+    subject = f"{where}: " + (", ".join(f"{k} = {v}" for k, v in given.items())
+                              or "the training size")
+  parts = [f"the video alone is {_size(estimate.video_bytes)}"]
+  if estimate.attention_bytes:
+    parts.insert(0, f"attention over its {estimate.tokens:,} tokens holds "
+                    f"{_size(estimate.attention_bytes)} per layer")
+  raise ValueError(
+      f"{subject}: a {estimate.frames}x{estimate.height}x{estimate.width} video needs at least "
+      f"{_size(estimate.total_bytes)} ({'; '.join(parts)}); this machine has "
+      f"{_size(available)}: ask for fewer frames or a smaller size")
+
+
+def _unknown_words(prompt: str, known: frozenset[str]) -> list[str]:
+  return list(dict.fromkeys(w for w in workdir_lib.words(prompt) if w not in known))
+
+
+def _words_the_tokenizer_lacks(prompt: str, tokenizer: Any) -> list[str]:
+  """The prompt's words that the tokenizer can only spell with byte or <unk> pieces: characters
+  no training caption held (a word of known letters passes: the tokenizer cannot tell)."""
+  proto = getattr(tokenizer, "model_proto", None)
+  if proto is None:
+    return []
+  processor = spm.SentencePieceProcessor(model_proto=proto)
+  return [word for word in dict.fromkeys(workdir_lib.words(prompt))
+          if any(processor.is_byte(i) or processor.is_unknown(i) for i in processor.encode(word))]
+
+
+def _quoted(words: list[str]) -> str:
+  quoted = [repr(w) for w in words]
+  return " or ".join([", ".join(quoted[:-1]), quoted[-1]] if len(quoted) > 1 else quoted)
+
+
+def warn_unknown_words(requests: list[tuple[str, Request]], known: frozenset[str] | None,
+                       source: str, tokenizer: Any = None) -> None:
+  """Prints one warning line per prompt with words the model never saw in training.
+
+  Args:
+    requests: (where, request) pairs.
+    known: the training captions' words (`workdir.read_tokenizer_words`); None: ask `tokenizer`.
+    source: where `known` comes from, named in the warning.
+    tokenizer: the run's tokenizer, for a workdir that did not record its captions' words.
+  """
+  for where, request in requests:
+    if known is not None:
+      unknown = _unknown_words(request.prompt, known)
+      why = f"no training caption says {_quoted(unknown)}"
+      where_known = f" (the words it knows: {source})"
+    elif tokenizer is not None:
+      unknown = _words_the_tokenizer_lacks(request.prompt, tokenizer)
+      why = f"the tokenizer never saw the characters of {_quoted(unknown)} in training"
+      where_known = ""
+    else:
+      unknown = []
+    if unknown:
+      them = "that word" if len(unknown) == 1 else "those words"
+      print(f"warning: {_named(where, 'prompt', request.prompt)}: {why}, so the model cannot "
+            f"follow {them}{where_known}", file=sys.stderr, flush=True)
 
 
 def command(experiment: experiment_lib.Experiment | None, workdir: str | None, *,
@@ -281,19 +521,36 @@ def command(experiment: experiment_lib.Experiment | None, workdir: str | None, *
     print("generate needs --out=FILE.mp4 (a .gif is written beside it)", file=sys.stderr)
     return 2
   try:
+    # Everything that can fail without the model fails here, before it is loaded.
     if prompts_file:
       out_dir = defaults.pop("out", None) or os.path.join(workdir, "generated")
-      requests = read_requests(prompts_file, Request.from_mapping(defaults, "flags",
-                                                                  require_prompt=False))
-      generator = pipeline.load(workdir, experiment)
-      _, failed = generate_many(generator, requests, out_dir)
-      return 1 if failed else 0
-    request = Request.from_mapping(defaults, "flags")
-    request.check_files("flags")
+      try:
+        video_io.check_writable(os.path.join(out_dir, "manifest.jsonl"))
+      except video_io.VideoWriteError as error:
+        raise ValueError(f"--out={out_dir} (the output folder): {error.message}") from error
+      requests = read_requests(prompts_file, Request.from_mapping(defaults, FLAGS,
+                                                                  require_prompt=False), out_dir)
+    else:
+      request = Request.from_mapping(defaults, FLAGS)
+      request.check_files(FLAGS)
+      requests = [(FLAGS, request)]
+    if experiment is None:
+      experiment = workdir_lib.saved_experiment(workdir, pipeline.DIT_STAGE)
+    for where, request in requests:
+      check_memory(experiment, request, where)
+    known = workdir_lib.read_tokenizer_words(workdir, experiment)
+    source = workdir_lib.tokenizer_words_path(workdir_lib.tokenizer_path(workdir, experiment))
+    warn_unknown_words(requests, known, source)
+
     generator = pipeline.load(workdir, experiment)
+    if known is None:
+      warn_unknown_words(requests, None, source, generator.tokenizer)
+    if prompts_file:
+      _, failed = generate_many(generator, [request for _, request in requests], out_dir)
+      return 1 if failed else 0
+    (_, request), = requests
     generate_one(generator, request, request.out)
     return 0
-  except (FileNotFoundError, ValueError, TypeError) as error:
-    logging.error("%s", error)
+  except (OSError, ValueError, TypeError) as error:
     print(f"error: {error}", file=sys.stderr)
     return 1

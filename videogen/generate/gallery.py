@@ -1,4 +1,5 @@
-"""A gallery of generated videos: one `index.html` that shows every video beside its prompt.
+"""A gallery of generated videos: one `index.html` that shows every video (or image) beside its
+prompt.
 
     write_index(out_dir, entries, title="videogen: experiments/shapes.py:tiny")
 
@@ -13,12 +14,15 @@ import html
 import os
 from typing import Sequence
 
+# Files shown with <video>; anything else (.png, .gif) is shown with <img>.
+_VIDEO_KINDS = ("mp4", "webm")
+
 
 @dataclasses.dataclass(frozen=True)
 class GalleryEntry:
   """One generated video. Paths are relative to the gallery folder."""
   prompt: str
-  video: str            # .mp4 shown with <video>
+  video: str            # .mp4 (or .webm) shown with <video>; an image (.png, .gif) with <img>
   gif: str | None = None  # .gif fallback, linked under the video
   note: str = ""        # e.g. "held-out combination", "seed 3, 20 Heun steps"
 
@@ -48,10 +52,13 @@ def write_index(out_dir: str, entries: list[GalleryEntry], *, title: str,
   for entry in entries:
     gif_link = (f' · <a href="{html.escape(entry.gif)}">gif</a>' if entry.gif else "")
     note = f'<div class="note">{html.escape(entry.note)}</div>' if entry.note else ""
+    source = html.escape(entry.video)
+    kind = os.path.splitext(entry.video)[1].lstrip(".").lower() or "file"
+    shown = (f'<video src="{source}" autoplay loop muted playsinline controls></video>'
+             if kind in _VIDEO_KINDS else f'<img src="{source}" alt="{html.escape(entry.prompt)}">')
     cards.append(
-        f'<figure><video src="{html.escape(entry.video)}" autoplay loop muted playsinline '
-        f'controls></video><figcaption>{html.escape(entry.prompt)}{note}'
-        f'<div class="links"><a href="{html.escape(entry.video)}">mp4</a>{gif_link}</div>'
+        f'<figure>{shown}<figcaption>{html.escape(entry.prompt)}{note}'
+        f'<div class="links"><a href="{source}">{kind}</a>{gif_link}</div>'
         f'</figcaption></figure>')
   sheet = (f'<h2>Contact sheet</h2><img class="sheet" src="{html.escape(contact_sheet)}" '
            f'alt="frames of every video">' if contact_sheet else "")
@@ -64,7 +71,7 @@ def write_index(out_dir: str, entries: list[GalleryEntry], *, title: str,
 body {{ font-family: sans-serif; margin: 2em; background: #fafafa; }}
 .grid {{ display: flex; flex-wrap: wrap; gap: 1.5em; }}
 figure {{ margin: 0; width: 240px; }}
-video {{ width: 240px; image-rendering: pixelated; background: #000; }}
+video, figure img {{ width: 240px; image-rendering: pixelated; background: #000; }}
 figcaption {{ font-size: 0.9em; margin-top: 0.3em; }}
 .note {{ color: #a33; font-size: 0.85em; }}
 .links {{ font-size: 0.8em; color: #666; }}

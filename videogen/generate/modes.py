@@ -180,6 +180,9 @@ def loop(generator: pipeline.Generator, prompt: str, *, frames: int | None = Non
     bridge_frames: the closing bridge's length (a multiple of F); default about a third of the
       clip.
   """
+  if bridge_frames is not None and bridge_frames < 1:
+    raise ValueError(f"bridge_frames = {bridge_frames} must be at least 1 (or None: about a "
+                     f"third of the clip)")
   start = time.perf_counter()
   clip = generator.generate(prompt, frames=frames, height=height, width=width, **options)
   if bridge_frames is None:

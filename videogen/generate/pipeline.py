@@ -226,7 +226,13 @@ class Generator:
       height, width: the requested size; None fills a side from `like` (the other side scaled by
         its aspect ratio when one side is given), else from the default shape.
       like: (height, width) of an input whose size the output takes by default.
+
+    Raises:
+      ValueError: a size below 1.
     """
+    for name, size in (("height", height), ("width", width)):
+      if size is not None and size < 1:
+        raise ValueError(f"{name} = {size} must be a positive number of pixels (e.g. 32)")
     default_height, default_width = like or self.default_shape[1:]
     if height is None and width is None:
       height, width = default_height, default_width
@@ -323,6 +329,9 @@ class Generator:
     changes = {k: v for k, v in changes.items() if v is not None}
     if "method" in changes and changes["method"] not in ("euler", "heun"):
       raise ValueError(f"sampler = {changes['method']!r}: choose 'euler' or 'heun'")
+    if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
+      raise ValueError(f"guidance = {guidance} must be >= 0: 1 turns guidance off, larger follows "
+                       f"the prompt more closely (e.g. 4)")
     return dataclasses.replace(self.sample_config, **changes)
 
   def velocity(self, x: jax.Array, t: jax.Array, cond: dict[str, jax.Array]) -> jax.Array:
@@ -360,6 +369,8 @@ class Generator:
     if not isinstance(prompt, str) or not prompt.strip():
       raise ValueError(f"prompt is empty ({prompt!r}): pass a description such as "
                        f"--prompt='a red circle moving right'")
+    if frames is not None and frames < 1:
+      raise ValueError(f"frames = {frames} must be at least 1: the frames to make (e.g. 17)")
     config = self.sampler_config(steps=steps, guidance=guidance, sampler=sampler, seed=seed,
                                  negative_prompt=negative_prompt)
     given = [x for x in (before, after, edit_source) if x is not None]
@@ -497,3 +508,90 @@ def experiment_defaults(experiment: experiment_lib.Experiment) -> dict[str, Any]
   longest = max(data.parsed_buckets(), key=lambda bucket: bucket.frames)
   return dict(window_frames=longest.frames, default_shape=longest.shape,
               fps=float(getattr(getattr(data, "world", None), "fps", DEFAULT_FPS)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Memory a request needs, before anything is loaded.
+# ------------------------------------------------------------------------------------------------
+
+# Bytes of a float32 value: attention logits and the decoder's output are float32.
+_FLOAT32 = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryEstimate:
+  """A lower bound of the memory one request needs, from its shape alone.
+
+  Attributes:
+    frames, height, width: the output's shape (as the generator rounds it).
+    tokens: the transformer's tokens in one sampling window.
+    video_bytes: the finished video, uint8 [frames, height, width, 3].
+    decode_bytes: one decoded chunk of frames in float32, before it becomes uint8.
+    attention_bytes: one layer's attention logits (float32, every guidance branch and head) where
+      the attention backend materialises them (XLA's reference attention), else 0.
+  """
+  frames: int
+  height: int
+  width: int
+  tokens: int
+  video_bytes: int
+  decode_bytes: int
+  attention_bytes: int
+
+  @property
+  def total_bytes(self) -> int:
+    return self.video_bytes + self.decode_bytes + self.attention_bytes
+
+
+def _materialises_attention(backend: str, dtype: str, platform: str) -> bool:
+  """Whether `attention.dot_product_attention` builds the [B, N, T, T] logits on `platform`."""
+  if backend != "auto":
+    return backend == "xla"
+  # "auto" runs cuDNN flash attention on GPUs at 16 bits and splash on TPUs (no logits in memory).
+  return platform == "cpu" or (platform == "gpu" and dtype not in ("bfloat16", "float16"))
+
+
+def estimate_memory(experiment: experiment_lib.Experiment, *, frames: int | None = None,
+                    height: int | None = None, width: int | None = None,
+                    guidance: float | None = None, platform: str | None = None,
+                    chunk_latent_frames: int = 4) -> MemoryEstimate:
+  """A lower bound of the memory a request of this shape needs (see `MemoryEstimate`).
+
+  Only what must exist at once is counted: the output video, one decoded chunk and one layer's
+  attention logits over the longest window; weights, the other activations and the runtime's
+  scratch come on top. A request above the machine's memory therefore cannot run (XLA fails to
+  allocate, or the kernel kills the process); one below it may still not.
+
+  Args:
+    experiment: the experiment of the trained workdir (its models, sampler and data shapes).
+    frames, height, width: the request's (None: the training clip's, as `load` sets it).
+    guidance: the guidance scale (None: config.sample's); 1 runs one branch, else two.
+    platform: "cpu", "gpu" or "tpu" (default: JAX's default backend).
+    chunk_latent_frames: latent frames decoded per call (`Generator`'s default).
+  """
+  defaults = experiment_defaults(experiment)
+  default_frames, default_height, default_width = defaults.get("default_shape", (9, 32, 32))
+  ae, dit = experiment.autoencoder, experiment.dit
+  temporal, spatial = ae.temporal_factor, ae.spatial_factor
+  patch_t, patch_h, patch_w = _patch_size(dit)
+  nearest = lambda size, multiple: max(multiple, multiple * math.floor(size / multiple + 0.5))
+  frames = 1 + temporal * max(0, math.floor(
+      ((default_frames if frames is None else frames) - 1) / temporal + 0.5))
+  height = nearest(default_height if height is None else height, spatial * patch_h)
+  width = nearest(default_width if width is None else width, spatial * patch_w)
+  latent_frames = 1 + (frames - 1) // temporal
+  window_frames = defaults.get("window_frames")
+  if window_frames is not None:
+    latent_frames = min(latent_frames, max(1 + (window_frames - 1) // temporal,
+                                           DEFAULT_OVERLAP + DEFAULT_SUFFIX_OVERLAP + 1))
+  tokens = (math.ceil(latent_frames / patch_t) * (height // spatial // patch_h)
+            * (width // spatial // patch_w))
+  guidance = experiment.sample.guidance_scale if guidance is None else guidance
+  attention_bytes = 0
+  if _materialises_attention(dit.attention_backend, dit.dtype, platform or jax.default_backend()):
+    attention_bytes = (1 if guidance == 1.0 else 2) * dit.num_heads * tokens ** 2 * _FLOAT32
+  chunk_frames = min(frames, temporal * chunk_latent_frames)
+  return MemoryEstimate(frames=frames, height=height, width=width, tokens=tokens,
+                        video_bytes=frames * height * width * 3,
+                        decode_bytes=chunk_frames * height * width * 3 * _FLOAT32,
+                        attention_bytes=attention_bytes)

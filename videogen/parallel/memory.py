@@ -98,3 +98,21 @@ def check_fits(compiled: Any, *, what: str, remedy: str,
       f"{what} needs {gib(needed)} of host memory beyond its inputs ({gib(per_device)} on each of "
       f"{len(cpu_devices)} CPU device(s)) but the host has {gib(available)} available: running it "
       f"would get the process killed by the kernel. {remedy}")
+
+
+def devices_memory_bytes(devices: Optional[list[jax.Device]] = None) -> Optional[int]:
+  """The memory `devices` (default: this process's) have together, or None where unknown.
+
+  CPU devices share the host: its available memory (MemAvailable), counted once. Accelerators
+  report their own limit (`memory_stats()["bytes_limit"]`), summed over the devices.
+  """
+  devices = jax.local_devices() if devices is None else devices
+  if all(d.platform == "cpu" for d in devices):
+    return host_available_bytes()
+  total = 0
+  for device in devices:
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if not stats or "bytes_limit" not in stats:
+      return None
+    total += int(stats["bytes_limit"])
+  return total
