@@ -12,8 +12,6 @@ import pytest
 import ml_collections
 from flax import nnx
 
-from videogen import workdir as workdir_lib
-from videogen.train import config as configs
 
 from data_pipelines import loader
 from data_pipelines import tokenizer as tokenizer_lib
@@ -21,6 +19,7 @@ from data_pipelines import video_io
 from videogen import config as config_lib
 from videogen import experiment as experiment_lib
 from videogen import pixels
+from videogen import workdir as workdir_lib
 from videogen.diffusion import flow
 from videogen.generate import command
 from videogen.generate import modes
@@ -28,6 +27,7 @@ from videogen.generate import pipeline
 from videogen.models import text_to_video
 from videogen.parallel import mesh as mesh_lib
 from videogen.train import checkpointing
+from videogen.train import config as configs
 from videogen.train import config_changes
 
 
@@ -340,3 +340,24 @@ def test_estimate_memory_counts_the_video_a_decoded_chunk_and_the_attention_logi
   half = experiment_lib.validate(tiny_workdir_config)
   assert pipeline.estimate_memory(half, platform="gpu").attention_bytes == 0
   assert pipeline.estimate_memory(half, platform="cpu").attention_bytes > 0
+
+
+def test_a_generator_on_a_mesh_traces_the_activation_constraints_and_keeps_the_video(
+    make_generator, devices):
+  mesh = mesh_lib.create_mesh(mesh_lib.MeshConfig(data=2, fsdp=4), devices)
+  plain = make_generator()
+  sharded = make_generator(sharding=(mesh, mesh_lib.DEFAULT_RULES))
+  x = jnp.zeros((2, 3, 4, 4, plain.dit.config.in_channels), jnp.float32)
+  t = jnp.full((2, 3), 0.5, jnp.float32)
+  cond = plain.encode_prompt("a red circle")
+  cond = jax.tree.map(lambda a: jnp.concatenate([a, a]), cond)
+
+  def constraints(generator):
+    text = pipeline._apply_dit.lower(generator._dit_graph, generator._dit_state, x, t, cond,
+                                     sharding=generator._sharding).as_text()
+    return text.count("sharding_constraint")
+
+  assert constraints(plain) == 0
+  assert constraints(sharded) > 0  # the DiT's block boundaries, pinned to the mesh
+  np.testing.assert_array_equal(sharded.generate("a red circle", frames=9, seed=3),
+                                plain.generate("a red circle", frames=9, seed=3))

@@ -42,6 +42,7 @@ compiled once and reused by every later request of that shape (`samplers.sample(
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -63,6 +64,8 @@ from videogen.diffusion import flow
 from videogen.diffusion import samplers
 from videogen.generate import windows as windows_lib
 from videogen.models import text_to_video
+from videogen.parallel import mesh as mesh_lib
+from videogen.parallel import sharding as sharding_lib
 
 # Frames per second written when the experiment does not say (the procedural world's rate).
 DEFAULT_FPS = 8.0
@@ -102,44 +105,60 @@ def _patch_size(dit: nnx.Module) -> tuple[int, int, int]:
   return tuple(int(p) for p in patch)
 
 
-@functools.partial(jax.jit, static_argnums=0)
+# (mesh, rules as sorted tuples): the kernels trace the models' activation constraints for it.
+ShardingKey = tuple[jax.sharding.Mesh, tuple[tuple[str, tuple[str, ...]], ...]]
+
+
+def _constraints(sharding: ShardingKey | None) -> contextlib.AbstractContextManager[None]:
+  """Inside a kernel: the activation-sharding context of `sharding`; nothing for None."""
+  if sharding is None:
+    return contextlib.nullcontext()
+  return sharding_lib.activation_sharding(sharding[0], dict(sharding[1]))
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames="sharding")
 def _apply_text_encoder(graphdef: nnx.GraphDef, state: nnx.State, ids: jax.Array,
-                        mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+                        mask: jax.Array, *, sharding: ShardingKey | None = None
+                        ) -> tuple[jax.Array, jax.Array]:
   """ids, mask [B, L] -> (embeddings [B, L, D], pooled [B, D])."""
-  return nnx.merge(graphdef, state)(ids, mask)
+  with _constraints(sharding):
+    return nnx.merge(graphdef, state)(ids, mask)
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(jax.jit, static_argnums=0, static_argnames="sharding")
 def _apply_dit(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, t: jax.Array,
-               cond: dict[str, jax.Array]) -> jax.Array:
+               cond: dict[str, jax.Array], *, sharding: ShardingKey | None = None) -> jax.Array:
   """The velocity [B, t, h, w, C] at latents x [B, t, h, w, C] and timesteps t [B, t]."""
   model = nnx.merge(graphdef, state)
   pooled = cond["pooled"] if model.config.pooled_dim is not None else None
-  return model(x, t, cond["context"], cond["context_mask"], pooled)
+  with _constraints(sharding):
+    return model(x, t, cond["context"], cond["context_mask"], pooled)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
+@functools.partial(jax.jit, static_argnums=(0, 3), static_argnames="sharding")
 def _encode_video(graphdef: nnx.GraphDef, state: nnx.State, video: jax.Array,
-                  chunk_latent_frames: int) -> jax.Array:
+                  chunk_latent_frames: int, *, sharding: ShardingKey | None = None) -> jax.Array:
   """video [B, T, H, W, 3] in [-1, 1] -> normalised posterior-mean latents [B, t, h, w, C].
 
   In chunks of `chunk_latent_frames` latent frames (bounded memory; equal to one pass).
   """
   model = nnx.merge(graphdef, state)
-  mean, _ = model.encode_chunked(video, chunk_latent_frames)
+  with _constraints(sharding):
+    mean, _ = model.encode_chunked(video, chunk_latent_frames)
   return model.normalize_latents(mean)
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(jax.jit, static_argnums=0, static_argnames="sharding")
 def _decode_chunk(graphdef: nnx.GraphDef, state: nnx.State, latents: jax.Array,
-                  cache: Any) -> tuple[jax.Array, Any]:
+                  cache: Any, *, sharding: ShardingKey | None = None) -> tuple[jax.Array, Any]:
   """Normalised latents [B, c, h, w, C] -> (uint8 frames, the causal decoder's carried frames).
 
   `cache` is None for the first chunk of a video, then what the previous chunk returned.
   """
   model = nnx.merge(graphdef, state)
   latents = model.denormalize_latents(latents).astype(jnp.dtype(model.config.dtype))
-  video, cache = model.decoder(latents, cache)
+  with _constraints(sharding):
+    video, cache = model.decoder(latents, cache)
   return pixels.to_uint8(video.astype(jnp.float32)), cache
 
 
@@ -156,7 +175,8 @@ class Generator:
                window_frames: int | None = None, overlap: int = DEFAULT_OVERLAP,
                suffix_overlap: int = DEFAULT_SUFFIX_OVERLAP,
                default_shape: tuple[int, int, int] = (9, 32, 32), fps: float = DEFAULT_FPS,
-               chunk_latent_frames: int = 4, progress: bool = True):
+               chunk_latent_frames: int = 4, progress: bool = True,
+               sharding: tuple[jax.sharding.Mesh, sharding_lib.Rules] | None = None):
     """Builds the generator (nothing is compiled until the first request).
 
     Args:
@@ -179,7 +199,14 @@ class Generator:
       chunk_latent_frames: latent frames encoded or decoded per step (bounded memory; one
         progress bar step each).
       progress: show progress bars.
+      sharding: (mesh, logical-axis rules) the modules' parameters live on: the kernels are
+        traced with the models' activation constraints (`sharding.activation_sharding`). None:
+        no constraints (XLA propagates the parameters' shardings alone).
     """
+    # Hashable, so that it is part of the kernels' compilation key: a kernel traced for one mesh
+    # (or none) is never reused for another.
+    self._sharding = None if sharding is None else (
+        sharding[0], tuple(sorted((name, tuple(axes)) for name, axes in sharding[1].items())))
     self.autoencoder = autoencoder
     self.text_encoder = text_encoder
     self.dit = dit
@@ -272,7 +299,8 @@ class Generator:
       ids = np.full((1, length), getattr(self.tokenizer, "pad_id", 0), np.int32)
       mask = np.zeros((1, length), bool)
     embeddings, pooled = _apply_text_encoder(self._text_graph, self._text_state,
-                                             jnp.asarray(ids), jnp.asarray(mask))
+                                             jnp.asarray(ids), jnp.asarray(mask),
+                                             sharding=self._sharding)
     return {"context": embeddings, "context_mask": jnp.asarray(mask), "pooled": pooled}
 
   # -- pixels <-> latents ---------------------------------------------------------------------
@@ -284,7 +312,8 @@ class Generator:
       raise ValueError(f"cannot encode {frames.shape[0]} frames: a clip has 1 + "
                        f"{self.temporal_factor}k frames")
     video = jnp.asarray(pixels.to_model_range(frames))[None]
-    return _encode_video(self._ae_graph, self._ae_state, video, self.chunk_latent_frames)
+    return _encode_video(self._ae_graph, self._ae_state, video, self.chunk_latent_frames,
+                         sharding=self._sharding)
 
   def decode(self, latents: jax.Array, *, desc: str = "decoding") -> np.ndarray:
     """Normalised latents [1, t, h, w, C] -> uint8 frames [1 + F (t - 1), H, W, 3].
@@ -297,7 +326,8 @@ class Generator:
     for start in tqdm.tqdm(starts, desc=desc, unit="chunk", leave=False,
                            disable=not self.progress or len(starts) < 2):
       chunk = latents[:, start:start + self.chunk_latent_frames]
-      video, cache = _decode_chunk(self._ae_graph, self._ae_state, chunk, cache)
+      video, cache = _decode_chunk(self._ae_graph, self._ae_state, chunk, cache,
+                                   sharding=self._sharding)
       outputs.append(np.asarray(video[0]))
     return np.concatenate(outputs, axis=0)
 
@@ -337,7 +367,7 @@ class Generator:
   def velocity(self, x: jax.Array, t: jax.Array, cond: dict[str, jax.Array]) -> jax.Array:
     """The transformer's velocity at latents x [B, t, h, w, C] and timesteps t [B, t] (jitted),
     for a conditioning pytree from `encode_prompt` (no guidance)."""
-    return _apply_dit(self._dit_graph, self._dit_state, x, t, cond)
+    return _apply_dit(self._dit_graph, self._dit_state, x, t, cond, sharding=self._sharding)
 
   def generate(self, prompt: str, *, frames: int | None = None, height: int | None = None,
                width: int | None = None, before: np.ndarray | None = None,
@@ -488,6 +518,7 @@ def load(workdir: str, experiment: experiment_lib.Experiment | None = None, *,
   tokenizer = workdir_lib.load_tokenizer(workdir, experiment)
   graphdef, params, frozen = text_to_video.abstract_model(
       experiment.autoencoder, experiment.text_encoder, experiment.dit)
+  mesh = mesh_lib.create_mesh(experiment.mesh) if mesh is None else mesh
   model, _ = workdir_lib.restore_model(workdir, DIT_STAGE, graphdef, params, frozen,
                                        experiment=experiment, mesh=mesh, step=step)
 
@@ -496,7 +527,8 @@ def load(workdir: str, experiment: experiment_lib.Experiment | None = None, *,
   return Generator(autoencoder=model.autoencoder, text_encoder=model.text_encoder,
                    dit=model.dit, tokenizer=tokenizer,
                    flow_config=experiment.diffusion,
-                   sample_config=experiment.sample, **kwargs)
+                   sample_config=experiment.sample,
+                   sharding=(mesh, experiment.mesh.rules), **kwargs)
 
 
 def experiment_defaults(experiment: experiment_lib.Experiment) -> dict[str, Any]:
