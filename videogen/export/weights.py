@@ -83,7 +83,7 @@ def component_tensors(model: Any, component: str) -> dict[str, np.ndarray]:
     if not isinstance(variable, nnx.Param):
       raise ValueError(f"{component} holds {type(variable).__name__} {name!r}, which is not a "
                        f"parameter: export only knows parameters")
-    value = np.ascontiguousarray(np.asarray(jax.device_get(variable[...]), np.float32))
+    value = np.array(jax.device_get(variable[...]), np.float32)  # a writable host copy
     if depth is not None and path[0] == "blocks":
       rest = ".".join(str(part) for part in path[1:])
       if value.shape[:1] != (depth,):
