@@ -457,7 +457,7 @@ class CausalConv3d(nn.Module):
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
     kernel_time, kernel_height, kernel_width = self.kernel.shape[:3]
-    padded = torch.cat([x[:, :1].expand(-1, kernel_time - 1, -1, -1, -1), x], dim=1)
+    padded = torch.cat([x[:, :1]] * (kernel_time - 1) + [x], dim=1)
     y = F.conv3d(padded.permute(0, 4, 1, 2, 3), self.kernel.permute(4, 3, 0, 1, 2), self.bias,
                  stride=self.stride,
                  padding=(0, (kernel_height - 1) // 2, (kernel_width - 1) // 2))
