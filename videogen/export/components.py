@@ -186,9 +186,10 @@ def check_shape(experiment: experiment_lib.Experiment, frames: int | None, heigh
   for name, size, patch in (("height", height, patch_h), ("width", width, patch_w)):
     multiple = experiment.autoencoder.spatial_factor * patch
     if size < multiple or size % multiple:
+      below, above = size // multiple * multiple, (size // multiple + 1) * multiple
       raise ValueError(f"--{name}={size}: must be a multiple of {multiple} (spatial compression "
-                       f"{experiment.autoencoder.spatial_factor} x patch {patch}), e.g. "
-                       f"{max(1, round(size / multiple)) * multiple}")
+                       f"{experiment.autoencoder.spatial_factor} x patch {patch}): use {above}"
+                       + (f" or {below}" if below else ""))
   return frames, height, width
 
 
