@@ -124,11 +124,9 @@ def export(experiment: experiment_lib.Experiment | None, workdir: str, out: str,
                                             width=shape[2], batch=batch)),
       out=out, batches=(batch, batch + 1))
   os.makedirs(out, exist_ok=True)
-  tokenizer_file = None
-  tokenizer_source = workdir_lib.tokenizer_path(workdir, experiment)
-  if os.path.exists(tokenizer_source):
-    shutil.copyfile(tokenizer_source, os.path.join(out, TOKENIZER_FILE))
-    tokenizer_file = TOKENIZER_FILE
+  # pipeline.load has checked that the tokenizer exists.
+  shutil.copyfile(workdir_lib.tokenizer_path(workdir, experiment),
+                  os.path.join(out, TOKENIZER_FILE))
   results, seconds = {}, {}
   for name in formats:
     start = time.perf_counter()
@@ -136,7 +134,7 @@ def export(experiment: experiment_lib.Experiment | None, workdir: str, out: str,
     seconds[name] = time.perf_counter() - start
     logging.info("exported %s in %.1f s", name, seconds[name])
   report = report_lib.build(job, step=step, shape=shape, batch=batch,
-                            tokenizer_file=tokenizer_file, results=results, seconds=seconds)
+                            tokenizer_file=TOKENIZER_FILE, results=results, seconds=seconds)
   report_lib.write(report, out)
   return report
 

@@ -39,7 +39,7 @@ PARITY = ("each format's outputs against the JAX function's on random inputs ins
 
 
 def build(job: components_lib.Job, *, step: int, shape: tuple[int, int, int], batch: int,
-          tokenizer_file: str | None, results: dict[str, dict[str, Any]],
+          tokenizer_file: str, results: dict[str, dict[str, Any]],
           seconds: dict[str, float]) -> dict[str, Any]:
   """The report (see the module docstring).
 
@@ -48,7 +48,7 @@ def build(job: components_lib.Job, *, step: int, shape: tuple[int, int, int], ba
     step: the checkpoint's step.
     shape: (frames, height, width) of the example inputs.
     batch: the example batch size.
-    tokenizer_file: the tokenizer's path relative to OUT, or None when it was not copied.
+    tokenizer_file: the tokenizer's copy, relative to OUT.
     results: format -> its writer's result, {"components": {name: row}, **extras}.
     seconds: format -> its export time.
   """
