@@ -81,6 +81,12 @@ flags.DEFINE_list("layouts", [], "benchmark: also time the train step on these m
 flags.DEFINE_string("stage", None, "benchmark: the stage whose train step is timed (default: "
                     "'dit' when the experiment has it, else its last stage).")
 
+# Used by `export` (videogen.export.command), with --out, --frames, --height and --width.
+flags.DEFINE_list("formats", None, "export: the formats to write, comma-separated, of those in "
+                  "videogen.export.command.FORMATS (default: all).")
+flags.DEFINE_integer("batch", None, "export: the example batch size parity is measured at (the "
+                     "batch axis stays dynamic; default 1).")
+
 _GENERATE_FLAGS = ("prompt", "negative_prompt", "out", "mode", "frames", "height", "width",
                    "steps", "guidance", "sampler", "seed", "input", "input2", "strength",
                    "bridge_frames", "prompts_file")
@@ -108,6 +114,8 @@ COMMANDS: dict[str, Command] = {
     "summary": Command("videogen.evaluate.summary:summary", True),
     "benchmark": Command("videogen.evaluate.benchmark:command", True,
                          ("what", "layouts", "stage")),
+    "export": Command("videogen.export.command:command", False,
+                      ("out", "formats", "frames", "height", "width", "batch")),
 }
 
 
