@@ -171,15 +171,16 @@ def _fail(message: str) -> NoReturn:
 _HELP_ARGUMENTS = ("--help", "-help", "-h", "--helpshort", "-helpshort", "-?")
 
 
-def _flag_lines(names: tuple[str, ...], command: Command | None = None) -> list[str]:
+def _flag_lines(names: tuple[str, ...], command_name: str | None = None) -> list[str]:
+  """Each flag's name and help (as `command_name` reads it, if given), indented."""
   lines = []
   for name in names:
     flag = flags.FLAGS[name]
     help_text = _VERBOSITY_HELP if name == "verbosity" else flag.help
-    if command is not None:
-      help_text = command.flag_help.get(name, help_text)
-      # The help of a command's own flag names the command: redundant here.
-      help_text = re.sub(r"^\w+: ", "", help_text)
+    if command_name is not None:
+      help_text = COMMANDS[command_name].flag_help.get(name, help_text)
+      # The help of a command's own flag names the command: redundant in its own help.
+      help_text = help_text.removeprefix(f"{command_name}: ")
     if flag.default not in (None, []) and name != "verbosity":
       help_text += f" (default: {flag.default_as_str})"
     lines.append(f"  --{name}")
@@ -192,11 +193,11 @@ def command_help(name: str) -> str:
   """The usage of command `name`: its module's docstring and the flags it takes."""
   command = COMMANDS[name]
   module = importlib.import_module(command.function.partition(":")[0])
-  config = "--config=experiments/<file>.py:<variant>" + ("" if command.needs_config else
-                                                           " (optional)")
+  config = "--config=experiments/<file>.py:<variant>"
+  config = config if command.needs_config else f"[{config}]"
   return "\n".join([f"usage: python -m videogen.main {name} {config} [flags]", "",
                     inspect.getdoc(module) or "", "", "flags:",
-                    *_flag_lines((*command.flags, *_COMMON_FLAGS), command)])
+                    *_flag_lines((*command.flags, *_COMMON_FLAGS), name)])
 
 
 def main_help() -> str:
@@ -206,8 +207,9 @@ def main_help() -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading the command line: the flags (the experiment file's overrides among them) are checked
-# here, before absl parses them, so that each mistake gets one line that says what to do.
+# Reading the command line: the experiment file and its overrides are checked here, before absl
+# parses the flags (ml_collections reports a misspelt key as a chain of tracebacks), so that each
+# mistake gets one line that says what to do. absl's config flag then runs `get_config` again.
 
 
 def _config_argument(argv: list[str]) -> str | None:
@@ -248,8 +250,8 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
   """Runs an experiment file's `get_config(variant)`, as `--config=PATH[:VARIANT]` does.
 
   Raises:
-    CommandLineError: no such file, not a Python file, a syntax error, a missing import or
-      `get_config`, or a variant the file refuses (`get_config` raises ValueError).
+    CommandLineError: no such file, a syntax error, a missing import or `get_config`, or a
+      variant the file refuses (`get_config` raises ValueError).
   """
   path, has_variant, variant = spec.partition(":")
   usage = (f"pass --config=experiments/<file>.py:<variant>, e.g. "
