@@ -44,6 +44,11 @@ from data_pipelines.shapes import world as world_lib
 _STATE_VERSION = 1
 
 
+class BatchSplitError(ValueError):
+  """A bucket's global batch does not split evenly over the processes or the devices of the batch
+  axes: the config's batch sizes do not fit the machine."""
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   """The `config.data` section.
@@ -359,8 +364,8 @@ def make_iterator(config: DataConfig, *, tokenizer, mesh: jax.sharding.Mesh, see
     start_step: the step of the first batch (`set_state` also sets it).
 
   Raises:
-    ValueError: a bucket's global batch does not split evenly over the processes or the batch
-      axes.
+    BatchSplitError: a bucket's global batch does not split evenly over the processes or the
+      batch axes.
   """
   sharding = batch_sharding(mesh, batch_axes)
   batch_devices = math.prod(mesh.shape[axis] for axis in sharding.spec[0])
@@ -369,7 +374,7 @@ def make_iterator(config: DataConfig, *, tokenizer, mesh: jax.sharding.Mesh, see
     for count, what in ((process_count, "processes"),
                         (batch_devices, f"devices along the batch axes {sharding.spec[0]}")):
       if bucket.global_batch % count:
-        raise ValueError(
+        raise BatchSplitError(
             f"bucket {bucket}: global batch {bucket.global_batch} does not split over {count} "
             f"{what}; use a multiple of {count}")
   data_seed = seed if config.seed is None else config.seed

@@ -1,21 +1,203 @@
-"""videogen/main.py: the entry point's errors say what to do."""
+"""videogen/main.py: each mistake on the command line is one line that says what to do; help per
+command; the default log output; the compilation cache's folder."""
 
+import importlib
+import logging
+import os
+import re
 import subprocess
 import sys
 
+import jax
+import pytest
 
-def _main(*args):
+from videogen import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = "--config=experiments/shapes.py:tiny"
+# An absl log line: "I1202 12:00:00.000000 1234 file.py:12] ...".
+LOG_LINE = re.compile(r"^[IWEF]\d{4} ")
+
+
+def _main(*args, env=None):
   return subprocess.run([sys.executable, "-m", "videogen.main", *args], capture_output=True,
-                        text=True, timeout=120)
+                        text=True, timeout=300, cwd=ROOT, env=env)
 
 
-def test_unknown_command_lists_the_commands():
-  result = _main("trian")
+def _one_line(stderr):
+  """The one line of stderr that is not a log line, checking that there is one and no more."""
+  assert "Traceback" not in stderr, stderr[-3000:]
+  messages = [line for line in stderr.splitlines() if not LOG_LINE.match(line)]
+  assert len(messages) == 1, stderr[-3000:]
+  assert messages[0].startswith("error: ")
+  # Said once: not again as an error log line.
+  assert not any(LOG_LINE.match(line) and line.startswith("E") for line in stderr.splitlines())
+  return messages[0]
+
+
+# Mistakes found before absl parses the flags, checked in this process: (argv, what the line
+# says: the mistake and its fix).
+BAD_EXPERIMENTS = [
+    (["train", TINY, "--config.mesh.fdsp=2"],
+     ["unknown config key config.mesh.fdsp", "did you mean config.mesh.fsdp?",
+      "config.mesh accepts: data, dcn_data, dcn_fsdp"]),
+    (["train", TINY, "--config.mesh.data.x=3"],
+     ["config.mesh.data is a value (int), not a section; set it with --config.mesh.data=VALUE"]),
+    (["train", "--config=experiments/nope.py:tiny"],
+     ["config file experiments/nope.py not found", "experiments/shapes.py"]),
+    (["train", "--config=experiments/shapes.py:huge"],
+     ["unknown variant 'huge'", "choose one of tiny, small"]),
+    (["train", "--config={tmp}/no_get_config.py"],
+     ["no_get_config.py defines no get_config(arg=None)"]),
+    (["train", "--config={tmp}/broken.py:tiny"], ["broken.py, line 1: ", "fix the file"]),
+    (["train", "--config={tmp}/no_variants.py:tiny"],
+     ["get_config takes no variant; pass --config=", "no_variants.py without ':tiny'"]),
+    (["train", "--config=", "--workdir=x"], ["--config is empty"]),
+    (["train", "--workdir=x", "--config.mesh.data=3"],
+     ["give the experiment with --config=<file>.py:<variant>"]),
+]
+
+
+@pytest.mark.parametrize("args, says", BAD_EXPERIMENTS,
+                         ids=[" ".join(args) for args, _ in BAD_EXPERIMENTS])
+def test_a_bad_experiment_or_override_gets_one_line(tmp_path, capsys, args, says):
+  (tmp_path / "no_get_config.py").write_text("CONFIG = {}\n")
+  (tmp_path / "broken.py").write_text("def get_config(arg=None)\n  return None\n")
+  (tmp_path / "no_variants.py").write_text("def get_config():\n  return None\n")
+  argv = ["videogen.main", *(arg.replace("{tmp}", str(tmp_path)) for arg in args)]
+  with pytest.raises(SystemExit) as exit_info:
+    main.parse_flags(argv)
+  assert exit_info.value.code == 2
+  message = _one_line(capsys.readouterr().err)
+  for part in says:
+    assert part in message
+
+
+# Mistakes of every other kind, end to end: (command line, what the line says). Exit code 2.
+BAD_COMMAND_LINES = [
+    (["train", TINY, "--workdir={tmp}", "--config.mesh.fdsp=2"],
+     ["unknown config key config.mesh.fdsp", "config.mesh accepts: data, dcn_data"]),
+    (["train", TINY, "--workdir={tmp}", "--config.train.dit.num_steps=abc"],
+     ["--config.train.dit.num_steps=abc", "config.train.dit.num_steps takes an int, e.g. "
+      "--config.train.dit.num_steps=3000"]),
+    (["summary", TINY, "--config.mesh.data=0"],
+     ["invalid config: config.mesh: mesh.data = 0: give a positive size"]),
+    (["train", TINY, "--workdir={tmp}", "--config.mesh.data=3"],
+     ["multiply to 3 but there are 8", "change config.mesh"]),
+    (["train", TINY, "--workdir={tmp}", "--prompt=a red circle"],
+     ["train does not take --prompt", "python -m videogen.main train --help"]),
+    (["benchmark"], ["benchmark needs --config=experiments/<file>.py:<variant>"]),
+    (["generate", "--workdir={tmp}", "--frm=3"],
+     ["Unknown command line flag 'frm'", "python -m videogen.main generate --help"]),
+    (["evaluate", "--workdir={tmp}", "--what=autoencoder", "--scenes_per_group=1"],
+     ["--scenes_per_group applies to --what=generation"]),
+    (["trian"], ["unknown command 'trian'; choose one of: run, train"]),
+    ([], ["give exactly one command"]),
+]
+
+
+@pytest.mark.parametrize("args, says", BAD_COMMAND_LINES,
+                         ids=[" ".join(args) or "no command" for args, _ in BAD_COMMAND_LINES])
+def test_a_bad_command_line_gets_one_line_that_says_what_to_do(tmp_path, args, says):
+  result = _main(*(arg.replace("{tmp}", str(tmp_path)) for arg in args))
+  assert result.returncode == 2, result.stderr[-3000:]
+  message = _one_line(result.stderr)
+  for part in says:
+    assert part in message
+
+
+def test_a_bug_keeps_its_traceback(tmp_path):
+  """Only the mistakes a user fixes are shortened: an experiment file that crashes is a bug."""
+  (tmp_path / "crashes.py").write_text("def get_config(arg=None):\n  return {}['missing']\n")
+  result = _main("summary", f"--config={tmp_path}/crashes.py")
   assert result.returncode != 0
-  assert "unknown command 'trian'; choose one of: run, train" in result.stderr
+  assert "Traceback" in result.stderr and "KeyError: 'missing'" in result.stderr
 
 
-def test_no_command_is_a_usage_error():
-  result = _main()
-  assert result.returncode != 0
-  assert "give exactly one command" in result.stderr
+@pytest.mark.parametrize("command, asking, takes, not_takes", [
+    ("generate", "--help", ["--prompts_file", "--negative_prompt", "--out"],
+     ["--layouts", "--what"]),
+    ("evaluate", "-h", ["--what", "--out", "--scenes_per_group", "4N text-to-video prompts",
+                        "OUT/eval_<what>.json"], ["--prompt\n", "--layouts"]),
+    ("train", "--helpshort", ["--allow_config_change", "--num_processes"],
+     ["--prompt\n", "--what"]),
+])
+def test_help_of_a_command_is_its_usage_and_its_own_flags(capsys, command, asking, takes,
+                                                          not_takes):
+  with pytest.raises(SystemExit) as exit_info:
+    main.parse_flags(["videogen.main", command, "--config.mesh.fdsp=1", asking])
+  assert exit_info.value.code == 0
+  out = capsys.readouterr().out
+  module = importlib.import_module(main.COMMANDS[command].function.partition(":")[0])
+  assert out.startswith(f"usage: python -m videogen.main {command} ")
+  assert module.__doc__.strip().splitlines()[0] in out  # the usage is the module's docstring
+  for text in [*takes, "--config", "--workdir", "--verbosity"]:
+    assert text in out
+  for text in not_takes:
+    assert text not in out
+
+
+def test_help_lists_the_commands():
+  result = _main("--help")
+  assert result.returncode == 0, result.stderr
+  for name in main.COMMANDS:
+    assert f"\n  {name} " in result.stdout
+  assert "<command> --help" in result.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces, in this process.
+
+
+def test_unknown_key_names_the_keys_there_are():
+  config = main.load_config_file("experiments/shapes.py:tiny")
+  assert main.unknown_key(config, "mesh.fsdp", "x") is None
+  assert main.unknown_key(config, "train.dit.num_steps", "x") is None
+  message = main.unknown_key(config, "mesh.fdsp", "x")
+  assert message.startswith("unknown config key config.mesh.fdsp (did you mean config.mesh.fsdp?)")
+  assert message.endswith(", ".join(sorted(config.mesh.keys())))
+  assert "config accepts: " in main.unknown_key(config, "nonsense.x", "x")
+
+
+def _record(pathname, level, message):
+  return logging.LogRecord("absl", level, pathname, 1, message, None, None)
+
+
+def test_the_default_log_keeps_our_lines_and_other_libraries_warnings():
+  keep = main._DefaultLogFilter().filter
+  own = os.path.join(ROOT, "videogen", "train", "trainer.py")
+  orbax = "/venv/site-packages/orbax/checkpoint/checkpoint_manager.py"
+  assert keep(_record(own, logging.INFO, "stage dit: resumed from step 10"))
+  assert keep(_record(os.path.join(ROOT, "data_pipelines", "loader.py"), logging.WARNING, "x"))
+  assert not keep(_record(orbax, logging.INFO, "Created directory=/tmp/x"))
+  assert not keep(_record("/venv/site-packages/jax/_src/xla_bridge.py", logging.INFO, "no tpu"))
+  assert keep(_record("/venv/site-packages/jax/_src/xla_bridge.py", logging.WARNING, "no GPU"))
+  # Orbax's notice that a manager opened read-only (to restore) is read-only.
+  assert not keep(_record(orbax, logging.WARNING, "Given directory is read only=/tmp/x"))
+  assert keep(_record(orbax, logging.ERROR, "save failed"))
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({}, os.path.join(os.path.expanduser("~"), ".cache", "videogen", "jax")),
+    ({"XDG_CACHE_HOME": "/xdg"}, "/xdg/videogen/jax"),
+    ({"JAX_COMPILATION_CACHE_DIR": "/jax"}, None),  # JAX reads it itself: kept
+    ({"VIDEOGEN_COMPILATION_CACHE": "/ours", "JAX_COMPILATION_CACHE_DIR": "/jax"}, "/ours"),
+    ({"VIDEOGEN_COMPILATION_CACHE": "off", "XDG_CACHE_HOME": "/xdg"}, None),
+])
+def test_compilation_cache_folder(environ, expected):
+  assert main.compilation_cache_dir(environ) == expected
+
+
+def test_an_explicit_jax_cache_folder_is_kept(monkeypatch):
+  """conftest.py sets JAX_COMPILATION_CACHE_DIR for the tests; the command line must keep it."""
+  before = (jax.config.jax_compilation_cache_dir,
+            jax.config.jax_persistent_cache_min_compile_time_secs)
+  assert os.environ.get("JAX_COMPILATION_CACHE_DIR")
+  monkeypatch.delenv("VIDEOGEN_COMPILATION_CACHE", raising=False)
+  try:
+    main.enable_compilation_cache()
+    assert jax.config.jax_compilation_cache_dir == before[0]
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == before[1]
+  finally:
+    jax.config.update("jax_compilation_cache_dir", before[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])

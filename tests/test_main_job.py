@@ -39,3 +39,14 @@ def test_gallery_shows_every_prompt_of_the_suite(tiny_workdir, tiny_workdir_conf
   for stage in ("autoencoder", "dit"):  # each stage's loss curve, inside the gallery folder
     assert f'src="{stage}.svg"' in page
     assert os.path.getsize(os.path.join(gallery_dir, f"{stage}.svg")) > 0
+
+
+def test_a_mistake_found_before_training_is_one_line(devices, tiny_workdir_config, tmp_path,
+                                                     capsys):
+  """`run` reports what `train` reports (`train.command.USER_ERRORS`), and writes no gallery."""
+  tiny_workdir_config.mesh.data = 3
+  assert main_job.run(experiment_lib.validate(tiny_workdir_config), str(tmp_path)) == 2
+  err = capsys.readouterr().err
+  assert len(err.splitlines()) == 1 and err.startswith("error: ")
+  assert "multiply to 3 but there are 8" in err
+  assert not os.path.exists(os.path.join(tmp_path, main_job.GALLERY_DIR))

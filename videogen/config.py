@@ -55,13 +55,15 @@ def to_config_dict(value: Any) -> Any:
 def jsonable(value: Any) -> Any:
   """A (nested) config dataclass, dict or tuple tree as plain JSON values, exactly as it reads
   back from a JSON file: tuples become lists, keys strings, dict keys sorted."""
-  return json.loads(json.dumps(value, sort_keys=True, default=_dataclass_fields))
+  return json.loads(json.dumps(value, sort_keys=True, default=_dataclass_as_dict))
 
 
-def _dataclass_fields(value: Any) -> Any:
+def _dataclass_as_dict(value: Any) -> dict[str, Any]:
+  """`json.dumps`'s fallback: dataclasses anywhere in the tree (`experiment.train` is a dict of
+  them) become dicts."""
   if dataclasses.is_dataclass(value) and not isinstance(value, type):
     return dataclasses.asdict(value)
-  raise TypeError(f"{type(value).__name__} {value!r} is not a config value (JSON or a dataclass)")
+  raise TypeError(f"{type(value).__name__} is not a config value (JSON or a config dataclass)")
 
 
 def parse(cls: type[T], section: Any, path: str) -> T:

@@ -30,6 +30,7 @@ from videogen import experiment as experiment_lib
 from videogen.evaluate import suite as suite_lib
 from videogen.generate import gallery
 from videogen.generate import pipeline
+from videogen.train import command as train_command
 from videogen.train import curves
 from videogen.train import trainer
 
@@ -85,15 +86,14 @@ def write_gallery(experiment: experiment_lib.Experiment, workdir: str, *,
 def run(experiment: experiment_lib.Experiment, workdir: str | None) -> int:
   """`python -m videogen.main run`: train, then the gallery. Exit code as `train`'s."""
   if not workdir:
-    print("run needs --workdir=DIR (checkpoints, metrics and the gallery go there)",
+    print("error: run needs --workdir=DIR (checkpoints, metrics and the gallery go there)",
           file=sys.stderr)
     return 2
   start = time.time()
   try:
     results = trainer.train(experiment, workdir)
-  except (trainer.NonFiniteError, trainer.ConfigChangedError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 1 if isinstance(error, trainer.NonFiniteError) else 2
+  except train_command.USER_ERRORS as error:
+    return train_command.report(error)
   if any(result.status == "preempted" for result in results):
     print("preempted after a checkpoint: run the same command again to resume")
     return 0

@@ -80,7 +80,7 @@ def test_data_config_round_trips_through_the_experiment_schema():
 
 def test_a_batch_that_does_not_split_over_the_mesh_is_a_clear_error(tokenizer):
   config = loader.DataConfig(buckets=("3x16x16:8", "1x16x16:4"))
-  with pytest.raises(ValueError, match="1x16x16:4.*does not split over 8"):
+  with pytest.raises(loader.BatchSplitError, match="1x16x16:4.*does not split over 8"):
     loader.make_iterator(config, tokenizer=tokenizer, mesh=_mesh(8, 1), seed=0)
   with pytest.raises(ValueError, match="none of the batch axes"):
     loader.make_iterator(config, tokenizer=tokenizer, mesh=_mesh(8, 1), seed=0,

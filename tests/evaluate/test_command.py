@@ -4,6 +4,7 @@ tiny trained workdir."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from videogen import experiment as experiment_lib
 from videogen.evaluate import caption_use
 from videogen.evaluate import command
 from videogen.evaluate import noise_levels
@@ -24,6 +26,13 @@ def test_evaluate_command_errors_say_what_to_do(tmp_path, capsys):
   assert command.evaluate(None, str(tmp_path), what="generation") == 1
   error = capsys.readouterr().err
   assert "checkpoints/dit" in error and "videogen.main train" in error
+
+
+def test_options_a_what_does_not_take_are_refused(tmp_path, capsys):
+  assert command.evaluate(None, str(tmp_path), what="noise_levels", scenes_per_group=1) == 2
+  assert "--scenes_per_group applies to --what=generation" in capsys.readouterr().err
+  assert command.evaluate(None, str(tmp_path), what="generation", scenes_per_group=0) == 2
+  assert "give at least 1" in capsys.readouterr().err
 
 
 def test_main_wires_the_evaluate_command_and_its_what_flag(tmp_path):
@@ -48,6 +57,31 @@ def test_autoencoder_evaluation_reports_its_scores_and_what_they_are_about(
   assert 0.0 < result["psnr"] < 60.0 and -1.0 <= result["ssim"] <= 1.0  # barely trained
   with open(f"{workdir}/eval_autoencoder.json") as f:
     assert json.load(f) == result
+
+
+@pytest.mark.slow  # ~10 s: 4 text-to-video prompts sampled in 2 steps by the tiny workdir
+def test_evaluate_writes_into_out_and_sizes_the_suite(tiny_workdir, tiny_workdir_config,
+                                                      tmp_path, capsys):
+  """`evaluate --out=DIR --scenes_per_group=1`: the reports and videos go to DIR, none to the
+  workdir; one scene per group gives 4 prompts."""
+  workdir, out = str(tmp_path / "run"), tmp_path / "reports"
+  shutil.copytree(tiny_workdir, workdir)  # the shared workdir is read-only
+  before = sorted(os.listdir(workdir))
+  tiny_workdir_config.sample.num_steps = 2
+  tiny_workdir_config.eval_generation.modes = ()  # text-to-video only
+  experiment = experiment_lib.validate(tiny_workdir_config)
+  assert experiment.eval_generation.scenes_per_group == 2  # what the flag replaces
+  assert command.evaluate(experiment, workdir, what="generation", out=str(out),
+                          scenes_per_group=1) == 0
+  metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert metrics["prompts"] == 4 and metrics["videos"] == 4
+  with open(out / command.GENERATION_FILE) as f:
+    assert json.load(f) == metrics
+  with open(out / command.GENERATION_VIDEOS_FILE) as f:
+    assert len(json.load(f)) == 4
+  videos = sorted(n for n in os.listdir(out / command.GENERATION_VIDEOS_DIR) if n.endswith(".mp4"))
+  assert len(videos) == 4
+  assert sorted(os.listdir(workdir)) == before
 
 
 def test_noise_levels_command_errors_say_what_to_do(tmp_path, capsys):

@@ -47,7 +47,7 @@ def test_mesh_over_a_subset_of_devices(devices):
     ({"data": -1, "fsdp": 3}, r"8 is not divisible by 3"),
 ])
 def test_sizes_that_do_not_fit_say_what_to_change(devices, sizes, message):
-  with pytest.raises(ValueError, match=message):
+  with pytest.raises(mesh_lib.MeshShapeError, match=message):
     mesh_lib.create_mesh(mesh_lib.MeshConfig(**sizes), devices)
 
 
@@ -74,12 +74,12 @@ def test_dcn_sizes_split_devices_into_slices():
   config = mesh_lib.MeshConfig(data=-1, fsdp=2, dcn_data=2)
   ici, dcn = mesh_lib.mesh_shape(config, num_devices=16, num_slices=2)
   assert ici == (4, 2, 1, 1) and dcn == (2, 1, 1, 1)
-  with pytest.raises(ValueError, match="slice"):
+  with pytest.raises(mesh_lib.MeshShapeError, match="slice"):
     mesh_lib.mesh_shape(config, num_devices=16, num_slices=4)
 
 
 def test_dcn_on_one_process_is_a_clear_error(devices):
-  with pytest.raises(ValueError, match=r"slice \(DCN\)"):
+  with pytest.raises(mesh_lib.MeshShapeError, match=r"slice \(DCN\)"):
     mesh_lib.create_mesh(mesh_lib.MeshConfig(dcn_data=2), devices)
 
 

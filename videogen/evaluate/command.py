@@ -1,6 +1,8 @@
-r"""The `evaluate` command: measures a trained workdir and writes the reports into it.
+r"""The `evaluate` command: measures a trained workdir and writes the reports into it (or --out).
 
     python -m videogen.main evaluate --workdir=runs/tiny --what=generation
+    python -m videogen.main evaluate --workdir=runs/tiny --what=generation --scenes_per_group=1 \
+        --out=runs/tiny/quick_eval
     python -m videogen.main evaluate --workdir=runs/tiny --what=autoencoder
     python -m videogen.main evaluate --workdir=runs/tiny --what=noise_levels
     python -m videogen.main evaluate --workdir=runs/tiny --what=caption_use
@@ -9,17 +11,23 @@ Each `--what` (a key of `EVALUATIONS`) loads what it needs from the workdir (the
 `videogen.generate.pipeline.load`, a stage's model through `videogen.train.trainer.load_model`),
 runs its measurement (`videogen.evaluate.generation`, `noise_levels`, `caption_use`, or the stage's
 own `evaluate`), prints a table, then the report as JSON on the last line, and writes the report to
-WORKDIR/eval_<what>.json. Without --config, the experiment saved with the workdir's checkpoint is
-used. Exit codes: 0 done, 1 a checkpoint is missing, 2 a usage error (no --workdir, unknown --what).
+OUT/eval_<what>.json, OUT being --out (default: the workdir); the generation suite's videos go to
+OUT/eval_generation/. `--scenes_per_group=N` sizes the generation suite (N scenes of training
+combinations and N of held-out ones, each prompted with its brief and its descriptive caption: 4N
+text-to-video prompts), replacing the experiment's `config.eval_generation.scenes_per_group`.
+Without --config, the experiment saved with the workdir's checkpoint is used. Exit codes: 0 done,
+1 a checkpoint is missing, 2 a usage error (no --workdir, unknown --what, an option --what does
+not take).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from absl import logging
@@ -37,7 +45,7 @@ from videogen.generate import pipeline
 from videogen.train import stages as stages_lib
 from videogen.train import trainer
 
-# Reports written into the workdir.
+# Reports written into the output folder (default: the workdir).
 GENERATION_FILE = "eval_generation.json"
 GENERATION_VIDEOS_FILE = "eval_generation_videos.json"
 NOISE_LEVELS_FILE = "eval_noise_levels.json"
@@ -65,10 +73,10 @@ def world_generator(experiment: experiment_lib.Experiment | None, workdir: str
   return pipeline.load(workdir, experiment, progress=False), experiment.data.world
 
 
-def write_report(workdir: str, filename: str, report: Any) -> None:
-  """Writes an evaluation's report as indented JSON to WORKDIR/filename."""
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, filename), "w") as f:
+def write_report(directory: str, filename: str, report: Any) -> None:
+  """Writes an evaluation's report as indented JSON to DIRECTORY/filename."""
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, filename), "w") as f:
     json.dump(report, f, indent=2)
 
 
@@ -92,9 +100,9 @@ def _save_videos_callback(directory: str, fps: float, entries: list[gallery.Gall
 
 def run_generation(experiment: experiment_lib.Experiment | None, workdir: str, *,
                    config: suite_lib.GenerationEvalConfig | None = None,
-                   progress: bool = True) -> generation.GenerationReport:
-  """Loads the workdir's generator, runs the suite, writes WORKDIR/eval_generation.json (the
-  metrics) and WORKDIR/eval_generation_videos.json (one row per video).
+                   progress: bool = True, out: str | None = None) -> generation.GenerationReport:
+  """Loads the workdir's generator, runs the suite, writes OUT/eval_generation.json (the
+  metrics) and OUT/eval_generation_videos.json (one row per video).
 
   Args:
     experiment: the validated experiment; None reads the one saved with the checkpoint.
@@ -102,7 +110,9 @@ def run_generation(experiment: experiment_lib.Experiment | None, workdir: str, *
     config: the suite; None uses the experiment's `eval_generation` section if it has one, else
       the defaults.
     progress: show progress bars.
+    out: the folder of the reports and videos; None: the workdir.
   """
+  out = workdir if out is None else out
   if experiment is None:
     experiment = workdir_lib.saved_experiment(workdir, pipeline.DIT_STAGE)
   if config is None:
@@ -113,26 +123,27 @@ def run_generation(experiment: experiment_lib.Experiment | None, workdir: str, *
   logging.info("generation suite: %d prompts and %d conditioned cases at %dx%dx%d",
                len(suite.prompts), len(suite.cases), suite.frames, suite.height, suite.width)
   entries: list[gallery.GalleryEntry] = []
-  videos_dir = os.path.join(workdir, GENERATION_VIDEOS_DIR)
+  videos_dir = os.path.join(out, GENERATION_VIDEOS_DIR)
   on_video = (_save_videos_callback(videos_dir, generator.fps, entries)
               if config.save_videos else None)
   report = generation.evaluate_generation(generation.generator_fn(generator), suite,
                                           progress=progress, on_video=on_video)
   if entries:
     gallery.write_index(videos_dir, entries, title=f"videogen generation suite: {workdir}")
-  write_report(workdir, GENERATION_FILE, report.metrics)
-  write_report(workdir, GENERATION_VIDEOS_FILE, report.rows)
+  write_report(out, GENERATION_FILE, report.metrics)
+  write_report(out, GENERATION_VIDEOS_FILE, report.rows)
   return report
 
 
 def run_noise_levels(experiment: experiment_lib.Experiment | None, workdir: str, *,
                      levels: Sequence[float] = noise_levels.LEVELS, clips: int = 32,
-                     progress: bool = True) -> dict[str, Any]:
+                     progress: bool = True, out: str | None = None) -> dict[str, Any]:
   """Loads the workdir's generator, scores the autoencoder's reconstructions and every level,
-  writes WORKDIR/eval_noise_levels.json.
+  writes OUT/eval_noise_levels.json.
 
   Args:
     experiment: the validated experiment; None reads the one saved with the checkpoint.
+    out: the folder of the report; None: the workdir.
   """
   generator, world_config = world_generator(experiment, workdir)
   frames, height, width = generator.default_shape
@@ -140,24 +151,25 @@ def run_noise_levels(experiment: experiment_lib.Experiment | None, workdir: str,
       noise_levels.generator_edit_fn(generator), levels=levels, clips=clips, frames=frames,
       height=height, width=width, world_config=world_config,
       reconstruct_fn=noise_levels.generator_reconstruct_fn(generator), progress=progress)
-  write_report(workdir, NOISE_LEVELS_FILE, report)
+  write_report(workdir if out is None else out, NOISE_LEVELS_FILE, report)
   return report
 
 
 def run_caption_use(experiment: experiment_lib.Experiment | None, workdir: str, *,
                     levels: Sequence[float] = caption_use.LEVELS, clips: int = 64,
-                    progress: bool = True) -> dict[str, Any]:
-  """Loads the workdir's models, measures every gap, writes WORKDIR/eval_caption_use.json.
+                    progress: bool = True, out: str | None = None) -> dict[str, Any]:
+  """Loads the workdir's models, measures every gap, writes OUT/eval_caption_use.json.
 
   Args:
     experiment: the validated experiment; None reads the one saved with the checkpoint.
+    out: the folder of the report; None: the workdir.
   """
   generator, world_config = world_generator(experiment, workdir)
   frames, height, width = generator.default_shape
   report = caption_use.measure_gaps(caption_use.generator_loss_fn(generator), levels=levels,
                                     clips=clips, frames=frames, height=height, width=width,
                                     world_config=world_config, progress=progress)
-  write_report(workdir, CAPTION_USE_FILE, report)
+  write_report(workdir if out is None else out, CAPTION_USE_FILE, report)
   return report
 
 
@@ -184,33 +196,49 @@ def report_command(what: str, workdir: str | None, run: Callable[[str], Any],
   return 0
 
 
-def generation_command(experiment: experiment_lib.Experiment | None, workdir: str | None) -> int:
-  """`evaluate --what=generation`: prints the table, then the metrics JSON as the last line."""
-  return report_command("generation", workdir, lambda w: run_generation(experiment, w),
-                        generation.format_table, lambda report: report.metrics)
+def generation_command(experiment: experiment_lib.Experiment | None, workdir: str | None, *,
+                       out: str | None = None, scenes_per_group: int | None = None) -> int:
+  """`evaluate --what=generation`: prints the table, then the metrics JSON as the last line.
+
+  Args:
+    scenes_per_group: the suite's size; None: the experiment's `eval_generation`.
+  """
+
+  def run(workdir: str) -> generation.GenerationReport:
+    known = experiment
+    config = None
+    if scenes_per_group is not None:
+      known = known or workdir_lib.saved_experiment(workdir, pipeline.DIT_STAGE)
+      config = dataclasses.replace(known.eval_generation, scenes_per_group=scenes_per_group)
+    return run_generation(known, workdir, config=config, out=out)
+
+  return report_command("generation", workdir, run, generation.format_table,
+                        lambda report: report.metrics)
 
 
-def noise_levels_command(experiment: experiment_lib.Experiment | None,
-                         workdir: str | None) -> int:
+def noise_levels_command(experiment: experiment_lib.Experiment | None, workdir: str | None, *,
+                         out: str | None = None) -> int:
   """`evaluate --what=noise_levels`: prints the table, then the JSON as the last line."""
-  return report_command("noise_levels", workdir, lambda w: run_noise_levels(experiment, w),
+  return report_command("noise_levels", workdir,
+                        lambda w: run_noise_levels(experiment, w, out=out),
                         noise_levels.format_table, lambda report: report)
 
 
-def caption_use_command(experiment: experiment_lib.Experiment | None,
-                        workdir: str | None) -> int:
+def caption_use_command(experiment: experiment_lib.Experiment | None, workdir: str | None, *,
+                        out: str | None = None) -> int:
   """`evaluate --what=caption_use`: prints the table, then the JSON as the last line."""
-  return report_command("caption_use", workdir, lambda w: run_caption_use(experiment, w),
+  return report_command("caption_use", workdir, lambda w: run_caption_use(experiment, w, out=out),
                         caption_use.format_table, lambda report: report)
 
 
 def stage_command(stage_name: str, experiment: experiment_lib.Experiment | None,
-                  workdir: str | None) -> int:
+                  workdir: str | None, *, out: str | None = None) -> int:
   """`evaluate --what=<stage>`: the stage's own `evaluate` on its newest checkpoint (EMA weights).
 
   Prints one line per metric (and per fact of `stage.evaluation_context()`, e.g. the
   autoencoder's compression), then all of them as JSON on the last line, and writes them to
-  WORKDIR/eval_<stage>.json.
+  OUT/eval_<stage>.json; the stage writes its own files (e.g. sample videos) under OUT too.
+  OUT is `out`, by default the workdir.
   """
   if not workdir:
     print(f"evaluate needs --workdir=DIR, a run that trained stage {stage_name!r}",
@@ -228,13 +256,14 @@ def stage_command(stage_name: str, experiment: experiment_lib.Experiment | None,
     print(f"--what={stage_name} is not available in this version of videogen: its stage does not "
           f"import ({error})", file=sys.stderr)
     return 2
-  scores = {name: float(value) for name, value in stage.evaluate(model, step, workdir).items()}
+  out = workdir if out is None else out
+  scores = {name: float(value) for name, value in stage.evaluate(model, step, out).items()}
   if not scores:
     print(f"stage {stage_name!r} measures nothing in its evaluate(); nothing to report",
           file=sys.stderr)
     return 1
   result = {"stage": stage_name, "step": int(step), **scores, **stage.evaluation_context()}
-  write_report(workdir, f"eval_{stage_name}.json", result)
+  write_report(out, f"eval_{stage_name}.json", result)
   for name, value in result.items():
     print(f"{name:28} {generation.format_value(value)}")
   print(json.dumps(result))
@@ -243,17 +272,19 @@ def stage_command(stage_name: str, experiment: experiment_lib.Experiment | None,
 
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
-  """One `--what`: `command(experiment, workdir)` returns an exit code; `about` says what it
-  measures."""
-  command: Callable[[Optional[experiment_lib.Experiment], Optional[str]], int]
+  """One `--what`: `command(experiment, workdir, out=..., **options)` returns an exit code;
+  `about` says what it measures; `options` names the keyword options it takes besides `out`."""
+  command: Callable[..., int]
   about: str
+  options: tuple[str, ...] = ()
 
 
 EVALUATIONS: dict[str, Evaluation] = {
     "generation": Evaluation(
-        generation_command, "prompt following, physics, seams and speed of generated videos"),
+        generation_command, "prompt following, physics, seams and speed of generated videos",
+        options=("scenes_per_group",)),
     "autoencoder": Evaluation(
-        lambda experiment, workdir: stage_command("autoencoder", experiment, workdir),
+        functools.partial(stage_command, "autoencoder"),
         "the autoencoder stage's own evaluation (reconstruction PSNR / SSIM)"),
     "noise_levels": Evaluation(
         noise_levels_command, "attribute accuracy of test clips regenerated from each noise "
@@ -267,17 +298,34 @@ DEFAULT_EVALUATION = "generation"
 
 
 def evaluate(experiment: experiment_lib.Experiment | None, workdir: str | None, *,
-             what: str | None = None) -> int:
+             what: str | None = None, out: str | None = None,
+             scenes_per_group: int | None = None) -> int:
   """`python -m videogen.main evaluate --workdir=DIR --what=...`: runs one evaluation.
 
   Args:
     experiment: the validated experiment (from --config), or None to read the workdir's own.
     workdir: the trained run.
     what: a key of `EVALUATIONS`; None: `DEFAULT_EVALUATION`.
+    out: the folder of the reports and videos; None: the workdir.
+    scenes_per_group: the generation suite's size (--what=generation only); None: the
+      experiment's.
   """
   what = DEFAULT_EVALUATION if what is None else what
   if what not in EVALUATIONS:
     print(f"unknown --what={what!r}; choose one of: "
           + "; ".join(f"{k} ({v.about})" for k, v in EVALUATIONS.items()), file=sys.stderr)
     return 2
-  return EVALUATIONS[what].command(experiment, workdir)
+  evaluation = EVALUATIONS[what]
+  options = {name: value for name, value in {"scenes_per_group": scenes_per_group}.items()
+             if value is not None}
+  for name in options:
+    if name not in evaluation.options:
+      takers = [k for k, v in EVALUATIONS.items() if name in v.options]
+      print(f"error: --{name} applies to --what={' or --what='.join(takers)}, not --what={what}",
+            file=sys.stderr)
+      return 2
+  if scenes_per_group is not None and scenes_per_group < 1:
+    print(f"error: --scenes_per_group={scenes_per_group}: give at least 1 (N scenes of each "
+          f"group give 4N prompts)", file=sys.stderr)
+    return 2
+  return evaluation.command(experiment, workdir, out=out, **options)

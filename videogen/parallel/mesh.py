@@ -113,18 +113,23 @@ class MeshConfig:
     return tuple((f"dcn_{axis}", getattr(self, f"dcn_{axis}")) for axis in AXES)
 
 
+class MeshShapeError(ValueError):
+  """config.mesh does not fit the devices: its sizes do not multiply to the device (or slice)
+  count."""
+
+
 def _fill(sizes: Sequence[int], total: int, what: str) -> tuple[int, ...]:
   """Replaces the one -1 in `sizes` so that their product is `total`."""
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if total % known:
-      raise ValueError(f"cannot fill the -1 in the {what} sizes {tuple(sizes)}: {total} is not "
-                       f"divisible by {known}; change config.mesh")
+      raise MeshShapeError(f"cannot fill the -1 in the {what} sizes {tuple(sizes)}: {total} is "
+                           f"not divisible by {known}; change config.mesh")
     sizes = tuple(total // known if s == -1 else s for s in sizes)
   if math.prod(sizes) != total:
-    raise ValueError(f"the {what} sizes {dict(zip(AXES, sizes))} multiply to {math.prod(sizes)} "
-                     f"but there are {total} {what} units; change config.mesh so that the product "
-                     f"is {total} (or set one axis to -1)")
+    raise MeshShapeError(f"the {what} sizes {dict(zip(AXES, sizes))} multiply to "
+                         f"{math.prod(sizes)} but there are {total} {what} units; change "
+                         f"config.mesh so that the product is {total} (or set one axis to -1)")
   return tuple(sizes)
 
 
@@ -136,11 +141,14 @@ def mesh_shape(config: MeshConfig, num_devices: int,
     config: the mesh config.
     num_devices: total number of devices.
     num_slices: number of slices (DCN granules) the devices form.
+
+  Raises:
+    MeshShapeError: the sizes do not multiply to the device or slice count.
   """
   dcn = _fill([size for _, size in config.dcn_shape], num_slices, "slice (DCN)")
   if num_devices % math.prod(dcn):
-    raise ValueError(f"{num_devices} devices cannot be split into {math.prod(dcn)} slices; "
-                     f"change config.mesh.dcn_*")
+    raise MeshShapeError(f"{num_devices} devices cannot be split into {math.prod(dcn)} slices; "
+                         f"change config.mesh.dcn_*")
   ici = _fill([size for _, size in config.ici_shape], num_devices // math.prod(dcn),
               "device-per-slice (ICI)")
   return ici, dcn

@@ -2,8 +2,12 @@
 
     python -m videogen.main train --config=experiments/shapes.py:tiny --workdir=runs/tiny
 
-Exit codes: 0 trained (or preempted after a save: rerun to resume), 1 non-finite loss,
-2 config changed, checkpoints unreadable or no --workdir.
+Trains each stage of `config.stages` in order, resuming from the workdir's newest checkpoints; a
+stage already trained to its `num_steps` is skipped. Exit codes: 0 trained (or preempted after a
+save: rerun to resume), 1 non-finite loss, 2 a mistake to fix before training: no --workdir, a
+config that differs from the checkpoints' (--allow_config_change resumes anyway), unreadable
+checkpoints, a missing input (the autoencoder's checkpoint for `--config.stages=dit`, a data
+set), a mesh or batch sizes that do not fit the devices. Each is one line on stderr.
 """
 
 from __future__ import annotations
@@ -12,10 +16,29 @@ import sys
 
 from absl import logging
 
+from data_pipelines import loader
 from videogen import experiment as experiment_lib
+from videogen.parallel import mesh as mesh_lib
 from videogen.parallel import multihost
 from videogen.train import checkpointing
 from videogen.train import trainer
+
+# What `trainer.train` raises for a mistake the user fixes (each message says how): reported in
+# one line by `report`. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (trainer.NonFiniteError, trainer.ConfigChangedError,
+               checkpointing.CheckpointRestoreError, loader.BatchSplitError,
+               mesh_lib.MeshShapeError, FileNotFoundError)
+
+
+def report(error: BaseException) -> int:
+  """Prints one of `USER_ERRORS` on stderr; returns the exit code (1 non-finite loss, else 2)."""
+  hint = ""
+  if isinstance(error, loader.BatchSplitError):
+    hint = (" in the bucket's GLOBAL_BATCH (FRAMESxHEIGHTxWIDTH:GLOBAL_BATCH) of "
+            "config.data.buckets (the autoencoder stage's own: config.autoencoder_loss.buckets), "
+            "or use fewer devices")
+  print(f"error: {error}{hint}", file=sys.stderr)
+  return 1 if isinstance(error, trainer.NonFiniteError) else 2
 
 
 def command(experiment: experiment_lib.Experiment, workdir: str | None, *,
@@ -23,17 +46,14 @@ def command(experiment: experiment_lib.Experiment, workdir: str | None, *,
             num_processes: int | None = None, process_id: int | None = None) -> int:
   """Trains `experiment` in `workdir`; returns the exit code (see the module docstring)."""
   if not workdir:
-    print("train needs --workdir=DIR (checkpoints and metrics go there)", file=sys.stderr)
+    print("error: train needs --workdir=DIR (checkpoints and metrics go there)", file=sys.stderr)
     return 2
   multihost.initialize(coordinator_address, num_processes, process_id)
   multihost.quiet_secondary_logging()
   try:
     results = trainer.train(experiment, workdir, allow_config_change=allow_config_change)
-  except (trainer.NonFiniteError, trainer.ConfigChangedError,
-          checkpointing.CheckpointRestoreError) as error:
-    logging.error("%s", error)
-    print(f"error: {error}", file=sys.stderr)
-    return 1 if isinstance(error, trainer.NonFiniteError) else 2
+  except USER_ERRORS as error:
+    return report(error)
   for result in results:
     logging.info("stage %s: %s at step %d", result.name, result.status, result.step)
   return 0

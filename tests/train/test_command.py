@@ -1,0 +1,64 @@
+"""videogen/train/command.py: the mistakes a user fixes before training are one line and exit
+code 2; a bug keeps its traceback."""
+
+import pytest
+
+from videogen import experiment as experiment_lib
+from videogen.train import command
+from videogen.train import trainer
+
+
+def _one_line(capsys):
+  err = capsys.readouterr().err
+  assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+  return err
+
+
+def test_a_batch_that_does_not_split_over_the_devices_says_where_to_change_it(
+    devices, tiny_workdir_config, tmp_path, capsys):
+  tiny_workdir_config.autoencoder_loss.buckets = ("5x32x32:4",)
+  experiment = experiment_lib.validate(tiny_workdir_config)
+  assert command.command(experiment, str(tmp_path)) == 2
+  error = _one_line(capsys)
+  assert "bucket 5x32x32:4:1: global batch 4 does not split over 8 devices" in error
+  assert "use a multiple of 8" in error and "config.autoencoder_loss.buckets" in error
+
+
+def test_a_mesh_that_does_not_fit_the_devices(devices, tiny_workdir_config, tmp_path, capsys):
+  tiny_workdir_config.mesh.data = 3
+  assert command.command(experiment_lib.validate(tiny_workdir_config), str(tmp_path)) == 2
+  error = _one_line(capsys)
+  assert "multiply to 3 but there are 8" in error and "change config.mesh" in error
+
+
+def test_the_dit_stage_alone_needs_the_autoencoder_first(devices, tiny_workdir_config, tmp_path,
+                                                         capsys):
+  tiny_workdir_config.stages = ("dit",)
+  assert command.command(experiment_lib.validate(tiny_workdir_config), str(tmp_path)) == 2
+  error = _one_line(capsys)
+  assert "no checkpoint of stage 'autoencoder'" in error
+  assert "--config.stages=autoencoder" in error
+
+
+def test_no_workdir(tiny_workdir_config, capsys):
+  assert command.command(experiment_lib.validate(tiny_workdir_config), None) == 2
+  assert "train needs --workdir=DIR" in _one_line(capsys)
+
+
+def test_a_non_finite_loss_exits_1_and_a_bug_keeps_its_traceback(tiny_workdir_config, tmp_path,
+                                                                 monkeypatch, capsys):
+  experiment = experiment_lib.validate(tiny_workdir_config)
+
+  def diverges(*args, **kwargs):
+    raise trainer.NonFiniteError("stage dit: loss nan at step 3")
+
+  monkeypatch.setattr(trainer, "train", diverges)
+  assert command.command(experiment, str(tmp_path)) == 1
+  assert "loss nan at step 3" in _one_line(capsys)
+
+  def has_a_bug(*args, **kwargs):
+    raise ValueError("a bug")
+
+  monkeypatch.setattr(trainer, "train", has_a_bug)
+  with pytest.raises(ValueError, match="a bug"):
+    command.command(experiment, str(tmp_path))
