@@ -1,14 +1,12 @@
 """videogen/main.py: each mistake on the command line is one line that says what to do; help per
-command; the default log output; the compilation cache's folder."""
+command. The plumbing's pieces are tested alone in tests/test_cli.py."""
 
 import importlib
-import logging
 import os
 import re
 import subprocess
 import sys
 
-import jax
 import pytest
 
 from videogen import main
@@ -143,61 +141,3 @@ def test_help_lists_the_commands():
   for name in main.COMMANDS:
     assert f"\n  {name} " in result.stdout
   assert "<command> --help" in result.stdout
-
-
-# ---------------------------------------------------------------------------------------------
-# Pieces, in this process.
-
-
-def test_unknown_key_names_the_keys_there_are():
-  config = main.load_config_file("experiments/shapes.py:tiny")
-  assert main.unknown_key(config, "mesh.fsdp", "x") is None
-  assert main.unknown_key(config, "train.dit.num_steps", "x") is None
-  message = main.unknown_key(config, "mesh.fdsp", "x")
-  assert message.startswith("unknown config key config.mesh.fdsp (did you mean config.mesh.fsdp?)")
-  assert message.endswith(", ".join(sorted(config.mesh.keys())))
-  assert "config accepts: " in main.unknown_key(config, "nonsense.x", "x")
-
-
-def _record(pathname, level, message):
-  return logging.LogRecord("absl", level, pathname, 1, message, None, None)
-
-
-def test_the_default_log_keeps_our_lines_and_other_libraries_warnings():
-  keep = main._DefaultLogFilter().filter
-  own = os.path.join(ROOT, "videogen", "train", "trainer.py")
-  orbax = "/venv/site-packages/orbax/checkpoint/checkpoint_manager.py"
-  assert keep(_record(own, logging.INFO, "stage dit: resumed from step 10"))
-  assert keep(_record(os.path.join(ROOT, "data_pipelines", "loader.py"), logging.WARNING, "x"))
-  assert not keep(_record(orbax, logging.INFO, "Created directory=/tmp/x"))
-  assert not keep(_record("/venv/site-packages/jax/_src/xla_bridge.py", logging.INFO, "no tpu"))
-  assert keep(_record("/venv/site-packages/jax/_src/xla_bridge.py", logging.WARNING, "no GPU"))
-  # Orbax's notice that a manager opened read-only (to restore) is read-only.
-  assert not keep(_record(orbax, logging.WARNING, "Given directory is read only=/tmp/x"))
-  assert keep(_record(orbax, logging.ERROR, "save failed"))
-
-
-@pytest.mark.parametrize("environ, expected", [
-    ({}, os.path.join(os.path.expanduser("~"), ".cache", "videogen", "jax")),
-    ({"XDG_CACHE_HOME": "/xdg"}, "/xdg/videogen/jax"),
-    ({"JAX_COMPILATION_CACHE_DIR": "/jax"}, None),  # JAX reads it itself: kept
-    ({"VIDEOGEN_COMPILATION_CACHE": "/ours", "JAX_COMPILATION_CACHE_DIR": "/jax"}, "/ours"),
-    ({"VIDEOGEN_COMPILATION_CACHE": "off", "XDG_CACHE_HOME": "/xdg"}, None),
-])
-def test_compilation_cache_folder(environ, expected):
-  assert main.compilation_cache_dir(environ) == expected
-
-
-def test_an_explicit_jax_cache_folder_is_kept(monkeypatch):
-  """conftest.py sets JAX_COMPILATION_CACHE_DIR for the tests; the command line must keep it."""
-  before = (jax.config.jax_compilation_cache_dir,
-            jax.config.jax_persistent_cache_min_compile_time_secs)
-  assert os.environ.get("JAX_COMPILATION_CACHE_DIR")
-  monkeypatch.delenv("VIDEOGEN_COMPILATION_CACHE", raising=False)
-  try:
-    main.enable_compilation_cache()
-    assert jax.config.jax_compilation_cache_dir == before[0]
-    assert jax.config.jax_persistent_cache_min_compile_time_secs == before[1]
-  finally:
-    jax.config.update("jax_compilation_cache_dir", before[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
