@@ -38,7 +38,8 @@ FORBIDDEN: tuple[tuple[str, str, str], ...] = (
     ("videogen.generate", "videogen.evaluate", "evaluation calls generation, not the reverse"),
 )
 # Only the entry point reaches the commands' top.
-ENTRY_POINTS = {"videogen.main_job": ("videogen.main",), "videogen.main": ()}
+ENTRY_POINTS = {"videogen.main_job": ("videogen.main",), "videogen.main": (),
+                "videogen.cli": ("videogen.main",)}
 
 
 def _module_name(path: pathlib.Path) -> str:
