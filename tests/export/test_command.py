@@ -23,10 +23,12 @@ def exported(tiny_workdir, tmp_path_factory):
 def test_writes_every_format_the_tokenizer_and_the_report(exported, tiny_workdir):
   code, out = exported
   assert code == 0
+  extra = {"stablehlo": [], "onnx": [],
+           "torch": ["config.json", "tokenizer.model", "videogen_torch.py"]}
   for name in command.FORMATS:
-    suffix = {"stablehlo": ".stablehlo", "onnx": ".onnx"}[name]
+    suffix = {"stablehlo": ".stablehlo", "onnx": ".onnx", "torch": ".safetensors"}[name]
     assert sorted(os.listdir(os.path.join(out, name))) == sorted(
-        component + suffix for component in components_lib.NAMES)
+        [component + suffix for component in components_lib.NAMES] + extra[name])
   with open(os.path.join(out, "tokenizer.model"), "rb") as copy, open(
       os.path.join(tiny_workdir, "tokenizer.model"), "rb") as original:
     assert copy.read() == original.read()
@@ -39,7 +41,7 @@ def test_writes_every_format_the_tokenizer_and_the_report(exported, tiny_workdir
   assert report["shape"] == {"frames": 9, "height": 32, "width": 32}
   assert report["tokenizer"]["file"] == "tokenizer.model"
   assert list(report["components"]) == list(components_lib.NAMES)
-  assert set(report["formats"]) == set(command.FORMATS)
+  assert set(report["formats"]) == set(command.FORMATS) == {"stablehlo", "onnx", "torch"}
   assert all(entry["seconds"] > 0 for entry in report["formats"].values())
   for name, component in report["components"].items():
     assert component["inputs"] and component["outputs"], name
@@ -50,12 +52,17 @@ def test_writes_every_format_the_tokenizer_and_the_report(exported, tiny_workdir
       assert row["parity"]["max_abs"] <= TOLERANCE, (name, format_name, row["parity"])
       assert row["parity"]["batches"] == [1, 2] and "max_rel" in row["parity"]
       assert "batch" in row["dynamic_axes"][component["inputs"][0]["name"]]
+    assert set(component["formats"]) == set(command.FORMATS), name
+  # The torch generate against the JAX pipeline from the same noise, at the example clip.
+  end_to_end = report["formats"]["torch"]["end_to_end"]
+  assert end_to_end["shape"] == [9, 32, 32, 3]
+  assert end_to_end["fraction_within_1"] >= 0.99, end_to_end
   ids = report["components"]["text_encoder"]["inputs"][0]
   assert ids["dtype"] == "int32" and ids["range"][0] == 0 and ids["range"][1] > 1
 
 
 @pytest.mark.parametrize("flags, code, message", [
-    (dict(formats=["tflite"]), 2, "unknown format 'tflite': choose from stablehlo, onnx"),
+    (dict(formats=["tflite"]), 2, "unknown format 'tflite': choose from stablehlo, onnx, torch"),
     (dict(frames=8), 2, "--frames=8: the models take 1 + 2k frames"),
     (dict(height=30), 2, "--height=30: must be a multiple of 8"),
     (dict(batch=0), 2, "--batch=0 must be at least 1"),

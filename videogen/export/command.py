@@ -1,20 +1,23 @@
 r"""The `export` command: a trained workdir's models as files other runtimes load.
 
     python -m videogen.main export --workdir=runs/tiny --out=exported \
-        [--formats=onnx,stablehlo --frames=9 --height=32 --width=32 --batch=1]
+        [--formats=torch,onnx,stablehlo --frames=9 --height=32 --width=32 --batch=1]
 
 restores the diffusion stage's EMA weights (the text encoder, the transformer, the autoencoder)
 and writes, for the four components of `videogen.export.components`:
 
     OUT/stablehlo/{text_encoder,dit,encoder,decoder}.stablehlo   (`videogen.export.stablehlo`)
     OUT/onnx/{text_encoder,dit,encoder,decoder}.onnx             (`videogen.export.onnx_format`)
+    OUT/torch/{text_encoder,dit,encoder,decoder}.safetensors,    (`videogen.export.torch_format`)
+              videogen_torch.py, config.json, tokenizer.model
     OUT/tokenizer.model                                          the sentencepiece model
     OUT/export_report.json                                       (`videogen.export.report`)
 
 Each format's parity with the JAX functions is measured while exporting and written to the
-report. --frames/--height/--width set the example shape (default: the training clip's), which is
-also the fixed shape of the axes a format cannot keep dynamic; --batch the example batch size
-(parity is measured at it and at one more).
+report; the torch export also runs its `generate` against the JAX pipeline from the same noise.
+--frames/--height/--width set the example shape (default: the training clip's), which is also the
+fixed shape of the axes a format cannot keep dynamic; --batch the example batch size (parity is
+measured at it and at one more).
 
 Formats are a table (`FORMATS`: name -> the packages it needs and its writer
 `write(job, directory) -> report rows`); a format whose packages are missing is refused before
@@ -44,6 +47,7 @@ from videogen.export import components as components_lib
 from videogen.export import onnx_format
 from videogen.export import report as report_lib
 from videogen.export import stablehlo
+from videogen.export import torch_format
 from videogen.generate import pipeline
 from videogen.parallel import mesh as mesh_lib
 
@@ -60,6 +64,7 @@ class Format(NamedTuple):
 FORMATS: dict[str, Format] = {
     "stablehlo": Format((), stablehlo.write),
     "onnx": Format(onnx_format.PACKAGES, onnx_format.write),
+    "torch": Format(torch_format.PACKAGES, torch_format.write),
 }
 
 
@@ -149,6 +154,10 @@ def _summary(report: dict[str, Any]) -> list[str]:
                    f"{parity.get('max_abs', float('nan')):.1e} (rel "
                    f"{parity.get('max_rel', float('nan')):.1e})")
   lines += [f"{name}: {entry['seconds']:.1f} s" for name, entry in report["formats"].items()]
+  end_to_end = report["formats"].get("torch", {}).get("end_to_end")
+  if end_to_end:
+    lines.append(f"torch generate vs JAX from the same noise: {end_to_end['fraction_within_1']:.4f}"
+                 f" of pixels within 1 level (max {end_to_end['max_abs_difference']})")
   return lines
 
 
