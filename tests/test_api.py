@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -13,6 +14,10 @@ import videogen
 from data_pipelines import video_io
 from videogen import api
 from videogen.generate import modes
+from videogen.provenance import keys
+from videogen.provenance import manifest
+from videogen.provenance import watermark
+from videogen.provenance import writer
 
 # Two sampler steps and 5-frame clips (2 latent frames): every call takes well under a second
 # once compiled.
@@ -26,8 +31,22 @@ COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
 
 
 @pytest.fixture(scope="module")
-def model(tiny_workdir) -> api.Pipeline:
-  return videogen.load(tiny_workdir, progress=False)
+def workdir(tiny_workdir, tmp_path_factory) -> str:
+  """A copy of the tiny workdir: `save` creates its provenance keys there."""
+  copy = str(tmp_path_factory.mktemp("api") / "run")
+  shutil.copytree(tiny_workdir, copy)  # the shared workdir is read-only
+  return copy
+
+
+@pytest.fixture(scope="module")
+def model(workdir) -> api.Pipeline:
+  return videogen.load(workdir, progress=False)
+
+
+@pytest.fixture(scope="module")
+def unmarked(model, workdir) -> api.Pipeline:
+  """The same model, saving without the watermark."""
+  return api.Pipeline(model.generator, writer.Stamp.for_workdir(workdir, watermark=False))
 
 
 @contextlib.contextmanager
@@ -116,21 +135,74 @@ def test_every_mode_keeps_its_given_frames(model, mode):
     assert len(video) == FRAMES
 
 
-def test_save_writes_mp4_gif_and_an_exact_png(model, tmp_path):
+def test_save_writes_mp4_gif_and_an_exact_png(model, unmarked, tmp_path):
   clip = model.generate("a red circle moving right", frames=FRAMES, steps=STEPS)
   for suffix in (".mp4", ".gif"):
     path = model.save(clip, tmp_path / f"clip{suffix}")
     frames, fps = video_io.read_video(path)
     assert frames.shape == clip.video.shape and fps == pytest.approx(clip.fps, rel=0.1)
   image = model.generate("a yellow triangle", mode="t2i", steps=STEPS)
-  path = model.save(image, tmp_path / "sub" / "image.png")
+  path = unmarked.save(image, tmp_path / "sub" / "image.png")
   np.testing.assert_array_equal(video_io.read_image(path), image.video[0])
   # A file is an input too: image-to-video from the saved PNG opens with that image.
-  animated = model.generate("a yellow triangle", mode="i2v", image=path, frames=FRAMES,
+  marked = model.save(image, tmp_path / "sub" / "marked.png")
+  animated = model.generate("a yellow triangle", mode="i2v", image=marked, frames=FRAMES,
                             steps=STEPS)
-  np.testing.assert_array_equal(animated.video[0], image.video[0])
+  np.testing.assert_array_equal(animated.video[0], video_io.read_image(marked))
   sheet = model.save(clip.video, tmp_path / "sheet.png")  # a longer video: a contact sheet
   assert video_io.read_image(sheet).shape[1] > clip.video.shape[2]
+  assert manifest.verify(sheet).status == manifest.VALID
+
+
+def _marks(found: np.ndarray, plain: np.ndarray, key: bytes, payload: bytes) -> float:
+  """The correlation of a file's change from the generator's frames with the watermark pattern
+  of `key` and `payload` (informed detection: the tiny model draws pixel noise, which hides a 40
+  dB watermark from the blind detector, not from this)."""
+  change = found.astype(np.float64).mean(-1) - plain.astype(np.float64).mean(-1)  # [T, H, W]
+  pattern = watermark.pattern(key, payload, *plain.shape[1:3])
+  return float(np.corrcoef(change.ravel(), np.broadcast_to(pattern, change.shape).ravel())[0, 1])
+
+
+def test_save_watermarks_and_signs_by_default(model, workdir, tmp_path):
+  result = model.generate("a blue square moving down", mode="t2i", steps=STEPS, seed=5)
+  path = model.save(result, tmp_path / "blue.png")
+  claim = manifest.verify(path, trust_anchor=keys.trust_anchor_file(workdir)).claim
+  assert (claim["prompt"], claim["seed"], claim["mode"]) == (result.prompt, 5, "t2i")
+  assert claim["checkpoint"] == model.stamp.checkpoint == writer.checkpoint_hash(workdir)
+  payload = bytes.fromhex(claim["watermark"])
+  assert payload[:2].hex() == claim["checkpoint"].removeprefix("sha256:")[:4]
+  saved = video_io.read_image(path)[None]
+  assert 40.0 <= watermark.psnr(result.video, saved) < 60.0  # changed, invisibly
+  key = keys.watermark_key(workdir, create=False)
+  assert _marks(saved, result.video, key, payload) > 0.9
+  assert abs(_marks(saved, result.video, b"k" * 32, payload)) < 0.3  # the control: another key
+  # On frames with a flat background, as a trained model draws, the blind detector reads it.
+  flat = np.full((FRAMES, *result.video.shape[1:]), 40, np.uint8)
+  flat[:, 8:20, 8:20] = (200, 30, 30)
+  found = watermark.detect(video_io.read_video(model.save(flat, tmp_path / "flat.mp4"))[0], key)
+  assert found.watermarked and found.payload[:2] == payload[:2]
+  assert manifest.verify(tmp_path / "flat.mp4").claim["mode"] is None  # bare frames: unknown
+
+
+def test_load_takes_a_key_file_and_turns_the_watermark_off(model, workdir, tmp_path):
+  key_file = tmp_path / "mine.key"
+  fd = os.open(key_file, os.O_WRONLY | os.O_CREAT, 0o600)
+  os.write(fd, (b"7e" * 32) + b"\n")
+  os.close(fd)
+  flat = np.full((FRAMES, 32, 32, 3), 90, np.uint8)
+  mine = videogen.load(workdir, progress=False, key_file=key_file, include_prompt=False)
+  found = watermark.detect(video_io.read_video(mine.save(flat, tmp_path / "mine.mp4"))[0],
+                           b"\x7e" * 32)
+  assert found.watermarked and not mine.stamp.include_prompt
+  off = videogen.load(workdir, progress=False, watermark=False)
+  np.testing.assert_array_equal(video_io.read_image(off.save(flat[:1], tmp_path / "off.png")),
+                                flat[0])
+  with pytest.raises(keys.KeyFileError, match="missing.key does not exist"):
+    videogen.load(workdir, progress=False, key_file=tmp_path / "missing.key")
+
+
+def test_the_shared_workdir_gets_no_keys(tiny_workdir):
+  assert not os.path.exists(os.path.join(tiny_workdir, "provenance"))
 
 
 def test_mode_inputs_cover_every_mode():

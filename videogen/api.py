@@ -7,9 +7,14 @@
     again = model.generate("a blue square moving down", seed=1)   # same shape: no compilation
 
 `result.video` is uint8 [T, H, W, 3]; `result.fps`, `result.seed`, `result.steps` say how it was
-made. The command line (`python -m videogen.main generate`) pays loading and compilation on every
-call; a `Pipeline` pays them once per process and per shape, which is what notebooks and services
-want.
+made. `save` writes it through `videogen.provenance.writer`: the file carries an invisible
+watermark keyed by WORKDIR/provenance/watermark.key (created on first use; `load(...,
+key_file=FILE)` uses another; `load(..., watermark=False)` turns it off) and a signed C2PA
+manifest (`include_prompt=False` leaves the prompt out of it); `result.video` itself stays
+unmarked.
+
+The command line (`python -m videogen.main generate`) pays loading and compilation on every call;
+a `Pipeline` pays them once per process and per shape, which is what notebooks and services want.
 
 This is a facade, not a second pipeline: `load` is `videogen.generate.pipeline.load`, and
 `Pipeline.generate` dispatches to `videogen.generate.modes` (t2v, t2i, i2v, extend,
@@ -26,13 +31,13 @@ from typing import Any, Union
 
 import jax
 import numpy as np
-from PIL import Image
 
 from data_pipelines import video_io
 from videogen import experiment as experiment_lib
 from videogen.generate import command as command_lib
 from videogen.generate import modes
 from videogen.generate import pipeline
+from videogen.provenance import writer
 
 # A video or image: uint8 frames [T, H, W, 3], one image [H, W, 3], or a file to read them from.
 Frames = Union[np.ndarray, str, os.PathLike]
@@ -61,9 +66,11 @@ class Result(modes.Generated):
   Attributes:
     seed: the noise seed (the same seed, prompt and settings give the same video).
     steps: sampler steps.
+    prompt: the prompt it was made from.
   """
   seed: int
   steps: int
+  prompt: str
 
 
 def _read_frames(frames: Frames, name: str) -> np.ndarray:
@@ -86,10 +93,12 @@ class Pipeline:
   Attributes:
     generator: the underlying `videogen.generate.pipeline.Generator` (models, tokenizer,
       default shape, fps).
+    stamp: how `save` watermarks and signs (`videogen.provenance.writer.Stamp.for_workdir`).
   """
 
-  def __init__(self, generator: pipeline.Generator):
+  def __init__(self, generator: pipeline.Generator, stamp: writer.Stamp):
     self.generator = generator
+    self.stamp = stamp
 
   @property
   def fps(self) -> float:
@@ -160,14 +169,15 @@ class Pipeline:
                           bridge_frames=bridge_frames, **options)
     return Result(**{field.name: getattr(generated, field.name)
                      for field in dataclasses.fields(modes.Generated)},
-                  seed=config.seed, steps=config.num_steps)
+                  seed=config.seed, steps=config.num_steps, prompt=prompt)
 
   def save(self, video: Result | np.ndarray, path: str | os.PathLike, *,
            fps: float | None = None) -> str:
-    """Writes a video to `path` and returns the path.
+    """Writes a video to `path`, watermarked and signed by `stamp`, and returns the path.
 
-    ".mp4" (H.264) and ".gif" hold the whole video; ".png" holds one frame exactly (an image,
-    e.g. a t2i result), or for a longer video a contact sheet of up to 8 of its frames.
+    ".mp4" (H.264) and ".gif" hold the whole video; ".png" holds one frame (an image, e.g. a t2i
+    result), or for a longer video a contact sheet of up to 8 of its frames. A `Result`'s mode,
+    seed and prompt go into the manifest; bare frames' are unknown (null).
 
     Args:
       video: a `Result`, or uint8 frames [T, H, W, 3] (or one image [H, W, 3]).
@@ -177,6 +187,9 @@ class Pipeline:
     Every process that calls it writes (in a multi-process run, call it from process 0 only
     unless each process has its own disk).
     """
+    claim: dict[str, Any] = {"mode": None, "seed": None}
+    if isinstance(video, Result):
+      claim = {"mode": video.mode, "seed": video.seed, "prompt": video.prompt}
     if isinstance(video, modes.Generated):
       fps = video.fps if fps is None else fps
       video = video.video
@@ -187,21 +200,21 @@ class Pipeline:
     suffix = path.suffix.lower()
     if suffix not in SAVE_SUFFIXES:
       raise ValueError(f"cannot save {path}: name the file {', '.join(SAVE_SUFFIXES)}")
-    if suffix != ".png":
-      video_io.write_video(path, frames, self.fps if fps is None else fps)
-    elif len(frames) == 1:
-      path.parent.mkdir(parents=True, exist_ok=True)
-      Image.fromarray(frames[0]).save(path, format="PNG")
+    if suffix != ".png" or len(frames) == 1:
+      self.stamp.write([path], frames, self.fps if fps is None else fps, claim=claim)
     else:
-      video_io.write_contact_sheet(path, [frames])
+      marked, payload = self.stamp.mark(frames)
+      video_io.write_contact_sheet(path, [marked])
+      self.stamp.sign(path, claim=claim, payload=payload)
     return str(path)
 
 
 def load(workdir: str | os.PathLike, experiment: experiment_lib.Experiment | None = None, *,
          step: int | None = None, mesh: jax.sharding.Mesh | None = None,
-         progress: bool = True, **generator_kwargs: Any) -> Pipeline:
+         progress: bool = True, watermark: bool = True, key_file: str | os.PathLike | None = None,
+         include_prompt: bool = True, **generator_kwargs: Any) -> Pipeline:
   """Loads a trained workdir (the diffusion stage's EMA weights, the frozen autoencoder and the
-  tokenizer) for generation.
+  tokenizer) for generation, and its provenance keys for `save` (created on first use).
 
   Args:
     workdir: a run's directory, written by `python -m videogen.main run` or `train`.
@@ -209,16 +222,23 @@ def load(workdir: str | os.PathLike, experiment: experiment_lib.Experiment | Non
     step: which checkpoint; None: the newest.
     mesh: where the parameters go; None: the experiment's mesh over all devices.
     progress: show progress bars while sampling and decoding.
+    watermark: False: `save` writes the frames without the invisible watermark.
+    key_file: a watermark key file instead of WORKDIR/provenance/watermark.key.
+    include_prompt: False keeps the prompt out of the signed manifests.
     **generator_kwargs: passed to `videogen.generate.pipeline.Generator` (e.g. `window_frames`).
 
   Raises:
     FileNotFoundError: the workdir, its checkpoint or its tokenizer is missing; the message says
       how to train one.
+    videogen.provenance.keys.KeyFileError: `key_file` is missing, unreadable or malformed.
   """
   workdir = os.fspath(workdir)
   if not os.path.isdir(workdir):
     raise FileNotFoundError(
         f"workdir {workdir} does not exist: pass a trained run's directory, or train one with "
         f"`python -m videogen.main run --config=experiments/shapes.py:tiny --workdir={workdir}`")
-  return Pipeline(pipeline.load(workdir, experiment, step=step, mesh=mesh, progress=progress,
-                                **generator_kwargs))
+  generator = pipeline.load(workdir, experiment, step=step, mesh=mesh, progress=progress,
+                            **generator_kwargs)
+  return Pipeline(generator, writer.Stamp.for_workdir(workdir, watermark=watermark,
+                                                      key_file=key_file,
+                                                      include_prompt=include_prompt, step=step))

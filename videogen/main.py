@@ -12,6 +12,7 @@ Commands:
   benchmark  print speed figures for the experiment (`--what=`: all, train_step, generation,
              loader, autoencoder).
   export     the workdir's models for PyTorch, ONNX and StableHLO, with measured parity.
+  detect     whether videos carry the workdir's watermark, and their C2PA manifests.
 
 `python -m videogen.main <command> --help` shows a command's usage and the flags it takes.
 
@@ -77,6 +78,17 @@ flags.DEFINE_string("input2", None, "generate: the second clip of --mode=connect
 flags.DEFINE_float("strength", 0.6, "generate: edit strength in (0, 1] (--mode=edit).")
 flags.DEFINE_integer("bridge_frames", None, "generate: the closing bridge of --mode=loop.")
 flags.DEFINE_string("prompts_file", None, "generate: a JSONL file of requests, one per line.")
+# Used by every writer of generated videos (generate, run, evaluate) and by `detect`
+# (videogen.provenance.writer, videogen.provenance.detect).
+flags.DEFINE_bool("watermark", True, "Mark every generated video with the invisible watermark "
+                  "keyed by WORKDIR/provenance/watermark.key (or --key); --watermark=false "
+                  "writes them unmarked.")
+flags.DEFINE_bool("manifest_prompt", True, "Put the prompt in each generated file's signed C2PA "
+                  "manifest; --manifest_prompt=false leaves it out.")
+flags.DEFINE_string("key", None, "A watermark key file (64 hex digits, owner-only) to use "
+                    "instead of WORKDIR/provenance/watermark.key, e.g. when the workdir is "
+                    "shared without its keys.")
+_DETECT_INPUT_HELP = "detect: a video, an image, or a folder of them to check."
 # Used by `evaluate` (videogen.evaluate.command.evaluate) and `benchmark`
 # (videogen.evaluate.benchmark.command).
 _EVALUATE_WHAT_HELP = (
@@ -85,8 +97,9 @@ _EVALUATE_WHAT_HELP = (
     "to decide) or 'caption_use' (which caption words the model has learned).")
 _BENCHMARK_WHAT_HELP = (
     "benchmark: 'all' (the default), 'train_step' (FLOP/s against a matmul, compile time, memory "
-    "per device), 'generation' (sampling speed), 'loader' (samples/s of config.data) or "
-    "'autoencoder' (encode and decode frames/s).")
+    "per device), 'generation' (sampling speed), 'loader' (samples/s of config.data), "
+    "'autoencoder' (encode and decode frames/s) or 'watermark' (the watermark's invisibility, "
+    "false positives and robustness; not part of 'all').")
 flags.DEFINE_string("what", None, f"{_EVALUATE_WHAT_HELP} {_BENCHMARK_WHAT_HELP}")
 flags.DEFINE_integer("scenes_per_group", None, "evaluate: the generation suite's size "
                      "(--what=generation), as scenes of training combinations and as many of "
@@ -97,6 +110,8 @@ flags.DEFINE_list("layouts", [], "benchmark: also time the train step on these m
                   "DEVICES:DATAxFSDPxTENSOR each, e.g. 1:1x1x1,8:8x1x1,8:1x8x1.")
 flags.DEFINE_string("stage", None, "benchmark: the stage whose train step is timed (default: "
                     "'dit' when the experiment has it, else its last stage).")
+flags.DEFINE_integer("watermark_videos", None, "benchmark --what=watermark: videos per set "
+                     "(world clips at each size, and the workdir's generated videos; default 8).")
 
 # Used by `export` (videogen.export.command), with --out, --frames, --height and --width.
 flags.DEFINE_list("formats", None, "export: the formats to write, comma-separated, of those in "
@@ -105,14 +120,16 @@ flags.DEFINE_integer("batch", None, "export: the example batch size parity is me
                      "batch axis stays dynamic; default 1).")
 
 
+# The flags of every command that writes generated videos (videogen.provenance.writer).
+_STAMP_FLAGS = ("watermark", "manifest_prompt", "key")
 _GENERATE_FLAGS = ("prompt", "negative_prompt", "out", "mode", "frames", "height", "width",
                    "steps", "guidance", "sampler", "seed", "input", "input2", "strength",
-                   "bridge_frames", "prompts_file")
+                   "bridge_frames", "prompts_file", *_STAMP_FLAGS)
 
 # A command's function is called as `function(experiment, workdir, **{flag: value})` (see
 # videogen.cli.Command); its module's docstring is its `--help`.
 COMMANDS: dict[str, cli.Command] = {
-    "run": cli.Command("videogen.main_job:run", True),
+    "run": cli.Command("videogen.main_job:run", True, _STAMP_FLAGS),
     "train": cli.Command("videogen.train.command:command", True,
                          ("allow_config_change", "coordinator_address", "num_processes",
                           "process_id")),
@@ -120,14 +137,17 @@ COMMANDS: dict[str, cli.Command] = {
     "generate": cli.Command("videogen.generate.command:command", False, _GENERATE_FLAGS,
                             {"out": _GENERATE_OUT_HELP}),
     "evaluate": cli.Command("videogen.evaluate.command:evaluate", False,
-                            ("what", "out", "scenes_per_group"),
+                            ("what", "out", "scenes_per_group", *_STAMP_FLAGS),
                             {"what": _EVALUATE_WHAT_HELP, "out": _EVALUATE_OUT_HELP}),
     "summary": cli.Command("videogen.evaluate.summary:summary", True),
     "benchmark": cli.Command("videogen.evaluate.benchmark:command", True,
-                             ("what", "layouts", "stage"), {"what": _BENCHMARK_WHAT_HELP}),
+                             ("what", "layouts", "stage", "watermark_videos"),
+                             {"what": _BENCHMARK_WHAT_HELP}),
     "export": cli.Command("videogen.export.command:command", False,
                           ("out", "formats", "frames", "height", "width", "batch"),
                           {"out": _EXPORT_OUT_HELP}),
+    "detect": cli.Command("videogen.provenance.detect:command", False, ("input", "key"),
+                          {"input": _DETECT_INPUT_HELP}),
 }
 
 

@@ -9,6 +9,9 @@ r"""The main job: train every stage of an experiment, then write a gallery of sa
    brief and descriptive captions of training combinations and of held-out ones. Each video is
    written as .mp4 and .gif into WORKDIR/gallery/, with a PNG contact sheet, each stage's loss
    curve (SVG), a manifest.jsonl and an index.html that shows every video beside its prompt.
+   Each video is watermarked and signed (`videogen.provenance.writer`: `--watermark=false`,
+   `--key=FILE`, `--manifest_prompt=false` as for `generate`); the keys stay in
+   WORKDIR/provenance/, never in the gallery.
 
 `python -m videogen.main evaluate --workdir=DIR --what=generation` then scores the same kind of
 prompts with the analyzer.
@@ -30,6 +33,8 @@ from videogen import experiment as experiment_lib
 from videogen.evaluate import suite as suite_lib
 from videogen.generate import gallery
 from videogen.generate import pipeline
+from videogen.provenance import keys
+from videogen.provenance import writer
 from videogen.train import command as train_command
 from videogen.train import curves
 from videogen.train import trainer
@@ -42,12 +47,21 @@ def _slug(text: str, limit: int = 40) -> str:
 
 
 def write_gallery(experiment: experiment_lib.Experiment, workdir: str, *,
-                  generator: pipeline.Generator | None = None) -> str:
+                  generator: pipeline.Generator | None = None, watermark: bool = True,
+                  key_file: str | None = None, include_prompt: bool = True) -> str:
   """Samples the gallery's prompts from the trained workdir; returns the index.html path.
 
-  `generator`: an already loaded model to sample from; None loads the workdir's.
+  Args:
+    experiment: the validated experiment.
+    workdir: the trained run; the gallery goes to WORKDIR/gallery/.
+    generator: an already loaded model to sample from; None loads the workdir's.
+    watermark, key_file, include_prompt: how the videos are stamped (`writer.Stamp.for_workdir`).
   """
-  model = api.load(workdir, experiment) if generator is None else api.Pipeline(generator)
+  stamp = writer.Stamp.for_workdir(workdir, watermark=watermark, key_file=key_file,
+                                   include_prompt=include_prompt)
+  if generator is None:
+    generator = pipeline.load(workdir, experiment)
+  model = api.Pipeline(generator, stamp)
   world_config = experiment.data.world if experiment.has("data") else None
   frames, height, width = model.default_shape
   suite = suite_lib.build_suite(
@@ -61,16 +75,20 @@ def write_gallery(experiment: experiment_lib.Experiment, workdir: str, *,
     result = model.generate(prompt.text, frames=suite.frames, height=suite.height,
                             width=suite.width, seed=suite.seed + number)
     stem = f"{number:02d}_{_slug(prompt.text)}"
-    for suffix in (".mp4", ".gif"):
-      model.save(result, os.path.join(out_dir, stem + suffix), fps=round(result.fps))
+    # Both files of a video carry one payload: one generation, one counter value.
+    paths = [os.path.join(out_dir, stem + suffix) for suffix in (".mp4", ".gif")]
+    written = model.stamp.write(paths, result.video, round(result.fps),
+                                claim={"mode": result.mode, "seed": result.seed,
+                                       "prompt": prompt.text})
     note = ("held-out combination" if prompt.group == "held_out" else "training combination")
     note += f" · {prompt.kind} · seed {suite.seed + number}"
     entries.append(gallery.GalleryEntry(prompt=prompt.text, video=stem + ".mp4",
                                         gif=stem + ".gif", note=note))
-    videos.append(result.video)
+    videos.append(written.frames)
     manifest.append({"video": stem + ".mp4", "gif": stem + ".gif", "prompt": prompt.text,
                      "kind": prompt.kind, "group": prompt.group, "seed": suite.seed + number,
-                     "seconds": result.seconds, "real_time_factor": result.real_time_factor})
+                     "seconds": result.seconds, "real_time_factor": result.real_time_factor,
+                     "watermark": None if written.payload is None else written.payload.hex()})
     logging.info("gallery %d/%d: %s", number + 1, len(suite.prompts), result.summary())
   video_io.write_contact_sheet(os.path.join(out_dir, "contact_sheet.png"), videos,
                                labels=[p.text for p in suite.prompts])
@@ -83,12 +101,23 @@ def write_gallery(experiment: experiment_lib.Experiment, workdir: str, *,
                              curves=[os.path.basename(path) for path in charts])
 
 
-def run(experiment: experiment_lib.Experiment, workdir: str | None) -> int:
-  """`python -m videogen.main run`: train, then the gallery. Exit code as `train`'s."""
+def run(experiment: experiment_lib.Experiment, workdir: str | None, *, watermark: bool = True,
+        manifest_prompt: bool = True, key: str | None = None) -> int:
+  """`python -m videogen.main run`: train, then the gallery. Exit code as `train`'s.
+
+  Args:
+    watermark, manifest_prompt, key: how the gallery's videos are stamped (see `write_gallery`).
+  """
   if not workdir:
     print("error: run needs --workdir=DIR (checkpoints, metrics and the gallery go there)",
           file=sys.stderr)
     return 2
+  if watermark and key is not None:
+    try:  # a bad --key fails now, not after the training
+      keys.watermark_key(key_file=key)
+    except keys.KeyFileError as error:
+      print(f"error: {error}", file=sys.stderr)
+      return 1
   start = time.time()
   try:
     results = trainer.train(experiment, workdir)
@@ -98,7 +127,8 @@ def run(experiment: experiment_lib.Experiment, workdir: str | None) -> int:
     print("preempted after a checkpoint: run the same command again to resume")
     return 0
   trained = time.time()
-  index = write_gallery(experiment, workdir)
+  index = write_gallery(experiment, workdir, watermark=watermark, key_file=key,
+                        include_prompt=manifest_prompt)
   done = time.time()
   print(f"trained in {(trained - start) / 60:.1f} min, gallery in {(done - trained) / 60:.1f} min")
   print(f"gallery: {index}")

@@ -4,6 +4,7 @@ each --what on tiny settings."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ import pytest
 
 from videogen import experiment as experiment_lib
 from videogen.evaluate import benchmark
+from videogen.provenance import watermark_benchmark
 
 from tests.standin import experiment as standin_experiment
 
@@ -200,3 +202,31 @@ def test_main_wires_the_benchmark_command_and_its_flags():
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 2, result.stderr
   assert "unknown --what='speling'; choose one of: all, train_step" in result.stderr
+
+
+def test_the_watermark_part_measures_world_clips_at_each_size(experiment, capsys):
+  conditions = {name: watermark_benchmark.CONDITIONS[name] for name in ("mp4", "crop_10%")}
+  results = benchmark.watermark_figures(experiment, None, videos=1, conditions=conditions)
+  assert list(results) == ["32x32", "64x64", "128x128"]
+  for measured in results.values():
+    assert measured["videos"] == 1 and measured["null_videos"] == 2
+    assert measured["psnr_min"] >= 40.0 and measured["false_positive_rate"] == 0.0
+    assert measured["conditions"]["mp4"]["payload_rate"] == 1.0
+  assert benchmark.command(experiment, None, what="watermark", watermark_videos=0) == 2
+  assert "at least 1 video" in capsys.readouterr().err
+  assert benchmark.command(experiment, None, what="train_step", watermark_videos=4) == 2
+  assert "--watermark_videos applies to --what=watermark" in capsys.readouterr().err
+  with pytest.raises(ValueError, match="watermark_figures"):
+    benchmark.run_benchmark(experiment, what="watermark")
+
+
+@pytest.mark.slow  # ~20-40 s: the tiny workdir's sampler compiled for one clip
+def test_the_watermark_part_adds_the_workdirs_generated_videos(experiment, tiny_workdir):
+  conditions = {"mp4": watermark_benchmark.CONDITIONS["mp4"]}
+  results = benchmark.watermark_figures(experiment, tiny_workdir, videos=1,
+                                        conditions=conditions)
+  generated = results["generated 9x32x32"]
+  assert generated["videos"] == 1 and generated["psnr_min"] >= 40.0
+  assert generated["false_positive_rate"] == 0.0
+  for written in ("benchmark_watermark.json", "provenance"):  # read, never written to
+    assert not os.path.exists(os.path.join(tiny_workdir, written))

@@ -12,10 +12,15 @@ import sys
 import numpy as np
 import pytest
 
+from data_pipelines import video_io
+from data_pipelines.shapes import world
 from videogen import experiment as experiment_lib
 from videogen.evaluate import caption_use
 from videogen.evaluate import command
 from videogen.evaluate import noise_levels
+from videogen.provenance import manifest
+from videogen.provenance import watermark
+from videogen.provenance import writer
 
 
 def test_evaluate_command_errors_say_what_to_do(tmp_path, capsys):
@@ -31,6 +36,8 @@ def test_evaluate_command_errors_say_what_to_do(tmp_path, capsys):
 def test_options_a_what_does_not_take_are_refused(tmp_path, capsys):
   assert command.evaluate(None, str(tmp_path), what="noise_levels", scenes_per_group=1) == 2
   assert "--scenes_per_group applies to --what=generation" in capsys.readouterr().err
+  assert command.evaluate(None, str(tmp_path), what="caption_use", watermark=False) == 2
+  assert "--watermark applies to --what=generation" in capsys.readouterr().err
   assert command.evaluate(None, str(tmp_path), what="generation", scenes_per_group=0) == 2
   assert "give at least 1" in capsys.readouterr().err
 
@@ -81,7 +88,33 @@ def test_evaluate_writes_into_out_and_sizes_the_suite(tiny_workdir, tiny_workdir
     assert len(json.load(f)) == 4
   videos = sorted(n for n in os.listdir(out / command.GENERATION_VIDEOS_DIR) if n.endswith(".mp4"))
   assert len(videos) == 4
-  assert sorted(os.listdir(workdir)) == before
+  # Only the provenance keys go to the workdir (created on first use); nothing else.
+  assert sorted(os.listdir(workdir)) == sorted(before + ["provenance"])
+  with open(out / command.GENERATION_VIDEOS_FILE) as f:
+    rows = json.load(f)
+  for name, row in zip(videos, rows):  # signed, naming the payload its row records
+    verification = manifest.verify(out / command.GENERATION_VIDEOS_DIR / name)
+    assert verification.status == manifest.VALID and verification.claim["prompt"] == row["prompt"]
+    assert verification.claim["watermark"] == row["watermark"] is not None
+
+
+def test_saved_suite_videos_are_watermarked_and_signed(tmp_path):
+  stamp = writer.Stamp.for_workdir(tmp_path / "run")
+  entries = []
+  save = command._save_videos_callback(str(tmp_path / "videos"), 8.0, entries, stamp)
+  video = world.generate(0, seed=0, frames=9, height=32, width=32)["video"]
+  row = {"mode": "t2v", "group": "seen", "kind": "brief", "prompt": "a red circle", "seed": 4}
+  save(row, video)
+  path = tmp_path / "videos" / entries[0].video
+  found = watermark.detect(video_io.read_video(path)[0], stamp.key)
+  assert found.watermarked and found.payload.hex() == row["watermark"]
+  claim = manifest.verify(path).claim
+  assert (claim["mode"], claim["seed"], claim["prompt"]) == ("t2v", 4, "a red circle")
+  plain = writer.Stamp.for_workdir(tmp_path / "run", watermark=False)
+  command._save_videos_callback(str(tmp_path / "videos"), 8.0, entries, plain)(dict(row), video)
+  unmarked = watermark.detect(video_io.read_video(tmp_path / "videos" / entries[1].video)[0],
+                              stamp.key)
+  assert not unmarked.watermarked
 
 
 def test_noise_levels_command_errors_say_what_to_do(tmp_path, capsys):

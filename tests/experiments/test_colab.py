@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -101,7 +102,9 @@ def test_committed_notebook_is_clean_and_parameterised():
 
 
 def test_notebook_runs_headless_and_shows_videos(tiny_workdir, kernel_name, tmp_path):
-  notebook = _with_parameters(_read(), WORKDIR=tiny_workdir, FRAMES=FRAMES, STEPS=STEPS,
+  workdir = str(tmp_path / "run")
+  shutil.copytree(tiny_workdir, workdir)  # the shared workdir is read-only: `save` makes keys
+  notebook = _with_parameters(_read(), WORKDIR=workdir, FRAMES=FRAMES, STEPS=STEPS,
                               DISPLAY_HEIGHT=DISPLAY_HEIGHT, INSTALL=False)
   client = nbclient.NotebookClient(notebook, kernel_name=kernel_name, timeout=300,
                                    resources={"metadata": {"path": str(tmp_path)}})

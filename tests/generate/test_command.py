@@ -1,8 +1,10 @@
 """videogen/generate/command.py: requests, prompts files, outputs and the command's errors."""
 
 import json
+import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -12,14 +14,28 @@ import pytest
 from data_pipelines import video_io
 from videogen import experiment as experiment_lib
 from videogen import workdir as workdir_lib
+from data_pipelines.shapes import world
 from videogen.generate import command
+from videogen.generate import modes
 from videogen.generate import pipeline
+from videogen.provenance import keys
+from videogen.provenance import manifest
+from videogen.provenance import watermark
+from videogen.provenance import writer
+
+CLAIM = {"mode": "t2v", "seed": 0, "prompt": "a red circle"}
 
 
 @pytest.fixture
 def tiny_experiment(tiny_workdir_config):
   """The experiment of the session's tiny workdir, without training it."""
   return experiment_lib.validate(tiny_workdir_config)
+
+
+@pytest.fixture
+def unmarked(tmp_path):
+  """A stamp that writes the frames as they are (the watermark off; signed, into `run`)."""
+  return writer.Stamp.for_workdir(tmp_path / "run", watermark=False)
 
 
 @pytest.fixture
@@ -84,18 +100,19 @@ def test_read_input_reads_videos_and_images_and_names_bad_files(tmp_path, clip):
     command.read_input(str(tmp_path / "broken.mp4"))
 
 
-def test_write_outputs_writes_a_gif_beside_the_mp4(tmp_path, clip):
-  paths = command.write_outputs(clip, str(tmp_path / "out.mp4"), fps=8)
+def test_write_outputs_writes_a_gif_beside_the_mp4(tmp_path, clip, unmarked):
+  paths = command.write_outputs(clip, str(tmp_path / "out.mp4"), fps=8, stamp=unmarked,
+                                claim=CLAIM).paths
   assert paths == [str(tmp_path / "out.mp4"), str(tmp_path / "out.gif")]
   assert all(os.path.getsize(p) > 0 for p in paths)
   np.testing.assert_array_equal(video_io.read_video(paths[1])[0], clip)
   with pytest.raises(ValueError, match="name the output .mp4"):
-    command.write_outputs(clip, str(tmp_path / "out.avi"), fps=8)
-  assert command.write_outputs(clip[:1], str(tmp_path / "one.png"), fps=8) == [
-      str(tmp_path / "one.png")]
+    command.write_outputs(clip, str(tmp_path / "out.avi"), fps=8, stamp=unmarked, claim=CLAIM)
+  assert command.write_outputs(clip[:1], str(tmp_path / "one.png"), fps=8, stamp=unmarked,
+                               claim=CLAIM).paths == [str(tmp_path / "one.png")]
   np.testing.assert_array_equal(video_io.read_image(tmp_path / "one.png"), clip[0])
   with pytest.raises(ValueError, match="a .png holds one image, the video has 9 frames"):
-    command.write_outputs(clip, str(tmp_path / "nine.png"), fps=8)
+    command.write_outputs(clip, str(tmp_path / "nine.png"), fps=8, stamp=unmarked, claim=CLAIM)
 
 
 @pytest.mark.parametrize("prompt, number, mode, name", [
@@ -111,7 +128,8 @@ def test_output_name_comes_from_the_line_and_the_prompt(prompt, number, mode, na
                              number) == "mine.gif"
 
 
-def test_generate_many_writes_videos_a_manifest_and_a_gallery(generator, clip, tmp_path):
+def test_generate_many_writes_videos_a_manifest_and_a_gallery(generator, clip, tmp_path,
+                                                              unmarked):
   video_io.write_video(tmp_path / "input.gif", clip[:5], fps=8)
   (tmp_path / "broken.gif").write_bytes(b"not a gif")
   requests = [command.Request(prompt="a red circle", frames=9, seed=1),
@@ -119,7 +137,7 @@ def test_generate_many_writes_videos_a_manifest_and_a_gallery(generator, clip, t
                               input=str(tmp_path / "broken.gif")),
               command.Request(prompt="a red circle", mode="extend", frames=6,
                               input=str(tmp_path / "input.gif"), out="extended.mp4")]
-  manifest, failed = command.generate_many(generator, requests, str(tmp_path / "out"))
+  manifest, failed = command.generate_many(generator, requests, str(tmp_path / "out"), unmarked)
   entries = [json.loads(line) for line in open(manifest)]
   assert failed == 1 and "broken.gif" in entries[1]["error"]  # the others still ran
   del entries[1]
@@ -134,6 +152,7 @@ def test_generate_many_writes_videos_a_manifest_and_a_gallery(generator, clip, t
   assert entries[1]["files"] == [str(tmp_path / "out" / "extended.mp4"),
                                  str(tmp_path / "out" / "extended.gif")]
   assert all(e["real_time_factor"] > 0 for e in entries)
+  assert [e["watermark"] for e in entries] == [None, None]  # the stamp's watermark is off
   frames, _ = video_io.read_video(entries[1]["files"][1])
   np.testing.assert_array_equal(frames[:5], clip[:5])  # the input, verbatim (a lossless gif)
   assert os.path.exists(tmp_path / "out" / "index.html")
@@ -322,7 +341,7 @@ def test_t2i_writes_a_png(generator, tiny_experiment, monkeypatch, tmp_path, cap
   monkeypatch.setattr(pipeline, "load", lambda workdir, experiment: generator)
   out = tmp_path / "new" / "red.png"  # its folder is created
   assert command.command(tiny_experiment, str(tmp_path), prompt="a red circle", mode="t2i",
-                         seed=3, out=str(out)) == 0
+                         seed=3, out=str(out), watermark=False) == 0
   assert f"{out}: t2i: 1 new frames" in capsys.readouterr().out
   np.testing.assert_array_equal(video_io.read_image(out),
                                 generator.generate("a red circle", frames=1, seed=3)[0])
@@ -350,8 +369,10 @@ def test_unknown_words_are_warned_about_and_generated_anyway(prompt, warning, ti
                                                              capsys):
   monkeypatch.setattr(pipeline, "load", lambda workdir, experiment: generator)
   out = tmp_path / "video.gif"
-  assert command.command(None, tiny_workdir, prompt=prompt, frames=9, out=str(out)) == 0
-  words = workdir_lib.tokenizer_words_path(workdir_lib.tokenizer_path(tiny_workdir))
+  workdir = str(tmp_path / "run")
+  shutil.copytree(tiny_workdir, workdir)  # the shared workdir is read-only: keys go into it
+  assert command.command(None, workdir, prompt=prompt, frames=9, out=str(out)) == 0
+  words = workdir_lib.tokenizer_words_path(workdir_lib.tokenizer_path(workdir))
   assert capsys.readouterr().err.splitlines() == (
       [warning.format(words=words)] if warning else [])
   assert os.path.getsize(out) > 0
@@ -366,3 +387,126 @@ def test_without_recorded_words_the_tokenizer_names_the_words_it_cannot_spell(to
   assert capsys.readouterr().err.splitlines() == [
       "warning: p:1: prompt = 'a zebra and a xylophone': the tokenizer never saw the characters "
       "of 'zebra' or 'xylophone' in training, so the model cannot follow those words"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Provenance: every file the command writes is watermarked and signed by default.
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tiny_workdir, tmp_path_factory) -> str:
+  """A copy of the tiny workdir: its checkpoint hash is real, and keys get created in it."""
+  workdir = str(tmp_path_factory.mktemp("provenance") / "run")
+  shutil.copytree(tiny_workdir, workdir)  # the shared workdir is read-only
+  return workdir
+
+
+def _world_video(mode: str, seed: int) -> np.ndarray:
+  """uint8 [T, 32, 32, 3]: a procedural world clip (one frame for t2i), chosen by `seed`."""
+  return world.generate(seed, seed=0, frames=1 if mode == "t2i" else 9, height=32,
+                        width=32)["video"]
+
+
+@pytest.fixture
+def world_videos(monkeypatch, generator):
+  """The command generates procedural world clips (`_world_video`) instead of sampling.
+
+  A trained model's videos look like the world (flat backgrounds, a few shapes); the tiny
+  workdir's barely trained model draws pixel noise, in which no 40 dB watermark is detectable.
+  """
+  def run(generator, mode, prompt, *, seed=0, **unused):
+    video = _world_video(mode, seed)
+    return modes.Generated(video=video, new_frames=len(video), seconds=0.01, fps=generator.fps,
+                           mode=mode)
+
+  monkeypatch.setattr(pipeline, "load", lambda workdir, experiment: generator)
+  monkeypatch.setattr(modes, "run", run)
+
+
+def _found(path, key) -> watermark.Detection:
+  frames = (video_io.read_image(path)[None] if str(path).endswith(".png")
+            else video_io.read_video(path)[0])
+  return watermark.detect(frames, key)
+
+
+def test_mp4_gif_and_png_are_watermarked_and_signed_by_default(trained_workdir, world_videos,
+                                                                tmp_path):
+  workdir = trained_workdir
+  prompt = "a large red circle moving right"
+  assert command.command(None, workdir, prompt=prompt, seed=3, out=str(tmp_path / "red.mp4")) == 0
+  assert command.command(None, workdir, prompt=prompt, mode="t2i", seed=3,
+                         out=str(tmp_path / "red.png")) == 0
+  key = keys.watermark_key(workdir, create=False)
+  checkpoint = writer.checkpoint_hash(workdir)
+  found = {suffix: _found(tmp_path / f"red{suffix}", key) for suffix in (".mp4", ".gif", ".png")}
+  assert all(f.watermarked and f.p_value < 1e-6 for f in found.values()), found
+  # One generation, one payload: the checkpoint's hash prefix and the workdir's counter.
+  assert found[".mp4"].payload == found[".gif"].payload
+  assert found[".mp4"].payload[:2].hex() == checkpoint.removeprefix("sha256:")[:4]
+  counter = int.from_bytes(found[".mp4"].payload[2:], "big")
+  assert found[".png"].payload == found[".mp4"].payload[:2] + (counter + 1).to_bytes(2, "big")
+  for suffix in (".mp4", ".gif", ".png"):
+    verification = manifest.verify(tmp_path / f"red{suffix}",
+                                   trust_anchor=keys.trust_anchor_file(workdir))
+    assert (verification.status, verification.trusted) == (manifest.VALID, True)
+    claim = verification.claim
+    assert (claim["prompt"], claim["seed"], claim["checkpoint"]) == (prompt, 3, checkpoint)
+    assert claim["mode"] == ("t2i" if suffix == ".png" else "t2v")
+    assert claim["watermark"] == found[suffix].payload.hex()
+  # The png is lossless: the watermark changed the pixels, invisibly.
+  marked = video_io.read_image(tmp_path / "red.png")
+  assert 40.0 <= watermark.psnr(_world_video("t2i", 3)[0], marked) < 60.0
+
+
+def test_watermark_false_writes_unmarked_files_and_says_so(trained_workdir, world_videos,
+                                                            tmp_path, caplog):
+  with caplog.at_level(logging.INFO):
+    assert command.command(None, trained_workdir, prompt="a red circle", seed=4,
+                           watermark=False, out=str(tmp_path / "plain.mp4")) == 0
+    assert command.command(None, trained_workdir, prompt="a red circle", mode="t2i", seed=4,
+                           watermark=False, out=str(tmp_path / "plain.png")) == 0
+  assert sum("watermark is off" in r.getMessage() for r in caplog.records) == 2  # once per run
+  key = keys.watermark_key(trained_workdir)
+  for suffix in (".mp4", ".gif", ".png"):
+    found = _found(tmp_path / f"plain{suffix}", key)
+    assert not found.watermarked and found.payload is None and found.p_value > 1e-3
+    assert manifest.verify(tmp_path / f"plain{suffix}").claim["watermark"] is None
+  np.testing.assert_array_equal(video_io.read_image(tmp_path / "plain.png"),
+                                _world_video("t2i", 4)[0])
+
+
+def test_manifest_prompt_false_and_a_key_elsewhere(trained_workdir, world_videos, tmp_path):
+  key_file = tmp_path / "mine.key"
+  fd = os.open(key_file, os.O_WRONLY | os.O_CREAT, 0o600)
+  os.write(fd, (b"c3" * 32) + b"\n")
+  os.close(fd)
+  prompt = "a small green square moving up"
+  out = tmp_path / "green.mp4"
+  assert command.command(None, trained_workdir, prompt=prompt, seed=5, out=str(out),
+                         key=str(key_file), manifest_prompt=False) == 0
+  assert _found(out, b"\xc3" * 32).watermarked
+  assert not _found(out, keys.watermark_key(trained_workdir)).watermarked
+  claim = manifest.verify(out).claim
+  assert "prompt" not in claim and claim["seed"] == 5
+  assert prompt.encode() not in out.read_bytes()
+
+
+def test_a_prompts_file_records_each_videos_payload(trained_workdir, world_videos, tmp_path):
+  prompts = tmp_path / "prompts.jsonl"
+  prompts.write_text('{"prompt": "a red circle", "seed": 1}\n{"prompt": "a blue square", '
+                     '"seed": 2, "mode": "t2i"}\n')
+  assert command.command(None, trained_workdir, prompts_file=str(prompts),
+                         out=str(tmp_path / "out")) == 0
+  entries = [json.loads(line) for line in open(tmp_path / "out" / "manifest.jsonl")]
+  key = keys.watermark_key(trained_workdir)
+  for entry in entries:
+    for path in entry["files"]:
+      assert _found(path, key).payload.hex() == entry["watermark"]
+  assert len({entry["watermark"] for entry in entries}) == 2
+
+
+def test_a_bad_key_file_is_refused_before_loading(tiny_experiment, no_load, tmp_path, capsys):
+  assert command.command(tiny_experiment, str(tmp_path), prompt="a red circle",
+                         out=str(tmp_path / "red.mp4"), key=str(tmp_path / "missing.key")) == 1
+  assert "missing.key does not exist" in _one_error_line(capsys.readouterr().err)
+  assert not (tmp_path / "provenance").exists()

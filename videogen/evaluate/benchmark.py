@@ -43,6 +43,16 @@ made-up number. Prints a table and, as its last line, one JSON object with these
 
 The train step benchmarked is `--stage`'s, by default the experiment's "dit" stage when it has
 one, else its last.
+
+`--what=watermark` (not part of "all") measures the invisible watermark instead
+(`videogen.provenance.watermark_benchmark`): `--watermark_videos` procedural world clips at each
+of 32x32, 64x64 and 128x128 and, when `--workdir` holds a trained model, as many of its generated
+videos at its native size (made unmarked, then marked by the benchmark). Each is marked with a
+fresh random key (never the workdir's), saved as mp4 and put through re-encoding, rescaling,
+cropping, brightness changes, halving and GIF conversion; the originals (and as many more world
+clips) measure the false positives. Prints `watermark_benchmark.format_table`, then the results
+as one JSON line; with --workdir, also WORKDIR/benchmark_watermark.json. The issue's targets
+need 200 videos per set and 1000 null videos: `--watermark_videos=200` (hours on a CPU).
 """
 
 from __future__ import annotations
@@ -50,6 +60,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import secrets
 import sys
 import tempfile
 import time
@@ -64,6 +75,7 @@ from flax import nnx
 from data_pipelines import benchmark as loader_benchmark
 from data_pipelines import loader
 from data_pipelines import tokenizer as tokenizer_lib
+from data_pipelines.shapes import world
 from videogen import experiment as experiment_lib
 from videogen import workdir as workdir_lib
 from videogen.evaluate import autoencoder_throughput
@@ -72,6 +84,7 @@ from videogen.generate import pipeline
 from videogen.parallel import memory as memory_lib
 from videogen.parallel import mesh as mesh_lib
 from videogen.parallel import sharding as sharding_lib
+from videogen.provenance import watermark_benchmark
 from videogen.train import stages as stages_lib
 from videogen.train import trainer as trainer_lib
 from videogen.train import train_state as train_state_lib
@@ -80,7 +93,12 @@ from videogen.train import train_state as train_state_lib
 DIFFUSION_STAGE = "dit"
 # The parts `--what` names, in the order "all" runs them.
 PARTS: tuple[str, ...] = ("train_step", "generation", "loader", "autoencoder")
-WHAT: tuple[str, ...] = ("all",) + PARTS
+# Measures the watermark, not speed: asked for by name only, never part of "all".
+WATERMARK = "watermark"
+WHAT: tuple[str, ...] = ("all",) + PARTS + (WATERMARK,)
+WATERMARK_SIZES: tuple[int, ...] = (32, 64, 128)
+WATERMARK_FRAMES = 17
+WATERMARK_VIDEOS = 8  # per set: about a minute on a CPU
 
 
 def _timed_runs(run: Callable[[], Any], *, min_runs: int, min_seconds: float) -> list[float]:
@@ -374,7 +392,7 @@ def run_benchmark(experiment: experiment_lib.Experiment, *, what: str = "all",
 
   Args:
     experiment: the validated experiment.
-    what: a part of `PARTS`, or "all" of them.
+    what: a part of `PARTS`, or "all" of them (`watermark_figures` measures the watermark).
     layouts: with the train step, also time it on each of these meshes ("8:1x8x1": see
       `parse_layout`).
     stage: whose train step (default: "dit" when the experiment has it, else its last stage).
@@ -393,6 +411,8 @@ def run_benchmark(experiment: experiment_lib.Experiment, *, what: str = "all",
     ValueError: an unknown `what` or `stage`, or a malformed layout (before anything runs).
   """
   check_options(experiment, what=what, layouts=layouts, stage=stage)
+  if what == WATERMARK:
+    raise ValueError(f"what={WATERMARK!r} is measured by watermark_figures, not run_benchmark")
   stage_name = _stage_to_time(experiment, stage)
   if workdir is None:
     with tempfile.TemporaryDirectory(prefix="videogen_benchmark_") as scratch:
@@ -469,6 +489,59 @@ def run_benchmark(experiment: experiment_lib.Experiment, *, what: str = "all",
   result.update(headline_figures(result))
   result["unavailable"] = unavailable
   return result
+
+
+def _generated_videos(workdir: str, count: int) -> tuple[str, list[np.ndarray]]:
+  """(set name, `count` unmarked text-to-video videos of the workdir's model at its native
+  size), prompted with the captions of test-split scenes of its world."""
+  trained = workdir_lib.saved_experiment(workdir, DIFFUSION_STAGE)
+  generator = pipeline.load(workdir, trained, progress=False)
+  config = trained.data.world if trained.has("data") else world.WorldConfig()
+  videos = []
+  for index in range(count):
+    prompt = world.caption(world.sample_scene(index, seed=trained.seed, split="test",
+                                              config=config))
+    # The generator's own frames: the benchmark marks them with its own key.
+    videos.append(modes.text_to_video(generator, prompt, seed=index).video)
+  frames, height, width = videos[0].shape[:3]
+  return f"generated {frames}x{height}x{width}", videos
+
+
+def watermark_figures(experiment: experiment_lib.Experiment, workdir: str | None = None, *,
+                      videos: int = WATERMARK_VIDEOS, key: bytes | None = None,
+                      conditions: Optional[dict[str, watermark_benchmark.Condition]] = None
+                      ) -> dict[str, dict[str, Any]]:
+  """`watermark_benchmark.run` on world clips at WATERMARK_SIZES and, when `workdir` holds a
+  trained model, on its generated videos (see the module docstring).
+
+  Args:
+    experiment: its world config (config.data.world) renders the clips.
+    workdir: a trained run whose generated videos are measured too; None or untrained: none.
+    videos: videos per set (> 0); each set's null videos are its originals and as many more.
+    key: the watermark key; None: a fresh random one.
+    conditions: `watermark_benchmark.CONDITIONS` when None.
+
+  Returns:
+    set name ("32x32", ..., "generated 17x32x32") -> `watermark_benchmark.run`'s figures.
+  """
+  if videos < 1:
+    raise ValueError(f"--watermark_videos={videos}: measure at least 1 video per set")
+  config = experiment.data.world if experiment.has("data") else world.WorldConfig()
+
+  def clips(start: int, size: int) -> list[np.ndarray]:
+    return [world.generate(index, seed=experiment.seed, frames=WATERMARK_FRAMES, height=size,
+                           width=size, split="test", config=config)["video"]
+            for index in range(start, start + videos)]
+
+  sets = {f"{size}x{size}": clips(0, size) for size in WATERMARK_SIZES}
+  nulls = {f"{size}x{size}": clips(videos, size) for size in WATERMARK_SIZES}
+  if workdir and workdir_lib.latest_step(workdir, DIFFUSION_STAGE) is not None:
+    logging.info("benchmark: generating %d videos with %s", videos, workdir)
+    name, generated = _generated_videos(workdir, videos)
+    sets[name] = generated
+  logging.info("benchmark: watermark on %s", ", ".join(sets))
+  return watermark_benchmark.run(sets, secrets.token_bytes(32) if key is None else key,
+                                 null_videos_by_size=nulls, conditions=conditions)
 
 
 def headline_figures(result: dict[str, Any]) -> dict[str, Optional[float]]:
@@ -557,9 +630,28 @@ def format_table(result: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def watermark_command(experiment: experiment_lib.Experiment, workdir: str | None, *,
+                      videos: int | None = None) -> int:
+  """`benchmark --what=watermark`: prints the table, then the results as one JSON line; with a
+  workdir, also writes them to WORKDIR/benchmark_watermark.json. Exit code 2 for videos < 1."""
+  videos = WATERMARK_VIDEOS if videos is None else videos
+  if videos < 1:
+    print(f"error: --watermark_videos={videos}: measure at least 1 video per set",
+          file=sys.stderr)
+    return 2
+  results = watermark_figures(experiment, workdir, videos=videos)
+  print(watermark_benchmark.format_table(results))
+  print(json.dumps({"what": WATERMARK, "sets": results}))
+  if workdir:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "benchmark_watermark.json"), "w") as f:
+      json.dump(results, f, indent=2)
+  return 0
+
+
 def command(experiment: experiment_lib.Experiment, workdir: str | None, *,
             what: str | None = None, layouts: Sequence[str] = (),
-            stage: str | None = None) -> int:
+            stage: str | None = None, watermark_videos: int | None = None) -> int:
   """`python -m videogen.main benchmark --config=... [--what=...]`: prints the table, then the
   JSON line.
 
@@ -570,15 +662,23 @@ def command(experiment: experiment_lib.Experiment, workdir: str | None, *,
     what: a part of `PARTS`, or "all" (also None).
     layouts: meshes to time the train step on as well (`parse_layout`).
     stage: whose train step (default: the diffusion stage, else the last).
+    watermark_videos: videos per set of --what=watermark (default WATERMARK_VIDEOS).
 
   Returns:
-    0, or 2 for a usage error (unknown --what or --stage, a malformed or too large layout).
+    0, or 2 for a usage error (unknown --what or --stage, a malformed or too large layout,
+    --watermark_videos without --what=watermark or below 1).
   """
   what, layouts = what or "all", tuple(layouts or ())
   try:
     check_options(experiment, what=what, layouts=layouts, stage=stage)
   except ValueError as error:
     print(f"error: {error}", file=sys.stderr)
+    return 2
+  if what == WATERMARK:
+    return watermark_command(experiment, workdir, videos=watermark_videos)
+  if watermark_videos is not None:
+    print(f"error: --watermark_videos applies to --what={WATERMARK}, not --what={what}",
+          file=sys.stderr)
     return 2
   result = run_benchmark(experiment, what=what, layouts=layouts, stage=stage)
   print(format_table(result))

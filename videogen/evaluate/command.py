@@ -15,9 +15,11 @@ OUT/eval_<what>.json, OUT being --out (default: the workdir); the generation sui
 OUT/eval_generation/. `--scenes_per_group=N` sizes the generation suite (N scenes of training
 combinations and N of held-out ones, each prompted with its brief and its descriptive caption: 4N
 text-to-video prompts), replacing the experiment's `config.eval_generation.scenes_per_group`.
-Without --config, the experiment saved with the workdir's checkpoint is used. Exit codes: 0 done,
-1 a checkpoint is missing, 2 a usage error (no --workdir, unknown --what, an option --what does
-not take).
+The suite's videos are scored, then watermarked and signed as they are saved
+(`videogen.provenance.writer`; `--watermark=false`, `--key=FILE`, `--manifest_prompt=false` as for
+`generate`): the metrics are those of the generator's own frames. Without --config, the experiment
+saved with the workdir's checkpoint is used. Exit codes: 0 done, 1 a checkpoint is missing (or a
+watermark key), 2 a usage error (no --workdir, unknown --what, an option --what does not take).
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from absl import logging
 
-from data_pipelines import video_io
 from data_pipelines.shapes import world
 from videogen import experiment as experiment_lib
 from videogen import workdir as workdir_lib
@@ -42,6 +43,8 @@ from videogen.evaluate import noise_levels
 from videogen.evaluate import suite as suite_lib
 from videogen.generate import gallery
 from videogen.generate import pipeline
+from videogen.provenance import keys
+from videogen.provenance import writer
 from videogen.train import stages as stages_lib
 from videogen.train import trainer
 
@@ -80,14 +83,18 @@ def write_report(directory: str, filename: str, report: Any) -> None:
     json.dump(report, f, indent=2)
 
 
-def _save_videos_callback(directory: str, fps: float, entries: list[gallery.GalleryEntry]
-                          ) -> Callable[[dict[str, Any], np.ndarray], None]:
-  """An `on_video` callback writing each video as NNN_<mode>.mp4 into `directory`."""
+def _save_videos_callback(directory: str, fps: float, entries: list[gallery.GalleryEntry],
+                          stamp: writer.Stamp) -> Callable[[dict[str, Any], np.ndarray], None]:
+  """An `on_video` callback writing each video as NNN_<mode>.mp4 into `directory`, through
+  `stamp` (the row's "watermark": the payload's hex, None when off)."""
   os.makedirs(directory, exist_ok=True)
 
   def save(row: dict[str, Any], video: np.ndarray) -> None:
     name = f"{len(entries):03d}_{row['mode']}.mp4"
-    video_io.write_video(os.path.join(directory, name), video, fps)
+    written = stamp.write([os.path.join(directory, name)], video, fps,
+                          claim={"mode": row["mode"], "seed": row["seed"],
+                                 "prompt": row["prompt"]})
+    row["watermark"] = None if written.payload is None else written.payload.hex()
     note = f"{row['mode']}, {row['group']}" + (f", {row['kind']}" if "kind" in row else "")
     entries.append(gallery.GalleryEntry(prompt=row["prompt"], video=name, note=note))
 
@@ -100,7 +107,9 @@ def _save_videos_callback(directory: str, fps: float, entries: list[gallery.Gall
 
 def run_generation(experiment: experiment_lib.Experiment | None, workdir: str, *,
                    config: suite_lib.GenerationEvalConfig | None = None,
-                   progress: bool = True, out: str | None = None) -> generation.GenerationReport:
+                   progress: bool = True, out: str | None = None, watermark: bool = True,
+                   key_file: str | None = None,
+                   include_prompt: bool = True) -> generation.GenerationReport:
   """Loads the workdir's generator, runs the suite, writes OUT/eval_generation.json (the
   metrics) and OUT/eval_generation_videos.json (one row per video).
 
@@ -111,6 +120,8 @@ def run_generation(experiment: experiment_lib.Experiment | None, workdir: str, *
       the defaults.
     progress: show progress bars.
     out: the folder of the reports and videos; None: the workdir.
+    watermark, key_file, include_prompt: how the saved videos are stamped
+      (`writer.Stamp.for_workdir`; with `config.save_videos`).
   """
   out = workdir if out is None else out
   if experiment is None:
@@ -124,8 +135,11 @@ def run_generation(experiment: experiment_lib.Experiment | None, workdir: str, *
                len(suite.prompts), len(suite.cases), suite.frames, suite.height, suite.width)
   entries: list[gallery.GalleryEntry] = []
   videos_dir = os.path.join(out, GENERATION_VIDEOS_DIR)
-  on_video = (_save_videos_callback(videos_dir, generator.fps, entries)
-              if config.save_videos else None)
+  on_video = None
+  if config.save_videos:
+    stamp = writer.Stamp.for_workdir(workdir, watermark=watermark, key_file=key_file,
+                                     include_prompt=include_prompt)
+    on_video = _save_videos_callback(videos_dir, generator.fps, entries, stamp)
   report = generation.evaluate_generation(generation.generator_fn(generator), suite,
                                           progress=progress, on_video=on_video)
   if entries:
@@ -188,7 +202,7 @@ def report_command(what: str, workdir: str | None, run: Callable[[str], Any],
     return 2
   try:
     report = run(workdir)
-  except FileNotFoundError as error:
+  except (FileNotFoundError, keys.KeyFileError) as error:
     print(f"error: {error}", file=sys.stderr)
     return 1
   print(table(report))
@@ -197,11 +211,14 @@ def report_command(what: str, workdir: str | None, run: Callable[[str], Any],
 
 
 def generation_command(experiment: experiment_lib.Experiment | None, workdir: str | None, *,
-                       out: str | None = None, scenes_per_group: int | None = None) -> int:
+                       out: str | None = None, scenes_per_group: int | None = None,
+                       watermark: bool = True, manifest_prompt: bool = True,
+                       key: str | None = None) -> int:
   """`evaluate --what=generation`: prints the table, then the metrics JSON as the last line.
 
   Args:
     scenes_per_group: the suite's size; None: the experiment's `eval_generation`.
+    watermark, manifest_prompt, key: how the saved videos are stamped (`run_generation`).
   """
 
   def run(workdir: str) -> generation.GenerationReport:
@@ -210,7 +227,8 @@ def generation_command(experiment: experiment_lib.Experiment | None, workdir: st
     if scenes_per_group is not None:
       known = known or workdir_lib.saved_experiment(workdir, pipeline.DIT_STAGE)
       config = dataclasses.replace(known.eval_generation, scenes_per_group=scenes_per_group)
-    return run_generation(known, workdir, config=config, out=out)
+    return run_generation(known, workdir, config=config, out=out, watermark=watermark,
+                          key_file=key, include_prompt=manifest_prompt)
 
   return report_command("generation", workdir, run, generation.format_table,
                         lambda report: report.metrics)
@@ -282,7 +300,7 @@ class Evaluation:
 EVALUATIONS: dict[str, Evaluation] = {
     "generation": Evaluation(
         generation_command, "prompt following, physics, seams and speed of generated videos",
-        options=("scenes_per_group",)),
+        options=("scenes_per_group", "watermark", "manifest_prompt", "key")),
     "autoencoder": Evaluation(
         functools.partial(stage_command, "autoencoder"),
         "the autoencoder stage's own evaluation (reconstruction PSNR / SSIM)"),
@@ -299,7 +317,8 @@ DEFAULT_EVALUATION = "generation"
 
 def evaluate(experiment: experiment_lib.Experiment | None, workdir: str | None, *,
              what: str | None = None, out: str | None = None,
-             scenes_per_group: int | None = None) -> int:
+             scenes_per_group: int | None = None, watermark: bool = True,
+             manifest_prompt: bool = True, key: str | None = None) -> int:
   """`python -m videogen.main evaluate --workdir=DIR --what=...`: runs one evaluation.
 
   Args:
@@ -309,6 +328,8 @@ def evaluate(experiment: experiment_lib.Experiment | None, workdir: str | None, 
     out: the folder of the reports and videos; None: the workdir.
     scenes_per_group: the generation suite's size (--what=generation only); None: the
       experiment's.
+    watermark, manifest_prompt, key: how the generation suite's videos are stamped
+      (--what=generation only; `run_generation`).
   """
   what = DEFAULT_EVALUATION if what is None else what
   if what not in EVALUATIONS:
@@ -316,8 +337,10 @@ def evaluate(experiment: experiment_lib.Experiment | None, workdir: str | None, 
           + "; ".join(f"{k} ({v.about})" for k, v in EVALUATIONS.items()), file=sys.stderr)
     return 2
   evaluation = EVALUATIONS[what]
-  options = {name: value for name, value in {"scenes_per_group": scenes_per_group}.items()
-             if value is not None}
+  # Only options set away from their defaults are passed (and checked against `what`).
+  given = {"scenes_per_group": scenes_per_group, "watermark": None if watermark else False,
+           "manifest_prompt": None if manifest_prompt else False, "key": key}
+  options = {name: value for name, value in given.items() if value is not None}
   for name in options:
     if name not in evaluation.options:
       takers = [k for k, v in EVALUATIONS.items() if name in v.options]

@@ -19,6 +19,12 @@ first frame), extend and extend_backward (--input, --frames new frames), connect
 --input2, --frames between them), loop (--frames, --bridge_frames), edit (--input, --strength).
 Frame counts the autoencoder cannot take are rounded with a warning.
 
+Provenance (`videogen.provenance.writer`): every file written carries an invisible watermark
+keyed by WORKDIR/provenance/watermark.key (created on first use; `--key=FILE` uses another) whose
+payload is the checkpoint's hash prefix and a generation counter, and a signed C2PA manifest (the
+mode, seed, checkpoint hash and prompt; `--manifest_prompt=false` leaves the prompt out).
+`--watermark=false` writes the frames unmarked. `python -m videogen.main detect` reads both.
+
 Everything that can be checked before the model is loaded is: values out of range, missing inputs,
 outputs that cannot be written (their folder is created), sizes that cannot fit in memory
 (`pipeline.estimate_memory`). Each failure is one line on stderr that says what to do, with exit
@@ -48,6 +54,8 @@ from videogen.generate import gallery
 from videogen.generate import modes
 from videogen.generate import pipeline
 from videogen.parallel import memory
+from videogen.provenance import keys
+from videogen.provenance import writer
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 # Request fields that are not strings: (accepted types, how the error names them).
@@ -241,11 +249,16 @@ def read_input(path: str) -> np.ndarray:
   return frames
 
 
-def write_outputs(video: np.ndarray, out: str, fps: float) -> list[str]:
-  """Writes `out` (.mp4, .gif, or .png for one frame) and, for an .mp4, the .gif beside it.
+def write_outputs(video: np.ndarray, out: str, fps: float, *, stamp: writer.Stamp,
+                  claim: dict[str, Any]) -> writer.Written:
+  """Writes `out` (.mp4, .gif, or .png for one frame) and, for an .mp4, the .gif beside it,
+  watermarked and signed by `stamp` (one payload for both files).
+
+  Args:
+    claim: the manifest's fields for this video (`writer.Stamp.sign`).
 
   Returns:
-    The paths written (each exists: a failed write raises).
+    What was written: `paths` (each exists: a failed write raises), the payload.
 
   Raises:
     ValueError: another suffix, or a .png for more than one frame.
@@ -256,16 +269,13 @@ def write_outputs(video: np.ndarray, out: str, fps: float) -> list[str]:
     if len(video) != 1:
       raise ValueError(f"--out={out}: a .png holds one image, the video has {len(video)} frames: "
                        f"use --mode=t2i, or name the output .mp4 or .gif")
-    video_io.write_image(out, video[0])
-    return [out]
+    return stamp.write([out], video, fps, claim=claim)
   if suffix not in (".mp4", ".gif"):
     raise ValueError(f"--out={out}: name the output .mp4 (a .gif is written beside it) or .gif")
   paths = [out]
   if suffix == ".mp4":
     paths.append(str(pathlib.Path(out).with_suffix(".gif")))
-  for path in paths:
-    video_io.write_video(path, video, fps=fps)
-  return paths
+  return stamp.write(paths, video, fps, claim=claim)
 
 
 def resolved(generator: pipeline.Generator, request: Request) -> Request:
@@ -276,20 +286,28 @@ def resolved(generator: pipeline.Generator, request: Request) -> Request:
                              negative_prompt=config.negative_prompt)
 
 
-def generate_one(generator: pipeline.Generator, request: Request, out: str) -> dict[str, Any]:
-  """Runs one request and writes its files; returns its manifest entry.
+def generate_one(generator: pipeline.Generator, request: Request, out: str,
+                 stamp: writer.Stamp) -> dict[str, Any]:
+  """Runs one request and writes its files through `stamp`; returns its manifest entry.
 
   The entry's request holds the sampler settings actually used (seed, steps, ...), so that the
-  same video can be made again from it.
+  same video can be made again from it; "watermark" is the payload the files carry (hex; None
+  with the watermark off).
   """
   inputs = tuple(read_input(path) for path in (request.input, request.input2) if path)
   result = modes.run(generator, request.mode, request.prompt, inputs=inputs,
                      frames=request.frames, height=request.height, width=request.width,
                      strength=request.strength, bridge_frames=request.bridge_frames,
                      **request.options())
-  files = write_outputs(result.video, out, generator.fps) if jax.process_index() == 0 else []
+  used = resolved(generator, request)
+  files, payload = [], None
+  if jax.process_index() == 0:
+    claim = {"mode": request.mode, "seed": used.seed, "prompt": request.prompt}
+    written = write_outputs(result.video, out, generator.fps, stamp=stamp, claim=claim)
+    files, payload = written.paths, written.payload
   print(f"{out}: {result.summary()}", flush=True)
-  return {"request": dataclasses.asdict(resolved(generator, request)), "files": files,
+  return {"request": dataclasses.asdict(used), "files": files,
+          "watermark": None if payload is None else payload.hex(),
           "shape": list(result.video.shape), "new_frames": result.new_frames,
           "seconds": round(result.seconds, 3), "fps": result.fps,
           "real_time_factor": round(result.real_time_factor, 4)}
@@ -349,9 +367,10 @@ def read_requests(path: str, defaults: Request,
   return requests
 
 
-def generate_many(generator: pipeline.Generator, requests: list[Request],
-                  out_dir: str) -> tuple[str, int]:
-  """Generates every request into `out_dir`; writes manifest.jsonl and index.html there.
+def generate_many(generator: pipeline.Generator, requests: list[Request], out_dir: str,
+                  stamp: writer.Stamp) -> tuple[str, int]:
+  """Generates every request into `out_dir` (written through `stamp`); writes manifest.jsonl and
+  index.html there.
 
   A request without `out` is named by `output_name` after its position. A request that fails (an
   input that cannot be decoded, a shape a mode refuses, a file that cannot be written) is logged
@@ -365,7 +384,7 @@ def generate_many(generator: pipeline.Generator, requests: list[Request],
   for index, request in enumerate(requests):
     name = output_name(request, index + 1)
     try:
-      entry = generate_one(generator, request, os.path.join(out_dir, name))
+      entry = generate_one(generator, request, os.path.join(out_dir, name), stamp)
     except (OSError, ValueError) as error:
       print(f"error: {name} ({request.prompt!r}): {error}", file=sys.stderr)
       entries.append({"request": dataclasses.asdict(request), "error": str(error)})
@@ -496,13 +515,17 @@ def warn_unknown_words(requests: list[tuple[str, Request]], known: frozenset[str
 
 
 def command(experiment: experiment_lib.Experiment | None, workdir: str | None, *,
-            prompts_file: str | None = None, **flags: Any) -> int:
+            prompts_file: str | None = None, watermark: bool = True,
+            manifest_prompt: bool = True, key: str | None = None, **flags: Any) -> int:
   """`python -m videogen.main generate`: see the module docstring.
 
   Args:
     experiment: the validated experiment (from --config), or None for the workdir's own.
     workdir: the trained run.
     prompts_file: a JSONL file of requests; its lines default to `flags`.
+    watermark: False writes the videos without the invisible watermark.
+    manifest_prompt: False keeps the prompt out of the signed manifests.
+    key: a watermark key file instead of WORKDIR/provenance/watermark.key.
     **flags: the command line's request fields (`Request`'s names); None where not given.
 
   Exit codes: 0 written, 1 a request or a workdir problem (message on stderr), 2 a usage error.
@@ -541,15 +564,21 @@ def command(experiment: experiment_lib.Experiment | None, workdir: str | None, *
     known = workdir_lib.read_tokenizer_words(workdir, experiment)
     source = workdir_lib.tokenizer_words_path(workdir_lib.tokenizer_path(workdir, experiment))
     warn_unknown_words(requests, known, source)
+    if watermark and key is not None:
+      keys.watermark_key(key_file=key)  # a bad --key fails before the slow load
 
     generator = pipeline.load(workdir, experiment)
+    # Keys are created (on first use) only in a workdir that holds a model.
+    stamp = writer.Stamp.for_workdir(workdir, watermark=watermark, key_file=key,
+                                     include_prompt=manifest_prompt)
     if known is None:
       warn_unknown_words(requests, None, source, generator.tokenizer)
     if prompts_file:
-      _, failed = generate_many(generator, [request for _, request in requests], out_dir)
+      _, failed = generate_many(generator, [request for _, request in requests], out_dir,
+                                stamp)
       return 1 if failed else 0
     (_, request), = requests
-    generate_one(generator, request, request.out)
+    generate_one(generator, request, request.out, stamp)
     return 0
   except (OSError, ValueError, TypeError) as error:
     print(f"error: {error}", file=sys.stderr)
