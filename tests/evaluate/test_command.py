@@ -102,7 +102,7 @@ def test_saved_suite_videos_are_watermarked_and_signed(tmp_path):
   stamp = writer.Stamp.for_workdir(tmp_path / "run")
   entries = []
   save = command._save_videos_callback(str(tmp_path / "videos"), 8.0, entries, stamp)
-  video = world.generate(0, seed=0, frames=9, height=32, width=32)["video"]
+  video = world.generate(0, seed=0, frames=9, height=64, width=64)["video"]  # payload always read
   row = {"mode": "t2v", "group": "seen", "kind": "brief", "prompt": "a red circle", "seed": 4}
   save(row, video)
   path = tmp_path / "videos" / entries[0].video

@@ -20,7 +20,7 @@ CLAIM = {"mode": "t2v", "seed": 0, "prompt": "a small blue square moving down"}
 
 @pytest.fixture(scope="module")
 def clip():
-  return world.generate(2, seed=0, frames=9, height=32, width=32)["video"]
+  return world.generate(2, seed=0, frames=9, height=64, width=64)["video"]
 
 
 @pytest.fixture
