@@ -35,7 +35,7 @@ axis symbolic use the example size given on the command line.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -331,3 +331,17 @@ def errors(reference: list[Any], outputs: list[Any]) -> dict[str, float]:
     max_abs = max(max_abs, error)
     max_rel = max(max_rel, error / max(scale, np.finfo(np.float32).tiny))
   return {"max_abs": max_abs, "max_rel": max_rel}
+
+
+def parity(component: Component, run: Callable[[list[np.ndarray]], Sequence[Any]],
+           batches: Sequence[int]) -> dict[str, Any]:
+  """Worst `errors` of an exported `run(inputs) -> outputs` against the JAX function, on the
+  component's random inputs at each batch size (the same inputs for every format)."""
+  reference = jax.jit(component.function)
+  worst = {"max_abs": 0.0, "max_rel": 0.0}
+  for batch in batches:
+    inputs = component.example_inputs(batch, seed=batch)
+    measured = errors([np.asarray(x) for x in reference(*inputs)],
+                      [np.asarray(x) for x in run(inputs)])
+    worst = {key: max(worst[key], measured[key]) for key in worst}
+  return {**worst, "batches": list(batches)}
