@@ -39,6 +39,7 @@ from PIL import ImageFont
 
 # Containers this module is tested with; FFmpeg may read others too.
 VIDEO_SUFFIXES: tuple[str, ...] = (".mp4", ".webm", ".gif", ".mov")
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 WRITE_SUFFIXES: tuple[str, ...] = (".mp4", ".gif")
 # H.264 constant rate factor for written mp4s: visually lossless, still small for short clips.
 MP4_CRF = 15
@@ -565,6 +566,22 @@ def read_image(path: str | pathlib.Path) -> np.ndarray:
         "`ffmpeg -i IN.png -vf \"split[a][b];[a]drawbox=c=black:t=fill[bg];[bg][b]overlay\" "
         "OUT.png`)")
   return np.ascontiguousarray(rgba[..., :3])
+
+
+def read_frames(path: str | pathlib.Path) -> np.ndarray:
+  """A video or image file as uint8 frames [T, H, W, 3] (an image is one frame).
+
+  Raises:
+    FileNotFoundError: no such file, naming it.
+    VideoDecodeError: the file is empty or cannot be decoded.
+  """
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f"input {path} does not exist: pass an existing video "
+                            f"({', '.join(VIDEO_SUFFIXES)}) or image ({', '.join(IMAGE_SUFFIXES)})")
+  if path.suffix.lower() in IMAGE_SUFFIXES:
+    return read_image(path)[None]
+  return read_video(path)[0]
 
 
 def _sample_indices(length: int, count: int) -> np.ndarray:

@@ -34,7 +34,6 @@ import numpy as np
 
 from data_pipelines import video_io
 from videogen import experiment as experiment_lib
-from videogen.generate import command as command_lib
 from videogen.generate import modes
 from videogen.generate import pipeline
 from videogen.provenance import writer
@@ -76,7 +75,7 @@ class Result(modes.Generated):
 def _read_frames(frames: Frames, name: str) -> np.ndarray:
   """An input as uint8 [T, H, W, 3]: a file is read, an image [H, W, 3] becomes one frame."""
   if isinstance(frames, (str, os.PathLike)):
-    return command_lib.read_input(os.fspath(frames))
+    return video_io.read_frames(frames)
   frames = np.asarray(frames)
   if frames.ndim == 3:
     frames = frames[None]

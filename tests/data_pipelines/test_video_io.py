@@ -394,3 +394,17 @@ def test_an_old_style_rotate_tag_turns_the_frames_too(tmp_path):
   assert frames.shape == (2, 32, 16, 3)
   assert _corners(frames)[1] == "red"  # top left, turned clockwise, is top right
   assert video_io.probe_video(path)["rotation"] == 270
+
+
+def test_read_frames_reads_videos_and_images_and_names_bad_files(tmp_path):
+  clip = np.zeros((3, 16, 16, 3), np.uint8)
+  clip[:, 4:12, 4:12] = (220, 40, 40)
+  video_io.write_video(tmp_path / "clip.gif", clip, fps=8)
+  np.testing.assert_array_equal(video_io.read_frames(str(tmp_path / "clip.gif")), clip)
+  Image.fromarray(clip[0]).save(tmp_path / "frame.png")
+  np.testing.assert_array_equal(video_io.read_frames(str(tmp_path / "frame.png")), clip[:1])
+  with pytest.raises(FileNotFoundError, match="nothing.mp4 does not exist"):
+    video_io.read_frames(str(tmp_path / "nothing.mp4"))
+  (tmp_path / "broken.mp4").write_bytes(b"not a video at all")
+  with pytest.raises(video_io.VideoDecodeError):
+    video_io.read_frames(str(tmp_path / "broken.mp4"))

@@ -87,19 +87,6 @@ def test_read_requests_names_the_bad_line(tmp_path):
     command.read_requests(str(tmp_path / "missing.jsonl"), command.Request(prompt=""))
 
 
-def test_read_input_reads_videos_and_images_and_names_bad_files(tmp_path, clip):
-  video_io.write_video(tmp_path / "clip.gif", clip, fps=8)
-  np.testing.assert_array_equal(command.read_input(str(tmp_path / "clip.gif")), clip)
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  Image.fromarray(clip[0]).save(tmp_path / "frame.png")
-  np.testing.assert_array_equal(command.read_input(str(tmp_path / "frame.png")), clip[:1])
-  with pytest.raises(FileNotFoundError, match="nothing.mp4 does not exist"):
-    command.read_input(str(tmp_path / "nothing.mp4"))
-  (tmp_path / "broken.mp4").write_bytes(b"not a video at all")
-  with pytest.raises(video_io.VideoDecodeError):
-    command.read_input(str(tmp_path / "broken.mp4"))
-
-
 def test_write_outputs_writes_a_gif_beside_the_mp4(tmp_path, clip, unmarked):
   paths = command.write_outputs(clip, str(tmp_path / "out.mp4"), fps=8, stamp=unmarked,
                                 claim=CLAIM).paths

@@ -57,7 +57,6 @@ from videogen.parallel import memory
 from videogen.provenance import keys
 from videogen.provenance import writer
 
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 # Request fields that are not strings: (accepted types, how the error names them).
 _KINDS: dict[str, tuple[Any, str]] = {
     **{name: (int, "an integer") for name in ("frames", "height", "width", "steps", "seed",
@@ -234,21 +233,6 @@ def output_name(request: Request, number: int) -> str:
   return f"{number:03d}-{slug}{'.png' if request.mode == 't2i' else '.mp4'}"
 
 
-def read_input(path: str) -> np.ndarray:
-  """A video or image file as uint8 frames [T, H, W, 3] (an image is one frame).
-
-  Raises:
-    FileNotFoundError / video_io.VideoDecodeError: missing or unreadable, naming the file.
-  """
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"input {path} does not exist: pass an existing video (.mp4, .gif, "
-                            f".webm, .mov) or image (.png, .jpg)")
-  if pathlib.Path(path).suffix.lower() in IMAGE_SUFFIXES:
-    return video_io.read_image(path)[None]
-  frames, _ = video_io.read_video(path)
-  return frames
-
-
 def write_outputs(video: np.ndarray, out: str, fps: float, *, stamp: writer.Stamp,
                   claim: dict[str, Any]) -> writer.Written:
   """Writes `out` (.mp4, .gif, or .png for one frame) and, for an .mp4, the .gif beside it,
@@ -294,7 +278,7 @@ def generate_one(generator: pipeline.Generator, request: Request, out: str,
   same video can be made again from it; "watermark" is the payload the files carry (hex; None
   with the watermark off).
   """
-  inputs = tuple(read_input(path) for path in (request.input, request.input2) if path)
+  inputs = tuple(video_io.read_frames(path) for path in (request.input, request.input2) if path)
   result = modes.run(generator, request.mode, request.prompt, inputs=inputs,
                      frames=request.frames, height=request.height, width=request.width,
                      strength=request.strength, bridge_frames=request.bridge_frames,

@@ -33,7 +33,6 @@ import pathlib
 import sys
 from typing import Any
 
-import numpy as np
 
 from data_pipelines import video_io
 from videogen import experiment as experiment_lib
@@ -42,7 +41,7 @@ from videogen.provenance import manifest
 from videogen.provenance import watermark
 
 VIDEO_SUFFIXES: tuple[str, ...] = video_io.VIDEO_SUFFIXES
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES: tuple[str, ...] = video_io.IMAGE_SUFFIXES
 
 
 def find_files(path: pathlib.Path) -> list[pathlib.Path]:
@@ -56,17 +55,6 @@ def find_files(path: pathlib.Path) -> list[pathlib.Path]:
                 and not any(part.startswith(".") for part in found.relative_to(path).parts))
 
 
-def read_frames(path: pathlib.Path) -> np.ndarray:
-  """uint8 [T, H, W, 3]: a video's frames, or an image as one frame.
-
-  Raises:
-    video_io.VideoDecodeError: the file is missing, empty or cannot be decoded.
-  """
-  if path.suffix.lower() in IMAGE_SUFFIXES:
-    return video_io.read_image(path)[None]
-  return video_io.read_video(path)[0]
-
-
 def check_file(path: pathlib.Path, key: bytes, trust_anchor: pathlib.Path | None
                ) -> dict[str, Any]:
   """The JSON line of one file (see the module docstring).
@@ -75,7 +63,7 @@ def check_file(path: pathlib.Path, key: bytes, trust_anchor: pathlib.Path | None
     video_io.VideoDecodeError: the file cannot be read.
     ValueError: its frames are too small to carry the watermark.
   """
-  found = watermark.detect(read_frames(path), key)
+  found = watermark.detect(video_io.read_frames(path), key)
   verification = manifest.verify(path, trust_anchor=trust_anchor)
   line: dict[str, Any] = {
       "path": str(path), "watermarked": bool(found.watermarked), "p_value": found.p_value,
