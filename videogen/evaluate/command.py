@@ -72,7 +72,7 @@ def world_generator(experiment: experiment_lib.Experiment | None, workdir: str
     FileNotFoundError: a checkpoint is missing.
   """
   if experiment is None:
-    experiment = workdir_lib.saved_experiment(workdir, pipeline.DIT_STAGE)
+    experiment = workdir_lib.saved_experiment(workdir, workdir_lib.DIT_STAGE)
   return pipeline.load(workdir, experiment, progress=False), experiment.data.world
 
 
@@ -125,7 +125,7 @@ def run_generation(experiment: experiment_lib.Experiment | None, workdir: str, *
   """
   out = workdir if out is None else out
   if experiment is None:
-    experiment = workdir_lib.saved_experiment(workdir, pipeline.DIT_STAGE)
+    experiment = workdir_lib.saved_experiment(workdir, workdir_lib.DIT_STAGE)
   if config is None:
     config = experiment.eval_generation
   generator = pipeline.load(workdir, experiment, progress=False)
@@ -225,7 +225,7 @@ def generation_command(experiment: experiment_lib.Experiment | None, workdir: st
     known = experiment
     config = None
     if scenes_per_group is not None:
-      known = known or workdir_lib.saved_experiment(workdir, pipeline.DIT_STAGE)
+      known = known or workdir_lib.saved_experiment(workdir, workdir_lib.DIT_STAGE)
       config = dataclasses.replace(known.eval_generation, scenes_per_group=scenes_per_group)
     return run_generation(known, workdir, config=config, out=out, watermark=watermark,
                           key_file=key, include_prompt=manifest_prompt)

@@ -542,7 +542,7 @@ def command(experiment: experiment_lib.Experiment | None, workdir: str | None, *
       request.check_files(FLAGS)
       requests = [(FLAGS, request)]
     if experiment is None:
-      experiment = workdir_lib.saved_experiment(workdir, pipeline.DIT_STAGE)
+      experiment = workdir_lib.saved_experiment(workdir, workdir_lib.DIT_STAGE)
     for where, request in requests:
       check_memory(experiment, request, where)
     known = workdir_lib.read_tokenizer_words(workdir, experiment)

@@ -485,10 +485,6 @@ class Generator:
 # Loading a trained workdir.
 # ------------------------------------------------------------------------------------------------
 
-# The stage whose checkpoint holds the sampling model (the name stays for callers of this module).
-DIT_STAGE = workdir_lib.DIT_STAGE
-
-
 def load(workdir: str, experiment: experiment_lib.Experiment | None = None, *,
          mesh: jax.sharding.Mesh | None = None, step: int | None = None,
          **generator_kwargs: Any) -> Generator:
@@ -511,15 +507,15 @@ def load(workdir: str, experiment: experiment_lib.Experiment | None = None, *,
     FileNotFoundError: no checkpoint or no tokenizer, naming the path and the command that
       makes it.
   """
-  step = workdir_lib.require_step(workdir, DIT_STAGE) if step is None else step
+  step = workdir_lib.require_step(workdir, workdir_lib.DIT_STAGE) if step is None else step
   if experiment is None:
-    experiment = workdir_lib.saved_experiment(workdir, DIT_STAGE, step)
+    experiment = workdir_lib.saved_experiment(workdir, workdir_lib.DIT_STAGE, step)
   # The tokenizer is read before the (slow) restore, so a broken workdir fails at once.
   tokenizer = workdir_lib.load_tokenizer(workdir, experiment)
   graphdef, params, frozen = text_to_video.abstract_model(
       experiment.autoencoder, experiment.text_encoder, experiment.dit)
   mesh = mesh_lib.create_mesh(experiment.mesh) if mesh is None else mesh
-  model, _ = workdir_lib.restore_model(workdir, DIT_STAGE, graphdef, params, frozen,
+  model, _ = workdir_lib.restore_model(workdir, workdir_lib.DIT_STAGE, graphdef, params, frozen,
                                        experiment=experiment, mesh=mesh, step=step)
 
   kwargs = dict(experiment_defaults(experiment))

@@ -51,8 +51,6 @@ from videogen.provenance import manifest as manifest_lib
 from videogen.provenance import watermark as watermark_lib
 
 PathLike = str | os.PathLike
-# The stage whose checkpoint generates (videogen.generate.pipeline.DIT_STAGE, which sits above).
-GENERATING_STAGE = "dit"
 # The files of a checkpoint step the hash reads, relative to its folder; a missing one is skipped.
 CHECKPOINT_FILES = ("_CHECKPOINT_METADATA", "config/metadata", "state/_METADATA")
 COUNTER_FILE = "generation_counter"
@@ -63,7 +61,7 @@ IMAGE_SUFFIX = ".png"
 
 
 def checkpoint_hash(workdir: PathLike, *, step: int | None = None,
-                    stage: str = GENERATING_STAGE) -> str:
+                    stage: str = workdir_lib.DIT_STAGE) -> str:
   """"sha256:<hex>" of a checkpoint step's number and metadata files (see the module docstring).
 
   Args:
