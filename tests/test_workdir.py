@@ -1,10 +1,14 @@
-"""videogen/workdir.py: the words of the tokenizer's training captions, recorded beside it."""
+"""videogen/workdir.py: the words of the tokenizer's training captions, recorded beside it; the
+steps a stage has checkpoints of."""
 
 import json
+
+import numpy as np
 
 from experiments import shapes
 from videogen import experiment as experiment_lib
 from videogen import workdir as workdir_lib
+from videogen.train import checkpointing
 
 
 def test_words_are_the_tokenizers_view_of_a_text():
@@ -31,3 +35,15 @@ def test_training_the_tokenizer_records_its_captions_words_and_loading_does_not(
 def test_an_unreadable_words_file_means_unknown(tmp_path):
   (tmp_path / "tokenizer.words.json").write_text("{not json")
   assert workdir_lib.read_tokenizer_words(str(tmp_path)) is None
+
+
+def test_checkpoint_steps_lists_every_saved_step_oldest_first(tmp_path):
+  assert workdir_lib.checkpoint_steps(str(tmp_path), "dit") == []  # no checkpoints/ at all
+  checkpointer = checkpointing.Checkpointer(workdir_lib.checkpoint_dir(str(tmp_path), "dit"),
+                                            keep=0, async_save=False)
+  for step in (10, 20, 30):
+    checkpointer.save(step, {"w": np.full((2,), step, np.float32)}, {}, {"seed": 0})
+  checkpointer.close()
+  assert workdir_lib.checkpoint_steps(str(tmp_path), "dit") == [10, 20, 30]
+  assert workdir_lib.checkpoint_steps(str(tmp_path), "autoencoder") == []
+  assert workdir_lib.latest_step(str(tmp_path), "dit") == 30

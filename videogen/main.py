@@ -7,7 +7,7 @@ Commands:
              `--config.dit_stage.latents=cache`.
   generate   prompt -> video, from a trained workdir.
   evaluate   measure a trained workdir (`--what=`: generation, autoencoder, noise_levels,
-             caption_use).
+             caption_use, learning_curve).
   summary    parameter count and forward-pass cost of the experiment's model.
   benchmark  print speed figures for the experiment (`--what=`: all, train_step, generation,
              loader, autoencoder).
@@ -94,7 +94,8 @@ _DETECT_INPUT_HELP = "detect: a video, an image, or a folder of them to check."
 _EVALUATE_WHAT_HELP = (
     "evaluate: what to measure, 'generation' (the default: prompt following, physics, seams, "
     "speed), 'autoencoder' (reconstruction), 'noise_levels' (which noise levels the model fails "
-    "to decide) or 'caption_use' (which caption words the model has learned).")
+    "to decide), 'caption_use' (which caption words the model has learned) or 'learning_curve' "
+    "(every saved dit checkpoint on the generation suite, against steps and compute).")
 _BENCHMARK_WHAT_HELP = (
     "benchmark: 'all' (the default), 'train_step' (FLOP/s against a matmul, compile time, memory "
     "per device), 'generation' (sampling speed), 'loader' (samples/s of config.data), "
@@ -105,7 +106,16 @@ flags.DEFINE_integer("scenes_per_group", None, "evaluate: the generation suite's
                      "(--what=generation), as scenes of training combinations and as many of "
                      "held-out ones (default: the experiment's config.eval_generation, 2). Each "
                      "scene gives 2 prompts (its brief and its descriptive caption) and one case "
-                     "per conditioned mode, so N gives 4N text-to-video prompts.")
+                     "per conditioned mode, so N gives 4N text-to-video prompts; "
+                     "--what=learning_curve: default 12, 48 prompts.")
+flags.DEFINE_list("checkpoint_steps", [], "evaluate --what=learning_curve: the dit checkpoint "
+                  "steps to evaluate, e.g. 1500,3000 (default: every saved one).")
+flags.DEFINE_integer("every", None, "evaluate --what=learning_curve: evaluate the saved dit "
+                     "checkpoints whose step is a multiple of this (with --checkpoint_steps: "
+                     "both).")
+flags.DEFINE_list("compare", [], "evaluate --what=learning_curve: other runs whose "
+                  "learning_curve.json to compare with, e.g. runs/a,runs/b: writes "
+                  "curves/learning_curve_compare.png and learning_curve_compare.md.")
 flags.DEFINE_list("layouts", [], "benchmark: also time the train step on these meshes, "
                   "DEVICES:DATAxFSDPxTENSOR each, e.g. 1:1x1x1,8:8x1x1,8:1x8x1.")
 flags.DEFINE_string("stage", None, "benchmark: the stage whose train step is timed (default: "
@@ -137,7 +147,8 @@ COMMANDS: dict[str, cli.Command] = {
     "generate": cli.Command("videogen.generate.command:command", False, _GENERATE_FLAGS,
                             {"out": _GENERATE_OUT_HELP}),
     "evaluate": cli.Command("videogen.evaluate.command:evaluate", False,
-                            ("what", "out", "scenes_per_group", *_STAMP_FLAGS),
+                            ("what", "out", "scenes_per_group", *_STAMP_FLAGS,
+                             "checkpoint_steps", "every", "compare"),
                             {"what": _EVALUATE_WHAT_HELP, "out": _EVALUATE_OUT_HELP}),
     "summary": cli.Command("videogen.evaluate.summary:summary", True),
     "benchmark": cli.Command("videogen.evaluate.benchmark:command", True,

@@ -162,6 +162,18 @@ def latest_step(workdir: str, stage: str) -> int | None:
     checkpointer.close()
 
 
+def checkpoint_steps(workdir: str, stage: str) -> list[int]:
+  """Every checkpointed step of `stage`, oldest first; empty when it has none."""
+  directory = checkpoint_dir(workdir, stage)
+  if not os.path.isdir(directory):
+    return []
+  checkpointer = checkpointing.Checkpointer(directory, read_only=True)
+  try:
+    return checkpointer.all_steps()
+  finally:
+    checkpointer.close()
+
+
 def require_step(workdir: str, stage: str, remedy: str | None = None) -> int:
   """The newest checkpointed step of `stage`.
 

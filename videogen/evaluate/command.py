@@ -6,6 +6,7 @@ r"""The `evaluate` command: measures a trained workdir and writes the reports in
     python -m videogen.main evaluate --workdir=runs/tiny --what=autoencoder
     python -m videogen.main evaluate --workdir=runs/tiny --what=noise_levels
     python -m videogen.main evaluate --workdir=runs/tiny --what=caption_use
+    python -m videogen.main evaluate --workdir=runs/long --what=learning_curve --every=3000
 
 Each `--what` (a key of `EVALUATIONS`) loads what it needs from the workdir (the generator through
 `videogen.generate.pipeline.load`, a stage's model through `videogen.train.trainer.load_model`),
@@ -39,6 +40,7 @@ from videogen import experiment as experiment_lib
 from videogen import workdir as workdir_lib
 from videogen.evaluate import caption_use
 from videogen.evaluate import generation
+from videogen.evaluate import learning_curve
 from videogen.evaluate import noise_levels
 from videogen.evaluate import suite as suite_lib
 from videogen.generate import gallery
@@ -310,6 +312,11 @@ EVALUATIONS: dict[str, Evaluation] = {
     "caption_use": Evaluation(
         caption_use_command, "how much loss the model saves by reading each attribute of the "
         "caption: which words it has learned"),
+    "learning_curve": Evaluation(
+        learning_curve.command,
+        "every saved dit checkpoint on the generation suite: per-attribute accuracy against "
+        "steps, train minutes and FLOPs (videogen.evaluate.learning_curve)",
+        options=("scenes_per_group", "checkpoint_steps", "every", "compare")),
 }
 # What `evaluate` measures without --what.
 DEFAULT_EVALUATION = "generation"
@@ -318,7 +325,9 @@ DEFAULT_EVALUATION = "generation"
 def evaluate(experiment: experiment_lib.Experiment | None, workdir: str | None, *,
              what: str | None = None, out: str | None = None,
              scenes_per_group: int | None = None, watermark: bool = True,
-             manifest_prompt: bool = True, key: str | None = None) -> int:
+             manifest_prompt: bool = True, key: str | None = None,
+             checkpoint_steps: Sequence[str] | None = None, every: int | None = None,
+             compare: Sequence[str] | None = None) -> int:
   """`python -m videogen.main evaluate --workdir=DIR --what=...`: runs one evaluation.
 
   Args:
@@ -330,6 +339,8 @@ def evaluate(experiment: experiment_lib.Experiment | None, workdir: str | None, 
       experiment's.
     watermark, manifest_prompt, key: how the generation suite's videos are stamped
       (--what=generation only; `run_generation`).
+    checkpoint_steps, every, compare: which checkpoints, and which other runs to compare with
+      (--what=learning_curve only; `videogen.evaluate.learning_curve.command`).
   """
   what = DEFAULT_EVALUATION if what is None else what
   if what not in EVALUATIONS:
@@ -339,7 +350,9 @@ def evaluate(experiment: experiment_lib.Experiment | None, workdir: str | None, 
   evaluation = EVALUATIONS[what]
   # Only options set away from their defaults are passed (and checked against `what`).
   given = {"scenes_per_group": scenes_per_group, "watermark": None if watermark else False,
-           "manifest_prompt": None if manifest_prompt else False, "key": key}
+           "manifest_prompt": None if manifest_prompt else False, "key": key,
+           "checkpoint_steps": checkpoint_steps or None, "every": every,
+           "compare": compare or None}
   options = {name: value for name, value in given.items() if value is not None}
   for name in options:
     if name not in evaluation.options:

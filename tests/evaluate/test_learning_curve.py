@@ -1,0 +1,210 @@
+"""videogen/evaluate/learning_curve.py: which checkpoints, what they cost, and the command end to
+end on the tiny trained workdir (two checkpoints, a rerun that skips them, the errors)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from data_pipelines import loader as loader_lib
+from experiments import shapes
+from videogen import experiment as experiment_lib
+from videogen import workdir as workdir_lib
+from videogen.evaluate import command
+from videogen.evaluate import learning_curve
+from videogen.evaluate import summary
+from videogen.generate import pipeline
+from videogen.train import metrics as metrics_lib
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing checkpoints.
+
+
+def test_select_steps_takes_all_named_or_multiples_and_refuses_unknown_steps():
+  saved = [3000, 500, 1000, 1500]
+  assert learning_curve.select_steps(saved) == [500, 1000, 1500, 3000]
+  assert learning_curve.select_steps(saved, steps=[1500, 500]) == [500, 1500]
+  assert learning_curve.select_steps(saved, every=1000) == [1000, 3000]
+  assert learning_curve.select_steps(saved, steps=[500], every=1500) == [500, 1500, 3000]
+  with pytest.raises(learning_curve.LearningCurveError,
+                     match=r"at step 1234 in runs/x; saved steps: 500, 1000, 1500, 3000"):
+    learning_curve.select_steps(saved, steps=[1000, 1234], where="runs/x")
+  with pytest.raises(learning_curve.LearningCurveError, match="no saved step .* multiple of 700"):
+    learning_curve.select_steps(saved, every=700)
+  with pytest.raises(learning_curve.LearningCurveError, match="positive"):
+    learning_curve.select_steps(saved, every=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# What training cost up to a step.
+
+
+def test_train_minutes_sum_the_logged_intervals_at_their_own_rates():
+  rows = [
+      {"stage": "dit", "step": 100, "loss": 2.0, "steps_per_second": 10.0},   # 10 s
+      {"stage": "dit", "step": 200, "loss": 1.5, "steps_per_second": 5.0},    # 20 s
+      {"stage": "dit", "step": 200, "eval/sample_seconds": 3.0},               # not a train row
+      {"stage": "dit", "step": 300, "loss": 1.0},                             # median rate: 20 s
+      {"stage": "dit", "step": 400, "loss": 0.8, "steps_per_second": 2.0},    # 50 s
+  ]
+  timeline = learning_curve.training_timeline(list(reversed(rows)))
+  assert [step for step, _, _ in timeline] == [100, 200, 300, 400]
+  assert [seconds for _, seconds, _ in timeline] == pytest.approx([10, 30, 50, 100])
+  assert learning_curve.at_step(timeline, 200) == (pytest.approx(0.5, abs=1e-4), 1.5)
+  assert learning_curve.at_step(timeline, 400) == (pytest.approx(100 / 60, abs=1e-4), 0.8)
+  # Between logged rows: the last row's loss, minutes extrapolated at the mean rate so far.
+  minutes, loss = learning_curve.at_step(timeline, 250)
+  assert loss == 1.5 and minutes == pytest.approx((30 + 50 * 30 / 200) / 60, abs=1e-4)
+  assert learning_curve.at_step(timeline, 50) == (None, None)
+
+
+def _config():
+  """The tiny experiment with the tiny workdir's smaller transformer and text encoder."""
+  config = shapes.get_config("tiny")
+  config.dit.update(width=32, depth=1, num_heads=2, frequency_dim=32, context_dim=32,
+                    pooled_dim=32)
+  config.text_encoder.update(width=32, depth=1, num_heads=2)
+  return config
+
+
+def test_train_flops_count_forward_and_backward_of_every_bucket_by_its_share():
+  experiment = experiment_lib.validate(_config())
+  video = dataclasses.replace(experiment, data=loader_lib.DataConfig(buckets=("9x32x32:8",)))
+  double = dataclasses.replace(experiment, data=loader_lib.DataConfig(buckets=("9x32x32:16",)))
+  mixed = dataclasses.replace(experiment, data=loader_lib.DataConfig(
+      buckets=("9x32x32:8", "1x32x32:16:0.25")))
+  per_sample = sum(c.macs for c in summary.measure(experiment.dit, experiment.text_encoder,
+                                                   with_flops=False))
+  assert experiment.dit.input_size == (5, 8, 8)  # the 9x32x32 bucket's latent
+  # Forward + backward: 3 forwards of 2 FLOPs per multiply-accumulate, per sample.
+  assert learning_curve.train_flops_per_step(video) == pytest.approx(6 * 8 * per_sample)
+  assert learning_curve.train_flops_per_step(double) == pytest.approx(
+      2 * learning_curve.train_flops_per_step(video))
+  image = dataclasses.replace(experiment.dit, input_size=(1, 8, 8))
+  image_sample = sum(c.macs for c in summary.measure(image, experiment.text_encoder,
+                                                     with_flops=False))
+  assert image_sample < per_sample
+  assert learning_curve.train_flops_per_step(mixed) == pytest.approx(
+      6 * (0.8 * 8 * per_sample + 0.2 * 16 * image_sample))
+
+
+# ---------------------------------------------------------------------------------------------
+# The command on a trained workdir.
+
+
+def _two_checkpoints(tiny_workdir, tmp_path):
+  """A copy of the tiny workdir whose dit stage has checkpoints 1 and 2 (1: a copy of 2)."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(tiny_workdir, workdir)  # the shared workdir is read-only
+  dit = workdir_lib.checkpoint_dir(workdir, workdir_lib.DIT_STAGE)
+  shutil.copytree(os.path.join(dit, "2"), os.path.join(dit, "1"))
+  return workdir
+
+
+def test_errors_say_what_is_missing(tmp_path, capsys):
+  assert command.evaluate(None, None, what="learning_curve") == 2
+  assert "--workdir" in capsys.readouterr().err
+  assert command.evaluate(None, str(tmp_path), what="learning_curve") == 1
+  error = capsys.readouterr().err
+  assert error.count("\n") == 1 and "no checkpoint of stage 'dit'" in error
+  assert "videogen.main train" in error
+  assert command.evaluate(None, str(tmp_path), what="generation", every=100) == 2
+  assert "--every applies to --what=learning_curve" in capsys.readouterr().err
+  assert command.evaluate(None, str(tmp_path), what="learning_curve",
+                          checkpoint_steps=["12a"]) == 2
+  assert "give step numbers" in capsys.readouterr().err
+
+
+def test_main_wires_the_learning_curve_and_its_flags(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "videogen.main", "evaluate", f"--workdir={tmp_path}",
+       "--what=learning_curve", "--checkpoint_steps=1500,3000", "--every=1500",
+       "--compare=runs/a,runs/b"], capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1, result.stderr
+  assert "no checkpoint of stage 'dit'" in result.stderr
+
+
+@pytest.mark.slow  # ~20-30 s: 4 prompts sampled in 2 steps at each of 2 checkpoints
+def test_learning_curve_evaluates_each_checkpoint_once(tiny_workdir, tiny_workdir_config,
+                                                       tmp_path, capsys, monkeypatch):
+  workdir = _two_checkpoints(tiny_workdir, tmp_path)
+  tiny_workdir_config.sample.num_steps = 2
+  experiment = experiment_lib.validate(tiny_workdir_config)
+  loaded = []
+  real_load = pipeline.load
+
+  def spy_load(*args, step=None, **kwargs):
+    loaded.append(step)
+    return real_load(*args, step=step, **kwargs)
+
+  monkeypatch.setattr(pipeline, "load", spy_load)
+  assert learning_curve.command(experiment, workdir, scenes_per_group=1, progress=False) == 0
+  assert loaded == [1, 2]  # each checkpoint's own weights
+  printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  with open(os.path.join(workdir, learning_curve.LEARNING_CURVE_FILE)) as f:
+    report = json.load(f)
+  assert report["suite"]["prompts"] == 4 and report["suite"]["scenes_per_group"] == 1
+  rows = report["rows"]
+  assert [row["step"] for row in rows] == [1, 2] == [row["step"] for row in printed]
+  # The tiny workdir logs every step.
+  logged = {row["step"]: row["loss"] for row in metrics_lib.read_metrics(workdir, "dit")
+            if "loss" in row}
+  for row in rows:
+    assert row["loss"] == logged[row["step"]]
+    assert row["train_flops"] == pytest.approx(row["step"] * report["train_flops_per_step"])
+    assert row["train_minutes"] > 0
+    for key in learning_curve.CURVE:
+      assert row[key] is None or 0.0 <= row[key] <= 1.0
+  assert rows[1]["train_minutes"] > rows[0]["train_minutes"]
+  assert rows[0]["color_accuracy"] == rows[1]["color_accuracy"]  # the same weights, prompts, seeds
+  plot = os.path.join(workdir, learning_curve.CURVES_DIR, learning_curve.PLOT_FILE)
+  with open(plot, "rb") as f:
+    assert f.read(8) == PNG_SIGNATURE
+
+  # A rerun evaluates nothing already in the file, and keeps its rows.
+  loaded.clear()
+  assert learning_curve.command(experiment, workdir, scenes_per_group=1, progress=False) == 0
+  assert loaded == []
+  with open(os.path.join(workdir, learning_curve.LEARNING_CURVE_FILE)) as f:
+    assert json.load(f)["rows"] == rows
+  # A new checkpoint is the only one evaluated.
+  dit = workdir_lib.checkpoint_dir(workdir, workdir_lib.DIT_STAGE)
+  shutil.copytree(os.path.join(dit, "2"), os.path.join(dit, "4"))
+  assert learning_curve.command(experiment, workdir, scenes_per_group=1, progress=False,
+                                every=4) == 0
+  assert loaded == [4]
+  capsys.readouterr()
+
+  # Unknown steps and another suite are one line each; nothing is evaluated.
+  assert learning_curve.command(experiment, workdir, checkpoint_steps=["3"],
+                                progress=False) == 1
+  error = capsys.readouterr().err
+  assert error.count("\n") == 1 and "at step 3" in error and "saved steps: 1, 2, 4" in error
+  assert learning_curve.command(experiment, workdir, scenes_per_group=2, progress=False) == 1
+  assert "--scenes_per_group=1 as before" in capsys.readouterr().err
+  assert loaded == [4]
+
+  # Two runs side by side: a plot and a markdown table with every row of each.
+  other = str(tmp_path / "other")
+  os.makedirs(other)
+  shutil.copy(os.path.join(workdir, learning_curve.LEARNING_CURVE_FILE), other)
+  assert learning_curve.command(experiment, workdir, scenes_per_group=1, progress=False,
+                                compare=[other]) == 0
+  with open(os.path.join(workdir, learning_curve.COMPARE_TABLE_FILE)) as f:
+    table = f.read().splitlines()
+  assert table[0].startswith("| run | experiment | step | train minutes | train FLOPs |")
+  assert len(table) == 2 + 2 * 3
+  assert sum(line.startswith(f"| {other} |") for line in table) == 3
+  compare_plot = os.path.join(workdir, learning_curve.CURVES_DIR,
+                              learning_curve.COMPARE_PLOT_FILE)
+  with open(compare_plot, "rb") as f:
+    assert f.read(8) == PNG_SIGNATURE

@@ -1,0 +1,497 @@
+r"""The learning curve: every saved checkpoint of a run's diffusion stage on the generation suite.
+
+    python -m videogen.main evaluate --workdir=runs/long --what=learning_curve
+    python -m videogen.main evaluate --workdir=runs/long --what=learning_curve \
+        --checkpoint_steps=1500,3000 --every=6000
+    python -m videogen.main evaluate --workdir=runs/long --what=learning_curve \
+        --compare=runs/tiny,runs/min_snr
+
+Each selected checkpoint of WORKDIR/checkpoints/dit/ (all of them by default; `--checkpoint_steps`
+names some, `--every=N` adds those whose step is a multiple of N) is loaded with its EMA weights
+(`videogen.generate.pipeline.load(..., step=...)`) and generates the text-to-video prompts of the
+generation suite (`videogen.evaluate.suite`, scored by `videogen.evaluate.generation`): the same
+prompts and seeds for every checkpoint, `--scenes_per_group` scenes per group (default 12: 48
+prompts; the conditioned modes are left out, no video is saved). A run keeps only
+`config.train.dit.keep_checkpoints` checkpoints: train with `--config.train.dit.keep_checkpoints=0`
+(keep all) and a `checkpoint_every` that gives the curve its points.
+
+Each checkpoint gives one row of OUT/learning_curve.json (OUT: --out, default the workdir):
+  step, loss                  the training loss logged at that step (metrics.jsonl: the mean over
+                              the `log_every` steps up to it).
+  train_minutes               wall-clock minutes of the dit stage's training steps up to it, on the
+                              machine that trained it (summed from the logged steps_per_second;
+                              compilation left out, checkpoint saves and in-training evaluations
+                              in). metrics.jsonl logs no CPU time, so on a CPU-only run these are
+                              the "CPU-minutes" of that machine, not CPU time summed over cores.
+  train_flops                 step x `train_flops_per_step`: the model FLOPs of training, forward
+                              and backward (3 x forward, 2 FLOPs per multiply-accumulate) of the
+                              text encoder and the transformer, per sample at each data bucket's
+                              latent shape, weighted by the bucket's batch and share of steps. The
+                              frozen autoencoder, the optimizer update and elementwise work are
+                              not counted (MACs from `videogen.evaluate.summary`).
+  colour ... count stability  the suite's accuracies (`CURVE`): colour, shape, size and direction
+                              over the prompted objects, count (videos whose most common number of
+                              objects is the prompted one) and count stability (frames that show
+                              it); also bounces, background, the same by caption kind and group,
+                              and the confusion tables.
+The file also records the suite (its size and a digest of its prompts: a file is only added to
+with the same suite) and the autoencoder stage's wall-clock minutes. Rows are written as each
+checkpoint finishes, and a checkpoint already in the file is not evaluated again: re-running after
+more training evaluates only the new checkpoints. The curves are drawn into
+OUT/curves/learning_curve.png: accuracy per attribute against steps, train minutes and FLOPs, and
+the loss.
+
+`--compare=W2,W3,...` then reads the learning_curve.json of each of those runs too (evaluate them
+first) and writes OUT/curves/learning_curve_compare.png (each attribute against train minutes and
+against FLOPs, one line per run) and OUT/learning_curve_compare.md, a table of every row of every
+run (run, experiment, step, train minutes, FLOPs, loss, each attribute) for docs/learning_curve.md.
+Only runs measured on the same suite are compared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Optional, Sequence
+
+import matplotlib
+import numpy as np
+import tqdm
+from absl import logging
+from matplotlib import figure
+
+from videogen import experiment as experiment_lib
+from videogen import workdir as workdir_lib
+from videogen.evaluate import generation
+from videogen.evaluate import suite as suite_lib
+from videogen.evaluate import summary
+from videogen.generate import pipeline
+from videogen.parallel import mesh as mesh_lib
+from videogen.train import metrics as metrics_lib
+
+LEARNING_CURVE_FILE = "learning_curve.json"
+# Under OUT/curves/, beside the loss curves of `videogen.train.curves`.
+CURVES_DIR = "curves"
+PLOT_FILE = "learning_curve.png"
+COMPARE_PLOT_FILE = "learning_curve_compare.png"
+COMPARE_TABLE_FILE = "learning_curve_compare.md"
+# 4 prompts per scene and group pair (brief and descriptive, seen and held-out): 48 prompts.
+DEFAULT_SCENES_PER_GROUP = 12
+# The curves: generation metric -> its name in tables and plots.
+CURVE: dict[str, str] = {
+    "color_accuracy": "colour", "shape_accuracy": "shape", "size_accuracy": "size",
+    "direction_accuracy": "direction", "count_accuracy": "count",
+    "count_stability": "count stability"}
+# Also kept in each row, besides the curves.
+_DETAIL_METRICS = ("bounce_accuracy", "background_accuracy", "by_caption", "by_group",
+                   "confusion", "seconds_per_video")
+FLOPS_COUNTED = ("forward + backward (3 x forward) model FLOPs of the text encoder and the "
+                 "transformer, 2 per multiply-accumulate, at each data bucket's latent shape, "
+                 "weighted by its batch and share of steps; autoencoder, optimizer and "
+                 "elementwise work not counted")
+_PLOT_STYLE = {"font.size": 9}
+_COLOURS = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf",
+            "#7f7f7f")
+
+
+class LearningCurveError(ValueError):
+  """A request the workdir cannot answer (a step it has no checkpoint of, another suite)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Which checkpoints, and what they cost to train.
+
+
+def select_steps(saved: Sequence[int], *, steps: Sequence[int] = (), every: Optional[int] = None,
+                 where: str = "the workdir") -> list[int]:
+  """The checkpoint steps to evaluate: `steps` and the multiples of `every`, or all of `saved`.
+
+  Raises:
+    LearningCurveError: a step of `steps` has no checkpoint, `every` is not positive, or no saved
+      step is a multiple of it.
+  """
+  saved = sorted(saved)
+  listing = ", ".join(map(str, saved))
+  unknown = [step for step in steps if step not in saved]
+  if unknown:
+    raise LearningCurveError(
+        f"no checkpoint of stage {workdir_lib.DIT_STAGE!r} at step "
+        f"{', '.join(map(str, unknown))} in {where}; saved steps: {listing}")
+  if every is not None and every < 1:
+    raise LearningCurveError(f"--every={every}: give a positive number of steps")
+  if not steps and every is None:
+    return saved
+  chosen = set(steps)
+  if every is not None:
+    multiples = {step for step in saved if step % every == 0}
+    if not multiples:
+      raise LearningCurveError(f"--every={every}: no saved step of {where} is a multiple of "
+                               f"{every}; saved steps: {listing}")
+    chosen |= multiples
+  return sorted(chosen)
+
+
+def training_timeline(rows: Sequence[dict[str, Any]]) -> list[tuple[int, float, float]]:
+  """(step, wall seconds of training up to it, loss) per logged training row, by step.
+
+  Each row's interval since the previous logged step took interval / its steps_per_second; a row
+  without a rate (the first after a compilation can lack one) takes the median rate of the rest.
+  """
+  logged = sorted((row for row in rows if isinstance(row.get("loss"), (int, float))),
+                  key=lambda row: row["step"])
+  rates = [row["steps_per_second"] for row in logged
+           if isinstance(row.get("steps_per_second"), (int, float)) and row["steps_per_second"] > 0]
+  median_rate = float(np.median(rates)) if rates else math.nan
+  timeline, seconds, previous = [], 0.0, 0
+  for row in logged:
+    rate = row.get("steps_per_second")
+    rate = rate if isinstance(rate, (int, float)) and rate > 0 else median_rate
+    seconds += (row["step"] - previous) / rate
+    previous = row["step"]
+    timeline.append((int(row["step"]), seconds, float(row["loss"])))
+  return timeline
+
+
+def at_step(timeline: Sequence[tuple[int, float, float]], step: int
+            ) -> tuple[Optional[float], Optional[float]]:
+  """(train minutes, loss) at `step`: the last logged row at or before it; (None, None) if none.
+
+  Minutes past that row are extrapolated at the rate of the rows before it.
+  """
+  before = [entry for entry in timeline if entry[0] <= step]
+  if not before:
+    return None, None
+  logged_step, seconds, loss = before[-1]
+  if logged_step < step and logged_step > 0:
+    seconds += (step - logged_step) * seconds / logged_step
+  minutes = seconds / 60.0
+  return (None if math.isnan(minutes) else round(minutes, 4)), loss
+
+
+def train_flops_per_step(experiment: experiment_lib.Experiment) -> float:
+  """Model FLOPs of one dit-stage training step (see `FLOPS_COUNTED`), from abstract shapes."""
+  text_config = experiment.text_encoder if experiment.has("text_encoder") else None
+  autoencoder = experiment.autoencoder
+  buckets = experiment.data.parsed_buckets()
+  total_weight = sum(bucket.weight for bucket in buckets)
+  macs = 0.0
+  for bucket in buckets:
+    latent = (1 + (bucket.frames - 1) // autoencoder.temporal_factor,
+              bucket.height // autoencoder.spatial_factor,
+              bucket.width // autoencoder.spatial_factor)
+    dit_config = dataclasses.replace(experiment.dit, input_size=latent)
+    per_sample = sum(cost.macs for cost in summary.measure(dit_config, text_config,
+                                                           with_flops=False))
+    macs += bucket.weight / total_weight * bucket.global_batch * per_sample
+  return 3.0 * 2.0 * macs
+
+
+# ---------------------------------------------------------------------------------------------
+# The suite, and one checkpoint on it.
+
+
+def suite_config(experiment: experiment_lib.Experiment,
+                 scenes_per_group: int = DEFAULT_SCENES_PER_GROUP
+                 ) -> suite_lib.GenerationEvalConfig:
+  """The experiment's suite, resized, text-to-video only, saving no videos."""
+  return dataclasses.replace(experiment.eval_generation, scenes_per_group=scenes_per_group,
+                             modes=(), save_videos=False)
+
+
+def describe_suite(suite: suite_lib.Suite, scenes_per_group: int) -> dict[str, Any]:
+  """What identifies a suite in the file: its size, shape, seed and a digest of its prompts."""
+  digest = hashlib.sha256("\n".join(p.text for p in suite.prompts).encode()).hexdigest()[:16]
+  return {"scenes_per_group": scenes_per_group, "prompts": len(suite.prompts),
+          "frames": suite.frames, "height": suite.height, "width": suite.width,
+          "seed": suite.seed, "prompts_digest": digest}
+
+
+def evaluate_checkpoint(workdir: str, experiment: experiment_lib.Experiment, step: int,
+                        suite: suite_lib.Suite, *, mesh: Any = None) -> dict[str, Any]:
+  """The suite's metrics of checkpoint `step` (EMA weights): the curves first, then the details,
+  and eval_seconds (loading and generating)."""
+  start = time.perf_counter()
+  generator = pipeline.load(workdir, experiment, mesh=mesh, step=step, progress=False)
+  report = generation.evaluate_generation(generation.generator_fn(generator), suite,
+                                          progress=False)
+  row = {key: report.metrics[key] for key in (*CURVE, *_DETAIL_METRICS)}
+  row["eval_seconds"] = round(time.perf_counter() - start, 2)
+  return row
+
+
+# ---------------------------------------------------------------------------------------------
+# The file.
+
+
+def read_curve(path: str) -> dict[str, Any]:
+  """A learning_curve.json, given as the file or as the folder holding it.
+
+  Raises:
+    FileNotFoundError: there is none, saying which command writes it.
+  """
+  file = path if path.endswith(".json") else os.path.join(path, LEARNING_CURVE_FILE)
+  if not os.path.exists(file):
+    raise FileNotFoundError(
+        f"{file} is missing: measure that run first with `python -m videogen.main evaluate "
+        f"--workdir={path} --what=learning_curve`")
+  with open(file) as f:
+    return json.load(f)
+
+
+def _write_json(path: str, report: dict[str, Any]) -> None:
+  """Writes through a temporary file, so that an interrupted run never leaves half a file."""
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  temporary = f"{path}.tmp"
+  with open(temporary, "w") as f:
+    json.dump(report, f, indent=1)
+  os.replace(temporary, path)
+
+
+def measure(workdir: str, experiment: experiment_lib.Experiment | None = None, *,
+            steps: Sequence[int] = (), every: Optional[int] = None,
+            scenes_per_group: int = DEFAULT_SCENES_PER_GROUP, out: str | None = None,
+            progress: bool = True) -> dict[str, Any]:
+  """Evaluates the selected checkpoints not yet in OUT/learning_curve.json, adds their rows, and
+  draws OUT/curves/learning_curve.png.
+
+  Args:
+    workdir: a run with dit checkpoints.
+    experiment: the validated experiment; None reads the one saved with the newest checkpoint
+      (the suite and the sampler settings come from it, the same for every checkpoint).
+    steps, every: which checkpoints (`select_steps`); neither: all.
+    scenes_per_group: the suite's size (4 prompts each).
+    out: the folder of the file and the plot; None: the workdir.
+    progress: a progress bar over the checkpoints.
+
+  Returns:
+    The file's contents.
+
+  Raises:
+    FileNotFoundError: the workdir has no dit checkpoint (or no tokenizer).
+    LearningCurveError: an unknown step, or a file measured on another suite.
+  """
+  out = workdir if out is None else out
+  saved = workdir_lib.checkpoint_steps(workdir, workdir_lib.DIT_STAGE)
+  if not saved:
+    workdir_lib.require_step(workdir, workdir_lib.DIT_STAGE)  # raises, saying what to do
+  chosen = select_steps(saved, steps=steps, every=every,
+                        where=workdir_lib.checkpoint_dir(workdir, workdir_lib.DIT_STAGE))
+  if experiment is None:
+    experiment = workdir_lib.saved_experiment(workdir, workdir_lib.DIT_STAGE, saved[-1])
+  frames_shape = tuple(pipeline.experiment_defaults(experiment).get("default_shape", (9, 32, 32)))
+  suite = suite_lib.build_suite(suite_config(experiment, scenes_per_group),
+                                world_config=experiment.data.world, default_shape=frames_shape)
+  described = describe_suite(suite, scenes_per_group)
+  path = os.path.join(out, LEARNING_CURVE_FILE)
+  report: dict[str, Any] = {"rows": []}
+  if os.path.exists(path):
+    report = read_curve(path)
+    if report.get("suite") != described:
+      raise LearningCurveError(
+          f"{path} was measured on another suite ({report.get('suite')}) than this one "
+          f"({described}): pass --scenes_per_group="
+          f"{(report.get('suite') or {}).get('scenes_per_group')} as before, or move the file "
+          f"away to start a new curve")
+  timeline = training_timeline(metrics_lib.read_metrics(workdir, workdir_lib.DIT_STAGE))
+  autoencoder = training_timeline(metrics_lib.read_metrics(workdir,
+                                                           workdir_lib.AUTOENCODER_STAGE))
+  done = {row["step"] for row in report["rows"]}
+  pending = [step for step in chosen if step not in done]
+  # Tracing the model for its cost takes seconds: only when there is something to add.
+  flops_per_step = report.get("train_flops_per_step")
+  if pending or flops_per_step is None:
+    flops_per_step = train_flops_per_step(experiment)
+  report = dict(
+      workdir=os.path.abspath(workdir), experiment=experiment.name, stage=workdir_lib.DIT_STAGE,
+      suite=described, train_flops_per_step=flops_per_step, flops_counted=FLOPS_COUNTED,
+      autoencoder_minutes=round(autoencoder[-1][1] / 60.0, 4) if autoencoder else None,
+      rows=report["rows"])
+  logging.info("learning curve of %s: %d checkpoint(s) chosen, %d already measured, %d prompts "
+               "each", workdir, len(chosen), len(chosen) - len(pending), len(suite.prompts))
+  mesh = mesh_lib.create_mesh(experiment.mesh) if pending else None
+  bar = tqdm.tqdm(pending, desc="learning curve", unit="checkpoint", disable=not progress)
+  for step in bar:
+    bar.set_postfix(step=step, refresh=True)
+    minutes, loss = at_step(timeline, step)
+    row = {"step": step, "loss": loss, "train_minutes": minutes,
+           "train_flops": step * flops_per_step,
+           **evaluate_checkpoint(workdir, experiment, step, suite, mesh=mesh)}
+    logging.info("learning curve: step %d: %s", step, ", ".join(
+        f"{name} {generation.format_value(row[key])}" for key, name in CURVE.items()))
+    report["rows"] = sorted([*report["rows"], row], key=lambda r: r["step"])
+    _write_json(path, report)  # after every checkpoint: an interrupted run keeps what it measured
+  write_plot(report, os.path.join(out, CURVES_DIR, PLOT_FILE))
+  return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots and tables.
+
+
+def _points(rows: Sequence[dict[str, Any]], x: str, y: str) -> tuple[list[float], list[float]]:
+  pairs = [(row[x], row[y]) for row in rows if row.get(x) is not None and row.get(y) is not None]
+  return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+_AXES = {"step": "dit step", "train_minutes": "train minutes (wall)", "train_flops":
+         "train FLOPs"}
+
+
+def write_plot(report: dict[str, Any], path: str) -> str:
+  """OUT/curves/learning_curve.png: each attribute's accuracy against steps, train minutes and
+  FLOPs, and the loss against steps. Drawn by matplotlib's object API (no pyplot state)."""
+  rows = report["rows"]
+  with matplotlib.rc_context(_PLOT_STYLE):
+    fig = figure.Figure(figsize=(11, 7), layout="constrained")
+    grid = fig.subplots(2, 2)
+    for axes, x in zip(grid.flat, _AXES):
+      for (key, name), colour in zip(CURVE.items(), _COLOURS):
+        xs, ys = _points(rows, x, key)
+        axes.plot(xs, ys, color=colour, marker=".", linewidth=1.5, label=name)
+      axes.set_xlabel(_AXES[x])
+      axes.set_ylabel("accuracy")
+      axes.set_ylim(-0.02, 1.02)
+      if x == "train_flops":
+        axes.set_xscale("log")
+      axes.grid(True, which="major", color="#eee")
+    grid.flat[0].legend(loc="lower right", frameon=False)
+    loss_axes = grid.flat[3]
+    xs, ys = _points(rows, "step", "loss")
+    loss_axes.plot(xs, ys, color="#08519c", marker=".", linewidth=2)
+    loss_axes.set_xlabel("dit step")
+    loss_axes.set_ylabel("train loss")
+    loss_axes.grid(True, which="major", color="#eee")
+    fig.suptitle(f"learning curve: {report.get('workdir')} ({report['suite']['prompts']} prompts "
+                 f"per checkpoint)", x=0.01, horizontalalignment="left")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, format="png", dpi=100, metadata={"Software": None})
+  return path
+
+
+def format_table(reports: Sequence[tuple[str, dict[str, Any]]]) -> str:
+  """A markdown table of every row of every (run name, report): for docs/learning_curve.md."""
+  header = ["run", "experiment", "step", "train minutes", "train FLOPs", "loss",
+            *CURVE.values()]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for name, report in reports:
+    for row in report["rows"]:
+      cells = [name, str(report.get("experiment")), str(row["step"]),
+               generation.format_value(row.get("train_minutes")),
+               "n/a" if row.get("train_flops") is None else f"{row['train_flops']:.3g}",
+               generation.format_value(row.get("loss")),
+               *(generation.format_value(row.get(key)) for key in CURVE)]
+      lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def write_compare_plot(reports: Sequence[tuple[str, dict[str, Any]]], path: str) -> str:
+  """Each attribute against train minutes (top) and FLOPs (bottom), one line per run."""
+  with matplotlib.rc_context(_PLOT_STYLE):
+    fig = figure.Figure(figsize=(3 * len(CURVE), 6), layout="constrained")
+    grid = fig.subplots(2, len(CURVE), squeeze=False)
+    for row_index, x in enumerate(("train_minutes", "train_flops")):
+      for column, (key, name) in enumerate(CURVE.items()):
+        axes = grid[row_index][column]
+        for (run, report), colour in zip(reports, _COLOURS * len(reports)):
+          xs, ys = _points(report["rows"], x, key)
+          axes.plot(xs, ys, color=colour, marker=".", linewidth=1.5, label=run)
+        axes.set_title(name, loc="left")
+        axes.set_xlabel(_AXES[x])
+        axes.set_ylim(-0.02, 1.02)
+        if x == "train_flops":
+          axes.set_xscale("log")
+        axes.grid(True, which="major", color="#eee")
+    grid[0][0].set_ylabel("accuracy")
+    grid[1][0].set_ylabel("accuracy")
+    grid[0][0].legend(loc="lower right", frameon=False)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, format="png", dpi=100, metadata={"Software": None})
+  return path
+
+
+def compare_runs(runs: Sequence[str], out: str, *, labels: Sequence[str] | None = None
+            ) -> tuple[str, str, str]:
+  """Reads each run's learning_curve.json; writes OUT/curves/learning_curve_compare.png and
+  OUT/learning_curve_compare.md.
+
+  Args:
+    runs: the runs' folders (or their learning_curve.json files).
+    out: where the plot and the table go.
+    labels: the runs' names in the plot and table; default: `runs` as given.
+
+  Returns:
+    (the plot's path, the table's path, the table).
+
+  Raises:
+    FileNotFoundError: a run has no learning_curve.json.
+    LearningCurveError: the runs were measured on different suites.
+  """
+  labels = [run.rstrip("/") for run in runs] if labels is None else labels
+  reports = [(label, read_curve(run)) for label, run in zip(labels, runs)]
+  suites = {json.dumps(report.get("suite"), sort_keys=True) for _, report in reports}
+  if len(suites) > 1:
+    raise LearningCurveError(
+        "the runs were measured on different suites (" + "; ".join(
+            f"{name}: {report.get('suite')}" for name, report in reports)
+        + "): measure them with the same --scenes_per_group")
+  table = format_table(reports)
+  table_path = os.path.join(out, COMPARE_TABLE_FILE)
+  os.makedirs(out, exist_ok=True)
+  with open(table_path, "w") as f:
+    f.write(table + "\n")
+  plot_path = write_compare_plot(reports, os.path.join(out, CURVES_DIR, COMPARE_PLOT_FILE))
+  return plot_path, table_path, table
+
+
+# ---------------------------------------------------------------------------------------------
+# The command.
+
+
+def _steps(values: Sequence[Any]) -> list[int]:
+  try:
+    return [int(value) for value in values]
+  except (TypeError, ValueError) as error:
+    raise LearningCurveError(f"--checkpoint_steps={','.join(map(str, values))}: give step "
+                             f"numbers, e.g. --checkpoint_steps=1500,3000") from error
+
+
+def command(experiment: experiment_lib.Experiment | None, workdir: str | None, *,
+            out: str | None = None, scenes_per_group: int | None = None,
+            checkpoint_steps: Sequence[Any] = (), every: Optional[int] = None,
+            compare: Sequence[str] = (), progress: bool = True) -> int:
+  """`evaluate --what=learning_curve`: measures, prints the markdown table, then the rows'
+  curves as JSON on the last line. Exit codes: 0 done, 1 no dit checkpoint or an unknown step
+  (or another suite, a compared run not measured), 2 no --workdir or a malformed flag."""
+  if not workdir:
+    print("evaluate needs --workdir=DIR, a trained run (python -m videogen.main evaluate "
+          "--workdir=runs/tiny --what=learning_curve)", file=sys.stderr)
+    return 2
+  out = workdir if out is None else out
+  try:
+    steps = _steps(checkpoint_steps)
+  except LearningCurveError as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+  try:
+    report = measure(workdir, experiment, steps=steps, every=every, out=out, progress=progress,
+                     scenes_per_group=scenes_per_group or DEFAULT_SCENES_PER_GROUP)
+    reports = [(workdir.rstrip("/"), report)]
+    if compare:
+      plot_path, table_path, table = compare_runs(
+          [out, *compare], out, labels=[workdir.rstrip("/"), *compare])
+      logging.info("learning curves compared in %s and %s", plot_path, table_path)
+    else:
+      table = format_table(reports)
+  except (FileNotFoundError, LearningCurveError) as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 1
+  print(table)
+  print(json.dumps([{"step": row["step"], "loss": row["loss"],
+                     "train_minutes": row["train_minutes"], "train_flops": row["train_flops"],
+                     **{key: row[key] for key in CURVE}} for row in report["rows"]]))
+  return 0
