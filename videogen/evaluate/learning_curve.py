@@ -64,6 +64,7 @@ import numpy as np
 import tqdm
 from absl import logging
 from matplotlib import figure
+from matplotlib import ticker
 
 from videogen import experiment as experiment_lib
 from videogen import workdir as workdir_lib
@@ -342,6 +343,12 @@ _AXES = {"step": "dit step", "train_minutes": "train minutes (wall)", "train_flo
          "train FLOPs"}
 
 
+def _log_x(axes: Any) -> None:
+  """A logarithmic x axis labelled at its decades only (minor labels of a short range overlap)."""
+  axes.set_xscale("log")
+  axes.xaxis.set_minor_formatter(ticker.NullFormatter())
+
+
 def write_plot(report: dict[str, Any], path: str) -> str:
   """OUT/curves/learning_curve.png: each attribute's accuracy against steps, train minutes and
   FLOPs, and the loss against steps. Drawn by matplotlib's object API (no pyplot state)."""
@@ -357,7 +364,7 @@ def write_plot(report: dict[str, Any], path: str) -> str:
       axes.set_ylabel("accuracy")
       axes.set_ylim(-0.02, 1.02)
       if x == "train_flops":
-        axes.set_xscale("log")
+        _log_x(axes)
       axes.grid(True, which="major", color="#eee")
     grid.flat[0].legend(loc="lower right", frameon=False)
     loss_axes = grid.flat[3]
@@ -404,7 +411,7 @@ def write_compare_plot(reports: Sequence[tuple[str, dict[str, Any]]], path: str)
         axes.set_xlabel(_AXES[x])
         axes.set_ylim(-0.02, 1.02)
         if x == "train_flops":
-          axes.set_xscale("log")
+          _log_x(axes)
         axes.grid(True, which="major", color="#eee")
     grid[0][0].set_ylabel("accuracy")
     grid[1][0].set_ylabel("accuracy")
