@@ -67,6 +67,20 @@ def test_train_minutes_sum_the_logged_intervals_at_their_own_rates():
   assert learning_curve.at_step(timeline, 50) == (None, None)
 
 
+def test_train_cpu_minutes_sum_the_logged_cpu_seconds_per_step():
+  rows = [
+      {"stage": "dit", "step": 100, "loss": 2.0, "steps_per_second": 10.0},    # no CPU field
+      {"stage": "dit", "step": 200, "loss": 1.5, "cpu_seconds_per_step": 0.2},
+      {"stage": "dit", "step": 400, "loss": 0.8, "cpu_seconds_per_step": 0.4},
+  ]
+  # The load of other processes slows the wall clock, not the CPU seconds: 100 x median 0.3 first.
+  cpu = learning_curve.training_timeline(rows, "cpu")
+  assert [seconds for _, seconds, _ in cpu] == pytest.approx([30, 50, 130])
+  assert learning_curve.at_step(cpu, 400)[0] == pytest.approx(130 / 60, abs=1e-4)
+  no_cpu = learning_curve.training_timeline(rows[:1], "cpu")
+  assert learning_curve.at_step(no_cpu, 100) == (None, 2.0)
+
+
 def _config():
   """The tiny experiment with the tiny workdir's smaller transformer and text encoder."""
   config = shapes.get_config("tiny")

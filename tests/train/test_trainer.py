@@ -123,6 +123,8 @@ def test_a_metric_row_holds_the_means_since_the_previous_row(reference, tmp_path
     for key in ("loss", "grad_norm", "mae"):
       assert rows[step][key] == pytest.approx(np.mean([row[key] for row in steps]), rel=1e-6)
     assert rows[step]["learning_rate"] == steps[-1]["learning_rate"]  # its own, not a mean
+  # Timing of the steps since the previous row: wall-clock rate and the process's CPU per step.
+  assert rows[5]["steps_per_second"] > 0 and rows[5]["cpu_seconds_per_step"] > 0
 
 
 @pytest.mark.parametrize("mesh_shape", [(8, 1, 1), (2, 4, 1), (2, 2, 2)])

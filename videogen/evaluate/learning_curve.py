@@ -21,8 +21,10 @@ Each checkpoint gives one row of OUT/learning_curve.json (OUT: --out, default th
   train_minutes               wall-clock minutes of the dit stage's training steps up to it, on the
                               machine that trained it (summed from the logged steps_per_second;
                               compilation left out, checkpoint saves and in-training evaluations
-                              in). metrics.jsonl logs no CPU time, so on a CPU-only run these are
-                              the "CPU-minutes" of that machine, not CPU time summed over cores.
+                              in). On a busy machine they grow with the load.
+  train_cpu_minutes           the training process's CPU minutes up to it, summed over cores (from
+                              the logged cpu_seconds_per_step): the load of other processes does
+                              not inflate them; None if the run logged no CPU time.
   train_flops                 step x `train_flops_per_step`: the model FLOPs of training, forward
                               and backward (3 x forward, 2 FLOPs per multiply-accumulate) of the
                               text encoder and the transformer, per sample at each data bucket's
@@ -137,22 +139,30 @@ def select_steps(saved: Sequence[int], *, steps: Sequence[int] = (), every: Opti
   return sorted(chosen)
 
 
-def training_timeline(rows: Sequence[dict[str, Any]]) -> list[tuple[int, float, float]]:
-  """(step, wall seconds of training up to it, loss) per logged training row, by step.
+def training_timeline(rows: Sequence[dict[str, Any]], measure: str = "wall"
+                      ) -> list[tuple[int, float, float]]:
+  """(step, seconds of training up to it, loss) per logged training row, by step.
 
-  Each row's interval since the previous logged step took interval / its steps_per_second; a row
-  without a rate (the first after a compilation can lack one) takes the median rate of the rest.
+  measure "wall": each row's interval since the previous logged step took interval / its
+  steps_per_second. "cpu": interval x its cpu_seconds_per_step (the process's CPU seconds, all
+  cores; logged by the trainer since the CPU-time field was added). A row without the field (the
+  first after a compilation, or one written before the field existed) takes the median of the rest.
   """
   logged = sorted((row for row in rows if isinstance(row.get("loss"), (int, float))),
                   key=lambda row: row["step"])
-  rates = [row["steps_per_second"] for row in logged
-           if isinstance(row.get("steps_per_second"), (int, float)) and row["steps_per_second"] > 0]
-  median_rate = float(np.median(rates)) if rates else math.nan
+
+  def per_step(row: dict[str, Any]) -> Optional[float]:
+    value = row.get("steps_per_second" if measure == "wall" else "cpu_seconds_per_step")
+    if not isinstance(value, (int, float)) or value <= 0:
+      return None
+    return 1.0 / value if measure == "wall" else float(value)
+
+  known = [seconds for seconds in map(per_step, logged) if seconds is not None]
+  median = float(np.median(known)) if known else math.nan
   timeline, seconds, previous = [], 0.0, 0
   for row in logged:
-    rate = row.get("steps_per_second")
-    rate = rate if isinstance(rate, (int, float)) and rate > 0 else median_rate
-    seconds += (row["step"] - previous) / rate
+    step_seconds = per_step(row)
+    seconds += (row["step"] - previous) * (median if step_seconds is None else step_seconds)
     previous = row["step"]
     timeline.append((int(row["step"]), seconds, float(row["loss"])))
   return timeline
@@ -298,7 +308,8 @@ def measure(workdir: str, experiment: experiment_lib.Experiment | None = None, *
           f"({described}): pass --scenes_per_group="
           f"{(report.get('suite') or {}).get('scenes_per_group')} as before, or move the file "
           f"away to start a new curve")
-  timeline = training_timeline(metrics_lib.read_metrics(workdir, workdir_lib.DIT_STAGE))
+  dit_rows = metrics_lib.read_metrics(workdir, workdir_lib.DIT_STAGE)
+  timeline, cpu_timeline = training_timeline(dit_rows), training_timeline(dit_rows, "cpu")
   autoencoder = training_timeline(metrics_lib.read_metrics(workdir,
                                                            workdir_lib.AUTOENCODER_STAGE))
   done = {row["step"] for row in report["rows"]}
@@ -320,6 +331,7 @@ def measure(workdir: str, experiment: experiment_lib.Experiment | None = None, *
     bar.set_postfix(step=step, refresh=True)
     minutes, loss = at_step(timeline, step)
     row = {"step": step, "loss": loss, "train_minutes": minutes,
+           "train_cpu_minutes": at_step(cpu_timeline, step)[0],
            "train_flops": step * flops_per_step,
            **evaluate_checkpoint(workdir, experiment, step, suite, mesh=mesh)}
     logging.info("learning curve: step %d: %s", step, ", ".join(
@@ -339,7 +351,8 @@ def _points(rows: Sequence[dict[str, Any]], x: str, y: str) -> tuple[list[float]
   return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-_AXES = {"step": "dit step", "train_minutes": "train minutes (wall)", "train_flops":
+_AXES = {"step": "dit step", "train_minutes": "train minutes (wall)",
+         "train_cpu_minutes": "train CPU minutes", "train_flops":
          "train FLOPs"}
 
 
@@ -350,13 +363,17 @@ def _log_x(axes: Any) -> None:
 
 
 def write_plot(report: dict[str, Any], path: str) -> str:
-  """OUT/curves/learning_curve.png: each attribute's accuracy against steps, train minutes and
-  FLOPs, and the loss against steps. Drawn by matplotlib's object API (no pyplot state)."""
+  """OUT/curves/learning_curve.png: each attribute's accuracy against steps, train CPU minutes
+  (wall minutes for a run that logged no CPU time) and FLOPs, and the loss against steps. Drawn
+  by matplotlib's object API (no pyplot state)."""
   rows = report["rows"]
   with matplotlib.rc_context(_PLOT_STYLE):
     fig = figure.Figure(figsize=(11, 7), layout="constrained")
     grid = fig.subplots(2, 2)
-    for axes, x in zip(grid.flat, _AXES):
+    # CPU minutes where the run logged them (the fair measure on a shared machine), else wall.
+    minutes = ("train_cpu_minutes" if any(row.get("train_cpu_minutes") is not None for row in rows)
+               else "train_minutes")
+    for axes, x in zip(grid.flat, ("step", minutes, "train_flops")):
       for (key, name), colour in zip(CURVE.items(), _COLOURS):
         xs, ys = _points(rows, x, key)
         axes.plot(xs, ys, color=colour, marker=".", linewidth=1.5, label=name)
@@ -382,13 +399,15 @@ def write_plot(report: dict[str, Any], path: str) -> str:
 
 def format_table(reports: Sequence[tuple[str, dict[str, Any]]]) -> str:
   """A markdown table of every row of every (run name, report): for docs/learning_curve.md."""
-  header = ["run", "experiment", "step", "train minutes", "train FLOPs", "loss",
+  header = ["run", "experiment", "step", "train minutes", "train CPU minutes", "train FLOPs",
+            "loss",
             *CURVE.values()]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for name, report in reports:
     for row in report["rows"]:
       cells = [name, str(report.get("experiment")), str(row["step"]),
                generation.format_value(row.get("train_minutes")),
+               generation.format_value(row.get("train_cpu_minutes")),
                "n/a" if row.get("train_flops") is None else f"{row['train_flops']:.3g}",
                generation.format_value(row.get("loss")),
                *(generation.format_value(row.get(key)) for key in CURVE)]
@@ -397,11 +416,11 @@ def format_table(reports: Sequence[tuple[str, dict[str, Any]]]) -> str:
 
 
 def write_compare_plot(reports: Sequence[tuple[str, dict[str, Any]]], path: str) -> str:
-  """Each attribute against train minutes (top) and FLOPs (bottom), one line per run."""
+  """Each attribute against train CPU minutes (top) and FLOPs (bottom), one line per run."""
   with matplotlib.rc_context(_PLOT_STYLE):
     fig = figure.Figure(figsize=(3 * len(CURVE), 6), layout="constrained")
     grid = fig.subplots(2, len(CURVE), squeeze=False)
-    for row_index, x in enumerate(("train_minutes", "train_flops")):
+    for row_index, x in enumerate(("train_cpu_minutes", "train_flops")):
       for column, (key, name) in enumerate(CURVE.items()):
         axes = grid[row_index][column]
         for (run, report), colour in zip(reports, _COLOURS * len(reports)):
@@ -499,6 +518,8 @@ def command(experiment: experiment_lib.Experiment | None, workdir: str | None, *
     return 1
   print(table)
   print(json.dumps([{"step": row["step"], "loss": row["loss"],
-                     "train_minutes": row["train_minutes"], "train_flops": row["train_flops"],
+                     "train_minutes": row["train_minutes"],
+                     "train_cpu_minutes": row.get("train_cpu_minutes"),
+                     "train_flops": row["train_flops"],
                      **{key: row[key] for key in CURVE}} for row in report["rows"]]))
   return 0
