@@ -222,3 +222,149 @@ def test_training_inputs_with_the_exact_field_reach_the_analytic_minimum():
   t = np.asarray(inputs.timesteps, np.float64)
   expected = toy.gaussian_conditional_variance(t, std)[mask].mean()
   assert loss == pytest.approx(expected, rel=0.02)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("frame_noise_prob", -0.1, "frame_noise_prob = -0.1 must be a probability"),
+    ("condition_min_time", 1.0, "condition_min_time = 1.0 must be in"),
+    ("weighting", "snr", "weighting = 'snr'; choose one of"),
+    ("min_snr_gamma", 0.0, "min_snr_gamma = 0.0 must be > 0"),
+    ("frame_difference_weight", -1.0, "frame_difference_weight = -1.0 must be >= 0"),
+])
+def test_config_rejects_bad_recipe_options(key, value, message):
+  section = config_lib.to_config_dict(flow.FlowConfig())
+  section[key] = value
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.parse(flow.FlowConfig, section, "config.diffusion")
+
+
+def test_default_training_inputs_are_the_plain_draw():
+  """With every recipe option off, the inputs are built from the three plain draws alone (no
+  extra randomness consumed, no per-frame noise levels, no weights)."""
+  config = flow.FlowConfig(condition_probability=0.5)
+  latents, _ = _gaussian_batch(8, (32, 4, 2, 2, 3), 0.0, 1.0)
+  rng = jax.random.key(11)
+  inputs = flow.training_inputs(rng, latents, num_tokens=16, config=config)
+  noise_rng, time_rng, condition_rng = jax.random.split(rng, 3)
+  noise = jax.random.normal(noise_rng, latents.shape, jnp.float32)
+  mask = flow.conditioning.sample_condition_mask(condition_rng, 32, 4, config)
+  timesteps = flow.frame_timesteps(flow.sample_timesteps(time_rng, 32, 16, config), mask)
+  np.testing.assert_array_equal(inputs.timesteps, timesteps)
+  np.testing.assert_array_equal(inputs.condition_mask, mask)
+  np.testing.assert_array_equal(inputs.noisy_latents, flow.noisy_input(latents, noise, timesteps))
+  np.testing.assert_array_equal(inputs.target, flow.velocity_target(latents, noise))
+  assert flow.timestep_weights(inputs.timesteps, config) is None
+
+
+def test_diffusion_forcing_draws_a_noise_level_per_frame_for_some_examples():
+  latents, _ = _gaussian_batch(9, (512, 5, 2, 2, 3), 0.0, 1.0)
+  plain = flow.FlowConfig(condition_probability=0.25, min_shift=3.0)
+  forcing = dataclasses.replace(plain, frame_noise_prob=0.5)
+  make = jax.jit(lambda x: (
+      flow.training_inputs(jax.random.key(4), x, num_tokens=20, config=plain),
+      flow.training_inputs(jax.random.key(4), x, num_tokens=20, config=forcing)))
+  before, after = make(latents)
+  np.testing.assert_array_equal(after.condition_mask, before.condition_mask)
+  given = np.asarray(after.condition_mask).any(axis=1)
+  times = np.asarray(after.timesteps)
+  per_frame = times.max(axis=1) > times.min(axis=1) + 1e-6
+  per_frame &= ~given
+  # About half of the examples without given frames; none with given frames.
+  assert 0.4 < per_frame.sum() / (~given).sum() < 0.6
+  assert not np.any(per_frame & given)
+  # The other examples keep exactly their plain draw.
+  np.testing.assert_array_equal(times[~per_frame], np.asarray(before.timesteps)[~per_frame])
+  # Per-frame levels follow the same shifted logit-normal: median shift(0.5, 3) = 0.75.
+  forced = times[per_frame]
+  assert np.all((forced > 0) & (forced < 1))
+  np.testing.assert_allclose(np.median(forced), 0.75, atol=0.03)
+  # Independent across frames: neighbouring frames are uncorrelated.
+  assert abs(np.corrcoef(forced[:, 0], forced[:, 1])[0, 1]) < 0.15
+  t = times[..., None, None, None]
+  np.testing.assert_allclose(after.noisy_latents, latents + t * np.asarray(after.target),
+                             atol=1e-5)
+  np.testing.assert_array_equal(after.loss_mask, before.loss_mask)
+
+
+def test_given_frames_can_be_held_to_high_noise_levels():
+  latents, _ = _gaussian_batch(10, (256, 5, 2, 2, 3), 0.0, 1.0)
+  plain = flow.FlowConfig(condition_probability=0.5, condition_weights=(1.0, 0, 0, 0, 0))
+  high = dataclasses.replace(plain, condition_min_time=0.8)
+  make = jax.jit(lambda x: (
+      flow.training_inputs(jax.random.key(5), x, num_tokens=20, config=plain),
+      flow.training_inputs(jax.random.key(5), x, num_tokens=20, config=high)))
+  before, after = make(latents)
+  given = np.asarray(after.condition_mask).any(axis=1)
+  np.testing.assert_array_equal(np.asarray(after.condition_mask)[given, 0], True)
+  t_before = np.asarray(before.timesteps).max(axis=1)
+  t_after = np.asarray(after.timesteps).max(axis=1)
+  assert t_after[given].min() >= 0.8 and t_before[given].min() < 0.5
+  # Affine onto [0.8, 1]: the order of the draws is kept.
+  np.testing.assert_allclose(t_after[given], 0.8 + 0.2 * t_before[given], rtol=1e-6)
+  np.testing.assert_array_equal(t_after[~given], t_before[~given])
+  np.testing.assert_array_equal(after.loss_mask, ~np.asarray(after.condition_mask))
+
+
+def test_min_snr_weights_are_min_snr_gamma_on_the_clean_latent_error():
+  """w(t) |v - u|^2 equals min(SNR(t), gamma) |x0_hat - x0|^2 with SNR = ((1 - t) / t)^2 and
+  x0_hat = x_t - t v: the paper's weighting, whatever the network predicts."""
+  gamma = 5.0
+  config = flow.FlowConfig(weighting="min_snr", min_snr_gamma=gamma)
+  x0, noise = _gaussian_batch(12, (6, 40, 2, 2, 1), 0.3, 0.8)
+  t = jnp.asarray(np.linspace(0.01, 0.99, 240).reshape(6, 40), jnp.float32)
+  x_t = flow.noisy_input(x0, noise, t)
+  prediction = flow.velocity_target(x0, noise) + jnp.asarray(
+      np.random.default_rng(1).normal(size=x0.shape), jnp.float32)
+  weights = flow.timestep_weights(t, config)
+  loss = float(flow.flow_loss(prediction, flow.velocity_target(x0, noise), None, weights))
+  t64 = np.asarray(t, np.float64)[..., None, None, None]
+  x0_hat = np.asarray(x_t, np.float64) - t64 * np.asarray(prediction, np.float64)
+  snr = ((1 - t64) / t64) ** 2
+  expected = np.mean(np.minimum(snr, gamma) * (x0_hat - np.asarray(x0, np.float64)) ** 2)
+  assert loss == pytest.approx(expected, rel=1e-4)
+  # The published shape: SNR-capped below t* = 1 / (1 + sqrt(gamma)), (1 - t)^2 above.
+  w = np.asarray(weights, np.float64)
+  t_star = 1 / (1 + np.sqrt(gamma))
+  low, high = t64[..., 0, 0, 0] < t_star, t64[..., 0, 0, 0] > t_star
+  np.testing.assert_allclose(w[low], gamma * np.asarray(t, np.float64)[low] ** 2, rtol=1e-5)
+  np.testing.assert_allclose(w[high], (1 - np.asarray(t, np.float64)[high]) ** 2, rtol=1e-5)
+  assert float(flow.timestep_weights(jnp.zeros(3), config).max()) == 0.0
+
+
+def test_weights_scale_each_frame_but_not_the_count():
+  prediction = jnp.ones((2, 3, 1, 1, 2))
+  target = jnp.zeros_like(prediction)
+  weights = jnp.asarray([[1.0, 2.0, 3.0], [0.0, 0.0, 6.0]])
+  mask = jnp.asarray([[True, True, False], [True, True, True]])
+  # Valid elements: 5 frames x 2 = 10; weighted sum: (1 + 2 + 0 + 0 + 6) x 2 = 18.
+  assert float(flow.flow_loss(prediction, target, mask, weights)) == pytest.approx(1.8)
+  assert float(flow.flow_loss(prediction, target, mask)) == 1.0
+
+
+def test_frame_difference_loss_compares_the_motion_of_the_predicted_clean_latents():
+  x0, noise = _gaussian_batch(13, (4, 5, 2, 2, 3), 0.0, 1.0)
+  t = jnp.asarray(np.random.default_rng(2).uniform(0.05, 0.95, (4, 5)), jnp.float32)
+  t = t.at[:, 0].set(0.0)  # frame 0 given
+  x_t = flow.noisy_input(x0, noise, t)
+  target = flow.velocity_target(x0, noise)
+  prediction = target + jnp.asarray(np.random.default_rng(3).normal(size=x0.shape), jnp.float32)
+  loss_mask = jnp.ones((4, 5), bool).at[:, 0].set(False)
+  valid = jnp.ones((4, 5), bool).at[3, 3:].set(False)  # example 3 ends after 3 frames
+  loss = float(flow.frame_difference_loss(prediction, target, t, loss_mask & valid, valid))
+  t64 = np.asarray(t, np.float64)[..., None, None, None]
+  x0_hat = np.asarray(x_t, np.float64) - t64 * np.asarray(prediction, np.float64)
+  # The given frame's predicted clean latent is the clean latent itself.
+  np.testing.assert_allclose(x0_hat[:, 0], np.asarray(x0)[:, 0], atol=1e-6)
+  squared = (np.diff(x0_hat, axis=1) - np.diff(np.asarray(x0, np.float64), axis=1)) ** 2
+  pairs = np.ones((4, 4), bool)
+  pairs[3, 2:] = False  # pairs (2, 3) and (3, 4) touch padding
+  assert loss == pytest.approx(squared[pairs].mean(), rel=1e-4)
+  # An error of the clean latents that is the same in every frame has no motion: no loss.
+  offset = jnp.asarray(np.random.default_rng(4).normal(size=(4, 1, 2, 2, 3)), jnp.float32)
+  noisy = t.at[:, 0].set(0.5)
+  still_error = target - offset / noisy[..., None, None, None]
+  moving = flow.frame_difference_loss(still_error, target, noisy, jnp.ones((4, 5), bool),
+                                      jnp.ones((4, 5), bool))
+  assert float(moving) == pytest.approx(0.0, abs=1e-6)
+  assert float(flow.frame_difference_loss(prediction[:, :1], target[:, :1], t[:, :1],
+                                          loss_mask[:, :1], valid[:, :1])) == 0.0

@@ -207,3 +207,59 @@ def test_bad_requests_are_refused_with_a_hint():
   with pytest.raises(ValueError, match="needs an unconditional branch"):
     samplers.sample(_gaussian_field, noise, config=_config(guidance_scale=4.0), shift=1.0,
                     progress=False)
+
+
+def _pyramid(method="heun", num_steps=30, lag=0.25):
+  return dataclasses.replace(_config(method, num_steps), frame_schedule="pyramid", frame_lag=lag)
+
+
+def test_pyramid_grid_settles_earlier_frames_first():
+  lag, shift, frames = 0.25, 3.0, 5
+  grid = samplers.frame_timestep_grid(10, shift, frames, lag)
+  # 10 * (1 + 4 * 0.25) = 20 steps.
+  assert grid.shape == (21, frames)
+  np.testing.assert_array_equal(grid[0], 1.0)
+  np.testing.assert_array_equal(grid[-1], 0.0)
+  assert np.all(np.diff(grid, axis=0) <= 0)  # no frame ever gets noisier
+  assert np.all(np.diff(grid, axis=1) >= 0)  # at every step a frame is no noisier than the next
+  settled = np.argmax(grid == 0.0, axis=0)  # first step at which each frame is clean
+  assert np.all(np.diff(settled) > 0)
+  # Where neither is clipped, frame f lags frame f - 1 by `lag` in unshifted time.
+  unshifted = flow.inverse_time_shift(grid.astype(np.float64), shift)
+  inside = (unshifted[:, 1:] < 1.0 - 1e-6) & (unshifted[:, :-1] > 1e-6)
+  assert inside.sum() > 20
+  np.testing.assert_allclose(np.diff(unshifted, axis=1)[inside], lag, atol=1e-5)
+  # Causal (lag 1): frame f starts only when frame f - 1 is done.
+  causal = samplers.frame_timestep_grid(4, shift, 3, 1.0)
+  for f in range(1, 3):
+    assert np.all(causal[causal[:, f] < 1.0, f - 1] == 0.0)
+
+
+def test_pyramid_sampling_feeds_per_frame_times_and_follows_the_exact_flow():
+  # The Gaussian field is per coordinate, so each frame follows its own ODE: staggering the
+  # frames must still carry noise z to mu + s z.
+  noise = _noise((16, 4, 2, 2, 2))
+  out = samplers.sample(_gaussian_field, noise, config=_pyramid(), shift=3.0, progress=False)
+  np.testing.assert_allclose(np.asarray(out), MEAN + STD * np.asarray(noise), atol=5e-3)
+  recorder = _Recorder()
+  samplers.sample(recorder, noise[:2], config=_pyramid("euler", 4, 0.5), shift=2.0,
+                  progress=False, jit=False)
+  grid = samplers.frame_timestep_grid(4, 2.0, 4, 0.5)
+  assert len(recorder.calls) == len(grid) - 1
+  for (_, t), row in zip(recorder.calls, grid[:-1]):
+    np.testing.assert_array_equal(t, np.broadcast_to(row, t.shape))
+
+
+def test_pyramid_holds_given_frames_and_refuses_edits():
+  shape = (2, 4, 2, 2, 3)
+  cond_latents, cond_mask = _conditioning_request(shape, "first")
+  out = samplers.sample(_gaussian_field, _noise(shape), config=_pyramid("heun", 6), shift=2.0,
+                        cond_latents=cond_latents, cond_mask=cond_mask, progress=True)
+  np.testing.assert_array_equal(np.asarray(out)[cond_mask], np.asarray(cond_latents)[cond_mask])
+  np.testing.assert_allclose(np.asarray(out)[~cond_mask],
+                             MEAN + STD * np.asarray(_noise(shape))[~cond_mask], atol=0.05)
+  with pytest.raises(ValueError, match="frame_schedule=together"):
+    samplers.sample(_gaussian_field, _noise(shape), config=_pyramid(), shift=2.0,
+                    start_time=0.5, progress=False)
+  with pytest.raises(ValueError, match="frame_lag = 0.0 must be in"):
+    _pyramid(lag=0.0)

@@ -362,3 +362,103 @@ def test_trains_with_the_trainer_from_a_frozen_autoencoder(tmp_path, devices,
                                           "contact_sheet.png", "prompts.txt"]
   with open(os.path.join(samples, "prompts.txt")) as f:
     assert f.read() == "00 a red circle\n01 a blue square\n"
+
+
+# -- recipe options of the objective (each off by default) --------------------------------------
+
+def test_the_given_first_frame_at_high_noise_gets_no_loss(tokenizer):
+  """First frame always given, the rest at t >= 0.8, with every loss option on: a wild prediction
+  at the given frame costs nothing in any term."""
+  flow = FlowConfig(condition_probability=1.0, condition_weights=(1.0, 0, 0, 0, 0),
+                    condition_min_time=0.8, caption_dropout=0.0, weighting="min_snr",
+                    frame_difference_weight=1.0)
+  experiment = make_experiment(flow=flow)
+  stage = dit_stage.DiTStage(experiment)
+  model = eager_model(stage)
+  batch = latent_batch(experiment, tokenizer)
+  losses = {}
+  for value in (0.0, 1e3):
+    model.dit = recorder = RecordingDiT(experiment.dit, value=value)
+    losses[value], metrics = stage.loss(model, batch, jax.random.key(0), jnp.int32(0))
+    assert set(metrics) >= {"loss_flow", "loss_frame_difference"}
+  np.testing.assert_array_equal(recorder.seen["timesteps"][:, 0], 0.0)
+  assert np.all(np.asarray(recorder.seen["timesteps"][:, 1:]) >= 0.8)
+  assert float(losses[1e3]) == float(losses[0.0]) > 0.0
+
+
+@pytest.mark.parametrize("weighting, difference", [("min_snr", 0.0), ("none", 0.5)])
+def test_loss_options_add_to_the_same_draw_and_log_the_plain_loss(tokenizer, weighting,
+                                                                  difference):
+  """The options change the loss but not the draw: loss_flow is the default loss exactly."""
+  batch = None
+  results = {}
+  for name, flow in (("plain", FlowConfig()),
+                     ("option", FlowConfig(weighting=weighting,
+                                           frame_difference_weight=difference))):
+    experiment = make_experiment(flow=flow)
+    stage = dit_stage.DiTStage(experiment)
+    model = eager_model(stage, seed=1)
+    model.dit = RecordingDiT(experiment.dit, value=2.0)
+    batch = latent_batch(experiment, tokenizer) if batch is None else batch
+    results[name] = stage.loss(model, batch, jax.random.key(2), jnp.int32(0))
+  plain, plain_metrics = results["plain"]
+  loss, metrics = results["option"]
+  assert "loss_flow" not in plain_metrics and "loss_frame_difference" not in plain_metrics
+  assert float(metrics["loss_flow"]) == float(plain)
+  if difference:
+    assert float(metrics["loss_frame_difference"]) > 0.0
+    assert float(loss) == pytest.approx(
+        float(plain) + difference * float(metrics["loss_frame_difference"]), rel=1e-6)
+  else:
+    assert float(loss) < float(plain)  # every min-SNR weight is below 1
+
+
+def test_a_few_steps_train_with_every_recipe_option_on(tokenizer):
+  """Diffusion forcing, the first frame given at high noise, min-SNR weighting and the frame
+  difference term at once (one compile: each is its own branch of the same loss)."""
+  flow = FlowConfig(frame_noise_prob=0.5, condition_probability=0.5,
+                    condition_weights=(1.0, 0, 0, 0, 0), condition_min_time=0.8,
+                    weighting="min_snr", frame_difference_weight=0.5)
+  experiment = make_experiment(flow=flow, learning_rate=1e-2, warmup_steps=0,
+                               schedule="constant", num_steps=2)
+  stage = dit_stage.DiTStage(experiment)
+  config = experiment.train["dit"]
+  mesh = mesh_lib.create_mesh(experiment.mesh, jax.devices()[:1])
+  tx = train_state_lib.make_optimizer(config)
+  state = jax.jit(lambda: train_state_lib.init_train_state(stage, tx, seed=0))()
+  graphdef, _, _ = train_state_lib.abstract_model(stage)
+  step = jax.jit(train_state_lib.make_train_step(stage, graphdef, tx, config, mesh=mesh,
+                                                 rules=experiment.mesh.rules))
+  before = jax.tree.map(np.asarray, state.params)
+  for index in range(config.num_steps):
+    state, metrics = step(state, latent_batch(experiment, tokenizer, index))
+    assert np.isfinite(float(metrics["loss"])), index
+  assert 0.0 < float(metrics["given_frames"]) < 1.0
+  assert float(metrics["loss_frame_difference"]) > 0.0
+  assert float(metrics["loss"]) != float(metrics["loss_flow"])
+  moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()),
+                                       state.params, before))
+  assert max(moved) > 0.0
+
+
+def test_the_pyramid_schedule_samples_through_the_generation_pipeline(tokenizer):
+  experiment = make_experiment()
+  stage = dit_stage.DiTStage(experiment)
+  model = eager_model(stage, seed=1)
+  # Off the zero initialisation, so that the velocity depends on the timestep.
+  params = nnx.state(model.dit, nnx.Param)
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(5), len(leaves))
+  nnx.update(model.dit, jax.tree.unflatten(treedef, [
+      leaf + 0.2 * jax.random.normal(key, leaf.shape) for leaf, key in zip(leaves, keys)]))
+  videos = {}
+  for schedule in ("together", "pyramid"):
+    generator = pipeline.Generator(
+        autoencoder=model.autoencoder, text_encoder=model.text_encoder, dit=model.dit,
+        tokenizer=tokenizer, flow_config=experiment.diffusion,
+        sample_config=dataclasses.replace(experiment.sample, frame_schedule=schedule,
+                                          frame_lag=0.5), progress=False)
+    videos[schedule] = np.asarray(generator.generate("a red circle", frames=5, height=16,
+                                                     width=16, seed=0, steps=2))
+  assert videos["pyramid"].shape == videos["together"].shape
+  assert np.any(videos["pyramid"] != videos["together"])

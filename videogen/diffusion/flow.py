@@ -20,7 +20,14 @@ uses the same shift for its timestep grid, so training and sampling agree on whe
 
 Frame conditioning (image-to-video, extension, loops, connecting clips) is one mechanism: a
 per-latent-frame mask of frames given clean at timestep 0 and left out of the loss (see
-`videogen.diffusion.conditioning`). Every function here is pure and jittable; the diffusion
+`videogen.diffusion.conditioning`).
+
+Options of the objective, each off by default (the defaults give the plain loss above bit for bit):
+diffusion forcing (`frame_noise_prob`: some examples draw an independent t per latent frame),
+the noise-level weighting min-SNR-gamma (`weighting="min_snr"`, see `timestep_weights`), a term on
+the temporal differences of the predicted clean latents (`frame_difference_weight`, see
+`frame_difference_loss`), and a floor on the noise level of examples with frames given
+(`condition_min_time`). Every function here is pure and jittable; the diffusion
 transformer's stage calls `training_inputs` and `flow_loss` inside its loss:
 
     inputs = flow.training_inputs(rng, latents, num_tokens=n, config=flow_config)
@@ -32,7 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple, Optional
+from typing import Literal, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -66,6 +73,18 @@ class FlowConfig:
       for examples that get frames given; None = `logit_mean` / `logit_std`, one distribution
       for all. With frames given, motion words pay off only near t = 1, where the noised frames
       no longer show where objects went (measurements: docs/tiny_run.md).
+    condition_min_time: examples with frames given draw t in [condition_min_time, 1] (their draw
+      mapped affinely onto that range after the shift); 0 = the whole range. The first frame
+      given at high noise is the setting where the caption alone decides where things go.
+    frame_noise_prob: probability that an example without given frames draws an independent
+      t per latent frame (diffusion forcing, Chen et al. 2024) instead of one for the whole
+      clip, so the model learns to denoise a frame next to cleaner or noisier ones (what a
+      pyramid sampler, `SamplerConfig.frame_schedule`, asks of it). 0 = off.
+    weighting: "none" (the plain velocity MSE) or "min_snr" (min-SNR-gamma, Hang et al. 2023,
+      see `timestep_weights`).
+    min_snr_gamma: the gamma of "min_snr" (the paper's default is 5).
+    frame_difference_weight: weight of `frame_difference_loss`, a term on the temporal
+      differences of the predicted clean latents; 0 = off.
   """
   logit_mean: float = 0.0
   logit_std: float = 1.0
@@ -78,6 +97,11 @@ class FlowConfig:
   condition_weights: tuple[float, ...] = (0.4, 0.1, 0.2, 0.15, 0.15)
   condition_logit_mean: Optional[float] = None
   condition_logit_std: Optional[float] = None
+  condition_min_time: float = 0.0
+  frame_noise_prob: float = 0.0
+  weighting: Literal["none", "min_snr"] = "none"
+  min_snr_gamma: float = 5.0
+  frame_difference_weight: float = 0.0
 
   def __post_init__(self):
     for name in ("logit_std", "condition_logit_std"):
@@ -90,7 +114,7 @@ class FlowConfig:
     if not 0 < self.min_shift <= self.max_shift:
       raise ValueError(f"need 0 < min_shift <= max_shift, got min_shift = {self.min_shift}, "
                        f"max_shift = {self.max_shift}")
-    for name in ("caption_dropout", "condition_probability"):
+    for name in ("caption_dropout", "condition_probability", "frame_noise_prob"):
       value = getattr(self, name)
       if not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} = {value} must be a probability in [0, 1]")
@@ -101,6 +125,16 @@ class FlowConfig:
     if any(w < 0 for w in self.condition_weights) or sum(self.condition_weights) <= 0:
       raise ValueError(f"condition_weights = {self.condition_weights} must be >= 0 with a "
                        f"positive sum")
+    if not 0.0 <= self.condition_min_time < 1.0:
+      raise ValueError(f"condition_min_time = {self.condition_min_time} must be in [0, 1) "
+                       f"(try 0.7; 0 = the whole range)")
+    if self.weighting not in ("none", "min_snr"):
+      raise ValueError(f"weighting = {self.weighting!r} is unknown: choose 'none' or 'min_snr'")
+    if self.min_snr_gamma <= 0:
+      raise ValueError(f"min_snr_gamma = {self.min_snr_gamma} must be > 0 (try 5.0)")
+    if self.frame_difference_weight < 0:
+      raise ValueError(f"frame_difference_weight = {self.frame_difference_weight} must be >= 0 "
+                       f"(0 = off)")
 
 
 class FlowTrainingInputs(NamedTuple):
@@ -108,7 +142,8 @@ class FlowTrainingInputs(NamedTuple):
 
   Attributes:
     noisy_latents: x_t, [B, t, h, w, C]; equal to the clean latents at conditioning frames.
-    timesteps: per-latent-frame t, float32 [B, t]; 0 at conditioning frames.
+    timesteps: per-latent-frame t, float32 [B, t]; 0 at conditioning frames; one t per
+      example across its other frames, except under diffusion forcing (`frame_noise_prob`).
     target: the velocity eps - x0 to predict, [B, t, h, w, C].
     loss_mask: bool [B, t], True where a frame counts in the loss (valid and not given clean).
     condition_mask: bool [B, t], True where a frame was given clean.
@@ -163,13 +198,18 @@ def sample_timesteps(rng: jax.Array, batch: int, num_tokens: jax.Array | int,
   Returns:
     float32 [B] in (0, 1).
   """
-  return _logit_normal_times(rng, batch, num_tokens, config, config.logit_mean, config.logit_std)
+  return _logit_normal_times(rng, (batch,), num_tokens, config, config.logit_mean,
+                             config.logit_std)
 
 
-def _logit_normal_times(rng: jax.Array, batch: int, num_tokens: jax.Array | int,
+def _logit_normal_times(rng: jax.Array, shape: tuple[int, ...], num_tokens: jax.Array | int,
                         config: FlowConfig, mean: float, std: float) -> jax.Array:
-  logits = mean + std * jax.random.normal(rng, (batch,), jnp.float32)
-  t = time_shift(jax.nn.sigmoid(logits), resolution_shift(num_tokens, config))
+  """Shifted logit-normal draws of `shape` ([B] or [B, t]); a per-example shift is [B]."""
+  logits = mean + std * jax.random.normal(rng, shape, jnp.float32)
+  shift = resolution_shift(num_tokens, config)
+  if shift.ndim:
+    shift = jnp.reshape(shift, shift.shape + (1,) * (len(shape) - shift.ndim))
+  t = time_shift(jax.nn.sigmoid(logits), shift)
   return jnp.clip(t, _TIME_EPSILON, 1.0 - _TIME_EPSILON)
 
 
@@ -214,8 +254,8 @@ def velocity_target(x0: jax.Array, noise: jax.Array) -> jax.Array:
 
 
 def flow_loss(prediction: jax.Array, target: jax.Array,
-              loss_mask: jax.Array | None = None) -> jax.Array:
-  """Mean squared error over the valid elements only.
+              loss_mask: jax.Array | None = None, weights: jax.Array | None = None) -> jax.Array:
+  """Mean (optionally weighted) squared error over the valid elements only.
 
   Args:
     prediction: the network's velocity, [B, t, h, w, C].
@@ -223,17 +263,80 @@ def flow_loss(prediction: jax.Array, target: jax.Array,
     loss_mask: bool (or 0/1) mask of the elements that count, with a shape that prefixes the
       prediction's: [B, t] per latent frame, [B, t, h, w] per token, or the full shape. False at
       conditioning frames and padding. None counts everything.
+    weights: optional float weights per frame ([B, t], `timestep_weights`) or of any shape that
+      prefixes the prediction's; they scale each element's error but not the count it is
+      divided by. None = 1.
 
   Returns:
-    float32 scalar: sum(mask * (prediction - target)^2) / (number of valid elements); 0 when
-    nothing is valid.
+    float32 scalar: sum(mask * weights * (prediction - target)^2) / (number of valid elements);
+    0 when nothing is valid.
   """
   squared_error = jnp.square(prediction.astype(jnp.float32) - target.astype(jnp.float32))
+  if weights is not None:
+    squared_error = squared_error * _expand_frames(weights.astype(jnp.float32), squared_error)
   if loss_mask is None:
     return jnp.mean(squared_error)
   weights = jnp.broadcast_to(_expand_frames(loss_mask.astype(jnp.float32), squared_error),
                              squared_error.shape)
   return jnp.sum(weights * squared_error) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def timestep_weights(timesteps: jax.Array, config: FlowConfig) -> jax.Array | None:
+  """Per-frame loss weights of the noise-level weighting, or None for "none" (unweighted).
+
+  min-SNR-gamma (Hang et al. 2023) weights the error of the predicted clean latents x0 by
+  min(SNR(t), gamma), whatever the network predicts. On the flow path x_t = (1 - t) x0 + t eps
+  the signal-to-noise ratio is SNR(t) = ((1 - t) / t)^2, and the clean latents predicted from a
+  velocity v are x_t - t v, so their error is t times the velocity's. The same weighting of the
+  velocity's squared error is therefore
+
+      w(t) = t^2 min(SNR(t), gamma) = min((1 - t)^2, gamma t^2),
+
+  the flow counterpart of the paper's min(SNR, gamma) / (SNR + 1) for a diffusion v-prediction
+  (there sigma_t^2 = 1 / (SNR + 1) plays the role of t^2). It caps the weight of the low-noise
+  steps (SNR > gamma, t < 1 / (1 + sqrt(gamma))) at gamma t^2 and, like the paper's weights,
+  tends to 0 at pure noise.
+
+  Args:
+    timesteps: t per latent frame, [B, t] (or any shape).
+    config: the flow config.
+
+  Returns:
+    float32 weights shaped like `timesteps` (0 at given frames, t = 0), or None.
+  """
+  if config.weighting == "none":
+    return None
+  t = jnp.asarray(timesteps, jnp.float32)
+  return jnp.minimum(jnp.square(1.0 - t), config.min_snr_gamma * jnp.square(t))
+
+
+def frame_difference_loss(prediction: jax.Array, target: jax.Array, timesteps: jax.Array,
+                          loss_mask: jax.Array, frame_valid: jax.Array) -> jax.Array:
+  """Squared error of the temporal differences of the predicted clean latents.
+
+  The clean latents predicted from a velocity v are x0_hat = x_t - t v, and the true ones are
+  x0 = x_t - t (eps - x0), so x0_hat - x0 = -t (v - target) per frame. The term compares
+  x0_hat[f + 1] - x0_hat[f] with x0[f + 1] - x0[f], i.e. the mean over counted pairs of
+  |t[f + 1] e[f + 1] - t[f] e[f]|^2 with e = v - target: it asks for the right motion between
+  neighbouring frames, not only the right frames. Given frames (t = 0) enter exactly clean.
+
+  Args:
+    prediction: the network's velocity, [B, t, h, w, C].
+    target: eps - x0, same shape.
+    timesteps: t per latent frame, [B, t].
+    loss_mask: bool [B, t], True at frames that count in the loss.
+    frame_valid: bool [B, t], False at padding frames (a pair counts when both frames are valid
+      and at least one counts in the loss).
+
+  Returns:
+    float32 scalar: mean over the elements of the counted pairs; 0 when none (one-frame clips).
+  """
+  t = _expand_frames(jnp.asarray(timesteps, jnp.float32), prediction)
+  error = t * (prediction.astype(jnp.float32) - target.astype(jnp.float32))
+  squared = jnp.square(error[:, 1:] - error[:, :-1])  # [B, t - 1, h, w, C]
+  pairs = (loss_mask[:, 1:] | loss_mask[:, :-1]) & frame_valid[:, 1:] & frame_valid[:, :-1]
+  weights = jnp.broadcast_to(_expand_frames(pairs.astype(jnp.float32), squared), squared.shape)
+  return jnp.sum(weights * squared) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
 def drop_captions(rng: jax.Array, token_mask: jax.Array, probability: float) -> jax.Array:
@@ -280,14 +383,24 @@ def training_inputs(rng: jax.Array, latents: jax.Array, *, num_tokens: jax.Array
   if config.condition_logit_mean is not None or config.condition_logit_std is not None:
     # Its own stream, so the examples without given frames draw exactly what they would anyway.
     given_t = _logit_normal_times(
-        jax.random.fold_in(time_rng, 1), batch, num_tokens, config,
+        jax.random.fold_in(time_rng, 1), (batch,), num_tokens, config,
         config.logit_mean if config.condition_logit_mean is None else config.condition_logit_mean,
         config.logit_std if config.condition_logit_std is None else config.condition_logit_std)
     t = jnp.where(jnp.any(condition_mask, axis=1), given_t, t)
+  if config.condition_min_time > 0:
+    low = config.condition_min_time
+    t = jnp.where(jnp.any(condition_mask, axis=1), low + (1.0 - low) * t, t)
   loss_mask = ~condition_mask
   if frame_valid is not None:
     loss_mask = loss_mask & frame_valid
   timesteps = frame_timesteps(t, condition_mask)
+  if config.frame_noise_prob > 0:
+    # Diffusion forcing, for examples without given frames; own streams, as above.
+    forced = jax.random.bernoulli(jax.random.fold_in(time_rng, 2), config.frame_noise_prob,
+                                  (batch,)) & ~jnp.any(condition_mask, axis=1)
+    per_frame = _logit_normal_times(jax.random.fold_in(time_rng, 3), (batch, latent_frames),
+                                    num_tokens, config, config.logit_mean, config.logit_std)
+    timesteps = jnp.where(forced[:, None], per_frame, timesteps)
   return FlowTrainingInputs(
       noisy_latents=noisy_input(latents, noise, timesteps),
       timesteps=timesteps,

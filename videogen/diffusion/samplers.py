@@ -61,6 +61,14 @@ class SamplerConfig:
       (`flow.resolution_shift_value`), which is what the model was trained for.
     negative_prompt: the unconditional branch's prompt; "" is the null caption.
     seed: seed of the initial noise; the same seed gives the same video.
+    frame_schedule: "together" (every latent frame at the same time) or "pyramid": earlier
+      frames settle first, frame f's (unshifted) time lagging frame f - 1's by `frame_lag`
+      (`frame_timestep_grid`), so the first frames are set before the caption steers the later
+      ones. Meant for a model trained with diffusion forcing (`FlowConfig.frame_noise_prob`).
+    frame_lag: the pyramid's lag between neighbouring latent frames, in (0, 1] of unshifted
+      time; 1 is causal (a frame starts when the one before it is done). The pyramid takes
+      about num_steps * (1 + (t - 1) frame_lag) steps for t latent frames, so every frame gets
+      the step size of the plain grid.
   """
   method: Literal["euler", "heun"] = "heun"
   num_steps: int = 30
@@ -68,12 +76,19 @@ class SamplerConfig:
   shift: Optional[float] = None
   negative_prompt: str = ""
   seed: int = 0
+  frame_schedule: Literal["together", "pyramid"] = "together"
+  frame_lag: float = 0.25
 
   def __post_init__(self):
     if self.num_steps < 1:
       raise ValueError(f"num_steps = {self.num_steps} must be >= 1 (try 30)")
     if self.shift is not None and self.shift <= 0:
       raise ValueError(f"shift = {self.shift} must be > 0, or None for the training shift")
+    if self.frame_schedule not in ("together", "pyramid"):
+      raise ValueError(f"frame_schedule = {self.frame_schedule!r} is unknown: choose 'together' "
+                       f"or 'pyramid'")
+    if not 0.0 < self.frame_lag <= 1.0:
+      raise ValueError(f"frame_lag = {self.frame_lag} must be in (0, 1] (try 0.25; 1 = causal)")
 
 
 def sampling_shift(config: SamplerConfig, flow_config: flow.FlowConfig, num_tokens: int) -> float:
@@ -106,6 +121,34 @@ def timestep_grid(num_steps: int, shift: float, start_time: float = 1.0) -> np.n
   unshifted = np.linspace(unshifted_start, 0.0, steps + 1, dtype=np.float64)
   grid = flow.time_shift(unshifted, shift)
   grid[0], grid[-1] = start_time, 0.0
+  return grid.astype(np.float32)
+
+
+def frame_timestep_grid(num_steps: int, shift: float, latent_frames: int,
+                        lag: float) -> np.ndarray:
+  """The pyramid schedule: per-frame times where earlier latent frames settle first.
+
+  A progress variable u runs uniformly from 1 + (t - 1) lag down to 0 in steps of the plain
+  grid's size 1 / num_steps; frame f sits at the unshifted time clip(u - (t - 1 - f) lag, 0, 1),
+  lag behind frame f - 1, and is then shifted as `timestep_grid` does. Every frame starts at 1,
+  ends at exactly 0 and never goes up; frame 0 reaches 0 first.
+
+  Args:
+    num_steps: steps of the plain grid from 1 to 0.
+    shift: the time shift s.
+    latent_frames: t.
+    lag: offset between neighbouring frames in unshifted time, in (0, 1].
+
+  Returns:
+    float32 [n + 1, t] with n = ceil(num_steps (1 + (t - 1) lag)).
+  """
+  span = 1.0 + (latent_frames - 1) * lag
+  steps = max(1, math.ceil(num_steps * span - 1e-9))
+  progress = np.linspace(span, 0.0, steps + 1, dtype=np.float64)
+  offsets = (latent_frames - 1 - np.arange(latent_frames)) * lag  # [t]: frame 0 is furthest ahead
+  unshifted = np.clip(progress[:, None] - offsets[None, :], 0.0, 1.0)
+  grid = flow.time_shift(unshifted, shift)
+  grid[0], grid[-1] = 1.0, 0.0
   return grid.astype(np.float32)
 
 
@@ -150,7 +193,7 @@ def sampler_step(velocity_fn: guidance.VelocityFn, x: jax.Array, t_now: jax.Arra
   Args:
     velocity_fn: the network, see the module docstring.
     x: x at t_now, [B, t, h, w, C].
-    t_now, t_next: scalar times.
+    t_now, t_next: scalar times, or [t] per latent frame (the pyramid schedule).
     method: "euler" or "heun". Heun averages the slopes at both ends (two network calls).
     guidance_scale: classifier-free guidance weight.
     conditioning, negative_conditioning: the two branches' pytrees.
@@ -166,6 +209,8 @@ def sampler_step(velocity_fn: guidance.VelocityFn, x: jax.Array, t_now: jax.Arra
       lambda y: conditioning_lib.hold_frames(y, cond_latents, cond_mask))
   x32 = x.astype(jnp.float32)
   dt = t_next - t_now
+  if jnp.ndim(dt):
+    dt = jnp.reshape(dt, (1, -1) + (1,) * (x.ndim - 2))  # [t] -> per frame of x
   slope = velocity(x, t_now)
   if method == "euler":
     x_next = x32 + dt * slope
@@ -216,7 +261,13 @@ def sample(velocity_fn: guidance.VelocityFn, noise: jax.Array, *, config: Sample
       raise ValueError(f"cond_latents {cond_latents.shape} must have the shape of noise "
                        f"{noise.shape}")
     cond_mask = jnp.broadcast_to(jnp.asarray(cond_mask, bool), noise.shape[:2])
-  grid = timestep_grid(config.num_steps, shift, start_time)
+  if config.frame_schedule == "pyramid":
+    if start_time != 1.0:
+      raise ValueError("the pyramid frame schedule starts every frame from pure noise; editing "
+                       "(start_time < 1) needs --config.sample.frame_schedule=together")
+    grid = frame_timestep_grid(config.num_steps, shift, noise.shape[1], config.frame_lag)
+  else:
+    grid = timestep_grid(config.num_steps, shift, start_time)
   step = functools.partial(sampler_step, velocity_fn, method=config.method,
                            guidance_scale=config.guidance_scale)
   branches = dict(conditioning=conditioning, negative_conditioning=negative_conditioning,
@@ -231,7 +282,8 @@ def sample(velocity_fn: guidance.VelocityFn, noise: jax.Array, *, config: Sample
   with tqdm.tqdm(total=len(grid) - 1, desc="sampling", unit="step", disable=not progress,
                  leave=False) as bar:
     for t_now, t_next in zip(grid[:-1], grid[1:]):
-      x = step_fn(x, jnp.float32(t_now), jnp.float32(t_next), **branches)
+      x = step_fn(x, jnp.asarray(t_now, jnp.float32), jnp.asarray(t_next, jnp.float32),
+                  **branches)
       if progress:
         x.block_until_ready()  # So the bar shows computed steps, not dispatched ones.
       bar.update(1)

@@ -200,6 +200,11 @@ class DiTStage(stage_lib.Stage):
            rng: jax.Array, step: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The rectified-flow loss over the frames that are not given; see the module docstring.
 
+    With `config.diffusion.weighting` the flow term is weighted per frame by noise level, and
+    with `config.diffusion.frame_difference_weight` > 0 the loss adds that weight times
+    `flow.frame_difference_loss` (logged as loss_frame_difference); either way loss_flow logs the
+    plain flow loss, comparable across these options.
+
     Metrics: latent_std (of the normalised clean latents: about 1 when the autoencoder's
     scale_factor fits), given_frames (fraction of latent frames given clean), captions_dropped
     (fraction of the batch), loss_low_noise / loss_high_noise (the loss of the examples drawn
@@ -214,7 +219,18 @@ class DiTStage(stage_lib.Stage):
         config=self.flow_config)
     prediction = model.dit(inputs.noisy_latents, inputs.timesteps, context, context_mask,
                            pooled if self.dit_config.pooled_dim is not None else None)
-    loss = flow.flow_loss(prediction, inputs.target, inputs.loss_mask)
+    weights = flow.timestep_weights(inputs.timesteps, self.flow_config)
+    loss = flow.flow_loss(prediction, inputs.target, inputs.loss_mask, weights)
+    extra_metrics = {}
+    if weights is not None or self.flow_config.frame_difference_weight > 0:
+      # The plain flow loss, comparable across weightings and extra terms.
+      extra_metrics["loss_flow"] = flow.flow_loss(prediction, inputs.target, inputs.loss_mask)
+    if self.flow_config.frame_difference_weight > 0:
+      difference = flow.frame_difference_loss(prediction, inputs.target, inputs.timesteps,
+                                              inputs.loss_mask,
+                                              inputs.loss_mask | inputs.condition_mask)
+      loss = loss + self.flow_config.frame_difference_weight * difference
+      extra_metrics["loss_frame_difference"] = difference
 
     # Per-example losses, to see where in time the model is weak.
     squared = jnp.mean(jnp.square(prediction - inputs.target), axis=(2, 3, 4))  # [B, t]
@@ -234,6 +250,7 @@ class DiTStage(stage_lib.Stage):
         "captions_dropped": jnp.mean(dropped.astype(jnp.float32)),
         "loss_low_noise": masked_mean(per_example, low),
         "loss_high_noise": masked_mean(per_example, high),
+        **extra_metrics,
     }
     return loss, metrics
 
