@@ -66,7 +66,8 @@ flags.DEFINE_string("mode", "t2v", "generate: t2v, t2i, i2v, extend, extend_back
                     "connect or edit.")
 flags.DEFINE_integer("frames", None, "generate: frames to make: the video's length (t2v, i2v, "
                      "edit, loop's clip) or the new frames (extend, connect); default: the "
-                     "training clip's length.")
+                     "training clip's length. evaluate --what=long_video: each long clip's "
+                     "length (default 480).")
 flags.DEFINE_integer("height", None, "generate: frame height (default: the input's or training's).")
 flags.DEFINE_integer("width", None, "generate: frame width (default: the input's or training's).")
 flags.DEFINE_integer("steps", None, "generate: sampling steps (default: config.sample).")
@@ -94,7 +95,8 @@ _DETECT_INPUT_HELP = "detect: a video, an image, or a folder of them to check."
 _EVALUATE_WHAT_HELP = (
     "evaluate: what to measure, 'generation' (the default: prompt following, physics, seams, "
     "speed), 'autoencoder' (reconstruction), 'noise_levels' (which noise levels the model fails "
-    "to decide) or 'caption_use' (which caption words the model has learned).")
+    "to decide), 'caption_use' (which caption words the model has learned) or 'long_video' "
+    "(identity drift, seams and memory of --frames-long videos).")
 _BENCHMARK_WHAT_HELP = (
     "benchmark: 'all' (the default), 'train_step' (FLOP/s against a matmul, compile time, memory "
     "per device), 'generation' (sampling speed), 'loader' (samples/s of config.data), "
@@ -137,7 +139,7 @@ COMMANDS: dict[str, cli.Command] = {
     "generate": cli.Command("videogen.generate.command:command", False, _GENERATE_FLAGS,
                             {"out": _GENERATE_OUT_HELP}),
     "evaluate": cli.Command("videogen.evaluate.command:evaluate", False,
-                            ("what", "out", "scenes_per_group", *_STAMP_FLAGS),
+                            ("what", "out", "scenes_per_group", *_STAMP_FLAGS, "frames"),
                             {"what": _EVALUATE_WHAT_HELP, "out": _EVALUATE_OUT_HELP}),
     "summary": cli.Command("videogen.evaluate.summary:summary", True),
     "benchmark": cli.Command("videogen.evaluate.benchmark:command", True,
