@@ -392,10 +392,10 @@ def test_a_480_frame_video_needs_no_more_memory_than_a_short_one_beyond_its_fram
   assert long_extra - short_extra < 0.5 * (long_bytes - short_bytes), (short_extra, long_extra)
 
 
-@pytest.mark.parametrize("level", [0.0, 0.3, 1.0])
-def test_context_noise_shows_given_frames_noised_to_at_most_the_new_frames_time(make_generator,
-                                                                                  level):
-  generator = make_generator(context_noise=level)
+@pytest.mark.parametrize("level, clean_below", [(0.0, 0.0), (0.3, 0.0), (1.0, 0.0), (1.0, 0.9)])
+def test_context_noise_shows_given_frames_noised_to_at_most_the_new_frames_time(
+    make_generator, level, clean_below):
+  generator = make_generator(context_noise=level, context_clean_below=clean_below)
   times = []
   original = generator.velocity
 
@@ -413,7 +413,11 @@ def test_context_noise_shows_given_frames_noised_to_at_most_the_new_frames_time(
   for t in times[2:]:
     new_time = t[:, 2:]
     assert np.all(new_time == new_time[:, :1]) and np.all(new_time > 0)
-    np.testing.assert_allclose(t[:, :2], np.minimum(level, new_time[:, :2]), rtol=1e-6)
+    expected = np.where(new_time[:, :2] < clean_below, 0.0, np.minimum(level, new_time[:, :2]))
+    np.testing.assert_allclose(t[:, :2], expected, rtol=1e-6)
+  if clean_below:
+    # The first step (t = 1) sees them noised, the second (below 0.9) clean.
+    assert np.all(times[2][:, :2] == 1.0) and np.all(times[3][:, :2] == 0.0)
   plain = make_generator().generate("a red circle", frames=17, seed=3)
   # The first window is given nothing; later ones see their given frames differently.
   np.testing.assert_array_equal(video[:9], plain[:9])
@@ -423,6 +427,8 @@ def test_context_noise_shows_given_frames_noised_to_at_most_the_new_frames_time(
 def test_context_noise_out_of_range_is_a_clear_error(make_generator, generator):
   with pytest.raises(ValueError, match="context_noise = 1.5 must be in"):
     make_generator(context_noise=1.5)
+  with pytest.raises(ValueError, match="context_clean_below = 2.0 must be in"):
+    generator.with_windows(context_clean_below=2.0)
   with pytest.raises(ValueError, match="context_noise = -0.1 must be in"):
     generator.generate("a red circle", frames=17, context_noise=-0.1)
 

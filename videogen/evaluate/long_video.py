@@ -50,11 +50,12 @@ from videogen.generate import pipeline
 from videogen.generate import windows as windows_lib
 
 # Generator settings compared by the evaluation: name -> `Generator.with_windows` arguments.
-# "clean_context" is how the generator made long videos before context noise; "context_noise"
-# is the generator's default now (see docs/long_video.md for the study).
+# "clean_context" is how the generator made long videos before context noise (see
+# docs/long_video.md for the study).
 VARIANTS: dict[str, dict[str, Any]] = {
-    "clean_context": dict(context_noise=0.0),
-    "default": {},
+    "clean_context": dict(context_noise=0.0, context_clean_below=0.0),
+    "renoise": dict(context_noise=1.0, context_clean_below=0.0),
+    "renoise_early": dict(context_noise=1.0, context_clean_below=0.5),
 }
 # Frames on either side of a seam whose changes are its reference.
 SEAM_REACH = 8
@@ -338,7 +339,7 @@ def evaluate_variant(generator: pipeline.Generator, config: LongVideoConfig,
       real_time_factor=round(float(np.mean([d["real_time_factor"] for d in details])), 4),
       peak_bytes=int(max(d["peak_bytes"] for d in details)), **memory,
       window_latents=generator.window_latents, overlap=generator.overlap,
-      context_noise=generator.context_noise)
+      context_noise=generator.context_noise, context_clean_below=generator.context_clean_below)
   for key in ("loop_in", "loop_wrap", "connect_in", "connect_out"):
     if key in details[0]:
       summary[key] = round(float(np.mean([d[key] for d in details])), 4)

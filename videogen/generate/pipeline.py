@@ -44,6 +44,8 @@ noised to min(s, t) (t the time of the frames it denoises) and with that timeste
 clean at timestep 0; the sampler still holds them, so the output keeps them exactly. s = 1 re-noises
 them along with the new frames (they then steer the new frames as a noisy image of the same time
 would); small s only hides the autoencoder's re-encoding error the model never saw in training.
+With `context_clean_below` = c > 0 they are shown clean again once t < c: the early steps, where
+the layout is decided, read the given frames loosely; the late ones match them exactly.
 
 Compilation. The networks are jitted once with their parameters as arguments, so a shape is
 compiled once and reused by every later request of that shape (`samplers.sample(jit=False)`).
@@ -174,10 +176,13 @@ def _decode_chunk(graphdef: nnx.GraphDef, state: nnx.State, latents: jax.Array,
 
 @jax.jit
 def _noised_given(x: jax.Array, t: jax.Array, given: jax.Array, noise: jax.Array,
-                  mask: jax.Array, level: jax.Array) -> tuple[jax.Array, jax.Array]:
+                  mask: jax.Array, level: jax.Array, clean_below: jax.Array
+                  ) -> tuple[jax.Array, jax.Array]:
   """x [B, t, h, w, C] and timesteps [B, t] with the given frames (mask [t]) noised to
-  min(level, the other frames' time), and that time as their timestep (see "Context noise")."""
-  times = jnp.minimum(jnp.max(t, axis=1, keepdims=True), level)  # [B, 1]
+  min(level, the other frames' time) (0 below clean_below), and that time as their timestep
+  (see "Context noise")."""
+  new_time = jnp.max(t, axis=1, keepdims=True)  # [B, 1]
+  times = jnp.where(new_time < clean_below, 0.0, jnp.minimum(new_time, level))
   noisy = flow.noisy_input(jnp.broadcast_to(given, x.shape), jnp.broadcast_to(noise, x.shape),
                            jnp.broadcast_to(times, t.shape))
   return (jnp.where(mask[None, :, None, None, None], noisy.astype(x.dtype), x),
@@ -198,7 +203,7 @@ class Generator:
                suffix_overlap: int = DEFAULT_SUFFIX_OVERLAP,
                default_shape: tuple[int, int, int] = (9, 32, 32), fps: float = DEFAULT_FPS,
                chunk_latent_frames: int = 4, progress: bool = True,
-               context_noise: float = 0.0,
+               context_noise: float = 0.0, context_clean_below: float = 0.0,
                sharding: tuple[jax.sharding.Mesh, sharding_lib.Rules] | None = None):
     """Builds the generator (nothing is compiled until the first request).
 
@@ -224,6 +229,7 @@ class Generator:
       progress: show progress bars.
       context_noise: in [0, 1], the noise level the transformer sees given frames at (see
         "Context noise" in the module docstring); 0 shows them clean.
+      context_clean_below: in [0, 1], the time below which given frames are shown clean.
       sharding: (mesh, logical-axis rules) the modules' parameters live on: the kernels are
         traced with the models' activation constraints (`sharding.activation_sharding`). None:
         no constraints (XLA propagates the parameters' shardings alone).
@@ -261,6 +267,7 @@ class Generator:
     self.chunk_latent_frames = chunk_latent_frames
     self.progress = progress
     self.context_noise = _check_context_noise(context_noise)
+    self.context_clean_below = _check_context_noise(context_clean_below, "context_clean_below")
 
     # Split once: the jitted functions below take the graph as a static argument and the
     # parameters as arguments, so each input shape is compiled once (and shared by every
@@ -270,7 +277,8 @@ class Generator:
     self._dit_graph, self._dit_state = nnx.split(dit)
 
   def with_windows(self, *, window_frames: int | None = None, overlap: int | None = None,
-                   context_noise: float | None = None) -> Generator:
+                   context_noise: float | None = None,
+                   context_clean_below: float | None = None) -> Generator:
     """A generator sharing these models with other window settings (None keeps this one's)."""
     changed = copy.copy(self)
     overlap = self.overlap if overlap is None else overlap
@@ -286,6 +294,9 @@ class Generator:
     changed.overlap, changed.window_latents = overlap, window
     if context_noise is not None:
       changed.context_noise = _check_context_noise(context_noise)
+    if context_clean_below is not None:
+      changed.context_clean_below = _check_context_noise(context_clean_below,
+                                                         "context_clean_below")
     return changed
 
   # -- shapes ---------------------------------------------------------------------------------
@@ -552,21 +563,22 @@ class Generator:
                               level: float):
     """`velocity` that sees the given frames (mask [t]) noised (see "Context noise")."""
     mask = jnp.asarray(mask)
-    level = jnp.float32(level)
+    level, clean_below = jnp.float32(level), jnp.float32(self.context_clean_below)
 
     def velocity(x: jax.Array, t: jax.Array, cond: dict[str, jax.Array]) -> jax.Array:
       batch = x.shape[0]  # both guidance branches see the same noised frames
       x, t = _noised_given(x, t, jnp.repeat(given, batch // given.shape[0], axis=0),
-                           jnp.repeat(noise, batch // noise.shape[0], axis=0), mask, level)
+                           jnp.repeat(noise, batch // noise.shape[0], axis=0), mask, level,
+                           clean_below)
       return self.velocity(x, t, cond)
 
     return velocity
 
 
-def _check_context_noise(level: float) -> float:
+def _check_context_noise(level: float, name: str = "context_noise") -> float:
   if not 0.0 <= level <= 1.0:
-    raise ValueError(f"context_noise = {level} must be in [0, 1]: 0 shows given frames clean, "
-                     f"1 re-noises them with the new ones")
+    raise ValueError(f"{name} = {level} must be in [0, 1] (a time of the flow): see \"Context "
+                     f"noise\" in videogen.generate.pipeline")
   return float(level)
 
 
