@@ -66,8 +66,8 @@ flags.DEFINE_string("mode", "t2v", "generate: t2v, t2i, i2v, extend, extend_back
                     "connect or edit.")
 flags.DEFINE_integer("frames", None, "generate: frames to make: the video's length (t2v, i2v, "
                      "edit, loop's clip) or the new frames (extend, connect); default: the "
-                     "training clip's length. evaluate --what=long_video: each long clip's "
-                     "length (default 480).")
+                     "training clip's length. evaluate: each long clip's length (long_video; "
+                     "default 480).")
 flags.DEFINE_integer("height", None, "generate: frame height (default: the input's or training's).")
 flags.DEFINE_integer("width", None, "generate: frame width (default: the input's or training's).")
 flags.DEFINE_integer("steps", None, "generate: sampling steps (default: config.sample).")

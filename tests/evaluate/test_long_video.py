@@ -111,7 +111,7 @@ def test_the_report_has_a_row_per_window_and_a_seam_at_every_boundary(tiny_workd
     assert all("seam_ratio" in r for r in detail["per_window"][1:])
     assert "seam_ratio" not in detail["per_window"][0]
     assert all(summary[k] > 0 for k in ("seam_mean", "loop_wrap", "connect_in", "connect_out"))
-    assert summary["short_frames"] == 6 and summary["seconds"] > 0
+    assert summary["short_frames"] == 7 and summary["seconds"] > 0  # 25 // 4, as 1 + 2k
   table = long_video.format_table(report)
   assert "clean" in table and "noised" in table
   assert long_video.metrics(report)["noised"]["windows"] == 4

@@ -312,9 +312,9 @@ def evaluate_variant(generator: pipeline.Generator, config: LongVideoConfig,
             config.seed)
   details, memory = [], {}
   if config.memory_check:
-    short = max(2, config.frames // 4)
-    *_, seconds, peak = long_clip(generator, prompts[0].text, short, config.seed)
-    memory["short_frames"], memory["short_peak_bytes"] = short, peak
+    video, _, _, peak = long_clip(generator, prompts[0].text, max(2, config.frames // 4),
+                                  config.seed)
+    memory["short_frames"], memory["short_peak_bytes"] = len(video), peak
   for index, prompt in enumerate(tqdm.tqdm(prompts, desc="long videos", unit="prompt",
                                            disable=not progress)):
     seed = config.seed + index
