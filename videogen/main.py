@@ -66,7 +66,8 @@ flags.DEFINE_string("mode", "t2v", "generate: t2v, t2i, i2v, extend, extend_back
                     "connect or edit.")
 flags.DEFINE_integer("frames", None, "generate: frames to make: the video's length (t2v, i2v, "
                      "edit, loop's clip) or the new frames (extend, connect); default: the "
-                     "training clip's length.")
+                     "training clip's length. evaluate: each long clip's length (long_video; "
+                     "default 480).")
 flags.DEFINE_integer("height", None, "generate: frame height (default: the input's or training's).")
 flags.DEFINE_integer("width", None, "generate: frame width (default: the input's or training's).")
 flags.DEFINE_integer("steps", None, "generate: sampling steps (default: config.sample).")
@@ -94,8 +95,9 @@ _DETECT_INPUT_HELP = "detect: a video, an image, or a folder of them to check."
 _EVALUATE_WHAT_HELP = (
     "evaluate: what to measure, 'generation' (the default: prompt following, physics, seams, "
     "speed), 'autoencoder' (reconstruction), 'noise_levels' (which noise levels the model fails "
-    "to decide), 'caption_use' (which caption words the model has learned) or 'learning_curve' "
-    "(every saved dit checkpoint on the generation suite, against steps and compute).")
+    "to decide), 'caption_use' (which caption words the model has learned), 'learning_curve' "
+    "(every saved dit checkpoint on the generation suite, against steps and compute) or "
+    "'long_video' (identity drift, seams and memory of --frames-long videos).")
 _BENCHMARK_WHAT_HELP = (
     "benchmark: 'all' (the default), 'train_step' (FLOP/s against a matmul, compile time, memory "
     "per device), 'generation' (sampling speed), 'loader' (samples/s of config.data), "
@@ -148,7 +150,7 @@ COMMANDS: dict[str, cli.Command] = {
                             {"out": _GENERATE_OUT_HELP}),
     "evaluate": cli.Command("videogen.evaluate.command:evaluate", False,
                             ("what", "out", "scenes_per_group", *_STAMP_FLAGS,
-                             "checkpoint_steps", "every", "compare"),
+                             "checkpoint_steps", "every", "compare", "frames"),
                             {"what": _EVALUATE_WHAT_HELP, "out": _EVALUATE_OUT_HELP}),
     "summary": cli.Command("videogen.evaluate.summary:summary", True),
     "benchmark": cli.Command("videogen.evaluate.benchmark:command", True,

@@ -42,6 +42,16 @@ def test_options_a_what_does_not_take_are_refused(tmp_path, capsys):
   assert "give at least 1" in capsys.readouterr().err
 
 
+
+def test_long_video_takes_frames_and_the_others_refuse_it(tmp_path, capsys):
+  assert command.evaluate(None, str(tmp_path), what="generation", frames=480) == 2
+  assert "--frames applies to --what=long_video" in capsys.readouterr().err
+  assert command.evaluate(None, str(tmp_path), what="long_video", frames=1) == 2
+  assert "--frames=1: a long video needs at least 2 frames" in capsys.readouterr().err
+  assert command.evaluate(None, str(tmp_path), what="long_video", frames=480) == 1
+  assert "checkpoints/dit" in capsys.readouterr().err
+
+
 def test_main_wires_the_evaluate_command_and_its_what_flag(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "videogen.main", "evaluate", f"--workdir={tmp_path}",

@@ -4,6 +4,7 @@ import hashlib
 import logging
 import os
 import shutil
+import tracemalloc
 
 import jax
 import jax.numpy as jnp
@@ -361,3 +362,89 @@ def test_a_generator_on_a_mesh_traces_the_activation_constraints_and_keeps_the_v
   assert constraints(sharded) > 0  # the DiT's block boundaries, pinned to the mesh
   np.testing.assert_array_equal(sharded.generate("a red circle", frames=9, seed=3),
                                 plain.generate("a red circle", frames=9, seed=3))
+
+
+# ------------------------------------------------------------------------------------------------
+# Long videos: bounded memory, context noise, one progress bar.
+
+
+def _host_bytes_beyond_the_output(generator, frames: int) -> tuple[int, int]:
+  """(peak bytes NumPy and Python allocate while generating `frames` frames of 48x48 beyond the
+  output, the output's bytes). The frames are large enough for the pixels to dominate the
+  Python objects each window leaves to the garbage collector."""
+  tracemalloc.start()
+  try:
+    video = generator.generate("a red circle", frames=frames, height=48, width=48, seed=0)
+    _, peak = tracemalloc.get_traced_memory()
+  finally:
+    tracemalloc.stop()
+  return peak - video.nbytes, video.nbytes
+
+
+def test_a_480_frame_video_needs_no_more_memory_than_a_short_one_beyond_its_frames(generator):
+  # Compiles every window shape first.
+  generator.generate("a red circle", frames=17, height=48, width=48, seed=0)
+  short_extra, short_bytes = _host_bytes_beyond_the_output(generator, 121)
+  long_extra, long_bytes = _host_bytes_beyond_the_output(generator, 481)
+  assert long_bytes == 481 * 48 * 48 * 3
+  # Keeping every window (or re-joining the video for each next window's context) would add at
+  # least the extra frames' bytes again; a bounded working set adds a small part of them.
+  assert long_extra - short_extra < 0.5 * (long_bytes - short_bytes), (short_extra, long_extra)
+
+
+@pytest.mark.parametrize("level, clean_below", [(0.0, 0.0), (0.3, 0.0), (1.0, 0.0), (1.0, 0.9)])
+def test_context_noise_shows_given_frames_noised_to_at_most_the_new_frames_time(
+    make_generator, level, clean_below):
+  generator = make_generator(context_noise=level, context_clean_below=clean_below)
+  times = []
+  original = generator.velocity
+
+  def spy(x, t, cond):
+    times.append(np.asarray(t))
+    return original(x, t, cond)
+
+  generator.velocity = spy
+  video = generator.generate("a red circle", frames=17, seed=3)
+  # 9 latent frames in windows of 5: [5 new], [2 given | 3 new], [2 given | 1 new | 2 dropped];
+  # two Euler steps each, both guidance branches in one call.
+  assert len(times) == 6
+  for t in times[:2]:
+    assert np.all(t == t[:, :1]) and np.all(t > 0)
+  for t in times[2:]:
+    new_time = t[:, 2:]
+    assert np.all(new_time == new_time[:, :1]) and np.all(new_time > 0)
+    expected = np.where(new_time[:, :2] < clean_below, 0.0, np.minimum(level, new_time[:, :2]))
+    np.testing.assert_allclose(t[:, :2], expected, rtol=1e-6)
+  if clean_below:
+    # The first step (t = 1) sees them noised, the second (below 0.9) clean.
+    assert np.all(times[2][:, :2] == 1.0) and np.all(times[3][:, :2] == 0.0)
+  plain = make_generator().generate("a red circle", frames=17, seed=3)
+  # The first window is given nothing; later ones see their given frames differently.
+  np.testing.assert_array_equal(video[:9], plain[:9])
+  assert (level == 0.0) == np.array_equal(video[9:], plain[9:])
+
+
+def test_context_noise_out_of_range_is_a_clear_error(make_generator, generator):
+  with pytest.raises(ValueError, match="context_noise = 1.5 must be in"):
+    make_generator(context_noise=1.5)
+  with pytest.raises(ValueError, match="context_clean_below = 2.0 must be in"):
+    generator.with_windows(context_clean_below=2.0)
+  with pytest.raises(ValueError, match="context_noise = -0.1 must be in"):
+    generator.generate("a red circle", frames=17, context_noise=-0.1)
+
+
+def test_a_long_video_shows_one_progress_bar_over_its_frames(make_generator, capsys):
+  generator = make_generator(progress=True)
+  generator.generate("a red circle", frames=29, seed=0)
+  err = capsys.readouterr().err
+  assert "generating 29 frames" in err and "0/29 [" in err  # counted in frames
+  assert "sampling" not in err and "decoding" not in err and "windows" not in err
+
+
+def test_with_windows_changes_the_plan_and_shares_the_models(generator):
+  wider = generator.with_windows(window_frames=17, overlap=3, context_noise=0.2)
+  assert (wider.window_latents, wider.overlap, wider.context_noise) == (9, 3, 0.2)
+  assert (generator.window_latents, generator.overlap, generator.context_noise) == (5, 2, 0.0)
+  assert wider.dit is generator.dit and wider.autoencoder is generator.autoencoder
+  video = wider.generate("a red circle", frames=25, seed=1)
+  assert video.shape == (25, 16, 16, 3)

@@ -7,6 +7,7 @@ r"""The `evaluate` command: measures a trained workdir and writes the reports in
     python -m videogen.main evaluate --workdir=runs/tiny --what=noise_levels
     python -m videogen.main evaluate --workdir=runs/tiny --what=caption_use
     python -m videogen.main evaluate --workdir=runs/long --what=learning_curve --every=3000
+    python -m videogen.main evaluate --workdir=runs/tiny --what=long_video --frames=480
 
 Each `--what` (a key of `EVALUATIONS`) loads what it needs from the workdir (the generator through
 `videogen.generate.pipeline.load`, a stage's model through `videogen.train.trainer.load_model`),
@@ -41,6 +42,7 @@ from videogen import workdir as workdir_lib
 from videogen.evaluate import caption_use
 from videogen.evaluate import generation
 from videogen.evaluate import learning_curve
+from videogen.evaluate import long_video
 from videogen.evaluate import noise_levels
 from videogen.evaluate import suite as suite_lib
 from videogen.generate import gallery
@@ -55,6 +57,7 @@ GENERATION_FILE = "eval_generation.json"
 GENERATION_VIDEOS_FILE = "eval_generation_videos.json"
 NOISE_LEVELS_FILE = "eval_noise_levels.json"
 CAPTION_USE_FILE = "eval_caption_use.json"
+LONG_VIDEO_FILE = "eval_long_video.json"
 # The folder of the generation suite's videos (with `GenerationEvalConfig.save_videos`).
 GENERATION_VIDEOS_DIR = "eval_generation"
 
@@ -189,6 +192,24 @@ def run_caption_use(experiment: experiment_lib.Experiment | None, workdir: str, 
   return report
 
 
+def run_long_video(experiment: experiment_lib.Experiment | None, workdir: str, *,
+                   frames: int | None = None, progress: bool = True,
+                   out: str | None = None) -> dict[str, Any]:
+  """Loads the workdir's generator, measures long videos (`long_video.VARIANTS`), writes
+  OUT/eval_long_video.json.
+
+  Args:
+    frames: each long clip's length; None: `LongVideoConfig`'s (480).
+    out: the folder of the report; None: the workdir.
+  """
+  generator, world_config = world_generator(experiment, workdir)
+  config = long_video.LongVideoConfig(
+      **({} if frames is None else {"frames": frames}))
+  report = long_video.evaluate_long_videos(generator, world_config, config, progress=progress)
+  write_report(workdir if out is None else out, LONG_VIDEO_FILE, report)
+  return report
+
+
 # ---------------------------------------------------------------------------------------------
 # The commands of `--what`.
 
@@ -249,6 +270,19 @@ def caption_use_command(experiment: experiment_lib.Experiment | None, workdir: s
   """`evaluate --what=caption_use`: prints the table, then the JSON as the last line."""
   return report_command("caption_use", workdir, lambda w: run_caption_use(experiment, w, out=out),
                         caption_use.format_table, lambda report: report)
+
+
+def long_video_command(experiment: experiment_lib.Experiment | None, workdir: str | None, *,
+                       out: str | None = None, frames: int | None = None) -> int:
+  """`evaluate --what=long_video`: prints the table, then the summaries as JSON on the last
+  line."""
+  if frames is not None and frames < 2:
+    print(f"error: --frames={frames}: a long video needs at least 2 frames (e.g. 480)",
+          file=sys.stderr)
+    return 2
+  return report_command("long_video", workdir,
+                        lambda w: run_long_video(experiment, w, frames=frames, out=out),
+                        long_video.format_table, long_video.metrics)
 
 
 def stage_command(stage_name: str, experiment: experiment_lib.Experiment | None,
@@ -317,6 +351,9 @@ EVALUATIONS: dict[str, Evaluation] = {
         "every saved dit checkpoint on the generation suite: per-attribute accuracy against "
         "steps, train minutes and FLOPs (videogen.evaluate.learning_curve)",
         options=("scenes_per_group", "checkpoint_steps", "every", "compare")),
+    "long_video": Evaluation(
+        long_video_command, "identity drift per window, seams at every window boundary, peak "
+        "memory and speed of long videos (--frames, default 480)", options=("frames",)),
 }
 # What `evaluate` measures without --what.
 DEFAULT_EVALUATION = "generation"
@@ -327,7 +364,7 @@ def evaluate(experiment: experiment_lib.Experiment | None, workdir: str | None, 
              scenes_per_group: int | None = None, watermark: bool = True,
              manifest_prompt: bool = True, key: str | None = None,
              checkpoint_steps: Sequence[str] | None = None, every: int | None = None,
-             compare: Sequence[str] | None = None) -> int:
+             compare: Sequence[str] | None = None, frames: int | None = None) -> int:
   """`python -m videogen.main evaluate --workdir=DIR --what=...`: runs one evaluation.
 
   Args:
@@ -341,6 +378,7 @@ def evaluate(experiment: experiment_lib.Experiment | None, workdir: str | None, 
       (--what=generation only; `run_generation`).
     checkpoint_steps, every, compare: which checkpoints, and which other runs to compare with
       (--what=learning_curve only; `videogen.evaluate.learning_curve.command`).
+    frames: the long clips' length (--what=long_video only); None: 480.
   """
   what = DEFAULT_EVALUATION if what is None else what
   if what not in EVALUATIONS:
@@ -352,7 +390,7 @@ def evaluate(experiment: experiment_lib.Experiment | None, workdir: str | None, 
   given = {"scenes_per_group": scenes_per_group, "watermark": None if watermark else False,
            "manifest_prompt": None if manifest_prompt else False, "key": key,
            "checkpoint_steps": checkpoint_steps or None, "every": every,
-           "compare": compare or None}
+           "compare": compare or None, "frames": frames}
   options = {name: value for name, value in given.items() if value is not None}
   for name in options:
     if name not in evaluation.options:

@@ -23,7 +23,7 @@ ATTRIBUTES: tuple[str, ...] = ("color", "shape", "size", "direction")
 MAX_PSNR = 100.0
 # Added to both sides of a seam ratio (in 0-255 pixel levels, below one quantisation step), so that
 # a still clip continued still scores 1 rather than 0 / 0.
-_SEAM_EPSILON = 0.5
+SEAM_EPSILON = 0.5
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,7 +133,7 @@ def seam_ratio(video: np.ndarray, seam: int) -> tuple[float, float, float]:
   at_seam = float(differences[seam - 1])
   inside = np.delete(differences, seam - 1)
   inside_mean = float(inside.mean()) if len(inside) else at_seam
-  return (at_seam + _SEAM_EPSILON) / (inside_mean + _SEAM_EPSILON), at_seam, inside_mean
+  return (at_seam + SEAM_EPSILON) / (inside_mean + SEAM_EPSILON), at_seam, inside_mean
 
 
 def psnr(image: np.ndarray, reference: np.ndarray) -> float:

@@ -34,7 +34,18 @@ generates the rest of its window. Only the last window holds the suffix; a last 
 one is filled up to the full window with frames that are then dropped, so every window runs the
 same compiled shape. Each window is decoded whole (its given frames are the causal decoder's
 past) and only its new frames are kept, so the caller's given pixel frames appear verbatim in the
-final video and the seams are the only new content.
+final video and the seams are the only new content. Memory does not grow with the video's
+length beyond the output itself: the output is allocated once and filled window by window, and
+only the last frames that the next window's context needs are kept aside; one progress bar counts
+the frames of the whole video.
+
+Context noise. With `context_noise` = s > 0 a window's given frames are shown to the transformer
+noised to min(s, t) (t the time of the frames it denoises) and with that timestep, instead of
+clean at timestep 0; the sampler still holds them, so the output keeps them exactly. s = 1 re-noises
+them along with the new frames (they then steer the new frames as a noisy image of the same time
+would); small s only hides the autoencoder's re-encoding error the model never saw in training.
+With `context_clean_below` = c > 0 they are shown clean again once t < c: the early steps, where
+the layout is decided, read the given frames loosely; the late ones match them exactly.
 
 Compilation. The networks are jitted once with their parameters as arguments, so a shape is
 compiled once and reused by every later request of that shape (`samplers.sample(jit=False)`).
@@ -43,6 +54,7 @@ compiled once and reused by every later request of that shape (`samplers.sample(
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import functools
 import math
@@ -162,6 +174,21 @@ def _decode_chunk(graphdef: nnx.GraphDef, state: nnx.State, latents: jax.Array,
   return pixels.to_uint8(video.astype(jnp.float32)), cache
 
 
+@jax.jit
+def _noised_given(x: jax.Array, t: jax.Array, given: jax.Array, noise: jax.Array,
+                  mask: jax.Array, level: jax.Array, clean_below: jax.Array
+                  ) -> tuple[jax.Array, jax.Array]:
+  """x [B, t, h, w, C] and timesteps [B, t] with the given frames (mask [t]) noised to
+  min(level, the other frames' time) (0 below clean_below), and that time as their timestep
+  (see "Context noise")."""
+  new_time = jnp.max(t, axis=1, keepdims=True)  # [B, 1]
+  times = jnp.where(new_time < clean_below, 0.0, jnp.minimum(new_time, level))
+  noisy = flow.noisy_input(jnp.broadcast_to(given, x.shape), jnp.broadcast_to(noise, x.shape),
+                           jnp.broadcast_to(times, t.shape))
+  return (jnp.where(mask[None, :, None, None, None], noisy.astype(x.dtype), x),
+          jnp.where(mask[None, :], times, t))
+
+
 class Generator:
   """Prompt -> video with in-memory models. See the module docstring for the mechanism.
 
@@ -176,6 +203,7 @@ class Generator:
                suffix_overlap: int = DEFAULT_SUFFIX_OVERLAP,
                default_shape: tuple[int, int, int] = (9, 32, 32), fps: float = DEFAULT_FPS,
                chunk_latent_frames: int = 4, progress: bool = True,
+               context_noise: float = 0.0, context_clean_below: float = 0.0,
                sharding: tuple[jax.sharding.Mesh, sharding_lib.Rules] | None = None):
     """Builds the generator (nothing is compiled until the first request).
 
@@ -199,6 +227,9 @@ class Generator:
       chunk_latent_frames: latent frames encoded or decoded per step (bounded memory; one
         progress bar step each).
       progress: show progress bars.
+      context_noise: in [0, 1], the noise level the transformer sees given frames at (see
+        "Context noise" in the module docstring); 0 shows them clean.
+      context_clean_below: in [0, 1], the time below which given frames are shown clean.
       sharding: (mesh, logical-axis rules) the modules' parameters live on: the kernels are
         traced with the models' activation constraints (`sharding.activation_sharding`). None:
         no constraints (XLA propagates the parameters' shardings alone).
@@ -235,6 +266,8 @@ class Generator:
       raise ValueError(f"chunk_latent_frames = {chunk_latent_frames} must be >= 1")
     self.chunk_latent_frames = chunk_latent_frames
     self.progress = progress
+    self.context_noise = _check_context_noise(context_noise)
+    self.context_clean_below = _check_context_noise(context_clean_below, "context_clean_below")
 
     # Split once: the jitted functions below take the graph as a static argument and the
     # parameters as arguments, so each input shape is compiled once (and shared by every
@@ -242,6 +275,29 @@ class Generator:
     self._ae_graph, self._ae_state = nnx.split(autoencoder)
     self._text_graph, self._text_state = nnx.split(text_encoder)
     self._dit_graph, self._dit_state = nnx.split(dit)
+
+  def with_windows(self, *, window_frames: int | None = None, overlap: int | None = None,
+                   context_noise: float | None = None,
+                   context_clean_below: float | None = None) -> Generator:
+    """A generator sharing these models with other window settings (None keeps this one's)."""
+    changed = copy.copy(self)
+    overlap = self.overlap if overlap is None else overlap
+    if overlap < 1:
+      raise ValueError(f"overlap = {overlap} must be >= 1")
+    window = self.window_latents
+    if window_frames is not None:
+      window = 1 + (windows_lib.round_frames(window_frames, self.temporal_factor,
+                                             continuing=False, what="window_frames") - 1
+                    ) // self.temporal_factor
+    if window is not None:
+      window = max(window, overlap + self.suffix_overlap + 1)
+    changed.overlap, changed.window_latents = overlap, window
+    if context_noise is not None:
+      changed.context_noise = _check_context_noise(context_noise)
+    if context_clean_below is not None:
+      changed.context_clean_below = _check_context_noise(context_clean_below,
+                                                         "context_clean_below")
+    return changed
 
   # -- shapes ---------------------------------------------------------------------------------
 
@@ -315,16 +371,18 @@ class Generator:
     return _encode_video(self._ae_graph, self._ae_state, video, self.chunk_latent_frames,
                          sharding=self._sharding)
 
-  def decode(self, latents: jax.Array, *, desc: str = "decoding") -> np.ndarray:
+  def decode(self, latents: jax.Array, *, desc: str = "decoding",
+             progress: bool = True) -> np.ndarray:
     """Normalised latents [1, t, h, w, C] -> uint8 frames [1 + F (t - 1), H, W, 3].
 
     Runs `chunk_latent_frames` latent frames per call, carrying the causal decoder's past frames
-    from one call to the next (equal to one pass), with a progress bar.
+    from one call to the next (equal to one pass), with a progress bar (unless `progress` is
+    False).
     """
     outputs, cache = [], None
     starts = range(0, latents.shape[1], self.chunk_latent_frames)
     for start in tqdm.tqdm(starts, desc=desc, unit="chunk", leave=False,
-                           disable=not self.progress or len(starts) < 2):
+                           disable=not (self.progress and progress) or len(starts) < 2):
       chunk = latents[:, start:start + self.chunk_latent_frames]
       video, cache = _decode_chunk(self._ae_graph, self._ae_state, chunk, cache,
                                    sharding=self._sharding)
@@ -375,7 +433,7 @@ class Generator:
                strength: float = 1.0, negative_prompt: str | None = None,
                steps: int | None = None, guidance: float | None = None,
                sampler: str | None = None, seed: int | None = None,
-               stream: int = 0) -> np.ndarray:
+               stream: int = 0, context_noise: float | None = None) -> np.ndarray:
     """Generates new frames that follow `before` and lead into `after`.
 
     Args:
@@ -392,6 +450,8 @@ class Generator:
       negative_prompt, steps, guidance, sampler, seed: override the sampler config.
       stream: folded into the seed's key, so that several calls of one request (a loop's clip
         and its closing bridge) draw different noise.
+      context_noise: the given frames' noise level (see "Context noise"); None: the
+        generator's.
 
     Returns:
       uint8 [frames, H, W, 3], the new frames only.
@@ -403,6 +463,8 @@ class Generator:
       raise ValueError(f"frames = {frames} must be at least 1: the frames to make (e.g. 17)")
     config = self.sampler_config(steps=steps, guidance=guidance, sampler=sampler, seed=seed,
                                  negative_prompt=negative_prompt)
+    context_noise = (self.context_noise if context_noise is None
+                     else _check_context_noise(context_noise))
     given = [x for x in (before, after, edit_source) if x is not None]
     height, width = self.fit_size(height, width, like=given[0].shape[1:3] if given else None)
     before, after, edit_source = (None if x is None else fit_frames(x, height, width)
@@ -443,21 +505,26 @@ class Generator:
     negative = None if config.guidance_scale == 1.0 else self.encode_prompt(config.negative_prompt)
     key = jax.random.fold_in(jax.random.key(config.seed), stream)
 
-    made: list[np.ndarray] = []
+    # The output is filled in place; `tail` keeps the frames the next window's context needs.
+    video = np.empty((frames, height, width, 3), np.uint8)
+    tail_frames = 1 + factor * (self.overlap - 1)
+    tail = before[-tail_frames:] if continuing else video[:0]
+    filled = 0  # pixel frames of the output made so far
     offset = 0  # latent frames of the new clip generated so far
-    for index, window in enumerate(tqdm.tqdm(windows, desc="windows", unit="window", leave=False,
-                                             disable=not self.progress or len(windows) < 2)):
-      existing_parts = ([before] if continuing else []) + made
-      existing = np.concatenate(existing_parts) if existing_parts else None
+    several = len(windows) > 1
+    bar = tqdm.tqdm(total=frames, desc=f"generating {frames} frames", unit="frame", leave=False,
+                    disable=not self.progress or not several)
+    for index, window in enumerate(windows):
       parts, mask = [], window.mask()
       if window.context:
-        parts.append(self.prefix_latents(existing, window.context))
+        parts.append(self.prefix_latents(tail, window.context))
       if window.suffix:
         parts.append(suffix_given)
       latent_shape = (1, window.total, height // self.autoencoder.config.spatial_factor,
                       width // self.autoencoder.config.spatial_factor,
                       self.autoencoder.config.latent_channels)
-      noise = samplers.initial_noise(jax.random.fold_in(key, index), latent_shape)
+      window_key = jax.random.fold_in(key, index)
+      noise = samplers.initial_noise(window_key, latent_shape)
       cond_latents = (conditioning_lib.place_frames(jnp.concatenate(parts, axis=1), mask)
                       if parts else None)
       start, start_time = noise, 1.0
@@ -469,16 +536,50 @@ class Generator:
         start, start_time = samplers.edit_start(placed, noise, strength), strength
       shift = samplers.sampling_shift(config, self.flow_config,
                                       self.num_tokens(window.total, height, width))
+      velocity = self.velocity
+      if cond_latents is not None and context_noise > 0:
+        velocity = self._noisy_context_velocity(
+            cond_latents, samplers.initial_noise(jax.random.fold_in(window_key, 1), latent_shape),
+            mask, context_noise)
       latents = samplers.sample(
-          self.velocity, start, config=config, shift=shift, conditioning=cond,
+          velocity, start, config=config, shift=shift, conditioning=cond,
           negative_conditioning=negative, cond_latents=cond_latents,
           cond_mask=None if cond_latents is None else mask, start_time=start_time,
-          progress=self.progress, jit=False)
-      decoded = self.decode(latents)
+          progress=self.progress and not several, jit=False)
+      decoded = self.decode(latents, progress=not several)
       first = 0 if not window.context else 1 + factor * (window.context - 1)
-      made.append(decoded[first:first + window.new_pixel_frames(factor)])
+      new_frames = decoded[first:first + window.new_pixel_frames(factor)]
+      video[filled:filled + len(new_frames)] = new_frames
+      filled += len(new_frames)
+      tail = np.concatenate([tail, new_frames])[-tail_frames:]
       offset += window.new
-    return np.concatenate(made, axis=0)
+      bar.update(len(new_frames))
+    bar.close()
+    if filled != frames:
+      raise AssertionError(f"the windows made {filled} frames of the {frames} planned")
+    return video
+
+  def _noisy_context_velocity(self, given: jax.Array, noise: jax.Array, mask: np.ndarray,
+                              level: float):
+    """`velocity` that sees the given frames (mask [t]) noised (see "Context noise")."""
+    mask = jnp.asarray(mask)
+    level, clean_below = jnp.float32(level), jnp.float32(self.context_clean_below)
+
+    def velocity(x: jax.Array, t: jax.Array, cond: dict[str, jax.Array]) -> jax.Array:
+      batch = x.shape[0]  # both guidance branches see the same noised frames
+      x, t = _noised_given(x, t, jnp.repeat(given, batch // given.shape[0], axis=0),
+                           jnp.repeat(noise, batch // noise.shape[0], axis=0), mask, level,
+                           clean_below)
+      return self.velocity(x, t, cond)
+
+    return velocity
+
+
+def _check_context_noise(level: float, name: str = "context_noise") -> float:
+  if not 0.0 <= level <= 1.0:
+    raise ValueError(f"{name} = {level} must be in [0, 1] (a time of the flow): see \"Context "
+                     f"noise\" in videogen.generate.pipeline")
+  return float(level)
 
 
 # ------------------------------------------------------------------------------------------------
