@@ -209,7 +209,9 @@ def test_the_watermark_part_measures_world_clips_at_each_size(experiment, capsys
   results = benchmark.watermark_figures(experiment, None, videos=1, conditions=conditions)
   assert list(results) == ["32x32", "64x64", "128x128"]
   for measured in results.values():
-    assert measured["videos"] == 1 and measured["null_videos"] == 2
+    assert measured["videos"] == 1
+    assert measured["null_videos"] == benchmark.WATERMARK_NULLS_PER_VIDEO  # its original + more
+    assert measured["accuracies"] is None  # world clips have no prompts to score against
     assert measured["psnr_min"] >= 40.0 and measured["false_positive_rate"] == 0.0
     assert measured["conditions"]["mp4"]["payload_rate"] == 1.0
   assert benchmark.command(experiment, None, what="watermark", watermark_videos=0) == 2
@@ -228,5 +230,10 @@ def test_the_watermark_part_adds_the_workdirs_generated_videos(experiment, tiny_
   generated = results["generated 9x32x32"]
   assert generated["videos"] == 1 and generated["psnr_min"] >= 40.0
   assert generated["false_positive_rate"] == 0.0
+  assert generated["null_videos"] == benchmark.WATERMARK_NULLS_PER_VIDEO  # generated, unmarked
+  accuracies = generated["accuracies"]  # the analyzer's, unmarked and watermarked, per attribute
+  assert {"color_accuracy", "shape_accuracy"} <= set(accuracies)
+  assert all(0.0 <= v["unmarked"] <= 1.0 and 0.0 <= v["marked"] <= 1.0
+             for v in accuracies.values())
   for written in ("benchmark_watermark.json", "provenance"):  # read, never written to
     assert not os.path.exists(os.path.join(tiny_workdir, written))

@@ -51,3 +51,31 @@ def test_payloads_are_distinct_and_sized():
   payloads = {watermark_benchmark.payload_for(i) for i in range(50)}
   assert len(payloads) == 50
   assert all(len(p) == watermark.PAYLOAD_BYTES for p in payloads)
+
+
+def test_a_scorer_sees_the_unmarked_and_the_marked_mp4s_and_the_table_shows_both():
+  videos = _clips(2, 32, seed=2)
+  seen = []
+
+  def scorer(scored):
+    seen.append([np.asarray(v) for v in scored])
+    # An "accuracy" that tells marked from unmarked frames apart: its mean pixel parity.
+    return {"parity_accuracy": float(np.mean([np.mean(v % 2) for v in scored])),
+            "unscored_accuracy": None}
+
+  conditions = {"mp4": watermark_benchmark.CONDITIONS["mp4"]}
+  results = watermark_benchmark.run({"32x32": videos}, KEY, conditions=conditions,
+                                    scorers_by_size={"32x32": scorer})
+  unmarked, marked = seen  # scored twice, the unmarked mp4s first, in the set's order
+  assert len(unmarked) == len(marked) == 2
+  for original, plain, watermarked in zip(videos, unmarked, marked):
+    assert plain.shape == watermarked.shape == original.shape
+    assert watermark.detect(watermarked, KEY).watermarked
+    assert not watermark.detect(plain, KEY).watermarked
+  accuracies = results["32x32"]["accuracies"]
+  assert set(accuracies) == {"parity_accuracy"}  # None (nothing to score) is left out
+  change = abs(accuracies["parity_accuracy"]["marked"] - accuracies["parity_accuracy"]["unmarked"])
+  assert watermark_benchmark.largest_accuracy_change(results["32x32"]) == 100.0 * change
+  table = watermark_benchmark.format_table(results)
+  assert "analyzer parity_accuracy (unmarked / marked)" in table
+  assert "analyzer: largest change (points)" in table

@@ -47,12 +47,15 @@ one, else its last.
 `--what=watermark` (not part of "all") measures the invisible watermark instead
 (`videogen.provenance.watermark_benchmark`): `--watermark_videos` procedural world clips at each
 of 32x32, 64x64 and 128x128 and, when `--workdir` holds a trained model, as many of its generated
-videos at its native size (made unmarked, then marked by the benchmark). Each is marked with a
-fresh random key (never the workdir's), saved as mp4 and put through re-encoding, rescaling,
-cropping, brightness changes, halving and GIF conversion; the originals (and as many more world
-clips) measure the false positives. Prints `watermark_benchmark.format_table`, then the results
-as one JSON line; with --workdir, also WORKDIR/benchmark_watermark.json. The issue's targets
-need 200 videos per set and 1000 null videos: `--watermark_videos=200` (hours on a CPU).
+videos at its native size, prompted with the generation suite's captions (made unmarked, then
+marked by the benchmark). Each is marked with a fresh random key (never the workdir's), saved as
+mp4 and put through re-encoding, rescaling, cropping, brightness changes, halving and GIF
+conversion; the originals and 4 times as many more unmarked videos per set (world clips, or
+generated videos with the watermark off) measure the false positives. The generated set is also
+scored by the analyzer against its prompts (`scoring.accuracies`), unmarked and watermarked.
+Prints `watermark_benchmark.format_table`, then the results as one JSON line; with --workdir,
+also WORKDIR/benchmark_watermark.json. The issue's full sample sizes (200 videos per set, 1000
+null videos) are `--watermark_videos=200` (an hour or more on a CPU; docs/provenance.md).
 """
 
 from __future__ import annotations
@@ -79,6 +82,8 @@ from data_pipelines.shapes import world
 from videogen import experiment as experiment_lib
 from videogen import workdir as workdir_lib
 from videogen.evaluate import autoencoder_throughput
+from videogen.evaluate import scoring
+from videogen.evaluate import suite as suite_lib
 from videogen.generate import modes
 from videogen.generate import pipeline
 from videogen.parallel import memory as memory_lib
@@ -98,7 +103,9 @@ WATERMARK = "watermark"
 WHAT: tuple[str, ...] = ("all",) + PARTS + (WATERMARK,)
 WATERMARK_SIZES: tuple[int, ...] = (32, 64, 128)
 WATERMARK_FRAMES = 17
-WATERMARK_VIDEOS = 8  # per set: about a minute on a CPU
+WATERMARK_VIDEOS = 8  # per set: a few minutes on a CPU
+# Null (unwatermarked) videos per watermarked one: --watermark_videos=200 gives the issue's 1000.
+WATERMARK_NULLS_PER_VIDEO = 5
 
 
 def _timed_runs(run: Callable[[], Any], *, min_runs: int, min_seconds: float) -> list[float]:
@@ -491,35 +498,54 @@ def run_benchmark(experiment: experiment_lib.Experiment, *, what: str = "all",
   return result
 
 
-def _generated_videos(workdir: str, count: int) -> tuple[str, list[np.ndarray]]:
-  """(set name, `count` unmarked text-to-video videos of the workdir's model at its native
-  size), prompted with the captions of test-split scenes of its world."""
+def _generated_videos(workdir: str, count: int, nulls: int) -> tuple[
+    str, list[np.ndarray], list[np.ndarray], watermark_benchmark.Scorer]:
+  """(set name, `count` unmarked text-to-video videos of the workdir's model at its native size,
+  `nulls` more for the false positives, the analyzer's scorer of the first `count`).
+
+  The prompts are the generation suite's (`suite.build_suite`, text-to-video only, brief and
+  descriptive captions of seen and held-out scenes), so each video is scored against what its
+  prompt states, as the evaluation scores it.
+  """
   trained = workdir_lib.saved_experiment(workdir, DIFFUSION_STAGE)
   generator = pipeline.load(workdir, trained, progress=False)
   config = trained.data.world if trained.has("data") else world.WorldConfig()
-  videos = []
-  for index in range(count):
-    prompt = world.caption(world.sample_scene(index, seed=trained.seed, split="test",
-                                              config=config))
-    # The generator's own frames: the benchmark marks them with its own key.
-    videos.append(modes.text_to_video(generator, prompt, seed=index).video)
+  total = count + nulls
+  prompts = suite_lib.build_suite(
+      suite_lib.GenerationEvalConfig(scenes_per_group=-(-total // 4), modes=()),
+      world_config=config, default_shape=generator.default_shape).prompts[:total]
+  # The generator's own frames: the benchmark marks them with its own key.
+  videos = [modes.text_to_video(generator, prompt.text, seed=index).video
+            for index, prompt in enumerate(prompts)]
+
+  def scorer(scored: Sequence[np.ndarray]) -> dict[str, Any]:
+    rows = []
+    for video, prompt in zip(scored, prompts):
+      score = scoring.score_video(video, prompt.expected, prompt.background)
+      rows.append(dict(hits=score.hits, totals=score.totals,
+                       count_stability=score.count_stability, count_correct=score.count_correct,
+                       background_correct=score.background_correct))
+    return scoring.accuracies(rows)
+
   frames, height, width = videos[0].shape[:3]
-  return f"generated {frames}x{height}x{width}", videos
+  return f"generated {frames}x{height}x{width}", videos[:count], videos[count:], scorer
 
 
 def watermark_figures(experiment: experiment_lib.Experiment, workdir: str | None = None, *,
                       videos: int = WATERMARK_VIDEOS, key: bytes | None = None,
-                      conditions: Optional[dict[str, watermark_benchmark.Condition]] = None
-                      ) -> dict[str, dict[str, Any]]:
-  """`watermark_benchmark.run` on world clips at WATERMARK_SIZES and, when `workdir` holds a
-  trained model, on its generated videos (see the module docstring).
+                      conditions: Optional[dict[str, watermark_benchmark.Condition]] = None,
+                      sizes: Sequence[int] = WATERMARK_SIZES) -> dict[str, dict[str, Any]]:
+  """`watermark_benchmark.run` on world clips at `sizes` and, when `workdir` holds a trained
+  model, on its generated videos (see the module docstring).
 
   Args:
     experiment: its world config (config.data.world) renders the clips.
     workdir: a trained run whose generated videos are measured too; None or untrained: none.
-    videos: videos per set (> 0); each set's null videos are its originals and as many more.
+    videos: videos per set (> 0); each set's null videos are its originals and
+      WATERMARK_NULLS_PER_VIDEO - 1 times as many more (world clips, or generated videos).
     key: the watermark key; None: a fresh random one.
     conditions: `watermark_benchmark.CONDITIONS` when None.
+    sizes: the world's frame sizes (square).
 
   Returns:
     set name ("32x32", ..., "generated 17x32x32") -> `watermark_benchmark.run`'s figures.
@@ -527,21 +553,24 @@ def watermark_figures(experiment: experiment_lib.Experiment, workdir: str | None
   if videos < 1:
     raise ValueError(f"--watermark_videos={videos}: measure at least 1 video per set")
   config = experiment.data.world if experiment.has("data") else world.WorldConfig()
+  more = (WATERMARK_NULLS_PER_VIDEO - 1) * videos
 
-  def clips(start: int, size: int) -> list[np.ndarray]:
+  def clips(start: int, count: int, size: int) -> list[np.ndarray]:
     return [world.generate(index, seed=experiment.seed, frames=WATERMARK_FRAMES, height=size,
                            width=size, split="test", config=config)["video"]
-            for index in range(start, start + videos)]
+            for index in range(start, start + count)]
 
-  sets = {f"{size}x{size}": clips(0, size) for size in WATERMARK_SIZES}
-  nulls = {f"{size}x{size}": clips(videos, size) for size in WATERMARK_SIZES}
+  sets = {f"{size}x{size}": clips(0, videos, size) for size in sizes}
+  nulls = {f"{size}x{size}": clips(videos, more, size) for size in sizes}
+  scorers = {}
   if workdir and workdir_lib.latest_step(workdir, DIFFUSION_STAGE) is not None:
-    logging.info("benchmark: generating %d videos with %s", videos, workdir)
-    name, generated = _generated_videos(workdir, videos)
-    sets[name] = generated
+    logging.info("benchmark: generating %d videos with %s", videos + more, workdir)
+    name, generated, generated_nulls, scorer = _generated_videos(workdir, videos, more)
+    sets[name], nulls[name], scorers[name] = generated, generated_nulls, scorer
   logging.info("benchmark: watermark on %s", ", ".join(sets))
   return watermark_benchmark.run(sets, secrets.token_bytes(32) if key is None else key,
-                                 null_videos_by_size=nulls, conditions=conditions)
+                                 null_videos_by_size=nulls, conditions=conditions,
+                                 scorers_by_size=scorers)
 
 
 def headline_figures(result: dict[str, Any]) -> dict[str, Optional[float]]:

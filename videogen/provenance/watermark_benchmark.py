@@ -10,6 +10,9 @@ measure the PSNR against the original frames, save it as an mp4 (`video_io.write
 writers' path) and apply each condition of `CONDITIONS` to the saved file, then `detect`. The
 originals, saved as mp4 the same way (and any `null_videos` given), give the false positive rate
 at the detector's threshold and the fraction of p-values below 0.05 (0.05 when calibrated).
+A set given a `Scorer` (the analyzer's accuracies of generated videos against their prompts) is
+scored twice, its unmarked and its watermarked mp4s read back, to show the watermark changes no
+accuracy.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from videogen.provenance import watermark
 
 # A condition turns the saved mp4 into the frames the detector sees.
 Condition = Callable[[pathlib.Path, pathlib.Path], np.ndarray]
+# A scorer maps a set's videos (in the set's order) to named accuracies in [0, 1] (None: unscored).
+Scorer = Callable[[Sequence[np.ndarray]], Mapping[str, float | None]]
 
 
 def _read(path: pathlib.Path) -> np.ndarray:
@@ -96,9 +101,10 @@ def _bits(payload: bytes) -> np.ndarray:
 
 def _measure_set(videos: Sequence[np.ndarray], null_videos: Sequence[np.ndarray], key: bytes,
                  conditions: Mapping[str, Condition], fps: float, scratch: pathlib.Path,
-                 target_psnr: float) -> dict[str, Any]:
+                 target_psnr: float, scorer: Scorer | None) -> dict[str, Any]:
   started = time.perf_counter()
   psnrs = []
+  saved_marked, saved_unmarked = [], []  # the mp4s read back, for the scorer
   found = {name: {"detected": 0, "bits": 0.0, "payloads": 0} for name in conditions}
   for index, video in enumerate(videos):
     payload = payload_for(index)
@@ -106,18 +112,28 @@ def _measure_set(videos: Sequence[np.ndarray], null_videos: Sequence[np.ndarray]
     psnrs.append(watermark.psnr(video, marked))
     saved = scratch / "saved.mp4"
     video_io.write_video(saved, marked, fps=fps)
+    if scorer is not None:
+      saved_marked.append(_read(saved))
     for name, condition in conditions.items():
       detection = watermark.detect(condition(saved, scratch), key)
       found[name]["detected"] += detection.watermarked
       found[name]["bits"] += float(np.mean(np.asarray(detection.bits) == _bits(payload)))
       found[name]["payloads"] += detection.payload == payload
   p_values = []
-  for video in [*videos, *null_videos]:
+  for index, video in enumerate([*videos, *null_videos]):
     saved = scratch / "unmarked.mp4"
     video_io.write_video(saved, video, fps=fps)
-    p_values.append(watermark.detect(_read(saved), key).p_value)
+    frames = _read(saved)
+    if scorer is not None and index < len(videos):
+      saved_unmarked.append(frames)
+    p_values.append(watermark.detect(frames, key).p_value)
   p_values = np.asarray(p_values)
   count = max(len(videos), 1)
+  accuracies = None
+  if scorer is not None:
+    unmarked, marked = scorer(saved_unmarked), scorer(saved_marked)
+    accuracies = {name: {"unmarked": unmarked[name], "marked": marked.get(name)}
+                  for name in unmarked if unmarked[name] is not None}
   return {
       "videos": len(videos),
       "psnr_min": float(np.min(psnrs)) if psnrs else float("nan"),
@@ -129,6 +145,7 @@ def _measure_set(videos: Sequence[np.ndarray], null_videos: Sequence[np.ndarray]
                             "bit_accuracy": value["bits"] / count,
                             "payload_rate": value["payloads"] / count}
                      for name, value in found.items()},
+      "accuracies": accuracies,
       "seconds": time.perf_counter() - started,
   }
 
@@ -136,7 +153,8 @@ def _measure_set(videos: Sequence[np.ndarray], null_videos: Sequence[np.ndarray]
 def run(videos_by_size: Mapping[str, Sequence[np.ndarray]], key: bytes, *,
         null_videos_by_size: Mapping[str, Sequence[np.ndarray]] | None = None,
         conditions: Mapping[str, Condition] | None = None, fps: float = 8.0,
-        target_psnr: float = watermark.DEFAULT_PSNR) -> dict[str, dict[str, Any]]:
+        target_psnr: float = watermark.DEFAULT_PSNR,
+        scorers_by_size: Mapping[str, Scorer] | None = None) -> dict[str, dict[str, Any]]:
   """Measures the watermark on sets of videos.
 
   Args:
@@ -147,26 +165,38 @@ def run(videos_by_size: Mapping[str, Sequence[np.ndarray]], key: bytes, *,
     conditions: name -> condition; `CONDITIONS` when None.
     fps: frame rate of the saved files.
     target_psnr: passed to `watermark.embed`.
+    scorers_by_size: set name -> its `Scorer` (e.g. the analyzer's accuracies against the
+      videos' prompts); sets without one get "accuracies": None.
 
   Returns:
     set name -> {"videos", "psnr_min", "psnr_mean", "null_videos", "false_positive_rate",
     "null_below_0.05", "conditions": {name: {"detection_rate", "bit_accuracy",
-    "payload_rate"}}, "seconds"}.
+    "payload_rate"}}, "accuracies": {name: {"unmarked", "marked"}} or None, "seconds"}.
   """
   conditions = CONDITIONS if conditions is None else conditions
   null_videos_by_size = null_videos_by_size or {}
+  scorers_by_size = scorers_by_size or {}
   results = {}
   with tempfile.TemporaryDirectory(prefix="watermark-benchmark-") as scratch:
     for name, videos in videos_by_size.items():
       results[name] = _measure_set(videos, null_videos_by_size.get(name, ()), key, conditions,
-                                   fps, pathlib.Path(scratch), target_psnr)
+                                   fps, pathlib.Path(scratch), target_psnr,
+                                   scorers_by_size.get(name))
   return results
+
+
+def largest_accuracy_change(result: Mapping[str, Any]) -> float:
+  """The largest |watermarked - unmarked| accuracy of a set's results, in points (0-100)."""
+  changes = [abs(v["marked"] - v["unmarked"]) for v in (result.get("accuracies") or {}).values()
+             if v["marked"] is not None]
+  return 100.0 * max(changes, default=0.0)
 
 
 def format_table(results: Mapping[str, Mapping[str, Any]]) -> str:
   """The results of `run` as a text table: one column per set, one row per measurement.
 
-  Condition rows read "detection rate / bit accuracy / payload rate".
+  Condition rows read "detection rate / bit accuracy / payload rate"; accuracy rows (sets with
+  a scorer) read "unmarked / watermarked" accuracy, and a last row the largest change in points.
   """
   names = list(results)
   rows = [("videos (watermarked / null)",
@@ -182,6 +212,22 @@ def format_table(results: Mapping[str, Mapping[str, Any]]) -> str:
     rows.append((f"{condition}: detect / bits / payload", [
         "{detection_rate:.3f} / {bit_accuracy:.3f} / {payload_rate:.3f}".format(
             **r["conditions"][condition]) for r in results.values()]))
+  accuracy_names = list(dict.fromkeys(
+      name for r in results.values() for name in (r.get("accuracies") or {})))
+
+  def accuracy_cell(result: Mapping[str, Any], name: str) -> str:
+    value = (result.get("accuracies") or {}).get(name)
+    if value is None or value["marked"] is None:
+      return "-"
+    return f"{value['unmarked']:.3f} / {value['marked']:.3f}"
+
+  for name in accuracy_names:
+    rows.append((f"analyzer {name} (unmarked / marked)",
+                 [accuracy_cell(r, name) for r in results.values()]))
+  if accuracy_names:
+    rows.append(("analyzer: largest change (points)",
+                 [f"{largest_accuracy_change(r):.1f}" if r.get("accuracies") else "-"
+                  for r in results.values()]))
   rows.append(("seconds", [f"{r['seconds']:.0f}" for r in results.values()]))
   label_width = max(len(label) for label, _ in rows)
   widths = [max(len(name), *(len(cells[i]) for _, cells in rows)) for i, name in enumerate(names)]
