@@ -47,6 +47,21 @@ def _schedule_ignores_num_steps(train_config: Any) -> bool:
       train_config.get("schedule") == "constant" or train_config.get("decay_steps") is not None)
 
 
+def _another_stages_new_settings(saved: dict[str, Any], parts: list[str]) -> bool:
+  """True for a key of a stage's own settings (config.train.<stage>, config.<stage>_stage) that
+  the saved config holds none of, for a stage it did not train: settings added to the experiment
+  file since (e.g. a distill stage after the dit stage trained) cannot change what it computed."""
+  if len(parts) > 2 and parts[1] == "train":
+    stage = parts[2]
+    held = stage in saved.get("train", {})
+  elif parts[1].endswith("_stage"):
+    stage = parts[1][:-len("_stage")]
+    held = parts[1] in saved
+  else:
+    return False
+  return not held and stage not in saved.get("stages", ())
+
+
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
   """"config.key: old -> new" for each difference that matters for resuming.
 
@@ -64,6 +79,8 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
       stage = parts[2]
       if all(_schedule_ignores_num_steps(c.get("train", {}).get(stage)) for c in (saved, current)):
         continue
+    if _another_stages_new_settings(saved, parts):
+      continue
     if old.get(key, "<absent>") != new.get(key, "<absent>"):
       differences.append(f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}")
   return differences
