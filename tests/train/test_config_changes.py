@@ -72,3 +72,14 @@ def test_settings_of_a_stage_added_since_do_not_block_the_stages_trained_before(
   # A stage the saved run trained keeps every one of its settings.
   assert config_changes.config_differences(
       before, {**_shapes_snapshot(distill=True), "dit_stage": {}}) != []
+
+
+def test_a_field_added_since_at_its_default_is_no_difference():
+  """A checkpoint saved before DiTConfig.step_size_embedding existed computed what False does."""
+  before = _shapes_snapshot(distill=False)
+  del before["dit"]["step_size_embedding"]
+  assert config_changes.config_differences(before, _shapes_snapshot(distill=True)) == []
+  student = _shapes_snapshot(distill=True)
+  student["dit"]["step_size_embedding"] = True
+  assert config_changes.config_differences(before, student) == [
+      "config.dit.step_size_embedding: False -> True"]

@@ -16,6 +16,7 @@ from typing import Any
 
 from videogen import config as config_lib
 from videogen import experiment as experiment_lib
+from videogen import workdir as workdir_lib
 
 # Config keys that may change between a run and its resumption: bookkeeping that does not change
 # what is computed, the mesh and the sampler settings. A name matches a top-level section or a
@@ -47,6 +48,17 @@ def _schedule_ignores_num_steps(train_config: Any) -> bool:
       train_config.get("schedule") == "constant" or train_config.get("decay_steps") is not None)
 
 
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+  """The saved JSON re-validated as a checkpoint's experiment is read back
+  (`workdir.experiment_from_json`): a field added to a section since holds the value the run
+  was trained with (its default, or the upgrade's), so it is no difference. Unchanged when it no
+  longer validates (its differences then show as they are)."""
+  try:
+    return json.loads(json.dumps(experiment_json(workdir_lib.experiment_from_json(saved))))
+  except (ValueError, TypeError, KeyError):
+    return saved
+
+
 def _another_stages_new_settings(saved: dict[str, Any], parts: list[str]) -> bool:
   """True for a key of a stage's own settings (config.train.<stage>, config.<stage>_stage) that
   the saved config holds none of, for a stage it did not train: settings added to the experiment
@@ -69,7 +81,7 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
   when its schedule does not depend on it (constant, or an explicit decay_steps).
   """
   current = json.loads(json.dumps(current))
-  old, new = _flatten(saved), _flatten(current)
+  old, new = _flatten(_with_defaults(saved)), _flatten(current)
   differences = []
   for key in sorted(set(old) | set(new)):
     parts = key.split(".")
