@@ -69,8 +69,8 @@ flags.DEFINE_integer("frames", None, "generate: frames to make: the video's leng
                      "training clip's length.")
 flags.DEFINE_integer("height", None, "generate: frame height (default: the input's or training's).")
 flags.DEFINE_integer("width", None, "generate: frame width (default: the input's or training's).")
-flags.DEFINE_integer("steps", None, "generate, evaluate --what=generation: sampling steps "
-                     "(default: config.sample); at most the distilled student's steps (a "
+flags.DEFINE_integer("steps", None, "generate, and evaluate's generation suite: sampling "
+                     "steps (default: config.sample); at most the distilled student's steps (a "
                      "workdir whose distill stage trained) samples with the student.")
 flags.DEFINE_float("guidance", None, "generate: classifier-free guidance scale.")
 flags.DEFINE_string("sampler", None, "generate: 'euler' or 'heun'.")
