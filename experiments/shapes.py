@@ -14,6 +14,12 @@ The stages one at a time (each resumes from its checkpoints; a finished stage is
     python -m videogen.main generate --workdir=runs/tiny --prompt='a red circle moving right' \
         --out=runs/tiny/red_circle.mp4
 
+A few-step student (1, 2 or 4 steps, guidance folded in; docs/few_step.md), after the dit stage:
+
+    python -m videogen.main train --config=experiments/shapes.py:tiny --workdir=runs/tiny \
+        --config.stages=distill
+    python -m videogen.main generate --workdir=runs/tiny --prompt='a red circle' --steps=2
+
 Both variants train the diffusion stage from a latent cache (the data encoded once by the frozen
 autoencoder, into WORKDIR/latent_cache, instead of on every step). The dit stage builds it when it
 is missing; to build it ahead, or to encode on every step instead:
@@ -57,6 +63,7 @@ from videogen.models.text_encoder import TextEncoderConfig
 from videogen.parallel.mesh import MeshConfig
 from videogen.train.config import AutoencoderLossConfig
 from videogen.train.config import DiTStageConfig
+from videogen.train.config import DistillStageConfig
 from videogen.train.config import TrainConfig
 
 VARIANTS = ("tiny", "small")
@@ -90,6 +97,11 @@ def _tiny(config: ml_collections.ConfigDict) -> DiTStageConfig:
   config.train.dit = to_config_dict(TrainConfig(
       num_steps=3000, learning_rate=1e-3, warmup_steps=50, ema_decay=0.98, log_every=50,
       checkpoint_every=1500, keep_checkpoints=1, eval_every=3000))
+  # A few CPU minutes on top of the dit stage (docs/few_step.md); not in config.stages by default.
+  config.train.distill = to_config_dict(TrainConfig(
+      num_steps=500, learning_rate=2e-4, warmup_steps=50, ema_decay=0.98, log_every=25,
+      checkpoint_every=250, keep_checkpoints=1))
+  config.distill_stage = to_config_dict(DistillStageConfig(trajectories=384, batch_size=16))
   # The tiny encoder costs as much as a transformer step: encode 1000 steps once, read them thrice.
   return DiTStageConfig(latents="cache", cache_steps=1000)
 
@@ -114,6 +126,10 @@ def _small(config: ml_collections.ConfigDict) -> DiTStageConfig:
   config.train.dit = to_config_dict(TrainConfig(
       num_steps=200_000, learning_rate=3e-4, warmup_steps=2000, ema_decay=0.9999,
       checkpoint_every=2000, eval_every=5000))
+  config.train.distill = to_config_dict(TrainConfig(
+      num_steps=20_000, learning_rate=5e-5, warmup_steps=500, ema_decay=0.999,
+      checkpoint_every=2000))
+  config.distill_stage = to_config_dict(DistillStageConfig(trajectories=8192, batch_size=32))
   # The standard encoder costs ~60x the transformer's forward pass: encode 20k steps once (12 GB).
   return DiTStageConfig(latents="cache", cache_steps=20_000, cache_dtype="float16")
 

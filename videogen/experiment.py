@@ -59,6 +59,7 @@ class Experiment:
   text_encoder: text_encoder_lib.TextEncoderConfig = text_encoder_lib.TextEncoderConfig()
   dit: dit_lib.DiTConfig = dit_lib.DiTConfig()
   dit_stage: train_config_lib.DiTStageConfig = train_config_lib.DiTStageConfig()
+  distill_stage: train_config_lib.DistillStageConfig = train_config_lib.DistillStageConfig()
   diffusion: flow_lib.FlowConfig = flow_lib.FlowConfig()
   sample: samplers_lib.SamplerConfig = samplers_lib.SamplerConfig()
   eval_generation: suite_lib.GenerationEvalConfig = suite_lib.GenerationEvalConfig()

@@ -70,7 +70,9 @@ flags.DEFINE_integer("frames", None, "generate: frames to make: the video's leng
                      "default 480).")
 flags.DEFINE_integer("height", None, "generate: frame height (default: the input's or training's).")
 flags.DEFINE_integer("width", None, "generate: frame width (default: the input's or training's).")
-flags.DEFINE_integer("steps", None, "generate: sampling steps (default: config.sample).")
+flags.DEFINE_integer("steps", None, "generate, and evaluate's generation suite: sampling "
+                     "steps (default: config.sample); at most the distilled student's steps (a "
+                     "workdir whose distill stage trained) samples with the student.")
 flags.DEFINE_float("guidance", None, "generate: classifier-free guidance scale.")
 flags.DEFINE_string("sampler", None, "generate: 'euler' or 'heun'.")
 flags.DEFINE_integer("seed", None, "generate: noise seed (the same seed gives the same video).")
@@ -149,7 +151,7 @@ COMMANDS: dict[str, cli.Command] = {
     "generate": cli.Command("videogen.generate.command:command", False, _GENERATE_FLAGS,
                             {"out": _GENERATE_OUT_HELP}),
     "evaluate": cli.Command("videogen.evaluate.command:evaluate", False,
-                            ("what", "out", "scenes_per_group", *_STAMP_FLAGS,
+                            ("what", "out", "scenes_per_group", "steps", *_STAMP_FLAGS,
                              "checkpoint_steps", "every", "compare", "frames"),
                             {"what": _EVALUATE_WHAT_HELP, "out": _EVALUATE_OUT_HELP}),
     "summary": cli.Command("videogen.evaluate.summary:summary", True),

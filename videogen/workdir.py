@@ -7,6 +7,8 @@
       tokenizer.words.json          the words of the captions it was trained on (the prompt
                                     words the model can know)
       latent_cache/                 latents of the frozen autoencoder (config.dit_stage.cache_dir)
+      distill_cache/                the teacher's trajectories the distill stage's student learns
+                                    (config.distill_stage.cache_dir)
       metrics.jsonl, tensorboard/, curves/, samples/, gallery/
 
 Every module that needs one of these paths, the newest step of a stage, the experiment a
@@ -42,10 +44,13 @@ TOKENIZER_FILE = "tokenizer.model"
 # Beside the tokenizer: {"words": [...]}, every word of its training captions.
 TOKENIZER_WORDS_SUFFIX = ".words.json"
 LATENT_CACHE_DIR = "latent_cache"
+DISTILL_CACHE_DIR = "distill_cache"
 # The stages whose checkpoints other parts of the code read: the autoencoder (frozen under the
 # diffusion stage, encoding its latent cache) and the diffusion stage (the sampling model).
 AUTOENCODER_STAGE = "autoencoder"
 DIT_STAGE = "dit"
+# The few-step student distilled from the dit stage's transformer (videogen.train.distill_stage).
+DISTILL_STAGE = "distill"
 
 
 def train_command(workdir: str) -> str:
@@ -148,6 +153,12 @@ def read_tokenizer_words(workdir: str, experiment: experiment_lib.Experiment | N
 def latent_cache_dir(workdir: str, experiment: experiment_lib.Experiment) -> str:
   """The latent cache: config.dit_stage.cache_dir if set, else WORKDIR/latent_cache."""
   return experiment.dit_stage.cache_dir or os.path.join(workdir, LATENT_CACHE_DIR)
+
+
+def distill_cache_dir(workdir: str, experiment: experiment_lib.Experiment) -> str:
+  """The distill stage's trajectories: config.distill_stage.cache_dir, else
+  WORKDIR/distill_cache."""
+  return experiment.distill_stage.cache_dir or os.path.join(workdir, DISTILL_CACHE_DIR)
 
 
 def latest_step(workdir: str, stage: str) -> int | None:

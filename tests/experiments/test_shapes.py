@@ -30,10 +30,11 @@ def shapes():
 def test_variant_validates_and_its_parts_fit(shapes, variant):
   experiment = experiment_lib.validate(shapes.get_config(variant))
   assert experiment.stages == ("autoencoder", "dit")
-  assert set(experiment.train) == {"autoencoder", "dit"}
-  assert experiment.has("dit_stage")
-  # Both stages accept the config (each checks its own agreement with the others).
-  for name in experiment.stages:
+  # The distill stage is configured but runs only when asked (--config.stages=distill).
+  assert set(experiment.train) == {"autoencoder", "dit", "distill"}
+  assert experiment.has("dit_stage") and experiment.has("distill_stage")
+  # Every stage accepts the config (each checks its own agreement with the others).
+  for name in experiment.train:
     stages_lib.make_stage(name, experiment)
   autoencoder = experiment.autoencoder
   dit = experiment.dit

@@ -309,3 +309,43 @@ def test_named_scopes_label_blocks_attention_and_mlp_for_profiles():
   for scope in ("patch_embed", "conditioning", "dit_block/self_attention",
                 "dit_block/cross_attention", "dit_block/mlp", "final_layer"):
     assert any(stack.startswith(scope) for stack in stacks), (scope, sorted(stacks))
+
+
+def test_a_fresh_step_size_embedding_leaves_the_teacher_unchanged(tiny):
+  """The student (`step_size_embedding`) built from the same key holds the teacher's parameters
+  plus a step embedding whose zero output layer changes nothing, whatever the step size; once
+  that layer is nonzero, the step size matters."""
+  _, teacher_state, perturbed, forward = tiny
+  student = _build(dataclasses.replace(CONFIG, step_size_embedding=True))
+  student_graph, student_state = nnx.split(student)
+  student_state = nnx.merge_state(student_state, perturbed)  # the teacher's trained weights
+  paths = lambda state: {path for path, _ in nnx.to_flat_state(state)}
+  assert paths(student_state) - paths(teacher_state) == {
+          ("step_embed", "linear_in", "kernel"), ("step_embed", "linear_in", "bias"),
+          ("step_embed", "linear_out", "kernel"), ("step_embed", "linear_out", "bias")}
+
+  @jax.jit
+  def student_forward(state, step_sizes, **inputs):
+    return nnx.merge(student_graph, state)(**{k: inputs[k] for k in (
+        "latents", "timesteps", "context", "context_mask", "pooled")}, step_sizes=step_sizes)
+
+  teacher = _run(tiny)
+  inputs = _inputs()
+  for sizes in ([1.0, 0.25], [0.5, 0.05]):
+    np.testing.assert_array_equal(
+        np.asarray(student_forward(student_state, jnp.asarray(sizes), **inputs)), teacher)
+  nudged = _perturbed(student_state)  # every parameter moves, the step embedding's output too
+  small, large = (np.asarray(student_forward(nudged, jnp.asarray(sizes), **inputs))
+                  for sizes in ([0.05, 0.05], [1.0, 1.0]))
+  assert np.abs(small - large).max() > 1e-4
+
+
+def test_step_sizes_are_required_by_a_student_and_refused_by_a_teacher():
+  student = _build(dataclasses.replace(CONFIG, step_size_embedding=True, depth=1))
+  teacher = _build(dataclasses.replace(CONFIG, depth=1))
+  inputs = _inputs()
+  args = [inputs[k] for k in ("latents", "timesteps", "context", "context_mask", "pooled")]
+  with pytest.raises(ValueError, match="needs step_sizes of shape"):
+    student(*args)
+  with pytest.raises(ValueError, match="only a distilled student"):
+    teacher(*args, step_sizes=jnp.ones((BATCH,)))

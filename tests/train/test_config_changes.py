@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from experiments import shapes
 from videogen import experiment as experiment_lib
 from videogen.train import config_changes
 
@@ -45,3 +46,40 @@ def test_what_is_computed_may_not_change_but_the_profile_window_may():
   # A checkpoint saved before the field existed resumes under today's config.
   del cosine["train"]["standin"]["profile_steps"]
   assert config_changes.config_differences(cosine, _snapshot()) == []
+
+
+def _shapes_snapshot(distill: bool, **distill_stage):
+  """The JSON of experiments/shapes.py:tiny; without `distill`, as a file written before the
+  distill stage existed saved it (no config.train.distill, no config.distill_stage)."""
+  config = shapes.get_config("tiny")
+  if distill:
+    config.distill_stage.update(distill_stage)
+  else:
+    del config.train["distill"]
+    del config["distill_stage"]
+  return json.loads(json.dumps(config_changes.experiment_json(experiment_lib.validate(config))))
+
+
+def test_settings_of_a_stage_added_since_do_not_block_the_stages_trained_before():
+  before = _shapes_snapshot(distill=False)
+  assert config_changes.config_differences(before, _shapes_snapshot(distill=True)) == []
+  # The distill stage's own checkpoints (stages hold "distill") still see their changes.
+  distilled = _shapes_snapshot(distill=True)
+  distilled["stages"] = ["distill"]
+  assert config_changes.config_differences(
+      distilled, {**_shapes_snapshot(distill=True, trajectories=64), "stages": ["distill"]}) == [
+          "config.distill_stage.trajectories: 384 -> 64"]
+  # A stage the saved run trained keeps every one of its settings.
+  assert config_changes.config_differences(
+      before, {**_shapes_snapshot(distill=True), "dit_stage": {}}) != []
+
+
+def test_a_field_added_since_at_its_default_is_no_difference():
+  """A checkpoint saved before DiTConfig.step_size_embedding existed computed what False does."""
+  before = _shapes_snapshot(distill=False)
+  del before["dit"]["step_size_embedding"]
+  assert config_changes.config_differences(before, _shapes_snapshot(distill=True)) == []
+  student = _shapes_snapshot(distill=True)
+  student["dit"]["step_size_embedding"] = True
+  assert config_changes.config_differences(before, student) == [
+      "config.dit.step_size_embedding: False -> True"]

@@ -6,6 +6,7 @@ import pytest
 
 from videogen import experiment as experiment_lib
 from videogen.train import autoencoder_stage
+from videogen.train import distill_stage
 from videogen.train import dit_stage
 from videogen.train import stages as stages_lib
 
@@ -15,7 +16,8 @@ from tests.standin import stage as standin_stage
 
 def test_the_built_in_stages_are_the_package_classes():
   assert stages_lib.BUILTIN == {"autoencoder": autoencoder_stage.AutoencoderStage,
-                                "dit": dit_stage.DiTStage}
+                                "dit": dit_stage.DiTStage,
+                                "distill": distill_stage.DistillStage}
 
 
 def test_a_registered_stage_is_built_from_the_experiment():

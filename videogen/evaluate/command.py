@@ -17,6 +17,9 @@ OUT/eval_<what>.json, OUT being --out (default: the workdir); the generation sui
 OUT/eval_generation/. `--scenes_per_group=N` sizes the generation suite (N scenes of training
 combinations and N of held-out ones, each prompted with its brief and its descriptive caption: 4N
 text-to-video prompts), replacing the experiment's `config.eval_generation.scenes_per_group`.
+`--steps=N` samples with N steps instead of `config.sample.num_steps`: the workdir's distilled
+student when it has one and N is at most its steps, else the teacher's sampler; the report
+records `steps` and `student`.
 The suite's videos are scored, then watermarked and signed as they are saved
 (`videogen.provenance.writer`; `--watermark=false`, `--key=FILE`, `--manifest_prompt=false` as for
 `generate`): the metrics are those of the generator's own frames. Without --config, the experiment
@@ -113,8 +116,8 @@ def _save_videos_callback(directory: str, fps: float, entries: list[gallery.Gall
 def run_generation(experiment: experiment_lib.Experiment | None, workdir: str, *,
                    config: suite_lib.GenerationEvalConfig | None = None,
                    progress: bool = True, out: str | None = None, watermark: bool = True,
-                   key_file: str | None = None,
-                   include_prompt: bool = True) -> generation.GenerationReport:
+                   key_file: str | None = None, include_prompt: bool = True,
+                   steps: int | None = None) -> generation.GenerationReport:
   """Loads the workdir's generator, runs the suite, writes OUT/eval_generation.json (the
   metrics) and OUT/eval_generation_videos.json (one row per video).
 
@@ -127,12 +130,16 @@ def run_generation(experiment: experiment_lib.Experiment | None, workdir: str, *
     out: the folder of the reports and videos; None: the workdir.
     watermark, key_file, include_prompt: how the saved videos are stamped
       (`writer.Stamp.for_workdir`; with `config.save_videos`).
+    steps: sampler steps (None: the experiment's `config.sample.num_steps`).
   """
   out = workdir if out is None else out
   if experiment is None:
     experiment = workdir_lib.saved_experiment(workdir, workdir_lib.DIT_STAGE)
   if config is None:
     config = experiment.eval_generation
+  if steps is not None:
+    experiment = dataclasses.replace(
+        experiment, sample=dataclasses.replace(experiment.sample, num_steps=steps))
   generator = pipeline.load(workdir, experiment, progress=False)
   suite = suite_lib.build_suite(config, world_config=experiment.data.world,
                                 default_shape=tuple(generator.default_shape))
@@ -149,6 +156,8 @@ def run_generation(experiment: experiment_lib.Experiment | None, workdir: str, *
                                           progress=progress, on_video=on_video)
   if entries:
     gallery.write_index(videos_dir, entries, title=f"videogen generation suite: {workdir}")
+  report.metrics["steps"] = generator.sample_config.num_steps
+  report.metrics["student"] = generator.uses_student(generator.sample_config.num_steps)
   write_report(out, GENERATION_FILE, report.metrics)
   write_report(out, GENERATION_VIDEOS_FILE, report.rows)
   return report
@@ -236,11 +245,12 @@ def report_command(what: str, workdir: str | None, run: Callable[[str], Any],
 def generation_command(experiment: experiment_lib.Experiment | None, workdir: str | None, *,
                        out: str | None = None, scenes_per_group: int | None = None,
                        watermark: bool = True, manifest_prompt: bool = True,
-                       key: str | None = None) -> int:
+                       key: str | None = None, steps: int | None = None) -> int:
   """`evaluate --what=generation`: prints the table, then the metrics JSON as the last line.
 
   Args:
     scenes_per_group: the suite's size; None: the experiment's `eval_generation`.
+    steps: sampler steps; None: the experiment's `config.sample.num_steps`.
     watermark, manifest_prompt, key: how the saved videos are stamped (`run_generation`).
   """
 
@@ -251,7 +261,7 @@ def generation_command(experiment: experiment_lib.Experiment | None, workdir: st
       known = known or workdir_lib.saved_experiment(workdir, workdir_lib.DIT_STAGE)
       config = dataclasses.replace(known.eval_generation, scenes_per_group=scenes_per_group)
     return run_generation(known, workdir, config=config, out=out, watermark=watermark,
-                          key_file=key, include_prompt=manifest_prompt)
+                          key_file=key, include_prompt=manifest_prompt, steps=steps)
 
   return report_command("generation", workdir, run, generation.format_table,
                         lambda report: report.metrics)
@@ -336,7 +346,7 @@ class Evaluation:
 EVALUATIONS: dict[str, Evaluation] = {
     "generation": Evaluation(
         generation_command, "prompt following, physics, seams and speed of generated videos",
-        options=("scenes_per_group", "watermark", "manifest_prompt", "key")),
+        options=("scenes_per_group", "watermark", "manifest_prompt", "key", "steps")),
     "autoencoder": Evaluation(
         functools.partial(stage_command, "autoencoder"),
         "the autoencoder stage's own evaluation (reconstruction PSNR / SSIM)"),
@@ -364,7 +374,8 @@ def evaluate(experiment: experiment_lib.Experiment | None, workdir: str | None, 
              scenes_per_group: int | None = None, watermark: bool = True,
              manifest_prompt: bool = True, key: str | None = None,
              checkpoint_steps: Sequence[str] | None = None, every: int | None = None,
-             compare: Sequence[str] | None = None, frames: int | None = None) -> int:
+             compare: Sequence[str] | None = None, frames: int | None = None,
+             steps: int | None = None) -> int:
   """`python -m videogen.main evaluate --workdir=DIR --what=...`: runs one evaluation.
 
   Args:
@@ -379,6 +390,7 @@ def evaluate(experiment: experiment_lib.Experiment | None, workdir: str | None, 
     checkpoint_steps, every, compare: which checkpoints, and which other runs to compare with
       (--what=learning_curve only; `videogen.evaluate.learning_curve.command`).
     frames: the long clips' length (--what=long_video only); None: 480.
+    steps: sampler steps (--what=generation only); None: the experiment's.
   """
   what = DEFAULT_EVALUATION if what is None else what
   if what not in EVALUATIONS:
@@ -390,7 +402,7 @@ def evaluate(experiment: experiment_lib.Experiment | None, workdir: str | None, 
   given = {"scenes_per_group": scenes_per_group, "watermark": None if watermark else False,
            "manifest_prompt": None if manifest_prompt else False, "key": key,
            "checkpoint_steps": checkpoint_steps or None, "every": every,
-           "compare": compare or None, "frames": frames}
+           "compare": compare or None, "frames": frames, "steps": steps}
   options = {name: value for name, value in given.items() if value is not None}
   for name in options:
     if name not in evaluation.options:
@@ -401,5 +413,8 @@ def evaluate(experiment: experiment_lib.Experiment | None, workdir: str | None, 
   if scenes_per_group is not None and scenes_per_group < 1:
     print(f"error: --scenes_per_group={scenes_per_group}: give at least 1 (N scenes of each "
           f"group give 4N prompts)", file=sys.stderr)
+    return 2
+  if steps is not None and steps < 1:
+    print(f"error: --steps={steps}: give at least 1 sampler step", file=sys.stderr)
     return 2
   return evaluation.command(experiment, workdir, out=out, **options)

@@ -72,6 +72,7 @@ from videogen import experiment as experiment_lib
 from videogen import pixels
 from videogen import workdir as workdir_lib
 from videogen.diffusion import conditioning as conditioning_lib
+from videogen.diffusion import distillation
 from videogen.diffusion import flow
 from videogen.diffusion import samplers
 from videogen.generate import windows as windows_lib
@@ -143,8 +144,11 @@ def _apply_dit(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, t: jax.Ar
   """The velocity [B, t, h, w, C] at latents x [B, t, h, w, C] and timesteps t [B, t]."""
   model = nnx.merge(graphdef, state)
   pooled = cond["pooled"] if model.config.pooled_dim is not None else None
+  # A distilled student's conditioning also carries the step's size (distillation.STEP_SIZE).
+  extra = ({"step_sizes": cond[distillation.STEP_SIZE]} if distillation.STEP_SIZE in cond
+           else {})
   with _constraints(sharding):
-    return model(x, t, cond["context"], cond["context_mask"], pooled)
+    return model(x, t, cond["context"], cond["context_mask"], pooled, **extra)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3), static_argnames="sharding")
@@ -204,7 +208,8 @@ class Generator:
                default_shape: tuple[int, int, int] = (9, 32, 32), fps: float = DEFAULT_FPS,
                chunk_latent_frames: int = 4, progress: bool = True,
                context_noise: float = 0.0, context_clean_below: float = 0.0,
-               sharding: tuple[jax.sharding.Mesh, sharding_lib.Rules] | None = None):
+               sharding: tuple[jax.sharding.Mesh, sharding_lib.Rules] | None = None,
+               student: nnx.Module | None = None, student_steps: int = 0):
     """Builds the generator (nothing is compiled until the first request).
 
     Args:
@@ -233,6 +238,10 @@ class Generator:
       sharding: (mesh, logical-axis rules) the modules' parameters live on: the kernels are
         traced with the models' activation constraints (`sharding.activation_sharding`). None:
         no constraints (XLA propagates the parameters' shardings alone).
+      student: a distilled few-step transformer (`DiTConfig.step_size_embedding`, from the
+        distill stage), used instead of `dit` and its sampler for requests of at most
+        `student_steps` steps: one pass per step, guidance folded in. None: always the teacher.
+      student_steps: the most steps the student samples with (its finest schedule).
     """
     # Hashable, so that it is part of the kernels' compilation key: a kernel traced for one mesh
     # (or none) is never reused for another.
@@ -275,6 +284,10 @@ class Generator:
     self._ae_graph, self._ae_state = nnx.split(autoencoder)
     self._text_graph, self._text_state = nnx.split(text_encoder)
     self._dit_graph, self._dit_state = nnx.split(dit)
+    self.student = student
+    self.student_steps = student_steps if student is not None else 0
+    if student is not None:
+      self._student_graph, self._student_state = nnx.split(student)
 
   def with_windows(self, *, window_frames: int | None = None, overlap: int | None = None,
                    context_noise: float | None = None,
@@ -427,6 +440,16 @@ class Generator:
     for a conditioning pytree from `encode_prompt` (no guidance)."""
     return _apply_dit(self._dit_graph, self._dit_state, x, t, cond, sharding=self._sharding)
 
+  def student_velocity(self, x: jax.Array, t: jax.Array, cond: dict[str, jax.Array]) -> jax.Array:
+    """The student's velocity (jitted); cond also holds the step size [B]
+    (`distillation.STEP_SIZE`)."""
+    return _apply_dit(self._student_graph, self._student_state, x, t, cond,
+                      sharding=self._sharding)
+
+  def uses_student(self, steps: int) -> bool:
+    """Whether a request of `steps` sampler steps runs the distilled student."""
+    return self.student is not None and steps <= self.student_steps
+
   def generate(self, prompt: str, *, frames: int | None = None, height: int | None = None,
                width: int | None = None, before: np.ndarray | None = None,
                after: np.ndarray | None = None, edit_source: np.ndarray | None = None,
@@ -502,7 +525,14 @@ class Generator:
                                        pad_last=edit_source is None)
     suffix_given = None if after is None else self.suffix_latents(after, suffix)
     cond = self.encode_prompt(prompt)
-    negative = None if config.guidance_scale == 1.0 else self.encode_prompt(config.negative_prompt)
+    student = self.uses_student(config.num_steps)
+    if student:
+      # Guidance was folded in at distillation: say so rather than drop the settings silently.
+      logging.info("using the distilled student (%d steps); its guidance is the one distilled "
+                   "in, so guidance_scale %g and the negative prompt are not used",
+                   config.num_steps, config.guidance_scale)
+    negative = None if config.guidance_scale == 1.0 or student else self.encode_prompt(
+        config.negative_prompt)
     key = jax.random.fold_in(jax.random.key(config.seed), stream)
 
     # The output is filled in place; `tail` keeps the frames the next window's context needs.
@@ -536,16 +566,23 @@ class Generator:
         start, start_time = samplers.edit_start(placed, noise, strength), strength
       shift = samplers.sampling_shift(config, self.flow_config,
                                       self.num_tokens(window.total, height, width))
-      velocity = self.velocity
-      if cond_latents is not None and context_noise > 0:
-        velocity = self._noisy_context_velocity(
-            cond_latents, samplers.initial_noise(jax.random.fold_in(window_key, 1), latent_shape),
-            mask, context_noise)
-      latents = samplers.sample(
-          velocity, start, config=config, shift=shift, conditioning=cond,
-          negative_conditioning=negative, cond_latents=cond_latents,
-          cond_mask=None if cond_latents is None else mask, start_time=start_time,
-          progress=self.progress and not several, jit=False)
+      if student:
+        latents = distillation.sample_student(
+            self.student_velocity, start, num_steps=config.num_steps, shift=shift,
+            conditioning=cond, cond_latents=cond_latents,
+            cond_mask=None if cond_latents is None else mask, start_time=start_time)
+      else:
+        velocity = self.velocity
+        if cond_latents is not None and context_noise > 0:
+          velocity = self._noisy_context_velocity(
+              cond_latents,
+              samplers.initial_noise(jax.random.fold_in(window_key, 1), latent_shape),
+              mask, context_noise)
+        latents = samplers.sample(
+            velocity, start, config=config, shift=shift, conditioning=cond,
+            negative_conditioning=negative, cond_latents=cond_latents,
+            cond_mask=None if cond_latents is None else mask, start_time=start_time,
+            progress=self.progress and not several, jit=False)
       decoded = self.decode(latents, progress=not several)
       first = 0 if not window.context else 1 + factor * (window.context - 1)
       new_frames = decoded[first:first + window.new_pixel_frames(factor)]
@@ -620,12 +657,35 @@ def load(workdir: str, experiment: experiment_lib.Experiment | None = None, *,
                                        experiment=experiment, mesh=mesh, step=step)
 
   kwargs = dict(experiment_defaults(experiment))
+  kwargs.update(load_student(workdir, experiment, mesh))
   kwargs.update(generator_kwargs)
   return Generator(autoencoder=model.autoencoder, text_encoder=model.text_encoder,
                    dit=model.dit, tokenizer=tokenizer,
                    flow_config=experiment.diffusion,
                    sample_config=experiment.sample,
                    sharding=(mesh, experiment.mesh.rules), **kwargs)
+
+
+def load_student(workdir: str, experiment: experiment_lib.Experiment,
+                 mesh: jax.sharding.Mesh) -> dict[str, Any]:
+  """{"student": the distill stage's transformer (EMA), "student_steps": K} when the workdir
+  has a distill checkpoint (`videogen.train.distill_stage`), else {}.
+
+  The student samples with the teacher's autoencoder and text encoder (the distill stage keeps
+  them frozen), so only its transformer is kept.
+  """
+  if workdir_lib.latest_step(workdir, workdir_lib.DISTILL_STAGE) is None:
+    return {}
+  saved = workdir_lib.saved_experiment(workdir, workdir_lib.DISTILL_STAGE)
+  student_config = dataclasses.replace(saved.dit, step_size_embedding=True)
+  graphdef, params, frozen = text_to_video.abstract_model(
+      experiment.autoencoder, experiment.text_encoder, student_config,
+      trained=text_to_video.student_trainable())
+  model, step = workdir_lib.restore_model(workdir, workdir_lib.DISTILL_STAGE, graphdef, params,
+                                          frozen, experiment=experiment, mesh=mesh)
+  logging.info("the workdir has a distilled student (step %d): --steps <= %d use it", step,
+               saved.distill_stage.max_steps)
+  return {"student": model.dit, "student_steps": saved.distill_stage.max_steps}
 
 
 def experiment_defaults(experiment: experiment_lib.Experiment) -> dict[str, Any]:

@@ -12,6 +12,8 @@ A final adaLN layer and a linear map bring the tokens back to patches -> [B, t, 
 Timesteps are per latent frame ([B] or [B, t], in [0, 1]): frames given as clean conditioning carry
 timestep 0 while the others are noisy, so every block modulates each frame's tokens with that
 frame's own shift, scale and gate. A pooled text embedding is added to the timestep embedding.
+A distilled few-step student (`step_size_embedding`) also takes the size d of the step it is
+asked to make and adds an embedding of d, zero at initialisation, to the timestep embedding.
 The DiT paper's class-conditional image models, which `summary` measures but nothing here trains,
 are the special case of one frame, no cross-attention, sin-cos positions, learned sigma and the
 label embedding added unprojected (`DiTConfig.paper("XL", 2)`).
@@ -66,6 +68,9 @@ class DiTConfig:
       for deep models); False keeps a Python list of blocks.
     scan_unroll: blocks per scan iteration (depth unrolls completely).
     remat: rematerialisation policy of a block, see `layers.REMAT_POLICIES`.
+    step_size_embedding: take the step size d of a few-step sampler (`step_sizes`) and add its
+      embedding to the timestep embedding (the distill stage's student). Its output layer starts
+      at zero, so a fresh student computes exactly what the transformer it starts from does.
   """
   width: int = 128
   depth: int = 4
@@ -90,6 +95,7 @@ class DiTConfig:
   scan_layers: bool = True
   scan_unroll: int = 1
   remat: layers.RematPolicy = "none"
+  step_size_embedding: bool = False
 
   def __post_init__(self):
     if self.width % self.num_heads or (self.width // self.num_heads) % 2:
@@ -254,11 +260,16 @@ class DiT(nnx.Module):
     else:
       self.blocks = nnx.List([DiTBlock(config, rngs=rngs) for _ in range(config.depth)])
     self.final_layer = FinalLayer(config, rngs=rngs)
+    # Built last, so that the other parameters draw the same initial values with or without it.
+    self.step_embed = _StepSizeEmbedding(
+        config.width, frequency_dim=config.frequency_dim, time_scale=config.time_scale,
+        param_dtype=param_dtype, rngs=rngs) if config.step_size_embedding else None
 
   def __call__(self, latents: jax.Array, timesteps: jax.Array,
                context: jax.Array | None = None, context_mask: jax.Array | None = None,
                pooled: jax.Array | None = None, *, token_mask: jax.Array | None = None,
-               segment_ids: jax.Array | None = None) -> jax.Array:
+               segment_ids: jax.Array | None = None,
+               step_sizes: jax.Array | None = None) -> jax.Array:
     """Predicts the flow velocity.
 
     Args:
@@ -271,6 +282,8 @@ class DiT(nnx.Module):
       token_mask: bool [B, N] over the N video tokens, False at padding (they are not attended
         to).
       segment_ids: int [B, N]; tokens attend only within their own segment (packing).
+      step_sizes: [B], the size t - s > 0 of the step from t to s the caller will make with the
+        velocity (`config.step_size_embedding` only; required then).
 
     Returns:
       [B, t, h, w, C_out] in float32.
@@ -296,6 +309,15 @@ class DiT(nnx.Module):
 
     with jax.named_scope("conditioning"):
       cond = self._conditioning(timesteps, pooled, batch, frames, grid[0])  # [B, t', D] float32
+      if self.step_embed is not None:
+        if step_sizes is None or jnp.shape(step_sizes) != (batch,):
+          raise ValueError(f"a step-size-conditioned DiT needs step_sizes of shape [{batch}], got "
+                           f"{None if step_sizes is None else jnp.shape(step_sizes)}: pass the "
+                           f"step's size t - s")
+        cond = cond + self.step_embed(step_sizes)[:, None, :]
+      elif step_sizes is not None:
+        raise ValueError("step_sizes were given but config.dit.step_size_embedding is False: "
+                         "only a distilled student takes them")
     self_mask = layers.self_attention_mask(token_mask, segment_ids)
     context_mask_4d = has_context = None
     if context is not None:
@@ -366,3 +388,23 @@ class _PooledProjection(nnx.Module):
 
   def __call__(self, pooled: jax.Array) -> jax.Array:
     return self.linear_out(jax.nn.silu(self.linear_in(pooled.astype(jnp.float32))))
+
+
+class _StepSizeEmbedding(nnx.Module):
+  """Step sizes [B] -> sinusoidal features -> Linear, SiLU, zero-initialised Linear -> [B, D]."""
+
+  def __init__(self, width: int, *, frequency_dim: int, time_scale: float,
+               param_dtype: jnp.dtype, rngs: nnx.Rngs):
+    self.frequency_dim = frequency_dim
+    self.time_scale = time_scale
+    self.linear_in = layers.Dense(frequency_dim, width, axes=(None, axes.EMBED),
+                                  kernel_init=nnx.initializers.normal(0.02),
+                                  param_dtype=param_dtype, rngs=rngs)
+    self.linear_out = layers.Dense(width, width, axes=(axes.EMBED, axes.MLP),
+                                   kernel_init=nnx.initializers.zeros_init(),
+                                   param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, step_sizes: jax.Array) -> jax.Array:
+    features = layers.timestep_frequencies(jnp.asarray(step_sizes, jnp.float32),
+                                           self.frequency_dim, time_scale=self.time_scale)
+    return self.linear_out(jax.nn.silu(self.linear_in(features))).astype(jnp.float32)

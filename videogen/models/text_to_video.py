@@ -43,12 +43,23 @@ def trainable(text_config: text_encoder_lib.TextEncoderConfig) -> nnx.filterlib.
   return nnx.All(nnx.Param, lambda path, _: bool(path) and path[0] in trained)
 
 
+def student_trainable() -> nnx.filterlib.Filter:
+  """The parameters the distill stage trains: the transformer's only (the student reads the
+  teacher's text encoder and autoencoder, frozen)."""
+  return nnx.All(nnx.Param, lambda path, _: bool(path) and path[0] == "dit")
+
+
 def abstract_model(autoencoder_config: autoencoder_lib.AutoencoderConfig,
                    text_config: text_encoder_lib.TextEncoderConfig,
-                   dit_config: dit_lib.DiTConfig) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+                   dit_config: dit_lib.DiTConfig, *,
+                   trained: nnx.filterlib.Filter | None = None
+                   ) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
   """(graphdef, trainable state, frozen state) of the model, abstract: shapes, dtypes and logical
-  axes without allocating or initialising anything (the target of a checkpoint restore)."""
+  axes without allocating or initialising anything (the target of a checkpoint restore).
+
+  `trained` selects the trainable part (default: the diffusion stage's, `trainable`; the distill
+  stage's checkpoints split by `student_trainable`)."""
   with nnx.use_eager_sharding(False):
     model = nnx.eval_shape(lambda: TextToVideoModel(autoencoder_config, text_config, dit_config,
                                                     rngs=nnx.Rngs(0)))
-  return nnx.split(model, trainable(text_config), ...)
+  return nnx.split(model, trainable(text_config) if trained is None else trained, ...)

@@ -184,3 +184,58 @@ class DiTStageConfig:
     if any(not prompt.strip() for prompt in self.eval_prompts):
       raise ValueError(f"eval_prompts {self.eval_prompts} holds an empty prompt: give captions "
                        f"such as 'a red circle'")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillStageConfig:
+  """The `config.distill_stage` section: the few-step student the distill stage makes.
+
+  The stage caches the teacher's (the dit stage's EMA transformer) sampling trajectories once,
+  then trains a copy of it with a step-size embedding to jump along them
+  (`videogen.diffusion.distillation`; `videogen.train.distill_stage`).
+
+  Attributes:
+    student_steps: the step counts the student learns (each divides the largest, K); generation
+      uses the student for any `--steps` up to K.
+    teacher_steps: the teacher sampler's steps (a multiple of K); its method and guidance are
+      config.sample's unless set below.
+    teacher_method: "euler" or "heun"; None: config.sample.method.
+    teacher_guidance: the teacher's classifier-free guidance scale, folded into the student;
+      None: config.sample.guidance_scale.
+    trajectories: teacher trajectories cached (each a training caption and a noise draw).
+    trajectory_batch: trajectories integrated per teacher call while caching.
+    batch_size: trajectories per training step.
+    seed: seed of the captions and the noise of the trajectories.
+    cache_dir: where the trajectories go; None = WORKDIR/distill_cache.
+  """
+  student_steps: tuple[int, ...] = (1, 2, 4)
+  teacher_steps: int = 20
+  teacher_method: Optional[Literal["euler", "heun"]] = None
+  teacher_guidance: Optional[float] = None
+  trajectories: int = 512
+  trajectory_batch: int = 64
+  batch_size: int = 16
+  seed: int = 0
+  cache_dir: Optional[str] = None
+
+  def __post_init__(self):
+    if not self.student_steps or any(n < 1 for n in self.student_steps):
+      raise ValueError(f"student_steps = {self.student_steps} must be step counts >= 1, e.g. "
+                       f"(1, 2, 4)")
+    finest = max(self.student_steps)
+    if any(finest % n for n in self.student_steps):
+      raise ValueError(f"student_steps = {self.student_steps}: each must divide the largest "
+                       f"({finest}) so that their grids share points, e.g. (1, 2, 4)")
+    if self.teacher_steps < 1 or self.teacher_steps % finest:
+      raise ValueError(f"teacher_steps = {self.teacher_steps} must be a positive multiple of the "
+                       f"student's {finest} steps, e.g. {5 * finest}")
+    for name in ("trajectories", "trajectory_batch", "batch_size"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} = {getattr(self, name)} must be at least 1")
+    if self.teacher_guidance is not None and self.teacher_guidance < 0:
+      raise ValueError(f"teacher_guidance = {self.teacher_guidance} must be >= 0 (1: none)")
+
+  @property
+  def max_steps(self) -> int:
+    """K: the student's finest schedule, the most steps it samples with."""
+    return max(self.student_steps)

@@ -16,6 +16,7 @@ from typing import Any
 
 from videogen import config as config_lib
 from videogen import experiment as experiment_lib
+from videogen import workdir as workdir_lib
 
 # Config keys that may change between a run and its resumption: bookkeeping that does not change
 # what is computed, the mesh and the sampler settings. A name matches a top-level section or a
@@ -47,6 +48,32 @@ def _schedule_ignores_num_steps(train_config: Any) -> bool:
       train_config.get("schedule") == "constant" or train_config.get("decay_steps") is not None)
 
 
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+  """The saved JSON re-validated as a checkpoint's experiment is read back
+  (`workdir.experiment_from_json`): a field added to a section since holds the value the run
+  was trained with (its default, or the upgrade's), so it is no difference. Unchanged when it no
+  longer validates (its differences then show as they are)."""
+  try:
+    return json.loads(json.dumps(experiment_json(workdir_lib.experiment_from_json(saved))))
+  except (ValueError, TypeError, KeyError):
+    return saved
+
+
+def _another_stages_new_settings(saved: dict[str, Any], parts: list[str]) -> bool:
+  """True for a key of a stage's own settings (config.train.<stage>, config.<stage>_stage) that
+  the saved config holds none of, for a stage it did not train: settings added to the experiment
+  file since (e.g. a distill stage after the dit stage trained) cannot change what it computed."""
+  if len(parts) > 2 and parts[1] == "train":
+    stage = parts[2]
+    held = stage in saved.get("train", {})
+  elif parts[1].endswith("_stage"):
+    stage = parts[1][:-len("_stage")]
+    held = parts[1] in saved
+  else:
+    return False
+  return not held and stage not in saved.get("stages", ())
+
+
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
   """"config.key: old -> new" for each difference that matters for resuming.
 
@@ -54,7 +81,7 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
   when its schedule does not depend on it (constant, or an explicit decay_steps).
   """
   current = json.loads(json.dumps(current))
-  old, new = _flatten(saved), _flatten(current)
+  old, new = _flatten(_with_defaults(saved)), _flatten(current)
   differences = []
   for key in sorted(set(old) | set(new)):
     parts = key.split(".")
@@ -64,6 +91,8 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
       stage = parts[2]
       if all(_schedule_ignores_num_steps(c.get("train", {}).get(stage)) for c in (saved, current)):
         continue
+    if _another_stages_new_settings(saved, parts):
+      continue
     if old.get(key, "<absent>") != new.get(key, "<absent>"):
       differences.append(f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}")
   return differences

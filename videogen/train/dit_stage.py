@@ -90,7 +90,8 @@ def num_tokens(latent_shape: tuple[int, ...], patch_size: tuple[int, int, int]) 
   return -(-t // patch_size[0]) * (h // patch_size[1]) * (w // patch_size[2])
 
 
-def _mesh_of(state: nnx.State) -> jax.sharding.Mesh:
+def mesh_of(state: nnx.State) -> jax.sharding.Mesh:
+  """The mesh a trainer-built state's arrays are sharded over."""
   for leaf in jax.tree.leaves(state):
     sharding = getattr(leaf, "sharding", None)
     if isinstance(sharding, jax.sharding.NamedSharding):
@@ -154,7 +155,7 @@ class DiTStage(stage_lib.Stage):
     """
     workdir_lib.autoencoder_checkpoint_step(workdir)  # named before anything else is built
     autoencoder, step = latent_cache.restore_autoencoder(self.experiment, workdir,
-                                                         mesh=_mesh_of(state))
+                                                         mesh=mesh_of(state))
     restored = nnx.state(autoencoder)
     current = state["autoencoder"]
     if jax.tree.structure(restored) != jax.tree.structure(current):

@@ -70,6 +70,16 @@ class Stage(abc.ABC):
     del workdir
     return state
 
+  def initial_params(self, params: nnx.State, workdir: str) -> nnx.State:
+    """The trainable variables' starting values, e.g. another stage's weights to fine-tune.
+
+    Called once after `load_frozen` on the freshly initialised, sharded trainable state (a
+    resume then overwrites them); return it with any variables replaced (keeping their
+    shardings). The EMA starts from what this returns. The default keeps the initial values.
+    """
+    del workdir
+    return params
+
   def evaluate(self, model: nnx.Module, step: int, workdir: str) -> dict[str, float]:
     """Measures the model (with EMA parameters) at an eval step; may write files from process 0.
 

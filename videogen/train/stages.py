@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from videogen import experiment as experiment_lib
 from videogen.train import autoencoder_stage
+from videogen.train import distill_stage
 from videogen.train import dit_stage
 from videogen.train import stage as stage_lib
 
 BUILTIN: dict[str, type[stage_lib.Stage]] = {
     "autoencoder": autoencoder_stage.AutoencoderStage,
     "dit": dit_stage.DiTStage,
+    "distill": distill_stage.DistillStage,
 }
 # Stages declared outside the package: name -> class (`register`).
 _REGISTERED: dict[str, type[stage_lib.Stage]] = {}

@@ -12,7 +12,8 @@ in the sections a reader finds by their banners:
               `allow_config_change` (`config_changes`).
   Model       the optimizer, and `nnx.eval_shape`'s abstract model.
   Shard       `jax.jit(init, out_shardings=...)` builds the state already sharded, so no model
-              ever lands whole on one device; `stage.load_frozen` fills the frozen variables.
+              ever lands whole on one device; `stage.load_frozen` fills the frozen variables,
+              `stage.initial_params` may start the trainable ones from other weights.
   Input       the stage's iterator of sharded global batches.
   Checkpoint  resume: the newest checkpoint that reads back whole is restored onto those
               shardings (whatever mesh saved it), with the data iterator's position; a damaged
@@ -37,6 +38,7 @@ import zlib
 from typing import Any, Literal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tqdm
 from absl import logging
@@ -274,6 +276,9 @@ def train_stage(stage: stage_lib.Stage, experiment: experiment_lib.Experiment, w
     full = stage.load_frozen(nnx.merge_state(state.params, state.frozen), workdir)
     _, frozen = nnx.split_state(full, stage.trainable, ...)
     state = state.replace(frozen=frozen)
+    params = stage.initial_params(state.params, workdir)
+    if params is not state.params:  # e.g. a student starting from its teacher's weights
+      state = state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info("stage %s: %d trainable parameters; mesh %s; parameters + optimizer state + EMA "
                  "take %.2f MiB per device", name, num_params, mesh_lib.describe(mesh),
