@@ -60,16 +60,18 @@ def attention_memory(*, tokens: int = TOKENS, heads: int = 8, head_dim: int = 64
   shape = (batch, tokens, heads, head_dim)
   weights = jnp.ones((heads, head_dim), jnp.float32)
 
-  def forward(q, k, v):
-    return attention.dot_product_attention(q, k, v, backend="xla", split_tokens=True)
-
-  def train(q, k, v):
-    loss = lambda q, k, v: jnp.sum(forward(q, k, v).astype(jnp.float32) * weights)
-    return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
-
   rows = []
   for method in methods:
     for size in sizes:
+      # Fresh functions per row: a jitted function's trace is cached by its arguments alone, not
+      # by the sharding context it was traced in.
+      def forward(q, k, v):
+        return attention.dot_product_attention(q, k, v, backend="xla", split_tokens=True)
+
+      def train(q, k, v):
+        loss = lambda q, k, v: jnp.sum(forward(q, k, v).astype(jnp.float32) * weights)
+        return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+
       if size > len(devices):
         continue
       if method == "ulysses" and heads % size:
