@@ -15,8 +15,10 @@ keys and values (the batch and the heads split as the rules table says), and one
              divisible by S. The logits one device holds are [B, N / S, Tq, Tk].
   "ring"     (ring attention) each device keeps its queries; the key/value blocks travel round
              the ring of S devices (`jax.lax.ppermute`), and each block's contribution is folded
-             in with an online softmax (running max, running sum, float32 accumulator), so no
-             device ever holds more than [B, N, Tq / S, Tk / S] logits. Works for any head count.
+             in with an online softmax (running max, running sum, float32 accumulator), so the
+             forward pass holds one block's logits [B, N, Tq / S, Tk / S] at a time (the
+             backward pass keeps every step's weights: 1/S of the whole, as Ulysses does).
+             Works for any head count.
   "auto"     Ulysses where the heads divide, else the ring (logged once per shape).
 
 Only self-attention (Tq == Tk: the same tokens) moves keys and values between devices.
