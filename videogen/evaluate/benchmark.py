@@ -419,8 +419,11 @@ def run_benchmark(experiment: experiment_lib.Experiment, *, what: str = "all",
     ValueError: an unknown `what` or `stage`, or a malformed layout (before anything runs).
   """
   check_options(experiment, what=what, layouts=layouts, stage=stage)
-  if what in (WATERMARK, SEQUENCE_PARALLEL):
-    raise ValueError(f"what={what!r} is measured by its own command, not run_benchmark")
+  if what == WATERMARK:
+    raise ValueError(f"what={WATERMARK!r} is measured by watermark_figures, not run_benchmark")
+  if what == SEQUENCE_PARALLEL:
+    raise ValueError(f"what={SEQUENCE_PARALLEL!r} is measured by sequence_benchmark.figures, not "
+                     f"run_benchmark")
   stage_name = _stage_to_time(experiment, stage)
   if workdir is None:
     with tempfile.TemporaryDirectory(prefix="videogen_benchmark_") as scratch:
