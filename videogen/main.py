@@ -103,8 +103,9 @@ _EVALUATE_WHAT_HELP = (
 _BENCHMARK_WHAT_HELP = (
     "benchmark: 'all' (the default), 'train_step' (FLOP/s against a matmul, compile time, memory "
     "per device), 'generation' (sampling speed), 'loader' (samples/s of config.data), "
-    "'autoencoder' (encode and decode frames/s) or 'watermark' (the watermark's invisibility, "
-    "false positives and robustness; not part of 'all').")
+    "'autoencoder' (encode and decode frames/s), 'watermark' (the watermark's invisibility, "
+    "false positives and robustness; not part of 'all') or 'sequence_parallel' (per-device "
+    "memory of attention split over the mesh's sequence axis; not part of 'all').")
 flags.DEFINE_string("what", None, f"{_EVALUATE_WHAT_HELP} {_BENCHMARK_WHAT_HELP}")
 flags.DEFINE_integer("scenes_per_group", None, "evaluate: the generation suite's size "
                      "(--what=generation), as scenes of training combinations and as many of "

@@ -56,6 +56,11 @@ scored by the analyzer against its prompts (`scoring.accuracies`), unmarked and 
 Prints `watermark_benchmark.format_table`, then the results as one JSON line; with --workdir,
 also WORKDIR/benchmark_watermark.json. The issue's full sample sizes (200 videos per set, 1000
 null videos) are `--watermark_videos=200` (an hour or more on a CPU; docs/provenance.md).
+
+`--what=sequence_parallel` (not part of "all") prints the per-device memory of attention with its
+tokens split over the mesh's "sequence" axis, for Ulysses and the ring at sequence sizes 1, 2, 4
+and 8 (`videogen.evaluate.sequence_benchmark`: compiled memory analyses of 8192 tokens with the
+experiment's transformer heads), then the figures as one JSON line.
 """
 
 from __future__ import annotations
@@ -83,6 +88,7 @@ from videogen import experiment as experiment_lib
 from videogen import workdir as workdir_lib
 from videogen.evaluate import autoencoder_throughput
 from videogen.evaluate import scoring
+from videogen.evaluate import sequence_benchmark
 from videogen.evaluate import suite as suite_lib
 from videogen.generate import modes
 from videogen.generate import pipeline
@@ -100,7 +106,9 @@ DIFFUSION_STAGE = "dit"
 PARTS: tuple[str, ...] = ("train_step", "generation", "loader", "autoencoder")
 # Measures the watermark, not speed: asked for by name only, never part of "all".
 WATERMARK = "watermark"
-WHAT: tuple[str, ...] = ("all",) + PARTS + (WATERMARK,)
+# Measures the per-device memory of sequence-parallel attention: asked for by name only.
+SEQUENCE_PARALLEL = "sequence_parallel"
+WHAT: tuple[str, ...] = ("all",) + PARTS + (WATERMARK, SEQUENCE_PARALLEL)
 WATERMARK_SIZES: tuple[int, ...] = (32, 64, 128)
 WATERMARK_FRAMES = 17
 WATERMARK_VIDEOS = 8  # per set: a few minutes on a CPU
@@ -420,6 +428,9 @@ def run_benchmark(experiment: experiment_lib.Experiment, *, what: str = "all",
   check_options(experiment, what=what, layouts=layouts, stage=stage)
   if what == WATERMARK:
     raise ValueError(f"what={WATERMARK!r} is measured by watermark_figures, not run_benchmark")
+  if what == SEQUENCE_PARALLEL:
+    raise ValueError(f"what={SEQUENCE_PARALLEL!r} is measured by sequence_benchmark.figures, not "
+                     f"run_benchmark")
   stage_name = _stage_to_time(experiment, stage)
   if workdir is None:
     with tempfile.TemporaryDirectory(prefix="videogen_benchmark_") as scratch:
@@ -678,6 +689,16 @@ def watermark_command(experiment: experiment_lib.Experiment, workdir: str | None
   return 0
 
 
+def sequence_parallel_command(experiment: experiment_lib.Experiment) -> int:
+  """`benchmark --what=sequence_parallel`: the attention memory table, then one JSON line."""
+  dit = experiment.dit if experiment.has("dit") else None
+  heads, head_dim = (8, 64) if dit is None else (dit.num_heads, dit.head_dim)
+  result = sequence_benchmark.figures(heads, head_dim)
+  print(sequence_benchmark.format_table(result))
+  print(json.dumps({"what": SEQUENCE_PARALLEL, **result}))
+  return 0
+
+
 def command(experiment: experiment_lib.Experiment, workdir: str | None, *,
             what: str | None = None, layouts: Sequence[str] = (),
             stage: str | None = None, watermark_videos: int | None = None) -> int:
@@ -705,6 +726,8 @@ def command(experiment: experiment_lib.Experiment, workdir: str | None, *,
     return 2
   if what == WATERMARK:
     return watermark_command(experiment, workdir, videos=watermark_videos)
+  if what == SEQUENCE_PARALLEL and watermark_videos is None:
+    return sequence_parallel_command(experiment)
   if watermark_videos is not None:
     print(f"error: --watermark_videos applies to --what={WATERMARK}, not --what={what}",
           file=sys.stderr)

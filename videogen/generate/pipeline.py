@@ -118,15 +118,16 @@ def _patch_size(dit: nnx.Module) -> tuple[int, int, int]:
   return tuple(int(p) for p in patch)
 
 
-# (mesh, rules as sorted tuples): the kernels trace the models' activation constraints for it.
-ShardingKey = tuple[jax.sharding.Mesh, tuple[tuple[str, tuple[str, ...]], ...]]
+# (mesh, rules as sorted tuples, sequence-parallel method): the kernels trace the models'
+# activation constraints for it.
+ShardingKey = tuple[jax.sharding.Mesh, tuple[tuple[str, tuple[str, ...]], ...], str]
 
 
 def _constraints(sharding: ShardingKey | None) -> contextlib.AbstractContextManager[None]:
   """Inside a kernel: the activation-sharding context of `sharding`; nothing for None."""
   if sharding is None:
     return contextlib.nullcontext()
-  return sharding_lib.activation_sharding(sharding[0], dict(sharding[1]))
+  return sharding_lib.activation_sharding(sharding[0], dict(sharding[1]), sharding[2])
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames="sharding")
@@ -208,7 +209,8 @@ class Generator:
                default_shape: tuple[int, int, int] = (9, 32, 32), fps: float = DEFAULT_FPS,
                chunk_latent_frames: int = 4, progress: bool = True,
                context_noise: float = 0.0, context_clean_below: float = 0.0,
-               sharding: tuple[jax.sharding.Mesh, sharding_lib.Rules] | None = None,
+               sharding: tuple[jax.sharding.Mesh, sharding_lib.Rules] | tuple[
+                   jax.sharding.Mesh, sharding_lib.Rules, str] | None = None,
                student: nnx.Module | None = None, student_steps: int = 0):
     """Builds the generator (nothing is compiled until the first request).
 
@@ -236,7 +238,8 @@ class Generator:
         "Context noise" in the module docstring); 0 shows them clean.
       context_clean_below: in [0, 1], the time below which given frames are shown clean.
       sharding: (mesh, logical-axis rules) the modules' parameters live on: the kernels are
-        traced with the models' activation constraints (`sharding.activation_sharding`). None:
+        traced with the models' activation constraints (`sharding.activation_sharding`),
+        optionally with a third entry, `config.mesh.sequence_parallel` (default "auto"). None:
         no constraints (XLA propagates the parameters' shardings alone).
       student: a distilled few-step transformer (`DiTConfig.step_size_embedding`, from the
         distill stage), used instead of `dit` and its sampler for requests of at most
@@ -246,7 +249,8 @@ class Generator:
     # Hashable, so that it is part of the kernels' compilation key: a kernel traced for one mesh
     # (or none) is never reused for another.
     self._sharding = None if sharding is None else (
-        sharding[0], tuple(sorted((name, tuple(axes)) for name, axes in sharding[1].items())))
+        sharding[0], tuple(sorted((name, tuple(axes)) for name, axes in sharding[1].items())),
+        sharding[2] if len(sharding) > 2 else "auto")
     self.autoencoder = autoencoder
     self.text_encoder = text_encoder
     self.dit = dit
@@ -663,7 +667,8 @@ def load(workdir: str, experiment: experiment_lib.Experiment | None = None, *,
                    dit=model.dit, tokenizer=tokenizer,
                    flow_config=experiment.diffusion,
                    sample_config=experiment.sample,
-                   sharding=(mesh, experiment.mesh.rules), **kwargs)
+                   sharding=(mesh, experiment.mesh.rules, experiment.mesh.sequence_parallel),
+                   **kwargs)
 
 
 def load_student(workdir: str, experiment: experiment_lib.Experiment,

@@ -11,14 +11,24 @@ attend). Backends:
 
 Every backend gives zeros (never NaN) for a query row with no allowed key, e.g. cross-attention to
 a fully padded caption (the null conditioning of classifier-free guidance).
+
+A transformer's attention over its token sequence passes `split_tokens=True`: traced inside an
+activation-sharding context whose mesh has a "sequence" axis larger than 1, it then runs with the
+tokens split over that axis (Ulysses or ring attention, `videogen.parallel.sequence`), giving the
+same result; elsewhere (sequence size 1, no context) the call is exactly the single-device one.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
+import functools
+
 import jax
 import jax.numpy as jnp
+
+from videogen.parallel import sequence
+from videogen.parallel import sharding
 
 Backend = Literal["auto", "xla", "cudnn", "splash"]
 BACKENDS: tuple[str, ...] = ("auto", "xla", "cudnn", "splash")
@@ -83,8 +93,19 @@ def available_backends() -> tuple[str, ...]:
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
-                          mask: jax.Array | None = None, backend: Backend = "auto") -> jax.Array:
-  """Multi-head attention; see the module docstring for shapes and backends."""
+                          mask: jax.Array | None = None, backend: Backend = "auto", *,
+                          split_tokens: bool = False) -> jax.Array:
+  """Multi-head attention; see the module docstring for shapes, backends and `split_tokens`."""
+  if split_tokens:
+    context = sharding.current()
+    if sequence.splits_tokens(context):
+      attend = functools.partial(_single_device_attention, backend=backend)
+      return sequence.attention(q, k, v, mask, attend=attend, context=context)
+  return _single_device_attention(q, k, v, mask, backend=backend)
+
+
+def _single_device_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
+                             backend: Backend) -> jax.Array:
   if backend == "auto":
     options = available_backends()
     backend = "cudnn" if "cudnn" in options and q.dtype in (jnp.bfloat16, jnp.float16) else "xla"

@@ -410,7 +410,9 @@ class Attention(nnx.Module):
     query = checkpoint_name(query, "query")
     key = checkpoint_name(key, "key")
     value = checkpoint_name(value, "value")
-    out = attention_lib.dot_product_attention(query, key, value, mask=mask, backend=self.backend)
+    # The model's token sequence: split over the mesh's "sequence" axis where it has one.
+    out = attention_lib.dot_product_attention(query, key, value, mask=mask, backend=self.backend,
+                                              split_tokens=True)
     out = sharding.constrain(out.astype(self.dtype), axes.TOKEN_HEADS)
     out = checkpoint_name(out, "attention")
     return self.output(out)

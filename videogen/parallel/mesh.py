@@ -7,7 +7,9 @@ The mesh has four named axes, ordered from the least to the most communication-h
   data      pure data parallelism: parameters replicated, the batch split.
   fsdp      fully sharded data parallelism: the batch split and parameters/optimizer state sharded
             (gathered layer by layer inside the step by XLA).
-  sequence  room for sequence/context parallelism over long token sequences (size 1 by default).
+  sequence  sequence (context) parallelism: a transformer's tokens split, attention computed with
+            them split by `sequence_parallel` ("ulysses" or "ring", see
+            `videogen.parallel.sequence`); size 1 by default.
   tensor    tensor (model) parallelism: MLP hidden units and attention heads split.
 
 Each axis has an ICI size (devices within one slice / host group, joined by the fast interconnect)
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from typing import Literal, Sequence
 
 import jax
 import numpy as np
@@ -33,6 +35,11 @@ from videogen.parallel import axes
 
 # Mesh axis names, in mesh order (outermost, least communication first).
 AXES: tuple[str, ...] = axes.MESH_AXES
+
+# How attention splits its tokens over "sequence" (`videogen.parallel.sequence`): "ulysses"
+# all-to-all from tokens to heads and back, "ring" passes key/value blocks round the devices,
+# "auto" takes Ulysses where the heads divide evenly and the ring elsewhere.
+SEQUENCE_PARALLEL: tuple[str, ...] = ("auto", "ulysses", "ring")
 
 # Logical axis name -> mesh axes it is split over ("()" = replicated). Every name a model gives a
 # parameter (`nnx.with_partitioning(init, (axes.EMBED, axes.MLP))`) or an activation
@@ -76,6 +83,8 @@ class MeshConfig:
     dcn_data, dcn_fsdp, dcn_sequence, dcn_tensor: number of slices (or processes, where devices
       have no slice index) along each axis; their product is the number of slices.
     rules: logical axis name -> tuple of mesh axes it is split over; () replicates it.
+    sequence_parallel: how attention splits tokens over the "sequence" axis when it is larger
+      than 1: one of `SEQUENCE_PARALLEL`.
   """
   data: int = -1
   fsdp: int = 1
@@ -87,8 +96,12 @@ class MeshConfig:
   dcn_tensor: int = 1
   rules: dict[str, tuple[str, ...]] = dataclasses.field(
       default_factory=lambda: dict(DEFAULT_RULES))
+  sequence_parallel: Literal["auto", "ulysses", "ring"] = "auto"
 
   def __post_init__(self):
+    if self.sequence_parallel not in SEQUENCE_PARALLEL:
+      raise ValueError(f"mesh.sequence_parallel = {self.sequence_parallel!r}; choose one of "
+                       f"{', '.join(SEQUENCE_PARALLEL)}")
     for name, value in self.ici_shape + self.dcn_shape:
       if value == 0 or value < -1:
         raise ValueError(f"mesh.{name} = {value}: give a positive size, or -1 to fill it from "

@@ -17,12 +17,15 @@ boundaries:
 It does nothing unless the caller traces the model inside `activation_sharding(mesh, rules)`, so
 a model called without a mesh (unit tests, `nnx.eval_shape`, single-device tools) computes exactly
 what it did before. The trainer and the generator enter it around the jit that traces their step.
+The context also carries how attention splits its tokens over the mesh's "sequence" axis
+(`config.mesh.sequence_parallel`, read by `videogen.parallel.sequence` through `current()`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import math
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -35,8 +38,18 @@ from videogen.parallel import axes
 
 Rules = Mapping[str, Sequence[str]]
 
-# The (mesh, rules) that `constrain` applies; None outside `activation_sharding`.
-_ACTIVATION_SHARDING: contextvars.ContextVar[tuple[jax.sharding.Mesh, Rules] | None] = (
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationSharding:
+  """What `activation_sharding` holds: the mesh, the rules and the sequence-parallel method."""
+  mesh: jax.sharding.Mesh
+  rules: Rules
+  sequence_parallel: str = "auto"
+
+
+# What `constrain` applies; None outside `activation_sharding`.
+_ACTIVATION_SHARDING: contextvars.ContextVar[ActivationSharding | None] = (
     contextvars.ContextVar("activation_sharding", default=None))
 
 
@@ -130,7 +143,8 @@ def with_shardings(abstract_tree: Any, shardings: Any) -> Any:
 
 
 @contextlib.contextmanager
-def activation_sharding(mesh: jax.sharding.Mesh, rules: Rules) -> Iterator[None]:
+def activation_sharding(mesh: jax.sharding.Mesh, rules: Rules,
+                        sequence_parallel: str = "auto") -> Iterator[None]:
   """Within this context, `constrain` pins activations to `mesh` by `rules`.
 
   The context is read when a function is traced, not when it runs: enter it around the first call
@@ -141,8 +155,10 @@ def activation_sharding(mesh: jax.sharding.Mesh, rules: Rules) -> Iterator[None]
     mesh: the concrete mesh the step's in/out shardings live on.
     rules: the logical-axis rules (`MeshConfig.rules`); must name every activation axis the
       models use (`axes.ACT_*`).
+    sequence_parallel: how attention splits its tokens when the mesh's "sequence" axis is
+      larger than 1 (`MeshConfig.sequence_parallel`: "auto", "ulysses" or "ring").
   """
-  token = _ACTIVATION_SHARDING.set((mesh, rules))
+  token = _ACTIVATION_SHARDING.set(ActivationSharding(mesh, rules, sequence_parallel))
   try:
     yield
   finally:
@@ -160,13 +176,18 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
   Raises:
     ShardingRuleError: inside `activation_sharding`, a name has no rule or the rank differs.
   """
-  current = _ACTIVATION_SHARDING.get()
-  if current is None:
+  context = _ACTIVATION_SHARDING.get()
+  if context is None:
     return x
-  mesh, rules = current
+  mesh, rules = context.mesh, context.rules
   spec = logical_to_spec(logical_axes, x.shape, rules, mesh,
                          name=f"activation {tuple(logical_axes)}")
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def current() -> ActivationSharding | None:
+  """The innermost `activation_sharding` context being traced in, or None outside one."""
+  return _ACTIVATION_SHARDING.get()
 
 
 def batch_axes(mesh: jax.sharding.Mesh, rules: Rules) -> tuple[str, ...]:

@@ -121,10 +121,11 @@ class _StepCompiler:
   """
 
   def __init__(self, step_fn, state_shardings: Any, mesh: jax.sharding.Mesh,
-               rules: sharding_lib.Rules, name: str):
+               rules: sharding_lib.Rules, name: str, sequence_parallel: str = "auto"):
     self._name = name
     self._step_fn = step_fn
     self._mesh, self._rules = mesh, rules
+    self._sequence_parallel = sequence_parallel
     self._state_shardings = state_shardings
     self._replicated = NamedSharding(mesh, PartitionSpec())
     self._local_devices = memory_lib.local_devices(mesh)
@@ -139,7 +140,7 @@ class _StepCompiler:
                        out_shardings=(self._state_shardings, self._replicated),
                        donate_argnums=(0,))
       # Traced inside the context, so the models' activation constraints take effect.
-      with sharding_lib.activation_sharding(self._mesh, self._rules):
+      with sharding_lib.activation_sharding(self._mesh, self._rules, self._sequence_parallel):
         compiled = jitted.lower(state, batch).compile()
       shapes = describe_batch(batch)
       _log_memory(compiled, shapes, time.perf_counter() - start)
@@ -302,7 +303,8 @@ def train_stage(stage: stage_lib.Stage, experiment: experiment_lib.Experiment, w
 
     # == Update =================================================================================
     step_fn = train_state_lib.make_train_step(stage, graphdef, tx, config, mesh=mesh, rules=rules)
-    compiler = _StepCompiler(step_fn, state_shardings, mesh, rules, stage.name)
+    compiler = _StepCompiler(step_fn, state_shardings, mesh, rules, stage.name,
+                             sequence_parallel=experiment.mesh.sequence_parallel)
 
     # == Evals ==================================================================================
     def evaluate(at_step: int, trained: TrainState) -> None:
