@@ -215,7 +215,8 @@ def test_learning_curve_evaluates_each_checkpoint_once(tiny_workdir, tiny_workdi
                                 compare=[other]) == 0
   with open(os.path.join(workdir, learning_curve.COMPARE_TABLE_FILE)) as f:
     table = f.read().splitlines()
-  assert table[0].startswith("| run | experiment | step | train minutes | train FLOPs |")
+  assert table[0].startswith("| run | experiment | step | train minutes | train CPU minutes | "
+                            "train FLOPs |")
   assert len(table) == 2 + 2 * 3
   assert sum(line.startswith(f"| {other} |") for line in table) == 3
   compare_plot = os.path.join(workdir, learning_curve.CURVES_DIR,
