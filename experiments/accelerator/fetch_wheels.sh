@@ -3,10 +3,10 @@
 # experiments/accelerator/wheels/ (git-ignored): the packages of `wheels.txt`, which the target's
 # own Python lacks. Needs PyPI; run it here, before the `run` tool call.
 #
-#   bash experiments/accelerator/fetch_wheels.sh [PIP]      # PIP: default `python3 -m pip`
+#   PIP=".venv/bin/python -m pip" bash experiments/accelerator/fetch_wheels.sh   # default: python3 -m pip
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-pip_cmd=(${1:-python3 -m pip})
+read -r -a pip_cmd <<< "${PIP:-python3 -m pip}"
 dest="$here/wheels"
 mkdir -p "$dest"
 platform=(--only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 --abi abi3

@@ -135,6 +135,6 @@ def test_a_stage_stops_at_its_wall_clock_budget():
 def test_overrides_reject_an_unknown_field():
   with pytest.raises(KeyError, match="num_stepz"):
     run_lib.build_experiment({"train.dit.num_stepz": 3})
-  experiment = run_lib.build_experiment({"train.dit.num_steps": "7", **run_lib.CPU})
+  experiment = run_lib.build_experiment({**run_lib.CPU, "train.dit.num_steps": "7"})
   assert experiment.train["dit"].num_steps == 7
   assert experiment.dit.dtype == "float32"
