@@ -153,30 +153,36 @@ def build_experiment(overrides: dict[str, Any]) -> experiment_lib.Experiment:
 class StageDeadline:
   """Sends this process SIGTERM after `seconds`, which the trainer turns into save-and-stop.
 
-  While active, a SIGTERM outside the trainer's own handler (e.g. one that lands just after the
-  stage ended) is ignored instead of killing the run.
+  The signal is repeated every second until the stage ends: one that lands before the trainer's
+  handler is installed (while the stage builds its state) is ignored, as is one that lands just
+  after the stage ended, instead of killing the run.
   """
 
   def __init__(self, seconds: float):
     self.seconds = seconds
     self.fired = False
-    self._timer: threading.Timer | None = None
+    self._done = threading.Event()
+    self._thread: threading.Thread | None = None
     self._previous = None
 
-  def _fire(self) -> None:
+  def _watch(self) -> None:
+    if self._done.wait(self.seconds):
+      return
     self.fired = True
     logging.warning("wall-clock budget of %.0f s reached: stopping the stage", self.seconds)
-    os.kill(os.getpid(), signal.SIGTERM)
+    while not self._done.is_set():
+      os.kill(os.getpid(), signal.SIGTERM)
+      self._done.wait(1.0)
 
   def __enter__(self) -> StageDeadline:
     self._previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    self._timer = threading.Timer(self.seconds, self._fire)
-    self._timer.daemon = True
-    self._timer.start()
+    self._thread = threading.Thread(target=self._watch, daemon=True)
+    self._thread.start()
     return self
 
   def __exit__(self, *exc_info) -> None:
-    self._timer.cancel()
+    self._done.set()
+    self._thread.join()
     signal.signal(signal.SIGTERM, self._previous)
 
 
