@@ -23,8 +23,8 @@ imported), eval_generation.json (the suite's metrics), eval_generation_videos.js
 video), gallery/ (GIFs and mp4s when an ffmpeg is found, and a PNG contact sheet always). The
 workdir (checkpoints, latent cache) stays outside OUT: `--workdir`, default a temporary folder.
 
-`--cpu` is the rehearsal: the same steps on the CPU with tiny step counts and batches (`CPU`), in
-about a minute.
+`--cpu` is the rehearsal: the same steps on the CPU with tiny step counts and batches (`CPU`),
+float32; a few minutes, nearly all of them compilation.
 """
 
 from __future__ import annotations
