@@ -30,7 +30,10 @@ import subprocess
 import uuid
 from typing import Any, Iterator
 
-import av
+try:
+  import av
+except ImportError:  # an optional heavy dependency (36 MB): only reading videos needs PyAV
+  av = None
 import imageio_ffmpeg
 import numpy as np
 from PIL import Image
@@ -153,6 +156,8 @@ def _mp4_index_missing(path: pathlib.Path) -> bool:
 
 def _open(path: pathlib.Path) -> av.container.InputContainer:
   """Opens a video file, raising `VideoDecodeError` with the reason it cannot be."""
+  if av is None:
+    raise ImportError(f"reading {path} needs PyAV, which is not installed: pip install av")
   _check_readable(path)
   try:
     container = av.open(str(path), "r")

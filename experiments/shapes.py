@@ -37,6 +37,10 @@ Variants (`arg`):
   tiny   (default) 9-frame 32x32 clips plus 32x32 images (a quarter of the steps); the tiny
          autoencoder (2x4x4 compression, 8 latent channels) and a width-96, depth-4 transformer
          on 5x8x8 latents (80 tokens). Sized for a CPU.
+  gpu    the tiny variant's world, clip shape and autoencoder, with a width-384, depth-8
+         transformer in bfloat16 (cuDNN flash attention on a GPU) and batches of 256 clips and
+         512 images: sized for a few minutes of one H200 (experiments/accelerator/run.sh), so
+         that its generation suite compares with the tiny run's.
   small  17-frame 128x128 clips, a wide 128x224 bucket and 128x128 images; the standard
          autoencoder (4x8x8, 16 channels) and a width-512, depth-12 transformer in bfloat16 on
          5x16x16 latents (320 tokens; 560 for the wide bucket). Sized for one accelerator.
@@ -66,7 +70,7 @@ from videogen.train.config import DiTStageConfig
 from videogen.train.config import DistillStageConfig
 from videogen.train.config import TrainConfig
 
-VARIANTS = ("tiny", "small")
+VARIANTS = ("tiny", "small", "gpu")
 # Below the world's ~600 distinct pieces, so the trained tokenizer has exactly this many ids.
 VOCAB_SIZE = 512
 
@@ -106,6 +110,32 @@ def _tiny(config: ml_collections.ConfigDict) -> DiTStageConfig:
   return DiTStageConfig(latents="cache", cache_steps=1000)
 
 
+def _gpu(config: ml_collections.ConfigDict) -> DiTStageConfig:
+  """Fills the gpu variant's sections; returns its dit stage settings."""
+  stage_settings = _tiny(config)
+  # 12 of the 16 cores render the world; the loader measures whether they keep up.
+  config.data = to_config_dict(DataConfig(buckets=("9x32x32:256", "1x32x32:512:0.25"),
+                                          num_workers=12))
+  config.autoencoder = to_config_dict(dataclasses.replace(
+      AutoencoderConfig.tiny(), scale_factor=0.28, dtype="bfloat16"))
+  config.autoencoder_loss = to_config_dict(AutoencoderLossConfig(
+      l1_weight=0.0, l2_weight=1.0, buckets=("5x32x32:64",), crop_size=16))
+  config.text_encoder = to_config_dict(TextEncoderConfig.tiny(
+      vocab_size=VOCAB_SIZE, max_length=56, dtype="bfloat16"))
+  # Head size 64, which cuDNN's flash attention takes; 80 tokens a clip, as in tiny.
+  config.dit = to_config_dict(DiTConfig.tiny(in_channels=8, input_size=(5, 8, 8), width=384,
+                                             depth=8, num_heads=6, dtype="bfloat16"))
+  # Sized for about 3 minutes of an H200; run.sh also stops a stage at its wall-clock budget.
+  config.train.autoencoder = to_config_dict(TrainConfig(
+      num_steps=4000, learning_rate=3e-3, warmup_steps=100, final_learning_rate_fraction=0.02,
+      ema_decay=0.99, log_every=100, checkpoint_every=4000, keep_checkpoints=1, eval_every=0))
+  config.train.dit = to_config_dict(TrainConfig(
+      num_steps=6000, learning_rate=5e-4, warmup_steps=200, ema_decay=0.999, log_every=100,
+      checkpoint_every=2000, keep_checkpoints=1, eval_every=0))
+  # 500 loader steps (about 150k clips and images) rendered and encoded once, read about 12 times.
+  return dataclasses.replace(stage_settings, cache_steps=500)
+
+
 def _small(config: ml_collections.ConfigDict) -> DiTStageConfig:
   """Fills the small variant's sections; returns its dit stage settings."""
   config.data = to_config_dict(DataConfig(
@@ -135,7 +165,7 @@ def _small(config: ml_collections.ConfigDict) -> DiTStageConfig:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """Returns the shapes experiment for `arg`: "tiny" (default) or "small"."""
+  """Returns the shapes experiment for `arg`: "tiny" (default), "small" or "gpu"."""
   variant = arg or "tiny"
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant {arg!r} of experiments/shapes.py: choose one of "
@@ -145,7 +175,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.seed = 0
   config.stages = ("autoencoder", "dit")
   config.mesh = to_config_dict(MeshConfig())
-  stage_settings = {"tiny": _tiny, "small": _small}[variant](config)
+  stage_settings = {"tiny": _tiny, "small": _small, "gpu": _gpu}[variant](config)
   config.dit_stage = to_config_dict(stage_settings)  # latent source, evaluation samples
   # Written out so that `--config.eval_generation.scenes_per_group=8` has a section to override.
   config.eval_generation = to_config_dict(GenerationEvalConfig())

@@ -26,7 +26,7 @@ def shapes():
   return module
 
 
-@pytest.mark.parametrize("variant", ["tiny", "small"])
+@pytest.mark.parametrize("variant", ["tiny", "small", "gpu"])
 def test_variant_validates_and_its_parts_fit(shapes, variant):
   experiment = experiment_lib.validate(shapes.get_config(variant))
   assert experiment.stages == ("autoencoder", "dit")

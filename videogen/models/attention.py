@@ -53,6 +53,9 @@ def _cudnn_attention(q, k, v, mask):
     raise ValueError(
         f"the cudnn attention backend needs bfloat16 or float16 inputs, got {q.dtype}: set the "
         f"model's dtype to bfloat16, or use backend='xla' (or 'auto') for float32")
+  if mask is not None:
+    # cuDNN takes the mask as a bias whose last two axes must be [Tq, Tk] (not broadcast).
+    mask = jnp.broadcast_to(mask, (*mask.shape[:-2], q.shape[1], k.shape[1]))
   return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
 
 

@@ -40,7 +40,10 @@ import shutil
 import uuid
 from typing import Any
 
-import c2pa
+try:
+  import c2pa
+except ImportError:  # an optional heavy dependency (16 MB): only signing and reading need it
+  c2pa = None
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
@@ -136,6 +139,12 @@ def _algorithm(private_key: Any) -> c2pa.C2paSigningAlg:
   raise keys.KeyFileError("C2PA signs with EC P-256/384/521, Ed25519 or RSA keys: pass such a key")
 
 
+def _require_c2pa(path: Any) -> None:
+  if c2pa is None:
+    raise ImportError(f"the C2PA manifest of {path} needs c2pa-python, which is not installed: "
+                      f"pip install c2pa-python, or write without a manifest")
+
+
 def sign(path: str | os.PathLike, *, key_path: str | os.PathLike, cert_path: str | os.PathLike,
          claim: dict[str, Any], include_prompt: bool = True) -> dict[str, Any]:
   """Embeds a signed C2PA manifest in a video or image file, replacing it atomically.
@@ -153,6 +162,7 @@ def sign(path: str | os.PathLike, *, key_path: str | os.PathLike, cert_path: str
     ValueError: an unsupported suffix, a wrong claim, or c2pa failed to sign.
     keys.KeyFileError: the key or certificate is missing, unreadable, exposed or mismatched.
   """
+  _require_c2pa(path)
   path = pathlib.Path(path)
   mime = _mime_type(path)
   if not path.is_file():
@@ -203,6 +213,7 @@ def verify(path: str | os.PathLike, *, trust_anchor: str | os.PathLike | None = 
   Raises:
     FileNotFoundError: `path` is not a file.
   """
+  _require_c2pa(path)
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"{path} does not exist: pass the path of a video or image")

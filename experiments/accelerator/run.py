@@ -1,0 +1,426 @@
+r"""The prepared one-call run on one accelerator: train, evaluate and measure within a time budget.
+
+    python -m experiments.accelerator.run --out=OUT [--cpu] [--set=PATH=VALUE ...]
+
+`experiments/accelerator/run.sh` installs the carried wheels and calls this (see README.md beside
+it). On the experiment `experiments/shapes.py:gpu` it:
+
+  1. logs the devices and measures a bfloat16 matmul's FLOP/s (the hardware's friendly peak);
+  2. measures the loader (the procedural world rendered by `config.data.num_workers` processes);
+  3. trains the autoencoder within `--autoencoder_seconds` of wall clock;
+  4. builds the latent cache (rendered and encoded once, timed) and trains the transformer on it
+     within `--dit_seconds`;
+  5. times each stage's compiled train step (`benchmark.train_step_figures`: XLA's FLOP count of
+     the step over its measured time), next to the steps/s the training itself reached;
+  6. runs the generation suite and writes a few of its videos as a gallery.
+
+A stage that reaches its wall-clock budget is stopped the way a preemption stops it (SIGTERM: the
+trainer saves a checkpoint at the end of the step and returns), so a slower device trains fewer
+steps instead of overrunning the call; `figures.json` says how many steps each stage reached.
+
+Writes into OUT: figures.json (every measurement, the phases' seconds, the distributions the run
+imported), eval_generation.json (the suite's metrics), eval_generation_videos.json (one row per
+video), gallery/ (GIFs and mp4s when an ffmpeg is found, and a PNG contact sheet always). The
+workdir (checkpoints, latent cache) stays outside OUT: `--workdir`, default a temporary folder.
+
+`--cpu` is the rehearsal: the same steps on the CPU with tiny step counts and batches (`CPU`),
+float32; a few minutes, nearly all of them compilation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.metadata
+import json
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from data_pipelines import buckets as buckets_lib
+from data_pipelines import video_io
+from experiments import shapes
+from videogen import cli
+from videogen import experiment as experiment_lib
+from videogen import workdir as workdir_lib
+from videogen.evaluate import benchmark
+from videogen.evaluate import generation
+from videogen.evaluate import suite as suite_lib
+from videogen.generate import pipeline
+from videogen.models import attention as attention_lib
+from videogen.parallel import mesh as mesh_lib
+from videogen.provenance import writer
+from videogen.train import latent_cache
+from videogen.train import metrics as metrics_lib
+from videogen.train import stages as stages_lib
+from videogen.train import trainer
+
+VARIANT = "gpu"
+FIGURES_FILE = "figures.json"
+GALLERY_DIR = "gallery"
+# The rehearsal: the gpu preset's code paths (the latent cache, workers, the suite) at a size a
+# 2-core CPU runs in a few minutes; float32, which XLA's CPU backend compiles and runs far faster.
+CPU: dict[str, Any] = {
+    "autoencoder.dtype": "float32", "text_encoder.dtype": "float32", "dit.dtype": "float32",
+    "data.buckets": ("9x32x32:4", "1x32x32:8:0.25"),
+    "data.num_workers": 2,
+    "autoencoder_loss.buckets": ("5x32x32:2",),
+    "dit.width": 96, "dit.depth": 2, "dit.num_heads": 2,
+    "train.autoencoder.num_steps": 6, "train.autoencoder.log_every": 2,
+    "train.autoencoder.warmup_steps": 2,
+    "train.dit.num_steps": 6, "train.dit.log_every": 2, "train.dit.warmup_steps": 2,
+    "train.dit.checkpoint_every": 6,
+    "dit_stage.cache_steps": 4, "dit_stage.eval_caption_clips": 0,
+    "sample.num_steps": 2,
+    "eval_generation.scenes_per_group": 1, "eval_generation.modes": (),
+}
+# Stage budgets on the accelerator: with install, compilation, the cache and the suite, one call
+# stays under 8 minutes.
+GPU_SECONDS = {"autoencoder": 60.0, "dit": 150.0}
+CPU_SECONDS = {"autoencoder": 120.0, "dit": 120.0}
+
+
+def say(message: str, *args: Any) -> None:
+  """One progress line on stdout (run.sh copies it to OUT/log.txt), with the UTC time."""
+  print(time.strftime("%H:%M:%S ", time.gmtime()) + (message % args if args else message),
+        flush=True)
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> None:
+  """Sets `config.<path> = value` for each item; a string value is read as a Python literal."""
+  for path, value in overrides.items():
+    if isinstance(value, str):
+      try:
+        value = ast.literal_eval(value)
+      except (ValueError, SyntaxError):
+        pass  # a plain string, e.g. "cache"
+    *parents, key = path.split(".")
+    section = config
+    for name in parents:
+      section = section[name]
+    if key not in section:
+      raise KeyError(f"--set {path}: {key!r} is not a field of {'.'.join(parents) or 'config'}; "
+                     f"its fields are {', '.join(sorted(section.keys()))}")
+    section[key] = value
+
+
+def attention_check(experiment: experiment_lib.Experiment) -> str | None:
+  """Runs the transformer's attention shapes (forward and backward) on the cuDNN backend.
+
+  Returns None when they run (or the device has no cuDNN), else the error, after which the run
+  falls back to the XLA backend instead of failing at the first compile.
+  """
+  if "cudnn" not in attention_lib.available_backends():
+    return None
+  dit, text = experiment.dit, experiment.text_encoder
+  dtype = jnp.dtype(dit.dtype)
+  tokens, heads, head_dim = dit.num_tokens, dit.num_heads, dit.head_dim
+  q = jnp.ones((2, tokens, heads, head_dim), dtype)
+  context = jnp.ones((2, text.max_length, heads, head_dim), dtype)
+  context_mask = jnp.arange(text.max_length)[None, None, None, :] < jnp.array([3, 9])[
+      :, None, None, None]
+
+  def loss(q, k, v, mask):
+    out = attention_lib.dot_product_attention(q, k, v, mask=mask, backend="cudnn")
+    return jnp.sum(out.astype(jnp.float32))
+
+  try:
+    for k, mask in ((q, None), (context, context_mask)):
+      jax.block_until_ready(jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, k, mask))
+  except Exception as error:  # pylint: disable=broad-except  (any failure means: use XLA)
+    return f"{type(error).__name__}: {error}"
+  return None
+
+
+def build_experiment(overrides: dict[str, Any]) -> experiment_lib.Experiment:
+  """The gpu variant of experiments/shapes.py with `overrides`, validated."""
+  config = shapes.get_config(VARIANT)
+  apply_overrides(config, overrides)
+  return experiment_lib.validate(config)
+
+
+class StageDeadline:
+  """Sends this process SIGTERM after `seconds`, which the trainer turns into save-and-stop.
+
+  The signal is repeated every second until the stage ends: one that lands before the trainer's
+  handler is installed (while the stage builds its state) is ignored, as is one that lands just
+  after the stage ended, instead of killing the run.
+  """
+
+  def __init__(self, seconds: float):
+    self.seconds = seconds
+    self.fired = False
+    self._done = threading.Event()
+    self._thread: threading.Thread | None = None
+    self._previous = None
+
+  def _watch(self) -> None:
+    if self._done.wait(self.seconds):
+      return
+    self.fired = True
+    logging.warning("wall-clock budget of %.0f s reached: stopping the stage", self.seconds)
+    while not self._done.is_set():
+      os.kill(os.getpid(), signal.SIGTERM)
+      self._done.wait(1.0)
+
+  def __enter__(self) -> StageDeadline:
+    self._previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    self._thread = threading.Thread(target=self._watch, daemon=True)
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self._done.set()
+    self._thread.join()
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def training_rate(workdir: str, stage: str) -> float | None:
+  """The median steps/s of the stage's logged intervals (compilation left out by the trainer)."""
+  rates = [row["steps_per_second"] for row in metrics_lib.read_metrics(workdir, stage)
+           if "steps_per_second" in row]
+  return float(statistics.median(rates)) if rates else None
+
+
+def mean_batch(buckets: Sequence[Any]) -> float:
+  """Samples per step of a bucket mixture, each bucket drawn by its weight."""
+  total = sum(bucket.weight for bucket in buckets)
+  return sum(bucket.global_batch * bucket.weight for bucket in buckets) / total
+
+
+def imported_distributions() -> list[str]:
+  """The installed distributions whose top-level modules this process has imported."""
+  by_module = importlib.metadata.packages_distributions()
+  names = {name.partition(".")[0] for name in list(sys.modules)}
+  found = set()
+  for name in names - set(sys.stdlib_module_names):
+    for distribution in by_module.get(name, ()):
+      found.add(distribution.lower().replace("_", "-"))
+  return sorted(found - {"videogen"})
+
+
+def find_ffmpeg() -> str | None:
+  """The ffmpeg that video_io encodes with, or None (the carried imageio-ffmpeg has none)."""
+  try:
+    return video_io.imageio_ffmpeg.get_ffmpeg_exe()
+  except RuntimeError:
+    return None
+
+
+class _Phases:
+  """Wall-clock seconds of each phase of the run, logged as each ends; after each, the figures
+  so far are written to OUT/figures.json, so that a run stopped by the hard limit keeps them."""
+
+  def __init__(self, figures: dict[str, Any], path: str):
+    self.seconds: dict[str, float] = {}
+    self.start = time.perf_counter()
+    self.figures, self.path = figures, path
+
+  def run(self, name: str, function, *args, **kwargs):
+    say("== %s", name)
+    start = time.perf_counter()
+    result = function(*args, **kwargs)
+    self.seconds[name] = round(time.perf_counter() - start, 2)
+    say("== %s: %.1f s (%.1f s since the start)", name, self.seconds[name],
+        time.perf_counter() - self.start)
+    self.figures["seconds"] = self.seconds
+    _write_json(self.path, self.figures)
+    return result
+
+
+def _write_json(path: str, value: Any) -> None:
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(value, f, indent=1, default=float)
+    f.write("\n")
+
+
+def _train(experiment, workdir, name, mesh, writer_, budget) -> dict[str, Any]:
+  stage = stages_lib.make_stage(name, experiment)
+  with StageDeadline(budget) as deadline:
+    result = trainer.train_stage(stage, experiment, workdir, mesh=mesh, writer=writer_)
+  return {"status": result.status, "steps": result.step,
+          "planned_steps": experiment.train[name].num_steps, "budget_seconds": budget,
+          "stopped_by_budget": deadline.fired}
+
+
+def _cache(experiment, workdir, mesh) -> dict[str, Any]:
+  tokenizer = workdir_lib.load_or_train_tokenizer(experiment, workdir)
+  start = time.perf_counter()
+  latent_cache.open_or_build(experiment, workdir, tokenizer=tokenizer, mesh=mesh,
+                             seed=experiment.seed)
+  seconds = time.perf_counter() - start
+  steps = latent_cache.cache_steps(experiment)
+  samples = steps * mean_batch(experiment.data.parsed_buckets())
+  return {"steps": steps, "seconds": seconds, "samples_per_s": samples / seconds,
+          "disk_bytes": latent_cache.disk_bytes(workdir_lib.latent_cache_dir(workdir, experiment))}
+
+
+def _evaluate(experiment, workdir, out, gallery_videos: int) -> dict[str, Any]:
+  generator = pipeline.load(workdir, experiment, progress=False)
+  suite = suite_lib.build_suite(experiment.eval_generation, world_config=experiment.data.world,
+                                default_shape=tuple(generator.default_shape))
+  # No C2PA manifest: c2pa-python does not travel (wheels.txt); the watermark does.
+  stamp = writer.Stamp.for_workdir(workdir, manifest=False)
+  ffmpeg = find_ffmpeg()
+  suffixes = (".mp4", ".gif") if ffmpeg else ()
+  if not ffmpeg:
+    logging.warning("no ffmpeg on this machine: the gallery is a contact sheet, without videos")
+  gallery_dir = os.path.join(out, GALLERY_DIR)
+  os.makedirs(gallery_dir, exist_ok=True)
+  shown: list[tuple[str, np.ndarray]] = []
+
+  def on_video(row: dict[str, Any], video: np.ndarray) -> None:
+    if row["mode"] != "t2v" or len(shown) >= gallery_videos:
+      return
+    marked, _ = stamp.mark(video)
+    stem = os.path.join(gallery_dir, f"{len(shown):02d}")
+    for suffix in suffixes:
+      video_io.write_video(stem + suffix, marked, generator.fps)
+    shown.append((row["prompt"], marked))
+
+  report = generation.evaluate_generation(generation.generator_fn(generator), suite,
+                                          progress=True, on_video=on_video)
+  _write_json(os.path.join(out, "eval_generation.json"), report.metrics)
+  _write_json(os.path.join(out, "eval_generation_videos.json"), report.rows)
+  if shown:
+    video_io.write_contact_sheet(os.path.join(gallery_dir, "contact_sheet.png"),
+                                 [video for _, video in shown],
+                                 labels=[prompt for prompt, _ in shown])
+    with open(os.path.join(gallery_dir, "prompts.txt"), "w", encoding="utf-8") as f:
+      f.writelines(f"{number:02d} {prompt}\n" for number, (prompt, _) in enumerate(shown))
+  say("generation suite:\n%s", generation.format_table(report))
+  return {"prompts": len(suite.prompts), "cases": len(suite.cases), "ffmpeg": ffmpeg,
+          "gallery_videos": len(shown), "metrics": report.metrics}
+
+
+def run(out: str, *, cpu: bool = False, overrides: dict[str, Any] | None = None,
+        workdir: str | None = None, seconds: dict[str, float] | None = None,
+        gallery_videos: int = 8) -> dict[str, Any]:
+  """The whole run (see the module docstring); returns what it writes to OUT/figures.json."""
+  os.makedirs(out, exist_ok=True)
+  workdir = workdir or tempfile.mkdtemp(prefix="videogen_accelerator_")
+  seconds = {**(CPU_SECONDS if cpu else GPU_SECONDS), **(seconds or {})}
+  figures: dict[str, Any] = {"mode": "cpu" if cpu else "accelerator", "workdir": workdir}
+  phases = _Phases(figures, os.path.join(out, FIGURES_FILE))
+
+  # == Devices and the matmul peak ==============================================================
+  devices = jax.devices()
+  figures["devices"] = [str(device) for device in devices]
+  figures["backend"] = jax.default_backend()
+  figures["versions"] = {name: importlib.metadata.version(name) for name in ("jax", "jaxlib",
+                                                                             "flax", "optax")}
+  say("devices: %s; %s", figures["devices"], figures["versions"])
+  size = 1024 if cpu else 8192
+  figures["matmul_bf16"] = {"size": size, "flops_per_second": phases.run(
+      "matmul", benchmark.matmul_flops_per_second, size, jnp.bfloat16)}
+  say("bfloat16 matmul %dx%d: %.3g FLOP/s", size, size,
+      figures["matmul_bf16"]["flops_per_second"])
+
+  # == Experiment and loader ====================================================================
+  experiment = build_experiment({**(CPU if cpu else {}), **(overrides or {})})
+  failure = attention_check(experiment)
+  if failure is not None:
+    logging.warning("cuDNN attention fails on these shapes (%s): using the XLA backend", failure)
+    overrides = {**(overrides or {}), "dit.attention_backend": "xla",
+                 "text_encoder.attention_backend": "xla", "autoencoder.attention_backend": "xla"}
+    experiment = build_experiment({**(CPU if cpu else {}), **overrides})
+  figures["attention"] = {"backends": list(attention_lib.available_backends()),
+                          "cudnn_failure": failure}
+  figures["experiment"] = {"config": f"experiments/shapes.py:{VARIANT}", "cpu": cpu,
+                           "overrides": {k: repr(v) for k, v in (overrides or {}).items()}}
+  tokenizer = phases.run("tokenizer", workdir_lib.load_or_train_tokenizer, experiment, workdir)
+  figures["loader"] = phases.run("loader", benchmark.loader_figures, experiment, tokenizer,
+                                 batches=3 if cpu else 8)
+  say("loader: %.1f samples/s with %d workers", figures["loader"]["samples_per_s"],
+      experiment.data.num_workers)
+
+  # == Training =================================================================================
+  mesh = mesh_lib.create_mesh(experiment.mesh)
+  stages: dict[str, Any] = {}
+  figures["stages"] = stages
+  metric_writer = metrics_lib.MetricWriter(workdir)
+  try:
+    for name in experiment.stages:
+      if name == workdir_lib.DIT_STAGE and experiment.dit_stage.latents == "cache":
+        figures["latent_cache"] = phases.run("latent cache", _cache, experiment, workdir, mesh)
+      stages[name] = phases.run(f"train {name}", _train, experiment, workdir, name, mesh,
+                                metric_writer, seconds[name])
+  finally:
+    metric_writer.close()
+
+  # == Step figures: XLA's FLOPs per step over the step's time ==================================
+  for name in experiment.stages:
+    step, _ = phases.run(f"time the {name} step", benchmark.train_step_figures, experiment, name,
+                         workdir=workdir, mesh=mesh, steps=3 if cpu else 10)
+    rate = training_rate(workdir, name)
+    specs = experiment.autoencoder_loss.buckets if name == "autoencoder" else ()
+    batch = mean_batch([buckets_lib.parse_bucket(spec) for spec in specs]
+                       or experiment.data.parsed_buckets())
+    stages[name].update({
+        "step": step,
+        "training_steps_per_second": rate,
+        # What the training consumed from its input (the loader, or the latent cache).
+        "training_samples_per_second": None if rate is None else rate * batch,
+        "benchmark_steps_per_second": 1.0 / step["seconds_per_step"],
+        "step_to_matmul_ratio": step["flops_per_second"]
+                                / figures["matmul_bf16"]["flops_per_second"],
+    })
+    say("%s step: %.3g FLOP/s (%.2f of the matmul); training reached %s steps/s, the step "
+        "alone %.2f", name, step["flops_per_second"], stages[name]["step_to_matmul_ratio"], rate,
+        1.0 / step["seconds_per_step"])
+
+  # == Evaluation and gallery ===================================================================
+  figures["generation"] = phases.run("generation suite", _evaluate, experiment, workdir, out,
+                                     gallery_videos)
+  figures["seconds"] = phases.seconds
+  figures["total_seconds"] = round(time.perf_counter() - phases.start, 2)
+  figures["imported_distributions"] = imported_distributions()
+  _write_json(os.path.join(out, FIGURES_FILE), figures)
+  say("figures: %s", os.path.join(out, FIGURES_FILE))
+  return figures
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--out", required=True, help="folder the results are written to")
+  parser.add_argument("--cpu", action="store_true", help="the rehearsal: tiny steps on the CPU")
+  parser.add_argument("--workdir", default=None, help="checkpoints and latent cache (default: a "
+                      "temporary folder)")
+  parser.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                      help="a config override, e.g. --set=train.dit.num_steps=100")
+  parser.add_argument("--autoencoder_seconds", type=float, default=None)
+  parser.add_argument("--dit_seconds", type=float, default=None)
+  parser.add_argument("--gallery_videos", type=int, default=8)
+  args = parser.parse_args(argv)
+  overrides = {}
+  for item in args.set:
+    path, sep, value = item.partition("=")
+    if not sep:
+      parser.error(f"--set {item!r}: write PATH=VALUE, e.g. --set=train.dit.num_steps=100")
+    overrides[path] = value
+  budgets = {name: value for name, value in (("autoencoder", args.autoencoder_seconds),
+                                             ("dit", args.dit_seconds)) if value is not None}
+  logging.set_verbosity(logging.INFO)
+  logging.use_absl_handler()
+  cli.set_up_logging()  # videogen's own lines (and these), other libraries' warnings
+  cli.enable_compilation_cache()
+  if args.cpu:
+    jax.config.update("jax_platforms", "cpu")
+  run(args.out, cpu=args.cpu, overrides=overrides, workdir=args.workdir, seconds=budgets,
+      gallery_videos=args.gallery_videos)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
