@@ -37,9 +37,10 @@ FORBIDDEN: tuple[tuple[str, str, str], ...] = (
      "videogen.workdir, never the trainer (the dit stage calls the Generator, not the reverse)"),
     ("videogen.generate", "videogen.evaluate", "evaluation calls generation, not the reverse"),
 )
-# Only the entry point reaches the commands' top.
+# Only the entry points reach the commands' top: the command line, and the accelerator run's
+# driver (a command line of its own that sets up logging and the compilation cache the same way).
 ENTRY_POINTS = {"videogen.main_job": ("videogen.main",), "videogen.main": (),
-                "videogen.cli": ("videogen.main",)}
+                "videogen.cli": ("videogen.main", "experiments.accelerator.run")}
 
 
 def _module_name(path: pathlib.Path) -> str:
