@@ -335,6 +335,7 @@ def run(out: str, *, cpu: bool = False, overrides: dict[str, Any] | None = None,
     overrides = {**(overrides or {}), "dit.attention_backend": "xla",
                  "text_encoder.attention_backend": "xla", "autoencoder.attention_backend": "xla"}
     experiment = build_experiment({**(CPU if cpu else {}), **overrides})
+  check_budgets(experiment, seconds)
   figures["attention"] = {"backends": list(attention_lib.available_backends()),
                           "cudnn_failure": failure}
   figures["experiment"] = {"config": f"experiments/shapes.py:{VARIANT}", "cpu": cpu,
@@ -391,6 +392,15 @@ def run(out: str, *, cpu: bool = False, overrides: dict[str, Any] | None = None,
   return figures
 
 
+def check_budgets(experiment: experiment_lib.Experiment, seconds: dict[str, float]) -> None:
+  """Raises ValueError, in one line, if a stage of the experiment has no wall-clock budget."""
+  unbudgeted = [name for name in experiment.stages if name not in seconds]
+  if unbudgeted:
+    raise ValueError(f"stages {unbudgeted} have no time budget in this run: run only "
+                     f"{sorted(seconds)} here (--set=stages=...), or train them with "
+                     f"`python -m videogen.main train`")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--out", required=True, help="folder the results are written to")
@@ -417,6 +427,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   cli.enable_compilation_cache()
   if args.cpu:
     jax.config.update("jax_platforms", "cpu")
+  try:  # a wrong override or stage list is one line before anything starts
+    check_budgets(build_experiment({**(CPU if args.cpu else {}), **overrides}),
+                  {**(CPU_SECONDS if args.cpu else GPU_SECONDS), **budgets})
+  except (KeyError, ValueError) as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
   run(args.out, cpu=args.cpu, overrides=overrides, workdir=args.workdir, seconds=budgets,
       gallery_videos=args.gallery_videos)
   return 0

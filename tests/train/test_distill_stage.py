@@ -7,6 +7,7 @@ teacher) whose distill stage runs 4 steps on 8 cached trajectories of a 4-step t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -146,3 +147,32 @@ def test_generation_picks_the_student_up_to_its_steps(distilled, caplog):
   video = modes.image_to_video(generator, "a red circle", first[0], steps=1, seed=3).video
   assert video.shape == first.shape
   np.testing.assert_array_equal(video[0], first[0])
+
+
+def test_the_student_says_what_it_does_not_use_and_refuses_a_pyramid(distilled, caplog):
+  workdir, _, _ = distilled
+  generator = pipeline.load(workdir, progress=False)
+  caplog.set_level(logging.INFO)
+  generator.generate("a red circle", steps=1, seed=3, guidance=7.0)
+  assert "not used: the heun sampler, guidance_scale 7, the negative prompt" in caplog.text
+  generator.sample_config = dataclasses.replace(generator.sample_config,
+                                                frame_schedule="pyramid")
+  with pytest.raises(ValueError, match="samples every frame together"):
+    generator.generate("a red circle", steps=1, seed=3)
+
+
+def test_an_older_teacher_checkpoint_loads_without_the_newest_student(distilled):
+  workdir, _, _ = distilled
+  step = workdir_lib.latest_step(workdir, workdir_lib.DIT_STAGE)
+  assert pipeline.load(workdir, progress=False).student is not None
+  assert pipeline.load(workdir, progress=False, step=step).student is None
+
+
+def test_a_student_without_its_steps_is_refused(distilled):
+  workdir, _, _ = distilled
+  generator = pipeline.load(workdir, progress=False)
+  with pytest.raises(ValueError, match="student_steps = 0"):
+    pipeline.Generator(autoencoder=generator.autoencoder, text_encoder=generator.text_encoder,
+                       dit=generator.student, tokenizer=generator.tokenizer,
+                       flow_config=generator.flow_config,
+                       student=generator.student)

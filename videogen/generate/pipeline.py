@@ -288,6 +288,9 @@ class Generator:
     self._ae_graph, self._ae_state = nnx.split(autoencoder)
     self._text_graph, self._text_state = nnx.split(text_encoder)
     self._dit_graph, self._dit_state = nnx.split(dit)
+    if student is not None and student_steps < 1:
+      raise ValueError(f"student_steps = {student_steps}: a distilled student needs the most "
+                       f"steps it samples with (its distill_stage.max_steps), at least 1")
     self.student = student
     self.student_steps = student_steps if student is not None else 0
     if student is not None:
@@ -531,10 +534,17 @@ class Generator:
     cond = self.encode_prompt(prompt)
     student = self.uses_student(config.num_steps)
     if student:
-      # Guidance was folded in at distillation: say so rather than drop the settings silently.
-      logging.info("using the distilled student (%d steps); its guidance is the one distilled "
-                   "in, so guidance_scale %g and the negative prompt are not used",
-                   config.num_steps, config.guidance_scale)
+      if config.frame_schedule != "together":
+        raise ValueError(f"the distilled student samples every frame together, not "
+                         f"frame_schedule={config.frame_schedule!r}: pass more than "
+                         f"{self.student_steps} steps to use the teacher, or set "
+                         f"config.sample.frame_schedule='together'")
+      # The student has its own sampler and the guidance distilled in: say what it does not use.
+      unused = [f"the {config.method} sampler", f"guidance_scale {config.guidance_scale:g}",
+                "the negative prompt"] + ([f"context_noise {context_noise:g}"]
+                                          if context_noise > 0 else [])
+      logging.info("using the distilled student (%d steps); not used: %s", config.num_steps,
+                   ", ".join(unused))
     negative = None if config.guidance_scale == 1.0 or student else self.encode_prompt(
         config.negative_prompt)
     key = jax.random.fold_in(jax.random.key(config.seed), stream)
@@ -649,6 +659,8 @@ def load(workdir: str, experiment: experiment_lib.Experiment | None = None, *,
     FileNotFoundError: no checkpoint or no tokenizer, naming the path and the command that
       makes it.
   """
+  # The student was distilled from the newest teacher: an older checkpoint samples without it.
+  newest = step is None
   step = workdir_lib.require_step(workdir, workdir_lib.DIT_STAGE) if step is None else step
   if experiment is None:
     experiment = workdir_lib.saved_experiment(workdir, workdir_lib.DIT_STAGE, step)
@@ -661,7 +673,8 @@ def load(workdir: str, experiment: experiment_lib.Experiment | None = None, *,
                                        experiment=experiment, mesh=mesh, step=step)
 
   kwargs = dict(experiment_defaults(experiment))
-  kwargs.update(load_student(workdir, experiment, mesh))
+  if newest:
+    kwargs.update(load_student(workdir, experiment, mesh))
   kwargs.update(generator_kwargs)
   return Generator(autoencoder=model.autoencoder, text_encoder=model.text_encoder,
                    dit=model.dit, tokenizer=tokenizer,

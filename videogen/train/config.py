@@ -12,6 +12,7 @@ import dataclasses
 from typing import Literal, Optional
 
 from data_pipelines import buckets as buckets_lib
+from videogen.diffusion import distillation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,16 +220,9 @@ class DistillStageConfig:
   cache_dir: Optional[str] = None
 
   def __post_init__(self):
-    if not self.student_steps or any(n < 1 for n in self.student_steps):
-      raise ValueError(f"student_steps = {self.student_steps} must be step counts >= 1, e.g. "
-                       f"(1, 2, 4)")
-    finest = max(self.student_steps)
-    if any(finest % n for n in self.student_steps):
-      raise ValueError(f"student_steps = {self.student_steps}: each must divide the largest "
-                       f"({finest}) so that their grids share points, e.g. (1, 2, 4)")
-    if self.teacher_steps < 1 or self.teacher_steps % finest:
-      raise ValueError(f"teacher_steps = {self.teacher_steps} must be a positive multiple of the "
-                       f"student's {finest} steps, e.g. {5 * finest}")
+    if self.teacher_steps < 1:
+      raise ValueError(f"teacher_steps = {self.teacher_steps} must be at least 1")
+    distillation.check_steps(self.student_steps, self.teacher_steps)  # the grids nest
     for name in ("trajectories", "trajectory_batch", "batch_size"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} = {getattr(self, name)} must be at least 1")
