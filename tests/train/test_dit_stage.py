@@ -124,6 +124,19 @@ class RecordingDiT:
 # ------------------------------------------------------------------------------------------------
 
 
+
+def _initial_state_and_step(experiment):
+  """The dit stage, its model's graph, initial train state and jitted train step, on one device."""
+  stage = dit_stage.DiTStage(experiment)
+  config = experiment.train["dit"]
+  mesh = mesh_lib.create_mesh(experiment.mesh, jax.devices()[:1])
+  tx = train_state_lib.make_optimizer(config)
+  state = jax.jit(lambda: train_state_lib.init_train_state(stage, tx, seed=0))()
+  graphdef, _, _ = train_state_lib.abstract_model(stage)
+  step = jax.jit(train_state_lib.make_train_step(stage, graphdef, tx, config, mesh=mesh,
+                                                 rules=experiment.mesh.rules))
+  return stage, graphdef, state, step
+
 def test_configs_must_agree():
   with pytest.raises(ValueError, match=r"config.dit.in_channels \(8\) must equal "
                                        r"config.autoencoder.latent_channels \(4\)"):
@@ -222,14 +235,8 @@ def test_steps_lower_the_loss_and_leave_the_autoencoder_alone(tokenizer):
   """
   experiment = make_experiment(learning_rate=1e-2, warmup_steps=0, schedule="constant",
                                num_steps=20)
-  stage = dit_stage.DiTStage(experiment)
   config = experiment.train["dit"]
-  mesh = mesh_lib.create_mesh(experiment.mesh, jax.devices()[:1])
-  tx = train_state_lib.make_optimizer(config)
-  state = jax.jit(lambda: train_state_lib.init_train_state(stage, tx, seed=0))()
-  graphdef, _, _ = train_state_lib.abstract_model(stage)
-  step = jax.jit(train_state_lib.make_train_step(stage, graphdef, tx, config, mesh=mesh,
-                                                 rules=experiment.mesh.rules))
+  stage, graphdef, state, step = _initial_state_and_step(experiment)
   batch = latent_batch(experiment, tokenizer)
 
   @jax.jit
@@ -421,14 +428,8 @@ def test_a_few_steps_train_with_every_recipe_option_on(tokenizer):
                     weighting="min_snr", frame_difference_weight=0.5)
   experiment = make_experiment(flow=flow, learning_rate=1e-2, warmup_steps=0,
                                schedule="constant", num_steps=2)
-  stage = dit_stage.DiTStage(experiment)
   config = experiment.train["dit"]
-  mesh = mesh_lib.create_mesh(experiment.mesh, jax.devices()[:1])
-  tx = train_state_lib.make_optimizer(config)
-  state = jax.jit(lambda: train_state_lib.init_train_state(stage, tx, seed=0))()
-  graphdef, _, _ = train_state_lib.abstract_model(stage)
-  step = jax.jit(train_state_lib.make_train_step(stage, graphdef, tx, config, mesh=mesh,
-                                                 rules=experiment.mesh.rules))
+  _, _, state, step = _initial_state_and_step(experiment)
   before = jax.tree.map(np.asarray, state.params)
   for index in range(config.num_steps):
     state, metrics = step(state, latent_batch(experiment, tokenizer, index))
