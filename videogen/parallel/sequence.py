@@ -44,6 +44,7 @@ from absl import logging
 from jax.sharding import PartitionSpec
 
 from videogen.parallel import axes
+from videogen.parallel import mesh as mesh_lib
 from videogen.parallel import sharding
 
 Attend = Callable[[jax.Array, jax.Array, jax.Array, jax.Array | None], jax.Array]
@@ -93,8 +94,9 @@ def choose_method(requested: str, local_heads: int, sequence_size: int) -> str:
         f"sequence_parallel='ulysses' needs the heads each device holds ({local_heads}) divisible "
         f"by mesh.sequence ({sequence_size}): set config.mesh.sequence_parallel='ring' (or "
         f"'auto'), or a head count that mesh.sequence divides")
-  if requested not in ("auto", "ulysses", "ring"):
-    raise ValueError(f"unknown sequence_parallel {requested!r}; choose auto, ulysses or ring")
+  if requested not in mesh_lib.SEQUENCE_PARALLEL:
+    raise ValueError(f"unknown sequence_parallel {requested!r}; choose one of "
+                     f"{', '.join(mesh_lib.SEQUENCE_PARALLEL)}")
   if requested == "auto":
     if not divides:
       logging.log_first_n(
