@@ -1,5 +1,6 @@
 """videogen/generate/pipeline.py: decoding, determinism, conditioning, loading a workdir."""
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -212,6 +213,23 @@ def test_given_frames_are_held_at_timestep_zero_where_they_belong(copying_genera
   np.testing.assert_allclose(latents[:, 3], given_mean, atol=1e-4)
   # The new pixel frames are the 4 decoded after the 1 + 2 given ones.
   np.testing.assert_array_equal(new, copying_generator.decode(jnp.asarray(latents))[3:7])
+
+
+def test_image_first_samples_the_image_of_that_seed_then_the_clip_given_it(generator,
+                                                                          monkeypatch):
+  decoded = _record_decodes(generator, monkeypatch)
+  prompt = "a red circle moving right"
+  image = generator.generate(prompt, frames=1, seed=3)
+  together = generator.generate(prompt, frames=9, seed=3)
+  monkeypatch.setattr(generator, "sample_config", dataclasses.replace(
+      generator.sample_config, frame_schedule="image_first"))
+  video = generator.generate(prompt, frames=9, seed=3)
+  image_latents, _, video_latents = decoded
+  # The clip's first latent frame is the one-frame request's, held bit for bit while the rest
+  # is sampled, and the causal decoder turns it into the same first frame.
+  np.testing.assert_array_equal(video_latents[:, :1], image_latents)
+  np.testing.assert_array_equal(video[0], image[0])
+  assert np.mean(video[1:] != together[1:]) > 0.1
 
 
 def test_prefix_latents_are_the_start_of_a_clip(generator, clip):

@@ -48,6 +48,9 @@ from videogen.diffusion import flow
 from videogen.diffusion import guidance
 
 
+FRAME_SCHEDULES = ("together", "pyramid", "image_first")
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
   """The `config.sample` section: how videos are sampled.
@@ -61,10 +64,14 @@ class SamplerConfig:
       (`flow.resolution_shift_value`), which is what the model was trained for.
     negative_prompt: the unconditional branch's prompt; "" is the null caption.
     seed: seed of the initial noise; the same seed gives the same video.
-    frame_schedule: "together" (every latent frame at the same time) or "pyramid": earlier
+    frame_schedule: "together" (every latent frame at the same time); "pyramid": earlier
       frames settle first, frame f's (unshifted) time lagging frame f - 1's by `frame_lag`
       (`frame_timestep_grid`), so the first frames are set before the caption steers the later
-      ones. Meant for a model trained with diffusion forcing (`FlowConfig.frame_noise_prob`).
+      ones; meant for a model trained with diffusion forcing (`FlowConfig.frame_noise_prob`).
+      "image_first": a fresh clip's first latent frame is sampled alone, as an image, and the
+      rest with it given (image-to-video), so the caption decides where things go from a
+      settled start (Emu Video's factorisation); the generation pipeline does this, `sample`
+      itself runs it as "together".
     frame_lag: the pyramid's lag between neighbouring latent frames, in (0, 1] of unshifted
       time; 1 is causal (a frame starts when the one before it is done). The pyramid takes
       about num_steps * (1 + (t - 1) frame_lag) steps for t latent frames, so every frame gets
@@ -76,7 +83,7 @@ class SamplerConfig:
   shift: Optional[float] = None
   negative_prompt: str = ""
   seed: int = 0
-  frame_schedule: Literal["together", "pyramid"] = "together"
+  frame_schedule: Literal["together", "pyramid", "image_first"] = "together"
   frame_lag: float = 0.25
 
   def __post_init__(self):
@@ -84,9 +91,9 @@ class SamplerConfig:
       raise ValueError(f"num_steps = {self.num_steps} must be >= 1 (try 30)")
     if self.shift is not None and self.shift <= 0:
       raise ValueError(f"shift = {self.shift} must be > 0, or None for the training shift")
-    if self.frame_schedule not in ("together", "pyramid"):
-      raise ValueError(f"frame_schedule = {self.frame_schedule!r} is unknown: choose 'together' "
-                       f"or 'pyramid'")
+    if self.frame_schedule not in FRAME_SCHEDULES:
+      raise ValueError(f"frame_schedule = {self.frame_schedule!r} is unknown: choose one of "
+                       f"{', '.join(FRAME_SCHEDULES)}")
     if not 0.0 < self.frame_lag <= 1.0:
       raise ValueError(f"frame_lag = {self.frame_lag} must be in (0, 1] (try 0.25; 1 = causal)")
 

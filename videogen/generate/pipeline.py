@@ -568,6 +568,14 @@ class Generator:
                       width // self.autoencoder.config.spatial_factor,
                       self.autoencoder.config.latent_channels)
       window_key = jax.random.fold_in(key, index)
+      if (config.frame_schedule == "image_first" and not window.context and window.total > 1
+          and source_latents is None):
+        # The clip's first latent frame (the first video frame alone) sampled as an image, from
+        # the noise a one-frame request of this seed draws, then given to the rest.
+        parts.insert(0, self._sample_image(latent_shape, window_key,
+                                           config, cond, negative, several))
+        mask = mask.copy()
+        mask[0] = True
       noise = samplers.initial_noise(window_key, latent_shape)
       cond_latents = (conditioning_lib.place_frames(jnp.concatenate(parts, axis=1), mask)
                       if parts else None)
@@ -609,6 +617,20 @@ class Generator:
     if filled != frames:
       raise AssertionError(f"the windows made {filled} frames of the {frames} planned")
     return video
+
+  def _sample_image(self, latent_shape: tuple[int, ...], key: jax.Array,
+                    config: samplers.SamplerConfig, cond: dict[str, jax.Array],
+                    negative: dict[str, jax.Array] | None, several: bool) -> jax.Array:
+    """One latent frame of `latent_shape`'s size sampled from noise: [1, 1, h, w, C]."""
+    image_shape = (latent_shape[0], 1, *latent_shape[2:])
+    factor = self.autoencoder.config.spatial_factor
+    shift = samplers.sampling_shift(config, self.flow_config, self.num_tokens(
+        1, image_shape[2] * factor, image_shape[3] * factor))
+    return samplers.sample(
+        self.velocity, samplers.initial_noise(key, image_shape),
+        config=dataclasses.replace(config, frame_schedule="together"), shift=shift,
+        conditioning=cond, negative_conditioning=negative,
+        progress=self.progress and not several, jit=False)
 
   def _noisy_context_velocity(self, given: jax.Array, noise: jax.Array, mask: np.ndarray,
                               level: float):
