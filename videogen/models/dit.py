@@ -261,9 +261,10 @@ class DiT(nnx.Module):
       self.blocks = nnx.List([DiTBlock(config, rngs=rngs) for _ in range(config.depth)])
     self.final_layer = FinalLayer(config, rngs=rngs)
     # Built last, so that the other parameters draw the same initial values with or without it.
-    self.step_embed = _StepSizeEmbedding(
+    self.step_embed = layers.TimestepEmbedding(
         config.width, frequency_dim=config.frequency_dim, time_scale=config.time_scale,
-        param_dtype=param_dtype, rngs=rngs) if config.step_size_embedding else None
+        param_dtype=param_dtype, output_init=nnx.initializers.zeros_init(),
+        rngs=rngs) if config.step_size_embedding else None
 
   def __call__(self, latents: jax.Array, timesteps: jax.Array,
                context: jax.Array | None = None, context_mask: jax.Array | None = None,
@@ -314,7 +315,8 @@ class DiT(nnx.Module):
           raise ValueError(f"a step-size-conditioned DiT needs step_sizes of shape [{batch}], got "
                            f"{None if step_sizes is None else jnp.shape(step_sizes)}: pass the "
                            f"step's size t - s")
-        cond = cond + self.step_embed(step_sizes)[:, None, :]
+        step_cond = self.step_embed(jnp.asarray(step_sizes, jnp.float32))
+        cond = cond + step_cond.astype(jnp.float32)[:, None, :]
       elif step_sizes is not None:
         raise ValueError("step_sizes were given but config.dit.step_size_embedding is False: "
                          "only a distilled student takes them")
@@ -388,23 +390,3 @@ class _PooledProjection(nnx.Module):
 
   def __call__(self, pooled: jax.Array) -> jax.Array:
     return self.linear_out(jax.nn.silu(self.linear_in(pooled.astype(jnp.float32))))
-
-
-class _StepSizeEmbedding(nnx.Module):
-  """Step sizes [B] -> sinusoidal features -> Linear, SiLU, zero-initialised Linear -> [B, D]."""
-
-  def __init__(self, width: int, *, frequency_dim: int, time_scale: float,
-               param_dtype: jnp.dtype, rngs: nnx.Rngs):
-    self.frequency_dim = frequency_dim
-    self.time_scale = time_scale
-    self.linear_in = layers.Dense(frequency_dim, width, axes=(None, axes.EMBED),
-                                  kernel_init=nnx.initializers.normal(0.02),
-                                  param_dtype=param_dtype, rngs=rngs)
-    self.linear_out = layers.Dense(width, width, axes=(axes.EMBED, axes.MLP),
-                                   kernel_init=nnx.initializers.zeros_init(),
-                                   param_dtype=param_dtype, rngs=rngs)
-
-  def __call__(self, step_sizes: jax.Array) -> jax.Array:
-    features = layers.timestep_frequencies(jnp.asarray(step_sizes, jnp.float32),
-                                           self.frequency_dim, time_scale=self.time_scale)
-    return self.linear_out(jax.nn.silu(self.linear_in(features))).astype(jnp.float32)

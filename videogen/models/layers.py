@@ -210,16 +210,21 @@ def timestep_frequencies(timesteps: jax.Array, dim: int, *, time_scale: float = 
 
 
 class TimestepEmbedding(nnx.Module):
-  """Timesteps [...] -> sinusoidal features -> Linear, SiLU, Linear -> [..., width]."""
+  """Timesteps [...] -> sinusoidal features -> Linear, SiLU, Linear -> [..., width].
+
+  `output_init` initialises the last Linear's kernel; zeros make an embedding that adds nothing
+  until it is trained (the distilled student's step size).
+  """
 
   def __init__(self, width: int, *, frequency_dim: int = 256, time_scale: float = 1000.0,
-               param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+               param_dtype: jnp.dtype = jnp.float32,
+               output_init: Initializer = nnx.initializers.normal(0.02), rngs: nnx.Rngs):
     self.frequency_dim = frequency_dim
     self.time_scale = time_scale
-    init = nnx.initializers.normal(0.02)
-    self.linear_in = Dense(frequency_dim, width, axes=(None, axes.EMBED), kernel_init=init,
-                           param_dtype=param_dtype, rngs=rngs)
-    self.linear_out = Dense(width, width, axes=(axes.EMBED, axes.MLP), kernel_init=init,
+    self.linear_in = Dense(frequency_dim, width, axes=(None, axes.EMBED),
+                           kernel_init=nnx.initializers.normal(0.02), param_dtype=param_dtype,
+                           rngs=rngs)
+    self.linear_out = Dense(width, width, axes=(axes.EMBED, axes.MLP), kernel_init=output_init,
                             param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, timesteps: jax.Array) -> jax.Array:
