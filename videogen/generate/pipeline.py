@@ -262,17 +262,12 @@ class Generator:
     self.patch_size = _patch_size(dit)
     self.spatial_multiple: tuple[int, int] = (ae_config.spatial_factor * self.patch_size[1],
                                               ae_config.spatial_factor * self.patch_size[2])
-    self.window_latents = (None if window_frames is None else
-                           1 + (windows_lib.round_frames(window_frames, self.temporal_factor,
-                                             continuing=False, what="window_frames") - 1)
-                           // self.temporal_factor)
     if overlap < 1 or suffix_overlap < 1:
       raise ValueError(f"overlap = {overlap} and suffix_overlap = {suffix_overlap} must be >= 1")
-    if self.window_latents is not None:
-      # The window must hold the given frames of both ends and one new latent frame.
-      self.window_latents = max(self.window_latents, overlap + suffix_overlap + 1)
+    self.window_frames = window_frames
     self.overlap = overlap
     self.suffix_overlap = suffix_overlap
+    self.window_latents = self._window_latents()
     self.default_shape = default_shape
     self.fps = float(fps)
     if chunk_latent_frames < 1:
@@ -301,23 +296,28 @@ class Generator:
                    context_clean_below: float | None = None) -> Generator:
     """A generator sharing these models with other window settings (None keeps this one's)."""
     changed = copy.copy(self)
-    overlap = self.overlap if overlap is None else overlap
-    if overlap < 1:
-      raise ValueError(f"overlap = {overlap} must be >= 1")
-    window = self.window_latents
+    if overlap is not None:
+      if overlap < 1:
+        raise ValueError(f"overlap = {overlap} must be >= 1")
+      changed.overlap = overlap
     if window_frames is not None:
-      window = 1 + (windows_lib.round_frames(window_frames, self.temporal_factor,
-                                             continuing=False, what="window_frames") - 1
-                    ) // self.temporal_factor
-    if window is not None:
-      window = max(window, overlap + self.suffix_overlap + 1)
-    changed.overlap, changed.window_latents = overlap, window
+      changed.window_frames = window_frames
+    changed.window_latents = changed._window_latents()
     if context_noise is not None:
       changed.context_noise = _check_context_noise(context_noise)
     if context_clean_below is not None:
       changed.context_clean_below = _check_context_noise(context_clean_below,
                                                          "context_clean_below")
     return changed
+
+  def _window_latents(self) -> int | None:
+    """Latent frames of one sampling window for `window_frames` (None: no limit)."""
+    if self.window_frames is None:
+      return None
+    frames = windows_lib.round_frames(self.window_frames, self.temporal_factor, continuing=False,
+                                      what="window_frames")
+    # The window must hold the given frames of both ends and one new latent frame.
+    return max(1 + (frames - 1) // self.temporal_factor, self.overlap + self.suffix_overlap + 1)
 
   # -- shapes ---------------------------------------------------------------------------------
 
