@@ -13,6 +13,7 @@ import os
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -30,14 +31,20 @@ from videogen.train import trainer
 from tests import conftest
 
 
-def _experiment(**train) -> experiment_lib.Experiment:
+def _experiment(teacher: dict | None = None, **train) -> experiment_lib.Experiment:
   config = conftest._tiny_workdir_config()
   config.stages = ("distill",)
   config.train.distill.update(num_steps=4, warmup_steps=1, log_every=1, checkpoint_every=2,
                               keep_checkpoints=0, eval_every=0, async_checkpoints=False,
                               progress_bar=False, **train)
-  config.distill_stage.update(trajectories=8, trajectory_batch=8, batch_size=8, teacher_steps=4)
+  config.distill_stage.update(trajectories=8, trajectory_batch=8, batch_size=8, teacher_steps=4,
+                              **(teacher or {}))
   return experiment_lib.validate(config)
+
+
+def _replicated(state: nnx.State, mesh: jax.sharding.Mesh) -> nnx.State:
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.tree.map(lambda x: jax.device_put(x, sharding), state)
 
 
 def _train(experiment: experiment_lib.Experiment, workdir: str) -> trainer.StageResult:
@@ -79,9 +86,8 @@ def test_the_student_starts_as_the_teacher(tiny_workdir):
   with nnx.use_eager_sharding(False):
     student = stage.create_model(nnx.Rngs(0))
   mesh = mesh_lib.create_mesh(experiment.mesh, jax.devices()[:1])
-  params = jax.tree.map(lambda x: jax.device_put(x, jax.sharding.NamedSharding(
-      mesh, jax.sharding.PartitionSpec())), nnx.state(student, stage.trainable))
-  params = stage.initial_params(params, tiny_workdir)
+  params = stage.initial_params(_replicated(nnx.state(student, stage.trainable), mesh),
+                                tiny_workdir)
   teacher = {path: leaf for path, leaf in nnx.to_flat_state(
       nnx.state(stage.teacher(tiny_workdir, mesh).dit, nnx.Param))}
   new = 0
@@ -93,6 +99,37 @@ def test_the_student_starts_as_the_teacher(tiny_workdir):
     else:
       np.testing.assert_array_equal(np.asarray(leaf.value), np.asarray(teacher[path].value))
   assert new == 4 and len(teacher) == len(list(nnx.to_flat_state(params["dit"]))) - new
+
+
+def test_the_initial_student_has_no_loss_on_the_euler_teachers_own_steps(tiny_workdir,
+                                                                         tmp_path):
+  """A 4-step Euler teacher without guidance takes exactly the 4-step schedule's steps, and the
+  student starts as that teacher (whatever its weights): its loss there is 0. The trajectories
+  move, so a target of the wrong sign or scale would leave a loss of the size of their steps."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(tiny_workdir, workdir)
+  experiment = _experiment(teacher=dict(teacher_method="euler", teacher_guidance=1.0))
+  stage = distill_stage.DistillStage(experiment)
+  mesh = mesh_lib.create_mesh(experiment.mesh, jax.devices()[:1])
+  # The few-step test teacher barely moves its latents: give its transformer random weights.
+  teacher = stage.teacher(workdir, mesh).dit
+  weights = nnx.state(teacher, nnx.Param)
+  keys = iter(jax.random.split(jax.random.key(0), len(jax.tree.leaves(weights))))
+  nnx.update(teacher, jax.tree.map(
+      lambda w: w + 0.1 * jax.random.normal(next(keys), w.shape, w.dtype), weights))
+  with nnx.use_eager_sharding(False):
+    student = stage.create_model(nnx.Rngs(0))
+  nnx.update(student, stage.load_frozen(_replicated(nnx.state(student), mesh), workdir))
+  nnx.update(student, stage.initial_params(nnx.state(student, stage.trainable), workdir))
+  batch = {key: jnp.asarray(value) for key, value in stage.trajectories(workdir, mesh).items()}
+  losses = []
+  for seed in range(4):  # each draw picks a schedule per example
+    _, metrics = stage.loss(student, batch, jax.random.key(seed), 0)
+    losses.append(float(metrics["loss_4step"]))
+  states = batch["states"]  # [B, 5, ...]: the 4-step grid's points, t = 1 first
+  step_size = float(np.mean(np.square(states[:, 1:] - states[:, :-1])))
+  assert step_size > 1e-4, step_size
+  assert max(losses) < 1e-6 * step_size, (losses, step_size)
 
 
 def test_the_stage_trains_from_the_teacher(distilled, tiny_workdir):
