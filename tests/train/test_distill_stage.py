@@ -101,6 +101,25 @@ def test_the_student_starts_as_the_teacher(tiny_workdir):
   assert new == 4 and len(teacher) == len(list(nnx.to_flat_state(params["dit"]))) - new
 
 
+def test_trajectory_batches_visit_each_trajectory_once_an_epoch_and_resume_exactly():
+  experiment = _experiment()
+  mesh = mesh_lib.create_mesh(experiment.mesh, jax.devices()[:1])
+  arrays = {"states": np.arange(10, dtype=np.float32)}
+
+  def iterator():
+    return distill_stage.TrajectoryIterator(arrays, batch_size=4, seed=3, mesh=mesh,
+                                            batch_axes=("data",))
+
+  batches = iterator()
+  served = np.concatenate([np.asarray(next(batches)["states"]) for _ in range(5)])
+  for epoch in (served[:10], served[10:20]):
+    assert sorted(epoch) == list(range(10))
+  assert not np.array_equal(served[:10], served[10:20])  # each epoch its own order
+  resumed = iterator()
+  resumed.set_state({"position": 8})
+  np.testing.assert_array_equal(np.asarray(next(resumed)["states"]), served[8:12])
+
+
 def test_the_initial_student_has_no_loss_on_the_euler_teachers_own_steps(tiny_workdir,
                                                                          tmp_path):
   """A 4-step Euler teacher without guidance takes exactly the 4-step schedule's steps, and the

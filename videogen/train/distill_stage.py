@@ -87,18 +87,22 @@ class TrajectoryIterator:
     self.batch_size = batch_size
     self.seed = seed
     self.position = 0  # examples served so far
+    self._epoch, self._epoch_order = -1, np.arange(0)
     self.sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(batch_axes))
 
   def __iter__(self) -> TrajectoryIterator:
     return self
 
+  def _order(self, epoch: int) -> np.ndarray:
+    """The epoch's permutation of the trajectories (the last one drawn is kept)."""
+    if self._epoch != epoch:
+      self._epoch = epoch
+      self._epoch_order = np.random.default_rng([self.seed, epoch]).permutation(self.size)
+    return self._epoch_order
+
   def _indices(self) -> np.ndarray:
-    indices = []
-    for position in range(self.position, self.position + self.batch_size):
-      epoch, offset = divmod(position, self.size)
-      order = np.random.default_rng([self.seed, epoch]).permutation(self.size)
-      indices.append(order[offset])
-    return np.asarray(indices)
+    return np.asarray([self._order(position // self.size)[position % self.size]
+                       for position in range(self.position, self.position + self.batch_size)])
 
   def __next__(self) -> dict[str, jax.Array]:
     indices = self._indices()
