@@ -282,8 +282,7 @@ def long_clip(generator: pipeline.Generator, prompt: str, frames: int, seed: int
               ) -> tuple[np.ndarray, list[Span], float, int]:
   """A long text-to-video clip: (video, window spans, seconds, peak resident bytes)."""
   frames = windows_lib.round_frames(frames, generator.temporal_factor, continuing=False)
-  plan = windows_lib.plan_windows(generator.latent_frames(frames), window=generator.window_latents,
-                                  overlap=generator.overlap, history=0, suffix=0)
+  plan = generator.plan_windows(generator.latent_frames(frames))
   result, seconds, peak = measured(
       lambda: modes.text_to_video(generator, prompt, frames=frames, seed=seed))
   return result.video, window_spans(plan, generator.temporal_factor), seconds, peak

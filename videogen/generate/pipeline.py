@@ -319,6 +319,14 @@ class Generator:
     # The window must hold the given frames of both ends and one new latent frame.
     return max(1 + (frames - 1) // self.temporal_factor, self.overlap + self.suffix_overlap + 1)
 
+  def plan_windows(self, new_latent_frames: int, *, history: int = 0, suffix: int = 0,
+                   pad_last: bool = True) -> list[windows_lib.Window]:
+    """The sampling windows `generate` uses for `new_latent_frames` (`windows.plan_windows` with
+    this generator's window and overlap)."""
+    return windows_lib.plan_windows(new_latent_frames, window=self.window_latents,
+                                    overlap=self.overlap, history=history, suffix=suffix,
+                                    pad_last=pad_last)
+
   # -- shapes ---------------------------------------------------------------------------------
 
   def fit_size(self, height: int | None, width: int | None,
@@ -527,9 +535,8 @@ class Generator:
     suffix = 0 if after is None else min(self.suffix_overlap,
                                          max(1, len(after) // factor))
     # An edit has no source latents to start the padding frames from: no padded window.
-    windows = windows_lib.plan_windows(new_latents, window=self.window_latents,
-                                       overlap=self.overlap, history=history, suffix=suffix,
-                                       pad_last=edit_source is None)
+    windows = self.plan_windows(new_latents, history=history, suffix=suffix,
+                                pad_last=edit_source is None)
     suffix_given = None if after is None else self.suffix_latents(after, suffix)
     cond = self.encode_prompt(prompt)
     student = self.uses_student(config.num_steps)
