@@ -152,3 +152,15 @@ def test_errors_say_what_to_pass():
     watermark.detect(video.astype(np.float32) / 255.0, KEY)
   with pytest.raises(ValueError, match="too small"):
     watermark.detect(video[:, :15, :15], KEY)
+
+
+def test_soft_decoding_flips_only_the_least_reliable_bits():
+  code = watermark._code_word(PAYLOAD)
+  levels = np.where(code == 1, 2.0, -2.0)
+  assert watermark._decode(levels) == PAYLOAD
+  weak = levels.copy()
+  weak[[3, 20]] = -0.1 * levels[[3, 20]]  # the two weakest bits read wrong: corrected
+  assert watermark._decode(weak) == PAYLOAD
+  strong = levels.copy()
+  strong[5] = -levels[5]  # a confidently wrong bit is not among the flipped ones: no payload
+  assert watermark._decode(strong) is None

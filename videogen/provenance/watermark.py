@@ -34,7 +34,8 @@ Method: keyed spread spectrum in the luma of a tiled, low-resolution grid.
       / sqrt(bits) on the B halves, whose signs the search never saw, so z is N(0, 1) under the
       null however many hypotheses were searched.
     The bits are read at the hypothesis of the smaller p-value; the payload is reported only when
-    the video is watermarked (p < `P_THRESHOLD`) and its CRC holds.
+    the video is watermarked (p < `P_THRESHOLD`) and its CRC holds, if need be after flipping
+    the two least reliable bits (soft decoding, `_decode`).
   * Why generated videos are harder than world clips (measured on the main job's 32x32 videos,
     docs/provenance.md): not the mp4 (detection on the frames before encoding fails on the same
     videos) but the content: soft, busy blobs moving over 9 frames put most of the residual's
@@ -67,6 +68,9 @@ _CLIP_RESIDUAL = 3.0  # detector clips the residual at this many robust standard
 _MIN_VARIANCE = 0.25  # grey levels^2: the weighting's floor, so exactly flat regions stay finite
 _MIN_SCORE = -10.0  # `score` of p_value 1 (the normal quantile would be -inf)
 _TAIL_STEP = 1.0 / 256  # grid of the exact null distribution of the native statistic
+# When the CRC fails, the decoder flips these many least reliable bits (smallest |correlation|),
+# alone and together, and takes the first word whose CRC holds (`_decode`).
+_SOFT_BITS = 2
 _DOMAIN = b"videogen-watermark-v1"
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # BT.601 luma weights of R, G, B
 # The colour the pattern is added along: the luma weights, scaled to mean square 1 over R, G, B.
@@ -84,7 +88,8 @@ class Detection:
     p_value: a bound on the probability that a video without this key's watermark scores as high
       (Bonferroni over the two tests of `detect`, each calibrated).
     score: the p-value as a normal quantile (isf), at least -10: >= 3.7 means watermarked.
-    payload: the PAYLOAD_BYTES embedded bytes when watermarked and their CRC-8 matches, else None.
+    payload: the PAYLOAD_BYTES embedded bytes when watermarked and their CRC-8 matches (after
+      flipping up to _SOFT_BITS least reliable bits if needed, `_decode`), else None.
     bits: the PAYLOAD_BITS payload bits read at the best hypothesis (0/1, most significant bit of
       the first byte first), whether or not they are right; for measuring bit accuracy.
     cell: the cell size (pixels) of the best hypothesis.
@@ -138,6 +143,34 @@ def _crc8(data: bytes) -> int:
     for _ in range(8):
       crc = ((crc << 1) ^ 0x07) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
   return crc
+
+
+def _crc_holds(code: np.ndarray) -> bool:
+  packed = np.packbits(code).tobytes()
+  return _crc8(packed[:PAYLOAD_BYTES]) == packed[PAYLOAD_BYTES]
+
+
+def _decode(levels: np.ndarray) -> bytes | None:
+  """The payload read from the code bits' correlations `levels` [CODE_BITS], or None.
+
+  The hard decisions (the signs) when their CRC holds; else the same with the _SOFT_BITS least
+  reliable bits (smallest |level|) flipped, alone or together, cheapest flip (sum of the flipped
+  |levels|) first, when one makes the CRC hold. A wrong bit is most often one of the weakest
+  (measured on re-encoded 32x32 videos, docs/provenance.md). The CRC-8's code words are at least
+  4 bits apart, so a word with one wrong bit is never "corrected" into another payload; a
+  garbled word passes one of the 2^_SOFT_BITS candidates' CRCs with probability about
+  2^_SOFT_BITS / 256 instead of 1 / 256.
+  """
+  code = (levels > 0).astype(np.uint8)
+  weakest = np.argsort(np.abs(levels), kind="stable")[:_SOFT_BITS]
+  flips = [[int(i) for i, chosen in zip(weakest, mask) if chosen]
+           for mask in np.ndindex(*(2,) * len(weakest))]
+  for flip in sorted(flips, key=lambda f: float(np.sum(np.abs(levels[f])))):
+    trial = code.copy()
+    trial[flip] ^= 1
+    if _crc_holds(trial):
+      return np.packbits(trial[:PAYLOAD_BITS]).tobytes()
+  return None
 
 
 def _to_bits(data: bytes) -> np.ndarray:
@@ -412,13 +445,12 @@ def detect(frames: np.ndarray, key: bytes) -> Detection:
     levels = np.fft.irfft2(np.fft.rfft2(grid)[None] * np.conj(np.fft.rfft2(masks_a + masks_b)),
                            s=(CELLS, CELLS))[:, roll_y, roll_x]
   code = (levels > 0).astype(np.uint8)
-  payload = np.packbits(code[:PAYLOAD_BITS]).tobytes()
+  decoded = _decode(levels)
   # The grid starts at fold position phase + roll * cell: the crop's offset is minus that.
   tile = CELLS * cell
   offset = (-(phase_y + roll_y * cell) % tile, -(phase_x + roll_x * cell) % tile)
   watermarked = p_value < P_THRESHOLD
-  crc_ok = _crc8(payload) == int(np.packbits(code[PAYLOAD_BITS:])[0])
   return Detection(watermarked=watermarked, p_value=p_value,
                    score=float(np.clip(stats.norm.isf(p_value), _MIN_SCORE, None)),
-                   payload=payload if watermarked and crc_ok else None,
+                   payload=decoded if watermarked else None,
                    bits=tuple(int(b) for b in code[:PAYLOAD_BITS]), cell=cell, offset=offset)
