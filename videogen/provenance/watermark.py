@@ -16,6 +16,17 @@ Method: keyed spread spectrum in the luma of a tiled, low-resolution grid.
     resolution; for one PSNR this changes luma 16% more than grey), with the largest amplitude
     whose PSNR meets `target_psnr` after dithered rounding and clipping (clipping on black
     backgrounds halves the error, so the amplitude rises there).
+  * Informed embedding (`informed_steps`): the embedder knows the host, so it reads its own
+    result as the detector will: saved as mp4 and read back (`saved_as_mp4`), then `detect`'s
+    native correlations c_i. Each step moves the change along the gradient of
+    sum_i b_i c_i (b_i the intended +-1 bits) with respect to the pixels (a cell's gradient times
+    each pixel's detector weight, the host estimate and weights held fixed), rescales it to the
+    same PSNR, and the step whose read-back margins are largest is kept (the plain pattern is
+    step 0, so the result is never worse on the saved mp4). Host interference along a bit's code
+    is cancelled where that is cheap (flat pixels, which the detector weights most) and energy
+    moves away from where the codec erases it. Measuring the frames themselves instead of their
+    mp4 raises the margins there but lowers them on the mp4 (docs/provenance.md). Unmarked
+    videos never pass through the embedder, so the detector's null distribution is untouched.
   * The detector takes luma and removes the host with a sigma filter (a local mean over the
     neighbours of similar value: the pattern averages out, the host's edges stay out), clips the
     residual, weights it by the inverse of its local variance (flat regions outvote busy ones),
