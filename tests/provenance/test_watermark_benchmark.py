@@ -42,8 +42,10 @@ def test_run_measures_detection_false_positives_and_psnr():
   for name in conditions:
     assert measured["conditions"][name] == {"detection_rate": 1.0, "bit_accuracy": 1.0,
                                             "payload_rate": 1.0}
+  assert measured["wrong_payloads"] == 0
   table = watermark_benchmark.format_table(results)
   assert "64x64" in table and "crop_10%: detect / bits / payload" in table
+  assert "wrong payloads (all conditions)" in table and "0 of 4" in table
   assert "1.000 / 1.000 / 1.000" in table and "2 / 5" in table
 
 

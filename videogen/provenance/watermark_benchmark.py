@@ -106,6 +106,7 @@ def _measure_set(videos: Sequence[np.ndarray], null_videos: Sequence[np.ndarray]
   psnrs = []
   saved_marked, saved_unmarked = [], []  # the mp4s read back, for the scorer
   found = {name: {"detected": 0, "bits": 0.0, "payloads": 0} for name in conditions}
+  wrong_payloads = 0  # payloads reported (CRC held) that are not the embedded one
   for index, video in enumerate(videos):
     payload = payload_for(index)
     marked = watermark.embed(video, key, payload, target_psnr=target_psnr)
@@ -119,6 +120,7 @@ def _measure_set(videos: Sequence[np.ndarray], null_videos: Sequence[np.ndarray]
       found[name]["detected"] += detection.watermarked
       found[name]["bits"] += float(np.mean(np.asarray(detection.bits) == _bits(payload)))
       found[name]["payloads"] += detection.payload == payload
+      wrong_payloads += detection.payload not in (None, payload)
   p_values = []
   for index, video in enumerate([*videos, *null_videos]):
     saved = scratch / "unmarked.mp4"
@@ -145,6 +147,7 @@ def _measure_set(videos: Sequence[np.ndarray], null_videos: Sequence[np.ndarray]
                             "bit_accuracy": value["bits"] / count,
                             "payload_rate": value["payloads"] / count}
                      for name, value in found.items()},
+      "wrong_payloads": wrong_payloads,
       "accuracies": accuracies,
       "seconds": time.perf_counter() - started,
   }
@@ -171,7 +174,8 @@ def run(videos_by_size: Mapping[str, Sequence[np.ndarray]], key: bytes, *,
   Returns:
     set name -> {"videos", "psnr_min", "psnr_mean", "null_videos", "false_positive_rate",
     "null_below_0.05", "conditions": {name: {"detection_rate", "bit_accuracy",
-    "payload_rate"}}, "accuracies": {name: {"unmarked", "marked"}} or None, "seconds"}.
+    "payload_rate"}}, "wrong_payloads" (reported payloads, CRC held, that are not the embedded
+    one, over all conditions), "accuracies": {name: {"unmarked", "marked"}} or None, "seconds"}.
   """
   conditions = CONDITIONS if conditions is None else conditions
   null_videos_by_size = null_videos_by_size or {}
@@ -212,6 +216,10 @@ def format_table(results: Mapping[str, Mapping[str, Any]]) -> str:
     rows.append((f"{condition}: detect / bits / payload", [
         "{detection_rate:.3f} / {bit_accuracy:.3f} / {payload_rate:.3f}".format(
             **r["conditions"][condition]) for r in results.values()]))
+  if conditions:
+    rows.append(("wrong payloads (all conditions)",
+                 [f"{r['wrong_payloads']} of {r['videos'] * len(conditions)}"
+                  for r in results.values()]))
   accuracy_names = list(dict.fromkeys(
       name for r in results.values() for name in (r.get("accuracies") or {})))
 
