@@ -17,16 +17,18 @@ Method: keyed spread spectrum in the luma of a tiled, low-resolution grid.
     whose PSNR meets `target_psnr` after dithered rounding and clipping (clipping on black
     backgrounds halves the error, so the amplitude rises there).
   * Informed embedding (`informed_steps`): the embedder knows the host, so it reads its own
-    result as the detector will: saved as mp4 and read back (`saved_as_mp4`), then `detect`'s
-    native correlations c_i. Each step moves the change along the gradient of
-    sum_i b_i c_i (b_i the intended +-1 bits) with respect to the pixels (a cell's gradient times
-    each pixel's detector weight, the host estimate and weights held fixed), rescales it to the
-    same PSNR, and the step whose read-back margins are largest is kept (the plain pattern is
-    step 0, so the result is never worse on the saved mp4). Host interference along a bit's code
-    is cancelled where that is cheap (flat pixels, which the detector weights most) and energy
-    moves away from where the codec erases it. Measuring the frames themselves instead of their
-    mp4 raises the margins there but lowers them on the mp4 (docs/provenance.md). Unmarked
-    videos never pass through the embedder, so the detector's null distribution is untouched.
+    result as the detector will: saved as mp4 and read back, and re-encoded at CRF 23
+    (`saved_and_reencoded`), then `detect`'s native correlations c_i on both. Each step moves
+    the change along the gradient of sum_i b_i c_i (b_i the intended +-1 bits) with respect to
+    the pixels (a cell's gradient times each pixel's detector weight, the host estimate and
+    weights held fixed), rescales it to the same PSNR, and the step whose read-back margins are
+    largest is kept (the plain pattern is step 0, so the result is never worse on what it
+    measures). Host interference along a bit's
+    code is cancelled where that is cheap (flat pixels, which the detector weights most) and
+    energy moves away from where the codec erases it. Measuring the frames themselves instead
+    raises their margins but lowers them on the mp4; measuring the mp4 alone helps the mp4 and
+    hurts CRF 23 and 28 (docs/provenance.md). Unmarked videos never pass through the embedder,
+    so the detector's null distribution is untouched.
   * The detector takes luma and removes the host with a sigma filter (a local mean over the
     neighbours of similar value: the pattern averages out, the host's edges stay out), clips the
     residual, weights it by the inverse of its local variance (flat regions outvote busy ones),
@@ -60,9 +62,11 @@ import dataclasses
 import hashlib
 import math
 import pathlib
+import subprocess
 import tempfile
 from typing import Callable
 
+import imageio_ffmpeg
 import numpy as np
 from scipy import ndimage
 from scipy import signal
@@ -85,6 +89,7 @@ _MAX_AMPLITUDE = 12.0  # grey levels (root mean square); only reached on nearly 
 INFORMED_STEPS = 4
 _INFORMED_STEP = 0.1
 _INFORMED_MARGIN = math.inf
+_READ_BACK_CRF = 23  # the re-encoding `saved_and_reencoded` measures besides the saved mp4
 _CLIP_RESIDUAL = 3.0  # detector clips the residual at this many robust standard deviations
 _MIN_VARIANCE = 0.25  # grey levels^2: the weighting's floor, so exactly flat regions stay finite
 _MIN_SCORE = -10.0  # `score` of p_value 1 (the normal quantile would be -inf)
@@ -275,7 +280,7 @@ def _margin_gradient(grid: np.ndarray, layout: _Layout, levels: np.ndarray) -> n
 
 def saved_as_mp4(frames: np.ndarray) -> np.ndarray:
   """uint8 [T, H, W, 3]: the frames as `video_io`'s mp4 writer saves them (H.264, CRF 15,
-  yuv420p) and its reader reads them back; what the informed embedder measures by default."""
+  yuv420p) and its reader reads them back."""
   _, height, width, _ = frames.shape
   with tempfile.TemporaryDirectory(prefix="watermark-") as folder:
     path = pathlib.Path(folder) / "marked.mp4"
@@ -283,9 +288,25 @@ def saved_as_mp4(frames: np.ndarray) -> np.ndarray:
     return video_io.read_video(path)[0][:, :height, :width]  # odd sizes read back padded
 
 
+def saved_and_reencoded(frames: np.ndarray) -> np.ndarray:
+  """uint8 [2 T, H, W, 3]: `saved_as_mp4`'s frames, then the same file re-encoded at H.264 CRF
+  _READ_BACK_CRF and read back: what the informed embedder measures by default (both versions'
+  evidence summed, so energy goes where the saved file and a re-encoding both keep it)."""
+  _, height, width, _ = frames.shape
+  with tempfile.TemporaryDirectory(prefix="watermark-") as folder:
+    saved, reencoded = pathlib.Path(folder) / "marked.mp4", pathlib.Path(folder) / "again.mp4"
+    video_io.write_video(saved, frames, fps=8.0)
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(saved),
+                    "-c:v", "libx264", "-crf", str(_READ_BACK_CRF), "-pix_fmt", "yuv420p",
+                    str(reencoded)], check=True)
+    versions = [video_io.read_video(path)[0][:, :height, :width] for path in (saved, reencoded)]
+  return np.concatenate(versions)
+
+
 def embed(frames: np.ndarray, key: bytes, payload: bytes, *,
           target_psnr: float = DEFAULT_PSNR, informed_steps: int = INFORMED_STEPS,
-          read_back: Callable[[np.ndarray], np.ndarray] | None = saved_as_mp4) -> np.ndarray:
+          read_back: Callable[[np.ndarray], np.ndarray] | None = saved_and_reencoded
+          ) -> np.ndarray:
   """Adds the keyed watermark carrying `payload` to a video.
 
   Args:
@@ -298,8 +319,9 @@ def embed(frames: np.ndarray, key: bytes, payload: bytes, *,
       video back (`read_back`) as `detect` does at the native hypothesis and moves the change
       along the gradient of the bits' correlations, at the same PSNR; the best step is kept.
       0 gives the plain keyed pattern.
-    read_back: what the informed steps measure: the marked frames through a channel, by default
-      saved as mp4 and read back (`saved_as_mp4`); None: the frames as they are.
+    read_back: what the informed steps measure: the marked frames [T, ...] through a channel,
+      k T frames for k versions whose evidence is summed; by default saved as mp4 and
+      re-encoded at CRF 23 (`saved_and_reencoded`); None: the frames as they are.
 
   Returns:
     uint8 [T, H, W, 3], the watermarked frames.
@@ -354,6 +376,8 @@ def embed(frames: np.ndarray, key: bytes, payload: bytes, *,
     # The step in luma: each pixel moves by its cell's gradient times its detector weight (the
     # derivative of the cell's sum), scaled to _INFORMED_STEP of the current change's size.
     change = (marked.astype(np.float32) - source) @ _LUMA / float(_DIRECTION @ _LUMA)
+    # A read-back of several versions (k T frames) moves each pixel by the sum over versions.
+    weights = weights.reshape(-1, *frames.shape[:3]).sum(axis=0)
     gradient = _tiled(_margin_gradient(grid, layout, levels), cell, height, width)[None] * weights
     size = float(np.sqrt(np.mean(gradient ** 2)))
     if size == 0:
