@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from data_pipelines import video_io
 from data_pipelines.shapes import world
@@ -81,3 +82,15 @@ def test_a_scorer_sees_the_unmarked_and_the_marked_mp4s_and_the_table_shows_both
   table = watermark_benchmark.format_table(results)
   assert "analyzer parity_accuracy (unmarked / marked)" in table
   assert "analyzer: largest change (points)" in table
+
+
+def test_embed_options_reach_the_embedder():
+  videos = _clips(1, 32, seed=3)
+  conditions = {"mp4": watermark_benchmark.CONDITIONS["mp4"]}
+  plain = watermark_benchmark.run({"32x32": videos}, KEY, conditions=conditions,
+                                  embed_options={"informed_steps": 0})
+  marked = watermark.embed(videos[0], KEY, watermark_benchmark.payload_for(0), informed_steps=0)
+  assert plain["32x32"]["psnr_min"] == watermark.psnr(videos[0], marked)
+  with pytest.raises(ValueError, match="informed_steps"):
+    watermark_benchmark.run({"32x32": videos}, KEY, conditions=conditions,
+                            embed_options={"informed_steps": -1})

@@ -101,7 +101,8 @@ def _bits(payload: bytes) -> np.ndarray:
 
 def _measure_set(videos: Sequence[np.ndarray], null_videos: Sequence[np.ndarray], key: bytes,
                  conditions: Mapping[str, Condition], fps: float, scratch: pathlib.Path,
-                 target_psnr: float, scorer: Scorer | None) -> dict[str, Any]:
+                 target_psnr: float, scorer: Scorer | None,
+                 embed_options: Mapping[str, Any]) -> dict[str, Any]:
   started = time.perf_counter()
   psnrs = []
   saved_marked, saved_unmarked = [], []  # the mp4s read back, for the scorer
@@ -109,7 +110,7 @@ def _measure_set(videos: Sequence[np.ndarray], null_videos: Sequence[np.ndarray]
   wrong_payloads = 0  # payloads reported (CRC held) that are not the embedded one
   for index, video in enumerate(videos):
     payload = payload_for(index)
-    marked = watermark.embed(video, key, payload, target_psnr=target_psnr)
+    marked = watermark.embed(video, key, payload, target_psnr=target_psnr, **embed_options)
     psnrs.append(watermark.psnr(video, marked))
     saved = scratch / "saved.mp4"
     video_io.write_video(saved, marked, fps=fps)
@@ -157,7 +158,8 @@ def run(videos_by_size: Mapping[str, Sequence[np.ndarray]], key: bytes, *,
         null_videos_by_size: Mapping[str, Sequence[np.ndarray]] | None = None,
         conditions: Mapping[str, Condition] | None = None, fps: float = 8.0,
         target_psnr: float = watermark.DEFAULT_PSNR,
-        scorers_by_size: Mapping[str, Scorer] | None = None) -> dict[str, dict[str, Any]]:
+        scorers_by_size: Mapping[str, Scorer] | None = None,
+        embed_options: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
   """Measures the watermark on sets of videos.
 
   Args:
@@ -170,6 +172,8 @@ def run(videos_by_size: Mapping[str, Sequence[np.ndarray]], key: bytes, *,
     target_psnr: passed to `watermark.embed`.
     scorers_by_size: set name -> its `Scorer` (e.g. the analyzer's accuracies against the
       videos' prompts); sets without one get "accuracies": None.
+    embed_options: more keyword arguments of `watermark.embed` (e.g. {"informed_steps": 0}
+      measures the plain pattern), for comparing embedders.
 
   Returns:
     set name -> {"videos", "psnr_min", "psnr_mean", "null_videos", "false_positive_rate",
@@ -185,7 +189,7 @@ def run(videos_by_size: Mapping[str, Sequence[np.ndarray]], key: bytes, *,
     for name, videos in videos_by_size.items():
       results[name] = _measure_set(videos, null_videos_by_size.get(name, ()), key, conditions,
                                    fps, pathlib.Path(scratch), target_psnr,
-                                   scorers_by_size.get(name))
+                                   scorers_by_size.get(name), embed_options or {})
   return results
 
 
