@@ -152,3 +152,35 @@ def test_errors_say_what_to_pass():
     watermark.detect(video.astype(np.float32) / 255.0, KEY)
   with pytest.raises(ValueError, match="too small"):
     watermark.detect(video[:, :15, :15], KEY)
+
+
+def test_soft_decoding_flips_only_the_least_reliable_bits():
+  code = watermark._code_word(PAYLOAD)
+  levels = np.where(code == 1, 2.0, -2.0)
+  assert watermark._decode(levels) == PAYLOAD
+  weak = levels.copy()
+  weak[[3, 20]] = -0.1 * levels[[3, 20]]  # the two weakest bits read wrong: corrected
+  assert watermark._decode(weak) == PAYLOAD
+  strong = levels.copy()
+  strong[5] = -levels[5]  # a confidently wrong bit is not among the flipped ones: no payload
+  assert watermark._decode(strong) is None
+
+
+def _mp4_margins(frames: np.ndarray) -> np.ndarray:
+  """Each code bit's native correlation times its intended sign, on the frames saved as mp4."""
+  grid = watermark._cell_sums(watermark._residual(watermark.saved_as_mp4(frames), 2), 2)
+  return watermark._margins(grid, watermark._layout(KEY), 2.0 * watermark._code_word(PAYLOAD) - 1)
+
+
+def test_informed_embedding_raises_the_margin_on_busy_clips_at_the_same_psnr():
+  plain_sums, informed_sums = [], []
+  for seed in (1, 4, 5):  # the busiest of the generated-like clips
+    video = _generated_like(seed)
+    plain = watermark.embed(video, KEY, PAYLOAD, informed_steps=0)
+    informed = watermark.embed(video, KEY, PAYLOAD)
+    assert abs(watermark.psnr(video, informed) - watermark.psnr(video, plain)) < 0.05
+    assert watermark.psnr(video, informed) >= 40.0
+    plain_sums.append(np.sum(_mp4_margins(plain)))
+    informed_sums.append(np.sum(_mp4_margins(informed)))
+  assert all(i > p for i, p in zip(informed_sums, plain_sums))
+  assert np.mean(informed_sums) >= np.mean(plain_sums) + 3.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from data_pipelines import video_io
 from data_pipelines.shapes import world
@@ -42,8 +43,10 @@ def test_run_measures_detection_false_positives_and_psnr():
   for name in conditions:
     assert measured["conditions"][name] == {"detection_rate": 1.0, "bit_accuracy": 1.0,
                                             "payload_rate": 1.0}
+  assert measured["wrong_payloads"] == 0
   table = watermark_benchmark.format_table(results)
   assert "64x64" in table and "crop_10%: detect / bits / payload" in table
+  assert "wrong payloads (all conditions)" in table and "0 of 4" in table
   assert "1.000 / 1.000 / 1.000" in table and "2 / 5" in table
 
 
@@ -79,3 +82,15 @@ def test_a_scorer_sees_the_unmarked_and_the_marked_mp4s_and_the_table_shows_both
   table = watermark_benchmark.format_table(results)
   assert "analyzer parity_accuracy (unmarked / marked)" in table
   assert "analyzer: largest change (points)" in table
+
+
+def test_embed_options_reach_the_embedder():
+  videos = _clips(1, 32, seed=3)
+  conditions = {"mp4": watermark_benchmark.CONDITIONS["mp4"]}
+  plain = watermark_benchmark.run({"32x32": videos}, KEY, conditions=conditions,
+                                  embed_options={"informed_steps": 0})
+  marked = watermark.embed(videos[0], KEY, watermark_benchmark.payload_for(0), informed_steps=0)
+  assert plain["32x32"]["psnr_min"] == watermark.psnr(videos[0], marked)
+  with pytest.raises(ValueError, match="informed_steps"):
+    watermark_benchmark.run({"32x32": videos}, KEY, conditions=conditions,
+                            embed_options={"informed_steps": -1})

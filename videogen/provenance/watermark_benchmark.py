@@ -101,14 +101,16 @@ def _bits(payload: bytes) -> np.ndarray:
 
 def _measure_set(videos: Sequence[np.ndarray], null_videos: Sequence[np.ndarray], key: bytes,
                  conditions: Mapping[str, Condition], fps: float, scratch: pathlib.Path,
-                 target_psnr: float, scorer: Scorer | None) -> dict[str, Any]:
+                 target_psnr: float, scorer: Scorer | None,
+                 embed_options: Mapping[str, Any]) -> dict[str, Any]:
   started = time.perf_counter()
   psnrs = []
   saved_marked, saved_unmarked = [], []  # the mp4s read back, for the scorer
   found = {name: {"detected": 0, "bits": 0.0, "payloads": 0} for name in conditions}
+  wrong_payloads = 0  # payloads reported (CRC held) that are not the embedded one
   for index, video in enumerate(videos):
     payload = payload_for(index)
-    marked = watermark.embed(video, key, payload, target_psnr=target_psnr)
+    marked = watermark.embed(video, key, payload, target_psnr=target_psnr, **embed_options)
     psnrs.append(watermark.psnr(video, marked))
     saved = scratch / "saved.mp4"
     video_io.write_video(saved, marked, fps=fps)
@@ -119,6 +121,7 @@ def _measure_set(videos: Sequence[np.ndarray], null_videos: Sequence[np.ndarray]
       found[name]["detected"] += detection.watermarked
       found[name]["bits"] += float(np.mean(np.asarray(detection.bits) == _bits(payload)))
       found[name]["payloads"] += detection.payload == payload
+      wrong_payloads += detection.payload not in (None, payload)
   p_values = []
   for index, video in enumerate([*videos, *null_videos]):
     saved = scratch / "unmarked.mp4"
@@ -145,6 +148,7 @@ def _measure_set(videos: Sequence[np.ndarray], null_videos: Sequence[np.ndarray]
                             "bit_accuracy": value["bits"] / count,
                             "payload_rate": value["payloads"] / count}
                      for name, value in found.items()},
+      "wrong_payloads": wrong_payloads,
       "accuracies": accuracies,
       "seconds": time.perf_counter() - started,
   }
@@ -154,7 +158,8 @@ def run(videos_by_size: Mapping[str, Sequence[np.ndarray]], key: bytes, *,
         null_videos_by_size: Mapping[str, Sequence[np.ndarray]] | None = None,
         conditions: Mapping[str, Condition] | None = None, fps: float = 8.0,
         target_psnr: float = watermark.DEFAULT_PSNR,
-        scorers_by_size: Mapping[str, Scorer] | None = None) -> dict[str, dict[str, Any]]:
+        scorers_by_size: Mapping[str, Scorer] | None = None,
+        embed_options: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
   """Measures the watermark on sets of videos.
 
   Args:
@@ -167,11 +172,14 @@ def run(videos_by_size: Mapping[str, Sequence[np.ndarray]], key: bytes, *,
     target_psnr: passed to `watermark.embed`.
     scorers_by_size: set name -> its `Scorer` (e.g. the analyzer's accuracies against the
       videos' prompts); sets without one get "accuracies": None.
+    embed_options: more keyword arguments of `watermark.embed` (e.g. {"informed_steps": 0}
+      measures the plain pattern), for comparing embedders.
 
   Returns:
     set name -> {"videos", "psnr_min", "psnr_mean", "null_videos", "false_positive_rate",
     "null_below_0.05", "conditions": {name: {"detection_rate", "bit_accuracy",
-    "payload_rate"}}, "accuracies": {name: {"unmarked", "marked"}} or None, "seconds"}.
+    "payload_rate"}}, "wrong_payloads" (reported payloads, CRC held, that are not the embedded
+    one, over all conditions), "accuracies": {name: {"unmarked", "marked"}} or None, "seconds"}.
   """
   conditions = CONDITIONS if conditions is None else conditions
   null_videos_by_size = null_videos_by_size or {}
@@ -181,7 +189,7 @@ def run(videos_by_size: Mapping[str, Sequence[np.ndarray]], key: bytes, *,
     for name, videos in videos_by_size.items():
       results[name] = _measure_set(videos, null_videos_by_size.get(name, ()), key, conditions,
                                    fps, pathlib.Path(scratch), target_psnr,
-                                   scorers_by_size.get(name))
+                                   scorers_by_size.get(name), embed_options or {})
   return results
 
 
@@ -212,6 +220,10 @@ def format_table(results: Mapping[str, Mapping[str, Any]]) -> str:
     rows.append((f"{condition}: detect / bits / payload", [
         "{detection_rate:.3f} / {bit_accuracy:.3f} / {payload_rate:.3f}".format(
             **r["conditions"][condition]) for r in results.values()]))
+  if conditions:
+    rows.append(("wrong payloads (all conditions)",
+                 [f"{r['wrong_payloads']} of {r['videos'] * len(conditions)}"
+                  for r in results.values()]))
   accuracy_names = list(dict.fromkeys(
       name for r in results.values() for name in (r.get("accuracies") or {})))
 
