@@ -524,6 +524,13 @@ def _encode(path: pathlib.Path, frames: np.ndarray, fps: float, *, codec: str, p
                                 f"read-only?") from error
 
 
+def reencode_mp4(source: str | pathlib.Path, output: str | pathlib.Path, *, crf: int) -> None:
+  """Re-encodes a video as H.264 at `crf` (yuv420p) into `output`, as a sharing site would."""
+  subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(source),
+                  "-c:v", "libx264", "-crf", str(crf), "-pix_fmt", "yuv420p", str(output)],
+                 check=True)
+
+
 def write_image(path: str | pathlib.Path, frame: np.ndarray) -> None:
   """Writes one RGB frame uint8 [H, W, 3] as a PNG, whole or not at all.
 

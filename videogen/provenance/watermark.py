@@ -61,11 +61,9 @@ import dataclasses
 import hashlib
 import math
 import pathlib
-import subprocess
 import tempfile
 from typing import Callable
 
-import imageio_ffmpeg
 import numpy as np
 from scipy import ndimage
 from scipy import signal
@@ -294,9 +292,7 @@ def saved_and_reencoded(frames: np.ndarray) -> np.ndarray:
   with tempfile.TemporaryDirectory(prefix="watermark-") as folder:
     saved, reencoded = pathlib.Path(folder) / "marked.mp4", pathlib.Path(folder) / "again.mp4"
     video_io.write_video(saved, frames, fps=8.0)
-    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(saved),
-                    "-c:v", "libx264", "-crf", str(_READ_BACK_CRF), "-pix_fmt", "yuv420p",
-                    str(reencoded)], check=True)
+    video_io.reencode_mp4(saved, reencoded, crf=_READ_BACK_CRF)
     versions = [video_io.read_video(path)[0][:, :height, :width] for path in (saved, reencoded)]
   return np.concatenate(versions)
 

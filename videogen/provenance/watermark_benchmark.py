@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import pathlib
-import subprocess
 import tempfile
 import time
 from typing import Any, Callable, Mapping, Sequence
 
-import imageio_ffmpeg
 import numpy as np
 from PIL import Image
 
@@ -44,9 +42,7 @@ def _read(path: pathlib.Path) -> np.ndarray:
 def _reencode(crf: int) -> Condition:
   def condition(saved: pathlib.Path, scratch: pathlib.Path) -> np.ndarray:
     output = scratch / f"crf{crf}.mp4"
-    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(saved),
-                    "-c:v", "libx264", "-crf", str(crf), "-pix_fmt", "yuv420p", str(output)],
-                   check=True)
+    video_io.reencode_mp4(saved, output, crf=crf)
     return _read(output)
   return condition
 
