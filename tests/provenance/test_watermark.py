@@ -184,3 +184,15 @@ def test_informed_embedding_raises_the_margin_on_busy_clips_at_the_same_psnr():
     informed_sums.append(np.sum(_mp4_margins(informed)))
   assert all(i > p for i, p in zip(informed_sums, plain_sums))
   assert np.mean(informed_sums) >= np.mean(plain_sums) + 3.0
+
+
+def test_a_failed_read_back_embeds_the_plain_pattern_and_says_so(caplog):
+  video = _generated_like(1)
+
+  def no_space(frames):
+    raise video_io.VideoWriteError("/tmp/x.mp4", "ffmpeg could not write it (No space left)")
+
+  marked = watermark.embed(video, KEY, PAYLOAD, read_back=no_space)
+  np.testing.assert_array_equal(marked, watermark.embed(video, KEY, PAYLOAD, informed_steps=0))
+  assert "could not read the marked video back" in caplog.text
+  assert watermark.detect(marked, KEY).payload == PAYLOAD

@@ -61,10 +61,12 @@ import dataclasses
 import hashlib
 import math
 import pathlib
+import subprocess
 import tempfile
 from typing import Callable
 
 import numpy as np
+from absl import logging
 from scipy import ndimage
 from scipy import signal
 from scipy import stats
@@ -360,7 +362,14 @@ def embed(frames: np.ndarray, key: bytes, payload: bytes, *,
   cell = cell_size(height, width)
   best, best_score = marked, -math.inf
   for step in range(informed_steps + 1):
-    weighted, weights = _weighted_residual(marked if read_back is None else read_back(marked), cell)
+    try:
+      seen = marked if read_back is None else read_back(marked)
+    except (OSError, subprocess.CalledProcessError) as error:  # e.g. no space for the scratch mp4
+      logging.warning("watermark: the informed steps could not read the marked video back (%s); "
+                      "embedding the %s", error,
+                      "plain pattern" if step == 0 else f"result of step {step - 1}")
+      return best if step else marked
+    weighted, weights = _weighted_residual(seen, cell)
     grid = _cell_sums(weighted.sum(axis=0), cell)
     score = float(np.sum(_margins(grid, layout, levels)))
     if score > best_score:
