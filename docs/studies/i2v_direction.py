@@ -1,6 +1,6 @@
 """Direction in image-to-video from ground-truth first frames (docs/learning_curve.md).
 
-    python docs/studies/i2v_direction.py WORKDIR 64
+    python docs/studies/i2v_direction.py WORKDIR 64 [STEP]
 
 Each procedural-world clip (9x32x32, seed 777) with a moving object gives its first frame and its
 descriptive caption to image-to-video; the analyzer reads each moving object's direction in the
@@ -13,7 +13,8 @@ from videogen.evaluate import scoring
 from videogen.generate import modes, pipeline
 
 workdir, count = sys.argv[1], int(sys.argv[2])
-generator = pipeline.load(workdir, progress=False)
+step = int(sys.argv[3]) if len(sys.argv) > 3 else None  # None: the latest checkpoint
+generator = pipeline.load(workdir, progress=False, step=step)
 totals = {"real": [0, 0], "i2v": [0, 0], "i2v, directions reversed": [0, 0]}
 reverse = {"left": "right", "right": "left", "up": "down", "down": "up"}
 def flip(direction):
