@@ -12,7 +12,10 @@ it). On the experiment `experiments/shapes.py:gpu` it:
      within `--dit_seconds`;
   5. times each stage's compiled train step (`benchmark.train_step_figures`: XLA's FLOP count of
      the step over its measured time), next to the steps/s the training itself reached;
-  6. runs the generation suite and writes a few of its videos as a gallery.
+  6. runs the generation suite and writes a few of its videos as a gallery;
+  7. continues the transformer in the given-frame phase (`MOTION_PHASE`, within
+     `--motion_seconds`; docs/learning_curve.md: it is what makes the caption steer motion) and
+     runs the suite again, sampled image first.
 
 A stage that reaches its wall-clock budget is stopped the way a preemption stops it (SIGTERM: the
 trainer saves a checkpoint at the end of the step and returns), so a slower device trains fewer
@@ -20,8 +23,10 @@ steps instead of overrunning the call; `figures.json` says how many steps each s
 
 Writes into OUT: figures.json (every measurement, the phases' seconds, the distributions the run
 imported), eval_generation.json (the suite's metrics), eval_generation_videos.json (one row per
-video), gallery/ (GIFs and mp4s when an ffmpeg is found, and a PNG contact sheet always). The
-workdir (checkpoints, latent cache) stays outside OUT: `--workdir`, default a temporary folder.
+video), gallery/ (GIFs and mp4s when an ffmpeg is found, and a PNG contact sheet always), and the
+same three after the phase (eval_generation_motion.json, eval_generation_motion_videos.json,
+gallery_motion/). The workdir (checkpoints, latent cache) stays outside OUT: `--workdir`, default
+a temporary folder.
 
 `--cpu` is the rehearsal: the same steps on the CPU with tiny step counts and batches (`CPU`),
 float32; a few minutes, nearly all of them compilation.
@@ -86,9 +91,24 @@ CPU: dict[str, Any] = {
     "eval_generation.scenes_per_group": 1, "eval_generation.modes": (),
 }
 # Stage budgets on the accelerator: with install, compilation, the cache and the suite, one call
-# stays under 8 minutes.
-GPU_SECONDS = {"autoencoder": 60.0, "dit": 150.0}
-CPU_SECONDS = {"autoencoder": 120.0, "dit": 120.0}
+# stays under 8 minutes. "motion" is the given-frame phase after the dit stage (0 skips it).
+GPU_SECONDS = {"autoencoder": 60.0, "dit": 120.0, "motion": 30.0}
+CPU_SECONDS = {"autoencoder": 120.0, "dit": 120.0, "motion": 120.0}
+MOTION = "motion"
+# The given-frame phase (docs/learning_curve.md): every clip has its first latent frame given, at
+# the highest noise, where only the caption says where objects go; at a constant half of the
+# stage's peak learning rate, with an EMA short enough for a phase of a few hundred steps; its
+# suite samples a clip's first frame as an image, then the rest.
+MOTION_PHASE: dict[str, Any] = {
+    "diffusion.condition_probability": 1.0,
+    "diffusion.condition_weights": (1.0, 0.0, 0.0, 0.0, 0.0),
+    "diffusion.condition_logit_mean": 4.0,
+    "diffusion.condition_logit_std": 0.3,
+    "train.dit.schedule": "constant",
+    "train.dit.warmup_steps": 0,
+    "train.dit.ema_decay": 0.99,
+    "sample.frame_schedule": "image_first",
+}
 
 
 def say(message: str, *args: Any) -> None:
@@ -148,6 +168,15 @@ def build_experiment(overrides: dict[str, Any]) -> experiment_lib.Experiment:
   config = shapes.get_config(VARIANT)
   apply_overrides(config, overrides)
   return experiment_lib.validate(config)
+
+
+def motion_experiment(overrides: dict[str, Any], reached: int) -> experiment_lib.Experiment:
+  """The experiment of the given-frame phase: `MOTION_PHASE` on top of `overrides`, for as many
+  steps after `reached` as the dit stage plans, at half its peak learning rate."""
+  planned = build_experiment(overrides).train[workdir_lib.DIT_STAGE]
+  return build_experiment({**overrides, **MOTION_PHASE,
+                           "train.dit.num_steps": reached + planned.num_steps,
+                           "train.dit.learning_rate": planned.learning_rate / 2})
 
 
 class StageDeadline:
@@ -245,10 +274,12 @@ def _write_json(path: str, value: Any) -> None:
     f.write("\n")
 
 
-def _train(experiment, workdir, name, mesh, writer_, budget) -> dict[str, Any]:
+def _train(experiment, workdir, name, mesh, writer_, budget,
+           allow_config_change: bool = False) -> dict[str, Any]:
   stage = stages_lib.make_stage(name, experiment)
   with StageDeadline(budget) as deadline:
-    result = trainer.train_stage(stage, experiment, workdir, mesh=mesh, writer=writer_)
+    result = trainer.train_stage(stage, experiment, workdir, mesh=mesh, writer=writer_,
+                                 allow_config_change=allow_config_change)
   return {"status": result.status, "steps": result.step,
           "planned_steps": experiment.train[name].num_steps, "budget_seconds": budget,
           "stopped_by_budget": deadline.fired}
@@ -266,7 +297,9 @@ def _cache(experiment, workdir, mesh) -> dict[str, Any]:
           "disk_bytes": latent_cache.disk_bytes(workdir_lib.latent_cache_dir(workdir, experiment))}
 
 
-def _evaluate(experiment, workdir, out, gallery_videos: int) -> dict[str, Any]:
+def _evaluate(experiment, workdir, out, gallery_videos: int, suffix: str = "") -> dict[str, Any]:
+  """The generation suite: OUT/eval_generation<suffix>.json, its videos' rows and a gallery
+  (OUT/gallery<suffix>/)."""
   generator = pipeline.load(workdir, experiment, progress=False)
   suite = suite_lib.build_suite(experiment.eval_generation, world_config=experiment.data.world,
                                 default_shape=tuple(generator.default_shape))
@@ -276,7 +309,7 @@ def _evaluate(experiment, workdir, out, gallery_videos: int) -> dict[str, Any]:
   suffixes = (".mp4", ".gif") if ffmpeg else ()
   if not ffmpeg:
     logging.warning("no ffmpeg on this machine: the gallery is a contact sheet, without videos")
-  gallery_dir = os.path.join(out, GALLERY_DIR)
+  gallery_dir = os.path.join(out, GALLERY_DIR + suffix)
   os.makedirs(gallery_dir, exist_ok=True)
   shown: list[tuple[str, np.ndarray]] = []
 
@@ -291,8 +324,8 @@ def _evaluate(experiment, workdir, out, gallery_videos: int) -> dict[str, Any]:
 
   report = generation.evaluate_generation(generation.generator_fn(generator), suite,
                                           progress=True, on_video=on_video)
-  _write_json(os.path.join(out, "eval_generation.json"), report.metrics)
-  _write_json(os.path.join(out, "eval_generation_videos.json"), report.rows)
+  _write_json(os.path.join(out, f"eval_generation{suffix}.json"), report.metrics)
+  _write_json(os.path.join(out, f"eval_generation{suffix}_videos.json"), report.rows)
   if shown:
     video_io.write_contact_sheet(os.path.join(gallery_dir, "contact_sheet.png"),
                                  [video for _, video in shown],
@@ -384,6 +417,21 @@ def run(out: str, *, cpu: bool = False, overrides: dict[str, Any] | None = None,
   # == Evaluation and gallery ===================================================================
   figures["generation"] = phases.run("generation suite", _evaluate, experiment, workdir, out,
                                      gallery_videos)
+
+  # == The given-frame phase, and the suite sampled image first ===============================
+  if seconds.get(MOTION, 0) > 0 and workdir_lib.DIT_STAGE in stages:
+    phase = motion_experiment({**(CPU if cpu else {}), **(overrides or {})},
+                              stages[workdir_lib.DIT_STAGE]["steps"])
+    metric_writer = metrics_lib.MetricWriter(workdir)
+    try:
+      figures[MOTION] = phases.run("train the given-frame phase", _train, phase, workdir,
+                                   workdir_lib.DIT_STAGE, mesh, metric_writer, seconds[MOTION],
+                                   allow_config_change=True)
+    finally:
+      metric_writer.close()
+    figures[MOTION]["overrides"] = {k: repr(v) for k, v in MOTION_PHASE.items()}
+    figures["generation_motion"] = phases.run("generation suite, image first", _evaluate, phase,
+                                              workdir, out, gallery_videos, suffix="_motion")
   figures["seconds"] = phases.seconds
   figures["total_seconds"] = round(time.perf_counter() - phases.start, 2)
   figures["imported_distributions"] = imported_distributions()
@@ -411,6 +459,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="a config override, e.g. --set=train.dit.num_steps=100")
   parser.add_argument("--autoencoder_seconds", type=float, default=None)
   parser.add_argument("--dit_seconds", type=float, default=None)
+  parser.add_argument("--motion_seconds", type=float, default=None,
+                      help="the given-frame phase after the dit stage; 0 skips it")
   parser.add_argument("--gallery_videos", type=int, default=8)
   args = parser.parse_args(argv)
   overrides = {}
@@ -420,7 +470,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       parser.error(f"--set {item!r}: write PATH=VALUE, e.g. --set=train.dit.num_steps=100")
     overrides[path] = value
   budgets = {name: value for name, value in (("autoencoder", args.autoencoder_seconds),
-                                             ("dit", args.dit_seconds)) if value is not None}
+                                             ("dit", args.dit_seconds),
+                                             (MOTION, args.motion_seconds)) if value is not None}
   logging.set_verbosity(logging.INFO)
   logging.use_absl_handler()
   cli.set_up_logging()  # videogen's own lines (and these), other libraries' warnings

@@ -68,7 +68,7 @@ def rehearsal(tmp_path_factory):
   process = subprocess.run(
       [sys.executable, "-m", "experiments.accelerator.run", f"--out={out}", "--cpu",
        f"--workdir={workdir}", "--gallery_videos=2", "--autoencoder_seconds=900",
-       "--dit_seconds=900", *sets],
+       "--dit_seconds=900", "--motion_seconds=900", *sets],
       cwd=ROOT, capture_output=True, text=True, timeout=1500,
       # One device, as on the target (tests/conftest.py fakes 8 for this process).
       env={**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": ""})
@@ -98,6 +98,32 @@ def test_rehearsal_writes_sensible_figures(rehearsal):
   assert 0.0 <= metrics["count_accuracy"] <= 1.0
   assert (out / "gallery" / "contact_sheet.png").stat().st_size > 0
   assert figures["generation"]["gallery_videos"] == 2
+
+
+@pytest.mark.slow
+def test_rehearsal_continues_in_the_given_frame_phase(rehearsal):
+  out, figures = rehearsal
+  phase = figures["motion"]
+  # The dit stage's 2 steps, then as many again under the phase's config, resumed.
+  assert phase["status"] == "done" and phase["steps"] == 4 and phase["planned_steps"] == 4, phase
+  assert not phase["stopped_by_budget"]
+  assert "'image_first'" in phase["overrides"].values(), phase["overrides"]
+  metrics = json.loads((out / "eval_generation_motion.json").read_text())
+  assert metrics["prompts"] == figures["generation_motion"]["prompts"] > 0
+  assert 0.0 <= metrics["count_accuracy"] <= 1.0
+  assert (out / "gallery_motion" / "contact_sheet.png").stat().st_size > 0
+
+
+def test_the_phase_gives_every_clip_its_first_frame_at_the_highest_noise():
+  experiment = run_lib.motion_experiment(run_lib.CPU, reached=6)
+  dit = experiment.train["dit"]
+  stage = run_lib.build_experiment(run_lib.CPU).train["dit"]
+  assert dit.num_steps == 6 + stage.num_steps and dit.schedule == "constant"
+  assert dit.learning_rate == stage.learning_rate / 2 and dit.warmup_steps == 0
+  assert experiment.diffusion.condition_probability == 1.0
+  assert tuple(experiment.diffusion.condition_weights) == (1.0, 0.0, 0.0, 0.0, 0.0)
+  assert experiment.diffusion.condition_logit_mean == 4.0
+  assert experiment.sample.frame_schedule == "image_first"
 
 
 def _module_file(name: str) -> pathlib.Path | None:
