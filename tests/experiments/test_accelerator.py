@@ -16,6 +16,7 @@ from importlib import metadata
 import pytest
 
 from experiments.accelerator import run as run_lib
+from videogen import workdir as workdir_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ACCELERATOR = ROOT / "experiments" / "accelerator"
@@ -107,7 +108,10 @@ def test_rehearsal_continues_in_the_given_frame_phase(rehearsal):
   # The dit stage's 2 steps, then as many again under the phase's config, resumed.
   assert phase["status"] == "done" and phase["steps"] == 4 and phase["planned_steps"] == 4, phase
   assert not phase["stopped_by_budget"]
-  assert "'image_first'" in phase["overrides"].values(), phase["overrides"]
+  # The newest transformer checkpoint was trained under the phase's config, not the stage's.
+  trained = workdir_lib.saved_experiment(figures["workdir"], workdir_lib.DIT_STAGE)
+  assert trained.diffusion.condition_probability == 1.0
+  assert trained.sample.frame_schedule == "image_first"
   metrics = json.loads((out / "eval_generation_motion.json").read_text())
   assert metrics["prompts"] == figures["generation_motion"]["prompts"] > 0
   assert 0.0 <= metrics["count_accuracy"] <= 1.0
