@@ -173,10 +173,12 @@ def build_experiment(overrides: dict[str, Any]) -> experiment_lib.Experiment:
 def motion_experiment(overrides: dict[str, Any], reached: int) -> experiment_lib.Experiment:
   """The experiment of the given-frame phase: `MOTION_PHASE` on top of `overrides`, for as many
   steps after `reached` as the dit stage plans, at half its peak learning rate."""
-  planned = build_experiment(overrides).train[workdir_lib.DIT_STAGE]
-  return build_experiment({**overrides, **MOTION_PHASE,
-                           "train.dit.num_steps": reached + planned.num_steps,
+  config = shapes.get_config(VARIANT)
+  apply_overrides(config, overrides)
+  planned = config.train[workdir_lib.DIT_STAGE]
+  apply_overrides(config, {**MOTION_PHASE, "train.dit.num_steps": reached + planned.num_steps,
                            "train.dit.learning_rate": planned.learning_rate / 2})
+  return experiment_lib.validate(config)
 
 
 class StageDeadline:
@@ -383,6 +385,7 @@ def run(out: str, *, cpu: bool = False, overrides: dict[str, Any] | None = None,
   mesh = mesh_lib.create_mesh(experiment.mesh)
   stages: dict[str, Any] = {}
   figures["stages"] = stages
+  # One writer for the stages and the given-frame phase, which continues the dit stage's rows.
   metric_writer = metrics_lib.MetricWriter(workdir)
   try:
     for name in experiment.stages:
@@ -390,48 +393,44 @@ def run(out: str, *, cpu: bool = False, overrides: dict[str, Any] | None = None,
         figures["latent_cache"] = phases.run("latent cache", _cache, experiment, workdir, mesh)
       stages[name] = phases.run(f"train {name}", _train, experiment, workdir, name, mesh,
                                 metric_writer, seconds[name])
-  finally:
-    metric_writer.close()
 
-  # == Step figures: XLA's FLOPs per step over the step's time ==================================
-  for name in experiment.stages:
-    step, _ = phases.run(f"time the {name} step", benchmark.train_step_figures, experiment, name,
-                         workdir=workdir, mesh=mesh, steps=3 if cpu else 10)
-    rate = training_rate(workdir, name)
-    specs = experiment.autoencoder_loss.buckets if name == "autoencoder" else ()
-    batch = mean_batch([buckets_lib.parse_bucket(spec) for spec in specs]
-                       or experiment.data.parsed_buckets())
-    stages[name].update({
-        "step": step,
-        "training_steps_per_second": rate,
-        # What the training consumed from its input (the loader, or the latent cache).
-        "training_samples_per_second": None if rate is None else rate * batch,
-        "benchmark_steps_per_second": 1.0 / step["seconds_per_step"],
-        "step_to_matmul_ratio": step["flops_per_second"]
-                                / figures["matmul_bf16"]["flops_per_second"],
-    })
-    say("%s step: %.3g FLOP/s (%.2f of the matmul); training reached %s steps/s, the step "
-        "alone %.2f", name, step["flops_per_second"], stages[name]["step_to_matmul_ratio"], rate,
-        1.0 / step["seconds_per_step"])
+    # == Step figures: XLA's FLOPs per step over the step's time ================================
+    for name in experiment.stages:
+      step, _ = phases.run(f"time the {name} step", benchmark.train_step_figures, experiment, name,
+                           workdir=workdir, mesh=mesh, steps=3 if cpu else 10)
+      rate = training_rate(workdir, name)
+      specs = experiment.autoencoder_loss.buckets if name == "autoencoder" else ()
+      batch = mean_batch([buckets_lib.parse_bucket(spec) for spec in specs]
+                         or experiment.data.parsed_buckets())
+      stages[name].update({
+          "step": step,
+          "training_steps_per_second": rate,
+          # What the training consumed from its input (the loader, or the latent cache).
+          "training_samples_per_second": None if rate is None else rate * batch,
+          "benchmark_steps_per_second": 1.0 / step["seconds_per_step"],
+          "step_to_matmul_ratio": step["flops_per_second"]
+                                  / figures["matmul_bf16"]["flops_per_second"],
+      })
+      say("%s step: %.3g FLOP/s (%.2f of the matmul); training reached %s steps/s, the step "
+          "alone %.2f", name, step["flops_per_second"], stages[name]["step_to_matmul_ratio"], rate,
+          1.0 / step["seconds_per_step"])
 
-  # == Evaluation and gallery ===================================================================
-  figures["generation"] = phases.run("generation suite", _evaluate, experiment, workdir, out,
-                                     gallery_videos)
+    # == Evaluation and gallery =================================================================
+    figures["generation"] = phases.run("generation suite", _evaluate, experiment, workdir, out,
+                                       gallery_videos)
 
-  # == The given-frame phase, and the suite sampled image first ===============================
-  if seconds.get(MOTION, 0) > 0 and workdir_lib.DIT_STAGE in stages:
-    phase = motion_experiment({**(CPU if cpu else {}), **(overrides or {})},
-                              stages[workdir_lib.DIT_STAGE]["steps"])
-    metric_writer = metrics_lib.MetricWriter(workdir)
-    try:
+    # == The given-frame phase, and the suite sampled image first ===============================
+    if seconds.get(MOTION, 0) > 0 and workdir_lib.DIT_STAGE in stages:
+      phase = motion_experiment({**(CPU if cpu else {}), **(overrides or {})},
+                                stages[workdir_lib.DIT_STAGE]["steps"])
       figures[MOTION] = phases.run("train the given-frame phase", _train, phase, workdir,
                                    workdir_lib.DIT_STAGE, mesh, metric_writer, seconds[MOTION],
                                    allow_config_change=True)
-    finally:
-      metric_writer.close()
-    figures[MOTION]["overrides"] = {k: repr(v) for k, v in MOTION_PHASE.items()}
-    figures["generation_motion"] = phases.run("generation suite, image first", _evaluate, phase,
-                                              workdir, out, gallery_videos, suffix="_motion")
+      figures[MOTION]["overrides"] = {k: repr(v) for k, v in MOTION_PHASE.items()}
+      figures["generation_motion"] = phases.run("generation suite, image first", _evaluate, phase,
+                                                workdir, out, gallery_videos, suffix="_motion")
+  finally:
+    metric_writer.close()
   figures["seconds"] = phases.seconds
   figures["total_seconds"] = round(time.perf_counter() - phases.start, 2)
   figures["imported_distributions"] = imported_distributions()
