@@ -163,18 +163,22 @@ def attention_check(experiment: experiment_lib.Experiment) -> str | None:
   return None
 
 
-def build_experiment(overrides: dict[str, Any]) -> experiment_lib.Experiment:
-  """The gpu variant of experiments/shapes.py with `overrides`, validated."""
+def _config(overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+  """The gpu variant of experiments/shapes.py with `overrides`, not yet validated."""
   config = shapes.get_config(VARIANT)
   apply_overrides(config, overrides)
-  return experiment_lib.validate(config)
+  return config
+
+
+def build_experiment(overrides: dict[str, Any]) -> experiment_lib.Experiment:
+  """The gpu variant of experiments/shapes.py with `overrides`, validated."""
+  return experiment_lib.validate(_config(overrides))
 
 
 def motion_experiment(overrides: dict[str, Any], reached: int) -> experiment_lib.Experiment:
   """The experiment of the given-frame phase: `MOTION_PHASE` on top of `overrides`, for as many
   steps after `reached` as the dit stage plans, at half its peak learning rate."""
-  config = shapes.get_config(VARIANT)
-  apply_overrides(config, overrides)
+  config = _config(overrides)
   planned = config.train[workdir_lib.DIT_STAGE]
   apply_overrides(config, {**MOTION_PHASE, "train.dit.num_steps": reached + planned.num_steps,
                            "train.dit.learning_rate": planned.learning_rate / 2})
