@@ -40,6 +40,8 @@ def test_config_is_the_registered_section_and_round_trips():
     ("weighting", "snr", "weighting = 'snr'; choose one of"),
     ("min_snr_gamma", 0.0, "min_snr_gamma = 0.0 must be > 0"),
     ("frame_difference_weight", -1.0, "frame_difference_weight = -1.0 must be >= 0"),
+    ("mask_ratio", 1.0, "mask_ratio = 1.0 must be in"),
+    ("mask_steps", -1, "mask_steps = -1 must be >= 0"),
 ])
 def test_config_rejects_bad_values(key, value, message):
   section = config_lib.to_config_dict(flow.FlowConfig())
@@ -152,6 +154,24 @@ def test_flow_loss_averages_over_valid_elements_only():
   assert float(flow.flow_loss(prediction, target, token_mask)) == pytest.approx(
       errors[1, 2, 0, 1].mean(), rel=1e-6)
   assert float(flow.flow_loss(prediction, target, jnp.zeros((2, 4), bool))) == 0.0
+
+
+def test_masked_training_refuses_the_frame_difference_term():
+  with pytest.raises(ValueError, match="frame_difference_weight compares whole frames"):
+    flow.FlowConfig(mask_ratio=0.5, frame_difference_weight=0.5)
+
+
+@pytest.mark.parametrize("per_frame, ratio, count", [(16, 0.5, 8), (16, 0.25, 12), (16, 0.99, 1),
+                                                     (1, 0.5, 1)])
+def test_kept_tokens_are_a_sorted_random_subset_of_each_frame(per_frame, ratio, count):
+  assert flow.kept_count(per_frame, ratio) == count
+  keep = np.asarray(flow.kept_tokens(jax.random.key(0), 4, 3, per_frame, ratio))
+  assert keep.shape == (4, 3, count)
+  assert keep.min() >= 0 and keep.max() < per_frame
+  assert np.all(np.diff(keep, axis=-1) > 0)  # increasing, so no token twice
+  if count < per_frame:
+    assert len({tuple(row) for row in keep.reshape(-1, count)}) > 1  # frames draw their own
+  np.testing.assert_array_equal(flow.kept_tokens(jax.random.key(0), 4, 3, per_frame, ratio), keep)
 
 
 def test_drop_captions_nulls_whole_captions_at_the_configured_rate():

@@ -16,8 +16,10 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from videogen.diffusion import flow
 from videogen.models import attention
 from videogen.models import dit
+from videogen.models import layers
 from videogen.parallel import mesh as mesh_lib
 from videogen.parallel import sharding as sharding_lib
 
@@ -185,6 +187,42 @@ def test_segments_do_not_attend_to_each_other(tiny):
   changed = _run(tiny, segment_ids=segments, latents=inputs["latents"].at[:, 2:].set(-2.0))
   np.testing.assert_allclose(changed[:, :2], base[:, :2], atol=1e-5)
   assert np.abs(_run(tiny)[:, :2] - base[:, :2]).max() > 1e-4  # one segment differs
+
+
+def test_kept_tokens_are_computed_from_the_kept_tokens_alone(tiny):
+  """Masked training's forward: keeping every token is the full forward; a kept subset is
+  computed from that subset alone (what the dropped tokens hold does not reach it)."""
+  graphdef, _, perturbed, _ = tiny
+  inputs = _inputs()
+  per_frame = (SIZE // 2) ** 2
+
+  @jax.jit
+  def kept_in(state, latents, keep):
+    return nnx.merge(graphdef, state).kept_velocity(
+        latents, inputs["timesteps"], inputs["context"], inputs["context_mask"],
+        inputs["pooled"], keep=keep)
+
+  def kept(latents, keep):
+    return kept_in(perturbed, latents, keep)
+
+  full = layers.patchify(jnp.asarray(_run(tiny)), CONFIG.patch_size)
+  every = jnp.broadcast_to(jnp.arange(per_frame), (BATCH, FRAMES, per_frame))
+  np.testing.assert_allclose(kept(inputs["latents"], every), full, atol=1e-5)
+
+  keep = flow.kept_tokens(jax.random.key(7), BATCH, FRAMES, per_frame, 0.5)
+  flat = (keep + per_frame * jnp.arange(FRAMES)[None, :, None]).reshape(BATCH, -1)
+  is_kept = jnp.zeros((BATCH, FRAMES * per_frame), bool).at[
+      jnp.arange(BATCH)[:, None], flat].set(True)
+  tokens = layers.patchify(inputs["latents"], CONFIG.patch_size)
+  dropped_changed = layers.unpatchify(jnp.where(is_kept[..., None], tokens, 3.0),
+                                      (FRAMES, SIZE // 2, SIZE // 2), CONFIG.patch_size)
+  base = kept(inputs["latents"], keep)
+  assert base.shape == (BATCH, FRAMES * per_frame // 2, 4 * CONFIG.in_channels)
+  np.testing.assert_allclose(kept(dropped_changed, keep), base, atol=1e-6)
+  # The full forward's kept rows differ: there, every token attended to all of them.
+  assert np.abs(base - layers.gather_tokens(full, keep)).max() > 1e-4
+  with pytest.raises(ValueError, match="keep must be"):
+    kept(inputs["latents"], keep[:, :3])
 
 
 @pytest.mark.parametrize("backend", [b for b in attention.available_backends() if b != "xla"])

@@ -92,6 +92,16 @@ def test_split_axes_dims(dim, expected):
   assert layers.split_axes_dims(dim) == expected
 
 
+def test_gather_tokens_takes_each_frames_kept_tokens_in_order():
+  # Two examples of two frames of six tokens each; a token's value is its example * 100 + index.
+  tokens = (jnp.arange(12)[None, :, None] + 100 * jnp.arange(2)[:, None, None]).astype(jnp.float32)
+  keep = jnp.asarray([[[0, 5], [1, 2]], [[3, 4], [0, 5]]])
+  np.testing.assert_array_equal(layers.gather_tokens(tokens, keep)[..., 0],
+                                [[0, 5, 7, 8], [103, 104, 106, 111]])
+  with pytest.raises(ValueError, match="do not split into the 2 frames"):
+    layers.gather_tokens(tokens[:, :11], keep)
+
+
 def test_grid_positions_are_frame_major_coordinates():
   positions = np.asarray(layers.grid_positions(2, 3, 4))
   assert positions.shape == (24, 3)

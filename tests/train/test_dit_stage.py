@@ -27,6 +27,7 @@ from videogen.diffusion.flow import FlowConfig
 from videogen.diffusion.samplers import SamplerConfig
 from videogen.models.autoencoder import AutoencoderConfig
 from videogen.generate import pipeline
+from videogen.models import layers
 from videogen.models import text_to_video
 from videogen.models.dit import DiTConfig
 from videogen.models.text_encoder import TextEncoderConfig
@@ -440,6 +441,86 @@ def test_a_few_steps_train_with_every_recipe_option_on(tokenizer):
   moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()),
                                        state.params, before))
   assert max(moved) > 0.0
+
+
+class KeptTargetDiT:
+  """Stands in for the transformer in masked training: for clean latents that are `clean`
+  everywhere, x_t = (1 - t) clean + t eps, so it knows the velocity eps - clean of every token
+  and returns that of the tokens it is asked to keep (shifted by `offset` frames, to show what a
+  misaligned target would cost)."""
+
+  def __init__(self, config: DiTConfig, clean: jax.Array, offset: int = 0):
+    self.config = config
+    self.clean = clean
+    self.offset = offset
+    self.keep = None
+
+  def kept_velocity(self, latents, timesteps, context, context_mask, pooled, *, keep):
+    self.keep = keep
+    t = timesteps[:, :, None, None, None]
+    velocity = (latents - (1.0 - t) * self.clean) / t - self.clean
+    velocity = jnp.roll(velocity, self.offset, axis=1)
+    return layers.gather_tokens(layers.patchify(velocity, self.config.patch_size), keep)
+
+
+def test_masked_training_counts_the_kept_tokens_against_their_own_targets(tokenizer):
+  """With mask_ratio 0.5 the transformer is asked for half of each frame's tokens, and the loss
+  compares each with its own target: a stand-in that knows every token's velocity scores 0,
+  and the same stand-in one frame off does not."""
+  flow = FlowConfig(mask_ratio=0.5, condition_probability=0.0, logit_mean=3.0)
+  experiment = make_experiment(flow=flow)
+  stage = dit_stage.DiTStage(experiment)
+  model = eager_model(stage)
+  batch = latent_batch(experiment, tokenizer)
+  batch["latents"] = jnp.zeros_like(batch["latents"])
+  clean = dit_stage.clean_latents(model.autoencoder, batch["latents"][:1, :1], None, None)
+  losses = {}
+  for offset in (0, 1):
+    model.dit = standin = KeptTargetDiT(experiment.dit, clean, offset)
+    losses[offset], metrics = stage.loss(model, batch, jax.random.key(0), jnp.int32(0))
+    assert float(metrics["loss_high_noise"]) == pytest.approx(float(losses[offset]), rel=1e-5)
+  assert standin.keep.shape == (8, 3, 8)  # 3x4x4 tokens, half of each frame's 16
+  assert float(losses[0]) < 1e-6 < 0.1 < float(losses[1])
+
+
+def test_masked_training_steps_cost_less_and_train(tokenizer):
+  """The compiled masked step does about half the flops of the unmasked one (the transformer
+  is most of the step), and it trains: a few steps move the parameters with a finite loss."""
+  flops = {}
+  for ratio in (0.0, 0.5):
+    experiment = make_experiment(flow=FlowConfig(mask_ratio=ratio), learning_rate=1e-2,
+                                 warmup_steps=0, schedule="constant", num_steps=2)
+    _, _, state, step = _initial_state_and_step(experiment)
+    batch = latent_batch(experiment, tokenizer)
+    flops[ratio] = step.lower(state, batch).compile().cost_analysis()["flops"]
+  assert 0.4 < flops[0.5] / flops[0.0] < 0.75, flops
+  before = jax.tree.map(np.asarray, state.params)
+  for index in range(2):
+    state, metrics = step(state, latent_batch(experiment, tokenizer, index))
+    assert np.isfinite(float(metrics["loss"])), index
+  moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()),
+                                       state.params, before))
+  assert max(moved) > 0.0
+
+
+def test_masked_training_ends_at_mask_steps(tokenizer):
+  """With mask_steps the loss is the masked one before that step and the full one from it on,
+  for the same draw of noise and timesteps."""
+  batch = None
+  losses = {}
+  for name, flow in (("full", FlowConfig()), ("masked", FlowConfig(mask_ratio=0.5)),
+                     ("until_1", FlowConfig(mask_ratio=0.5, mask_steps=1))):
+    experiment = make_experiment(flow=flow)
+    stage = dit_stage.DiTStage(experiment)
+    graphdef, state = nnx.split(eager_model(stage, seed=1))
+    state = jax.tree.map(lambda x: x + 0.01, state)  # past the zero-initialised outputs
+    batch = latent_batch(experiment, tokenizer) if batch is None else batch
+    loss = jax.jit(lambda state, step: stage.loss(nnx.merge(graphdef, state), batch,
+                                                  jax.random.key(2), step)[0])
+    losses[name] = [float(loss(state, jnp.int32(step))) for step in (0, 1)]
+  assert abs(losses["full"][0] - losses["masked"][0]) > 1e-3
+  # Equal up to the fusion of a conditional's branches.
+  assert losses["until_1"] == pytest.approx([losses["masked"][0], losses["full"][1]], rel=1e-5)
 
 
 def test_the_pyramid_schedule_samples_through_the_generation_pipeline(tokenizer):

@@ -26,9 +26,11 @@ Options of the objective, each off by default (the defaults give the plain loss 
 diffusion forcing (`frame_noise_prob`: some examples draw an independent t per latent frame),
 the noise-level weighting min-SNR-gamma (`weighting="min_snr"`, see `timestep_weights`), a term on
 the temporal differences of the predicted clean latents (`frame_difference_weight`, see
-`frame_difference_loss`), and a floor on the noise level of examples with frames given
-(`condition_min_time`). Every function here is pure and jittable; the diffusion
-transformer's stage calls `training_inputs` and `flow_loss` inside its loss:
+`frame_difference_loss`), a floor on the noise level of examples with frames given
+(`condition_min_time`), and masked training (`mask_ratio`: the transformer sees and the loss
+counts a random subset of each frame's tokens, drawn by `kept_tokens`). Every function here is
+pure and jittable; the diffusion transformer's stage calls `training_inputs` and `flow_loss`
+inside its loss:
 
     inputs = flow.training_inputs(rng, latents, num_tokens=n, config=flow_config)
     prediction = model(inputs.noisy_latents, inputs.timesteps, text, text_mask)
@@ -85,6 +87,13 @@ class FlowConfig:
     min_snr_gamma: the gamma of "min_snr" (the paper's default is 5).
     frame_difference_weight: weight of `frame_difference_loss`, a term on the temporal
       differences of the predicted clean latents; 0 = off.
+    mask_ratio: fraction of each token frame's tokens the transformer leaves out in training
+      (masked training, MaskDiT: Zheng et al. 2023): its blocks see only the rest, and the loss
+      counts only the rest, so a step costs about 1 - mask_ratio of the blocks' compute.
+      Sampling always sees every token. 0 = off.
+    mask_steps: masked training for the first mask_steps steps of the run, every token after
+      (MaskDiT's unmasking phase, which fits the transformer to the full sequence it samples
+      with); None = masked for the whole run.
   """
   logit_mean: float = 0.0
   logit_std: float = 1.0
@@ -102,6 +111,8 @@ class FlowConfig:
   weighting: Literal["none", "min_snr"] = "none"
   min_snr_gamma: float = 5.0
   frame_difference_weight: float = 0.0
+  mask_ratio: float = 0.0
+  mask_steps: Optional[int] = None
 
   def __post_init__(self):
     for name in ("logit_std", "condition_logit_std"):
@@ -135,6 +146,13 @@ class FlowConfig:
     if self.frame_difference_weight < 0:
       raise ValueError(f"frame_difference_weight = {self.frame_difference_weight} must be >= 0 "
                        f"(0 = off)")
+    if not 0.0 <= self.mask_ratio < 1.0:
+      raise ValueError(f"mask_ratio = {self.mask_ratio} must be in [0, 1) (try 0.5; 0 = off)")
+    if self.mask_steps is not None and self.mask_steps < 0:
+      raise ValueError(f"mask_steps = {self.mask_steps} must be >= 0 (None = every step)")
+    if self.mask_ratio > 0 and self.frame_difference_weight > 0:
+      raise ValueError("frame_difference_weight compares whole frames, which masked training "
+                       "(mask_ratio > 0) never predicts: set one of them to 0")
 
 
 class FlowTrainingInputs(NamedTuple):
@@ -337,6 +355,19 @@ def frame_difference_loss(prediction: jax.Array, target: jax.Array, timesteps: j
   pairs = (loss_mask[:, 1:] | loss_mask[:, :-1]) & frame_valid[:, 1:] & frame_valid[:, :-1]
   weights = jnp.broadcast_to(_expand_frames(pairs.astype(jnp.float32), squared), squared.shape)
   return jnp.sum(weights * squared) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def kept_count(tokens_per_frame: int, mask_ratio: float) -> int:
+  """Tokens of a frame that masked training keeps: (1 - mask_ratio) of them, at least one."""
+  return max(1, round((1.0 - mask_ratio) * tokens_per_frame))
+
+
+def kept_tokens(rng: jax.Array, batch: int, frames: int, tokens_per_frame: int,
+                mask_ratio: float) -> jax.Array:
+  """Which tokens masked training keeps: int [batch, frames, kept_count], for each example and
+  token frame a uniformly drawn subset of [0, tokens_per_frame), in increasing order."""
+  order = jnp.argsort(jax.random.uniform(rng, (batch, frames, tokens_per_frame)), axis=-1)
+  return jnp.sort(order[..., :kept_count(tokens_per_frame, mask_ratio)], axis=-1)
 
 
 def drop_captions(rng: jax.Array, token_mask: jax.Array, probability: float) -> jax.Array:

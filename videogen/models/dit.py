@@ -289,6 +289,47 @@ class DiT(nnx.Module):
     Returns:
       [B, t, h, w, C_out] in float32.
     """
+    grid = layers.check_patchable(latents.shape, self.config.patch_size)
+    patches = self._velocity_patches(latents, timesteps, context, context_mask, pooled, keep=None,
+                                     token_mask=token_mask, segment_ids=segment_ids,
+                                     step_sizes=step_sizes)
+    out = layers.unpatchify(patches, grid, self.config.patch_size)
+    return out.astype(jnp.float32)
+
+  def kept_velocity(self, latents: jax.Array, timesteps: jax.Array, context: jax.Array | None,
+                    context_mask: jax.Array | None, pooled: jax.Array | None, *,
+                    keep: jax.Array) -> jax.Array:
+    """The velocity of a subset of the tokens, computed from that subset alone (masked training).
+
+    The blocks see only the kept tokens, at their own positions: they cost what a clip of that
+    many tokens costs. Every token frame keeps the same number of tokens, so each frame's
+    modulation applies as in `__call__`.
+
+    Args:
+      latents, timesteps, context, context_mask, pooled: as for `__call__`.
+      keep: int [B, t', k], for each example and token frame the indices (in [0, h' * w')) of
+        the k tokens of that frame to keep; t' = t / pt, h' = h / ph, w' = w / pw.
+
+    Returns:
+      float32 [B, t' * k, pt * ph * pw * C_out]: the kept tokens' velocity patches, frame-major,
+      in `layers.patchify`'s layout (compare with `layers.gather_tokens(layers.patchify(target,
+      patch), keep)`).
+    """
+    grid = layers.check_patchable(latents.shape, self.config.patch_size)
+    if keep.ndim != 3 or keep.shape[:2] != (latents.shape[0], grid[0]):
+      raise ValueError(f"keep must be [batch, token frames, kept] = [{latents.shape[0]}, "
+                       f"{grid[0]}, k], got shape {keep.shape}")
+    patches = self._velocity_patches(latents, timesteps, context, context_mask, pooled,
+                                     keep=keep)
+    return patches.astype(jnp.float32)
+
+  def _velocity_patches(self, latents: jax.Array, timesteps: jax.Array,
+                        context: jax.Array | None, context_mask: jax.Array | None,
+                        pooled: jax.Array | None, *, keep: jax.Array | None,
+                        token_mask: jax.Array | None = None,
+                        segment_ids: jax.Array | None = None,
+                        step_sizes: jax.Array | None = None) -> jax.Array:
+    """The forward pass up to the final layer: [B, N or t' * k, patch values]."""
     config = self.config
     grid = layers.check_patchable(latents.shape, config.patch_size)
     batch, frames = latents.shape[0], latents.shape[1]
@@ -299,14 +340,21 @@ class DiT(nnx.Module):
 
     with jax.named_scope("patch_embed"):
       x = self.patch_embed(layers.patchify(latents.astype(dtype), config.patch_size))  # [B, N, D]
-    positions = layers.grid_positions(*grid)
+    positions = layers.grid_positions(*grid)[None]  # [1, N, 3]
+    if keep is not None:
+      if token_mask is not None or segment_ids is not None:
+        raise ValueError("kept tokens are drawn from one unpadded clip per example: token_mask "
+                         "and segment_ids do not apply")
+      x = layers.gather_tokens(x, keep)
+      positions = layers.gather_tokens(jnp.broadcast_to(positions, (batch, *positions.shape[1:])),
+                                       keep)  # [B, t' * k, 3]
     if "sincos" in config.position_embedding:
-      x = x + layers.sincos_embedding(positions, config.width)[None].astype(dtype)
+      x = x + layers.sincos_embedding(positions, config.width).astype(dtype)
     x = sharding.constrain(x, axes.TOKENS)
     rope = None
     if "rope" in config.position_embedding:
       rope = layers.rope_angles(positions, layers.split_axes_dims(config.head_dim),
-                                config.rope_theta)[None]
+                                config.rope_theta)
 
     with jax.named_scope("conditioning"):
       cond = self._conditioning(timesteps, pooled, batch, frames, grid[0])  # [B, t', D] float32
@@ -350,9 +398,7 @@ class DiT(nnx.Module):
       for block in self.blocks:
         x = run_block(x, block)
 
-    patches = self.final_layer(x, cond)
-    out = layers.unpatchify(patches, grid, config.patch_size)
-    return out.astype(jnp.float32)
+    return self.final_layer(x, cond)
 
   def _conditioning(self, timesteps: jax.Array, pooled: jax.Array | None, batch: int,
                     frames: int, token_frames: int) -> jax.Array:

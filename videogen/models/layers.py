@@ -340,6 +340,18 @@ def unpatchify(tokens: jax.Array, grid: Sequence[int], patch: Sequence[int]) -> 
                           t=t, h=h, w=w, pt=pt, ph=ph, pw=pw)
 
 
+def gather_tokens(tokens: jax.Array, keep: jax.Array) -> jax.Array:
+  """The kept tokens of each frame: tokens [B, N, F] (frame-major, t' frames of N / t'),
+  keep int [B, t', k] (indices within each frame) -> [B, t' * k, F], frame-major."""
+  batch, frames = keep.shape[:2]
+  per_frame = tokens.shape[1] // frames
+  if tokens.shape[0] != batch or per_frame * frames != tokens.shape[1]:
+    raise ValueError(f"tokens {tokens.shape} do not split into the {frames} frames of keep "
+                     f"{keep.shape}")
+  flat = keep + per_frame * jnp.arange(frames, dtype=keep.dtype)[None, :, None]
+  return jnp.take_along_axis(tokens, flat.reshape(batch, -1, 1), axis=1)
+
+
 # ----------------------------------------------------------------------------------------------
 # Attention.
 # ----------------------------------------------------------------------------------------------

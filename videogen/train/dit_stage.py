@@ -19,7 +19,9 @@ One step of the loss (pure, traced once per batch shape inside the trainer's jit
   null caption that classifier-free guidance uses) -> text encoder -> (context, pooled)
   `flow.training_inputs`: noise, logit-normal timesteps shifted for the token count, and some
   latent frames given clean at timestep 0 (frame conditioning) -> DiT velocity -> mean squared
-  error over the frames that are not given (`flow.flow_loss`).
+  error over the frames that are not given (`flow.flow_loss`). With masked training
+  (`config.diffusion.mask_ratio`) the transformer sees, and the error counts, only a random
+  subset of each frame's tokens (`DiT.kept_velocity`).
 
 Images are one-frame videos (a "1x32x32" bucket of the loader), so image and video training share
 the model and the step (one compiled step per bucket shape).
@@ -44,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -60,6 +63,7 @@ from videogen.diffusion import flow
 from videogen.evaluate import caption_use
 from videogen.generate import pipeline
 from videogen.models import autoencoder as autoencoder_lib
+from videogen.models import layers
 from videogen.models import text_to_video
 from videogen.parallel import axes
 from videogen.parallel import multihost
@@ -201,6 +205,8 @@ class DiTStage(stage_lib.Stage):
            rng: jax.Array, step: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The rectified-flow loss over the frames that are not given; see the module docstring.
 
+    With `config.diffusion.mask_ratio` > 0 the transformer sees and the loss counts a random
+    subset of each frame's tokens (for the first `config.diffusion.mask_steps` steps, or all).
     With `config.diffusion.weighting` the flow term is weighted per frame by noise level, and
     with `config.diffusion.frame_difference_weight` > 0 the loss adds that weight times
     `flow.frame_difference_loss` (logged as loss_frame_difference); either way loss_flow logs the
@@ -211,49 +217,103 @@ class DiTStage(stage_lib.Stage):
     (fraction of the batch), loss_low_noise / loss_high_noise (the loss of the examples drawn
     below / above t = 0.5; 0 when none was).
     """
-    del step
     latent_rng, text_rng, flow_rng = jax.random.split(rng, 3)
     latents = self._latents(model, batch, latent_rng)
     context, context_mask, pooled, dropped = self._text(model, batch, text_rng)
+    if self.dit_config.pooled_dim is None:
+      pooled = None
     inputs = flow.training_inputs(
         flow_rng, latents, num_tokens=num_tokens(latents.shape[1:], self.dit_config.patch_size),
         config=self.flow_config)
-    prediction = model.dit(inputs.noisy_latents, inputs.timesteps, context, context_mask,
-                           pooled if self.dit_config.pooled_dim is not None else None)
+    # Its own stream, so that the noise and timesteps are those of the unmasked objective.
+    keep_rng = jax.random.fold_in(flow_rng, 1)
+
+    def objective(masked: bool) -> Callable[..., tuple[jax.Array, dict[str, jax.Array]]]:
+      return lambda model, keep_rng: self._flow_objective(
+          model, inputs, context, context_mask, pooled, keep_rng if masked else None)
+
+    config = self.flow_config
+    if config.mask_ratio > 0 and config.mask_steps is not None:
+      # nnx.cond: the model is an operand, so its scanned blocks trace inside the branch.
+      loss, flow_metrics = nnx.cond(step < config.mask_steps, objective(True), objective(False),
+                                    model, keep_rng)
+    else:
+      loss, flow_metrics = objective(config.mask_ratio > 0)(model, keep_rng)
+    metrics = {
+        "latent_std": jnp.std(latents),
+        "given_frames": jnp.mean(inputs.condition_mask.astype(jnp.float32)),
+        "captions_dropped": jnp.mean(dropped.astype(jnp.float32)),
+        **flow_metrics,
+    }
+    return loss, metrics
+
+  def _flow_objective(self, model: text_to_video.TextToVideoModel,
+                      inputs: flow.FlowTrainingInputs, context: jax.Array,
+                      context_mask: jax.Array, pooled: jax.Array | None,
+                      keep_rng: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The loss and its metrics (loss_flow, loss_frame_difference, loss_low_noise,
+    loss_high_noise) of the transformer's velocity: over every token, or with `keep_rng` over
+    the tokens masked training keeps."""
     weights = flow.timestep_weights(inputs.timesteps, self.flow_config)
-    loss = flow.flow_loss(prediction, inputs.target, inputs.loss_mask, weights)
-    extra_metrics = {}
+    if keep_rng is not None:
+      prediction, target, loss_mask, weights = self._kept_token_terms(
+          model, inputs, weights, context, context_mask, pooled, keep_rng)
+    else:
+      prediction = model.dit(inputs.noisy_latents, inputs.timesteps, context, context_mask,
+                             pooled)
+      target, loss_mask = inputs.target, inputs.loss_mask
+    loss = flow.flow_loss(prediction, target, loss_mask, weights)
+    metrics = {}
     if weights is not None or self.flow_config.frame_difference_weight > 0:
       # The plain flow loss, comparable across weightings and extra terms.
-      extra_metrics["loss_flow"] = flow.flow_loss(prediction, inputs.target, inputs.loss_mask)
+      metrics["loss_flow"] = flow.flow_loss(prediction, target, loss_mask)
     if self.flow_config.frame_difference_weight > 0:
       difference = flow.frame_difference_loss(prediction, inputs.target, inputs.timesteps,
                                               inputs.loss_mask,
                                               inputs.loss_mask | inputs.condition_mask)
       loss = loss + self.flow_config.frame_difference_weight * difference
-      extra_metrics["loss_frame_difference"] = difference
+      metrics["loss_frame_difference"] = difference
 
     # Per-example losses, to see where in time the model is weak.
-    squared = jnp.mean(jnp.square(prediction - inputs.target), axis=(2, 3, 4))  # [B, t]
-    weights = inputs.loss_mask.astype(jnp.float32)
-    per_example = jnp.sum(squared * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+    squared = jnp.square(prediction - target)
+    counted = jnp.broadcast_to(
+        jnp.reshape(loss_mask, loss_mask.shape + (1,) * (squared.ndim - loss_mask.ndim)),
+        squared.shape).astype(jnp.float32)
+    example_axes = tuple(range(1, squared.ndim))
+    counts = jnp.sum(counted, axis=example_axes)
+    per_example = jnp.sum(squared * counted, axis=example_axes) / jnp.maximum(counts, 1.0)
     noise_level = jnp.max(inputs.timesteps, axis=1)  # the drawn t (given frames hold 0)
-    low = (noise_level < _LOW_NOISE) & (jnp.sum(weights, axis=1) > 0)
-    high = (noise_level >= _LOW_NOISE) & (jnp.sum(weights, axis=1) > 0)
 
-    def masked_mean(values, mask):
-      mask = mask.astype(jnp.float32)
-      return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    def mean_where(mask: jax.Array) -> jax.Array:
+      mask = (mask & (counts > 0)).astype(jnp.float32)
+      return jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
-    metrics = {
-        "latent_std": jnp.std(latents),
-        "given_frames": jnp.mean(inputs.condition_mask.astype(jnp.float32)),
-        "captions_dropped": jnp.mean(dropped.astype(jnp.float32)),
-        "loss_low_noise": masked_mean(per_example, low),
-        "loss_high_noise": masked_mean(per_example, high),
-        **extra_metrics,
-    }
+    metrics["loss_low_noise"] = mean_where(noise_level < _LOW_NOISE)
+    metrics["loss_high_noise"] = mean_where(noise_level >= _LOW_NOISE)
     return loss, metrics
+
+  def _kept_token_terms(self, model: text_to_video.TextToVideoModel,
+                        inputs: flow.FlowTrainingInputs, weights: jax.Array | None,
+                        context: jax.Array, context_mask: jax.Array, pooled: jax.Array | None,
+                        rng: jax.Array
+                        ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
+    """Masked training: (prediction, target, loss mask, weights) of the kept tokens only, each
+    [B, t' * k, patch values], from a transformer that sees only those tokens."""
+    patch = self.dit_config.patch_size
+    frames, height, width = layers.check_patchable(inputs.noisy_latents.shape, patch)
+    keep = flow.kept_tokens(rng, inputs.noisy_latents.shape[0], frames, height * width,
+                            self.flow_config.mask_ratio)
+
+    def kept(values: jax.Array) -> jax.Array:
+      """Per-frame values [B, t, ...] (a prefix of the latents' shape) -> the kept patches."""
+      values = jnp.reshape(values, values.shape + (1,) * (inputs.target.ndim - values.ndim))
+      return layers.gather_tokens(
+          layers.patchify(jnp.broadcast_to(values, inputs.target.shape), patch), keep)
+
+    prediction = model.dit.kept_velocity(inputs.noisy_latents, inputs.timesteps, context,
+                                         context_mask, pooled, keep=keep)
+    return (prediction, kept(inputs.target), kept(inputs.loss_mask),
+            None if weights is None else kept(weights))
 
   # -- data --------------------------------------------------------------------------------------
 
