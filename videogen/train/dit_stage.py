@@ -63,6 +63,7 @@ from videogen.diffusion import flow
 from videogen.evaluate import caption_use
 from videogen.generate import pipeline
 from videogen.models import autoencoder as autoencoder_lib
+from videogen.models import dit as dit_lib
 from videogen.models import layers
 from videogen.models import text_to_video
 from videogen.parallel import axes
@@ -228,17 +229,22 @@ class DiTStage(stage_lib.Stage):
     # Its own stream, so that the noise and timesteps are those of the unmasked objective.
     keep_rng = jax.random.fold_in(flow_rng, 1)
 
-    def objective(masked: bool) -> Callable[..., tuple[jax.Array, dict[str, jax.Array]]]:
-      return lambda model, keep_rng: self._flow_objective(
-          model, inputs, context, context_mask, pooled, keep_rng if masked else None)
-
     config = self.flow_config
     if config.mask_ratio > 0 and config.mask_steps is not None:
-      # nnx.cond: the model is an operand, so its scanned blocks trace inside the branch.
-      loss, flow_metrics = nnx.cond(step < config.mask_steps, objective(True), objective(False),
-                                    model, keep_rng)
+      # The transformer's state is the conditional's operand and each branch merges its own
+      # transformer from it, so nothing of the caller's model is touched inside the branches.
+      dit_graph, dit_state = nnx.split(model.dit)
+
+      def branch(masked: bool) -> Callable[..., tuple[jax.Array, dict[str, jax.Array]]]:
+        return lambda state, keep_rng: self._flow_objective(
+            nnx.merge(dit_graph, state), inputs, context, context_mask, pooled,
+            keep_rng if masked else None)
+
+      loss, flow_metrics = jax.lax.cond(step < config.mask_steps, branch(True), branch(False),
+                                        dit_state, keep_rng)
     else:
-      loss, flow_metrics = objective(config.mask_ratio > 0)(model, keep_rng)
+      loss, flow_metrics = self._flow_objective(model.dit, inputs, context, context_mask, pooled,
+                                                keep_rng if config.mask_ratio > 0 else None)
     metrics = {
         "latent_std": jnp.std(latents),
         "given_frames": jnp.mean(inputs.condition_mask.astype(jnp.float32)),
@@ -247,9 +253,8 @@ class DiTStage(stage_lib.Stage):
     }
     return loss, metrics
 
-  def _flow_objective(self, model: text_to_video.TextToVideoModel,
-                      inputs: flow.FlowTrainingInputs, context: jax.Array,
-                      context_mask: jax.Array, pooled: jax.Array | None,
+  def _flow_objective(self, dit: dit_lib.DiT, inputs: flow.FlowTrainingInputs,
+                      context: jax.Array, context_mask: jax.Array, pooled: jax.Array | None,
                       keep_rng: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The loss and its metrics (loss_flow, loss_frame_difference, loss_low_noise,
     loss_high_noise) of the transformer's velocity: over every token, or with `keep_rng` over
@@ -257,9 +262,9 @@ class DiTStage(stage_lib.Stage):
     weights = flow.timestep_weights(inputs.timesteps, self.flow_config)
     if keep_rng is not None:
       prediction, target, loss_mask, weights = self._kept_token_terms(
-          model, inputs, weights, context, context_mask, pooled, keep_rng)
+          dit, inputs, weights, context, context_mask, pooled, keep_rng)
     else:
-      prediction = model.dit(inputs.noisy_latents, inputs.timesteps, context, context_mask,
+      prediction = dit(inputs.noisy_latents, inputs.timesteps, context, context_mask,
                              pooled)
       target, loss_mask = inputs.target, inputs.loss_mask
     loss = flow.flow_loss(prediction, target, loss_mask, weights)
@@ -292,10 +297,9 @@ class DiTStage(stage_lib.Stage):
     metrics["loss_high_noise"] = mean_where(noise_level >= _LOW_NOISE)
     return loss, metrics
 
-  def _kept_token_terms(self, model: text_to_video.TextToVideoModel,
-                        inputs: flow.FlowTrainingInputs, weights: jax.Array | None,
-                        context: jax.Array, context_mask: jax.Array, pooled: jax.Array | None,
-                        rng: jax.Array
+  def _kept_token_terms(self, dit: dit_lib.DiT, inputs: flow.FlowTrainingInputs,
+                        weights: jax.Array | None, context: jax.Array, context_mask: jax.Array,
+                        pooled: jax.Array | None, rng: jax.Array
                         ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
     """Masked training: (prediction, target, loss mask, weights) of the kept tokens only, each
     [B, t' * k, patch values], from a transformer that sees only those tokens."""
@@ -310,7 +314,7 @@ class DiTStage(stage_lib.Stage):
       return layers.gather_tokens(
           layers.patchify(jnp.broadcast_to(values, inputs.target.shape), patch), keep)
 
-    prediction = model.dit.kept_velocity(inputs.noisy_latents, inputs.timesteps, context,
+    prediction = dit.kept_velocity(inputs.noisy_latents, inputs.timesteps, context,
                                          context_mask, pooled, keep=keep)
     return (prediction, kept(inputs.target), kept(inputs.loss_mask),
             None if weights is None else kept(weights))
