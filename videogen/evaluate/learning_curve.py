@@ -30,7 +30,8 @@ Each checkpoint gives one row of OUT/learning_curve.json (OUT: --out, default th
                               text encoder and the transformer, per sample at each data bucket's
                               latent shape, weighted by the bucket's batch and share of steps. The
                               frozen autoencoder, the optimizer update and elementwise work are
-                              not counted (MACs from `videogen.evaluate.summary`).
+                              not counted (MACs from `videogen.evaluate.summary`). Steps of
+                              masked training count the transformer at the tokens they keep.
   colour ... count stability  the suite's accuracies (`CURVE`): colour, shape, size and direction
                               over the prompted objects, count (videos whose most common number of
                               objects is the prompted one) and count stability (frames that show
@@ -70,6 +71,7 @@ from matplotlib import ticker
 
 from videogen import experiment as experiment_lib
 from videogen import workdir as workdir_lib
+from videogen.diffusion import flow
 from videogen.evaluate import generation
 from videogen.evaluate import suite as suite_lib
 from videogen.evaluate import summary
@@ -97,6 +99,7 @@ FLOPS_COUNTED = ("forward + backward (3 x forward) model FLOPs of the text encod
                  "transformer, 2 per multiply-accumulate, at each data bucket's latent shape, "
                  "weighted by its batch and share of steps; autoencoder, optimizer and "
                  "elementwise work not counted")
+_FLOPS_BUDGET_KEYS = ("train_flops_per_step", "train_flops_per_masked_step", "mask_steps")
 _PLOT_STYLE = {"font.size": 9}
 _COLOURS = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf",
             "#7f7f7f")
@@ -184,10 +187,15 @@ def at_step(timeline: Sequence[tuple[int, float, float]], step: int
   return (None if math.isnan(minutes) else round(minutes, 4)), loss
 
 
-def train_flops_per_step(experiment: experiment_lib.Experiment) -> float:
-  """Model FLOPs of one dit-stage training step (see `FLOPS_COUNTED`), from abstract shapes."""
+def train_flops_per_step(experiment: experiment_lib.Experiment, *, masked: bool = False) -> float:
+  """Model FLOPs of one dit-stage training step (see `FLOPS_COUNTED`), from abstract shapes.
+
+  masked: a step of masked training (`config.diffusion.mask_ratio`): the transformer at the
+  tokens it keeps of each frame.
+  """
   text_config = experiment.text_encoder if experiment.has("text_encoder") else None
   autoencoder = experiment.autoencoder
+  patch = experiment.dit.patch_size
   buckets = experiment.data.parsed_buckets()
   total_weight = sum(bucket.weight for bucket in buckets)
   macs = 0.0
@@ -195,11 +203,36 @@ def train_flops_per_step(experiment: experiment_lib.Experiment) -> float:
     latent = (1 + (bucket.frames - 1) // autoencoder.temporal_factor,
               bucket.height // autoencoder.spatial_factor,
               bucket.width // autoencoder.spatial_factor)
+    if masked:
+      # k kept tokens of each frame cost what a frame one patch high and k patches wide does.
+      kept = flow.kept_count((latent[1] // patch[1]) * (latent[2] // patch[2]),
+                             experiment.diffusion.mask_ratio)
+      latent = (latent[0], patch[1], kept * patch[2])
     dit_config = dataclasses.replace(experiment.dit, input_size=latent)
     per_sample = sum(cost.macs for cost in summary.measure(dit_config, text_config,
                                                            with_flops=False))
     macs += bucket.weight / total_weight * bucket.global_batch * per_sample
   return 3.0 * 2.0 * macs
+
+
+def flops_budget(experiment: experiment_lib.Experiment) -> dict[str, Any]:
+  """What `train_flops` needs of a run: its FLOPs per step, and with masked training those of
+  a masked step and how many steps were masked (None: all)."""
+  budget = {"train_flops_per_step": train_flops_per_step(experiment),
+            "train_flops_per_masked_step": None, "mask_steps": None}
+  if experiment.has("diffusion") and experiment.diffusion.mask_ratio > 0:
+    budget.update(train_flops_per_masked_step=train_flops_per_step(experiment, masked=True),
+                  mask_steps=experiment.diffusion.mask_steps)
+  return budget
+
+
+def train_flops(budget: dict[str, Any], step: int) -> float:
+  """Model FLOPs of training to `step` under a `flops_budget`."""
+  masked = budget.get("train_flops_per_masked_step")
+  if masked is None:
+    return step * budget["train_flops_per_step"]
+  until = step if budget.get("mask_steps") is None else min(step, budget["mask_steps"])
+  return until * masked + (step - until) * budget["train_flops_per_step"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,12 +348,12 @@ def measure(workdir: str, experiment: experiment_lib.Experiment | None = None, *
   done = {row["step"] for row in report["rows"]}
   pending = [step for step in chosen if step not in done]
   # Tracing the model for its cost takes seconds: only when there is something to add.
-  flops_per_step = report.get("train_flops_per_step")
-  if pending or flops_per_step is None:
-    flops_per_step = train_flops_per_step(experiment)
+  budget = {key: report.get(key) for key in _FLOPS_BUDGET_KEYS}
+  if pending or budget["train_flops_per_step"] is None:
+    budget = flops_budget(experiment)
   report = dict(
       workdir=os.path.abspath(workdir), experiment=experiment.name, stage=workdir_lib.DIT_STAGE,
-      suite=described, train_flops_per_step=flops_per_step, flops_counted=FLOPS_COUNTED,
+      suite=described, **budget, flops_counted=FLOPS_COUNTED,
       autoencoder_minutes=round(autoencoder[-1][1] / 60.0, 4) if autoencoder else None,
       rows=report["rows"])
   logging.info("learning curve of %s: %d checkpoint(s) chosen, %d already measured, %d prompts "
@@ -332,7 +365,7 @@ def measure(workdir: str, experiment: experiment_lib.Experiment | None = None, *
     minutes, loss = at_step(timeline, step)
     row = {"step": step, "loss": loss, "train_minutes": minutes,
            "train_cpu_minutes": at_step(cpu_timeline, step)[0],
-           "train_flops": step * flops_per_step,
+           "train_flops": train_flops(budget, step),
            **evaluate_checkpoint(workdir, experiment, step, suite, mesh=mesh)}
     logging.info("learning curve: step %d: %s", step, ", ".join(
         f"{name} {generation.format_value(row[key])}" for key, name in CURVE.items()))
