@@ -8,6 +8,8 @@ block: adaLN-Zero-modulated self-attention over all spacetime tokens (RMS-normal
 keys, 3D rotary positions from the actual token coordinates), cross-attention to the text tokens
 (masked; zero-initialised output, so a fresh block is the identity), an adaLN-Zero-modulated MLP.
 A final adaLN layer and a linear map bring the tokens back to patches -> [B, t, h, w, C_out].
+Masked training calls `kept_velocity` instead: the same blocks over a subset of each frame's
+tokens, at their own positions, giving the velocity patches of that subset.
 
 Timesteps are per latent frame ([B] or [B, t], in [0, 1]): frames given as clean conditioning carry
 timestep 0 while the others are noisy, so every block modulates each frame's tokens with that
@@ -338,16 +340,14 @@ class DiT(nnx.Module):
                        f"{config.in_channels}")
     dtype = layers.dtype_of(config.dtype)
 
-    with jax.named_scope("patch_embed"):
-      x = self.patch_embed(layers.patchify(latents.astype(dtype), config.patch_size))  # [B, N, D]
+    patches = layers.patchify(latents.astype(dtype), config.patch_size)  # [B, N, patch values]
     positions = layers.grid_positions(*grid)[None]  # [1, N, 3]
-    if keep is not None:
-      if token_mask is not None or segment_ids is not None:
-        raise ValueError("kept tokens are drawn from one unpadded clip per example: token_mask "
-                         "and segment_ids do not apply")
-      x = layers.gather_tokens(x, keep)
+    if keep is not None:  # masked training: the kept tokens only, [B, t' * k, ...]
+      patches = layers.gather_tokens(patches, keep)
       positions = layers.gather_tokens(jnp.broadcast_to(positions, (batch, *positions.shape[1:])),
-                                       keep)  # [B, t' * k, 3]
+                                       keep)
+    with jax.named_scope("patch_embed"):
+      x = self.patch_embed(patches)  # [B, N or t' * k, D]
     if "sincos" in config.position_embedding:
       x = x + layers.sincos_embedding(positions, config.width).astype(dtype)
     x = sharding.constrain(x, axes.TOKENS)
