@@ -115,18 +115,18 @@ def test_masked_steps_count_the_transformer_at_the_tokens_they_keep():
   experiment = experiment_lib.validate(_config())
   experiment = dataclasses.replace(
       experiment, data=loader_lib.DataConfig(buckets=("9x32x32:8",)),
-      diffusion=dataclasses.replace(experiment.diffusion, mask_ratio=0.5, mask_steps=10))
+      diffusion=dataclasses.replace(experiment.diffusion, mask_ratio=0.5))
   kept = dataclasses.replace(experiment.dit, input_size=(5, 2, 16))  # 5 frames of 8 tokens
   kept_sample = sum(c.macs for c in summary.measure(kept, experiment.text_encoder,
                                                     with_flops=False))
   masked = learning_curve.train_flops_per_step(experiment, masked=True)
   full = learning_curve.train_flops_per_step(experiment)
   assert masked == pytest.approx(6 * 8 * kept_sample) and masked < 0.75 * full
-  budget = learning_curve.flops_budget(experiment)
-  assert learning_curve.train_flops(budget, 4) == pytest.approx(4 * masked)
-  assert learning_curve.train_flops(budget, 12) == pytest.approx(10 * masked + 2 * full)
+  assert learning_curve.train_flops(learning_curve.flops_budget(experiment), 12) == \
+      pytest.approx(12 * masked)
   unmasked = learning_curve.flops_budget(dataclasses.replace(
       experiment, diffusion=dataclasses.replace(experiment.diffusion, mask_ratio=0.0)))
+  assert unmasked["train_flops_per_masked_step"] is None
   assert learning_curve.train_flops(unmasked, 12) == pytest.approx(12 * full)
 
 

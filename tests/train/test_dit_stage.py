@@ -503,27 +503,6 @@ def test_masked_training_steps_cost_less_and_train(tokenizer):
   assert max(moved) > 0.0
 
 
-def test_masked_training_ends_at_mask_steps(tokenizer):
-  """With mask_steps the loss is the masked one before that step and the full one from it on,
-  for the same draw of noise and timesteps."""
-  batch = None
-  losses = {}
-  for name, flow in (("full", FlowConfig()), ("masked", FlowConfig(mask_ratio=0.5)),
-                     ("until_1", FlowConfig(mask_ratio=0.5, mask_steps=1))):
-    experiment = make_experiment(flow=flow)
-    stage = dit_stage.DiTStage(experiment)
-    graphdef, params, frozen = nnx.split(eager_model(stage, seed=1), stage.trainable, ...)
-    params = jax.tree.map(lambda x: x + 0.01, params)  # past the zero-initialised outputs
-    batch = latent_batch(experiment, tokenizer) if batch is None else batch
-    # Under a gradient of the trained part only, as the train step computes it.
-    loss = jax.jit(jax.value_and_grad(lambda params, step: stage.loss(
-        nnx.merge(graphdef, params, frozen), batch, jax.random.key(2), step)[0]))
-    losses[name] = [float(loss(params, jnp.int32(step))[0]) for step in (0, 1)]
-  assert abs(losses["full"][0] - losses["masked"][0]) > 1e-3
-  # Equal up to the fusion of a conditional's branches.
-  assert losses["until_1"] == pytest.approx([losses["masked"][0], losses["full"][1]], rel=1e-5)
-
-
 def test_the_pyramid_schedule_samples_through_the_generation_pipeline(tokenizer):
   experiment = make_experiment()
   stage = dit_stage.DiTStage(experiment)

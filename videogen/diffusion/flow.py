@@ -90,10 +90,9 @@ class FlowConfig:
     mask_ratio: fraction of each token frame's tokens the transformer leaves out in training
       (masked training, MaskDiT: Zheng et al. 2023): its blocks see only the rest, and the loss
       counts only the rest, so a step costs about 1 - mask_ratio of the blocks' compute.
-      Sampling always sees every token. 0 = off.
-    mask_steps: masked training for the first mask_steps steps of the run, every token after
-      (MaskDiT's unmasking phase, which fits the transformer to the full sequence it samples
-      with); None = masked for the whole run.
+      Sampling always sees every token; MaskDiT's unmasking phase, which fits the transformer
+      to the full sequence it samples with, is a continuation with mask_ratio 0.
+      0 = off.
   """
   logit_mean: float = 0.0
   logit_std: float = 1.0
@@ -112,7 +111,6 @@ class FlowConfig:
   min_snr_gamma: float = 5.0
   frame_difference_weight: float = 0.0
   mask_ratio: float = 0.0
-  mask_steps: Optional[int] = None
 
   def __post_init__(self):
     for name in ("logit_std", "condition_logit_std"):
@@ -148,8 +146,6 @@ class FlowConfig:
                        f"(0 = off)")
     if not 0.0 <= self.mask_ratio < 1.0:
       raise ValueError(f"mask_ratio = {self.mask_ratio} must be in [0, 1) (try 0.5; 0 = off)")
-    if self.mask_steps is not None and self.mask_steps < 0:
-      raise ValueError(f"mask_steps = {self.mask_steps} must be >= 0 (None = every step)")
     if self.mask_ratio > 0 and self.frame_difference_weight > 0:
       raise ValueError("frame_difference_weight compares whole frames, which masked training "
                        "(mask_ratio > 0) never predicts: set one of them to 0")

@@ -99,7 +99,7 @@ FLOPS_COUNTED = ("forward + backward (3 x forward) model FLOPs of the text encod
                  "transformer, 2 per multiply-accumulate, at each data bucket's latent shape, "
                  "weighted by its batch and share of steps; autoencoder, optimizer and "
                  "elementwise work not counted")
-_FLOPS_BUDGET_KEYS = ("train_flops_per_step", "train_flops_per_masked_step", "mask_steps")
+_FLOPS_BUDGET_KEYS = ("train_flops_per_step", "train_flops_per_masked_step")
 _PLOT_STYLE = {"font.size": 9}
 _COLOURS = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf",
             "#7f7f7f")
@@ -217,22 +217,18 @@ def train_flops_per_step(experiment: experiment_lib.Experiment, *, masked: bool 
 
 def flops_budget(experiment: experiment_lib.Experiment) -> dict[str, Any]:
   """What `train_flops` needs of a run: its FLOPs per step, and with masked training those of
-  a masked step and how many steps were masked (None: all)."""
-  budget = {"train_flops_per_step": train_flops_per_step(experiment),
-            "train_flops_per_masked_step": None, "mask_steps": None}
-  if experiment.has("diffusion") and experiment.diffusion.mask_ratio > 0:
-    budget.update(train_flops_per_masked_step=train_flops_per_step(experiment, masked=True),
-                  mask_steps=experiment.diffusion.mask_steps)
-  return budget
+  a masked step (None without)."""
+  masked = experiment.has("diffusion") and experiment.diffusion.mask_ratio > 0
+  return {"train_flops_per_step": train_flops_per_step(experiment),
+          "train_flops_per_masked_step": (train_flops_per_step(experiment, masked=True)
+                                          if masked else None)}
 
 
 def train_flops(budget: dict[str, Any], step: int) -> float:
-  """Model FLOPs of training to `step` under a `flops_budget`."""
+  """Model FLOPs of training to `step` under a `flops_budget` (every step masked when the run
+  trains masked)."""
   masked = budget.get("train_flops_per_masked_step")
-  if masked is None:
-    return step * budget["train_flops_per_step"]
-  until = step if budget.get("mask_steps") is None else min(step, budget["mask_steps"])
-  return until * masked + (step - until) * budget["train_flops_per_step"]
+  return step * (budget["train_flops_per_step"] if masked is None else masked)
 
 
 # ---------------------------------------------------------------------------------------------

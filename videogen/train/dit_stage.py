@@ -46,7 +46,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -207,7 +206,7 @@ class DiTStage(stage_lib.Stage):
     """The rectified-flow loss over the frames that are not given; see the module docstring.
 
     With `config.diffusion.mask_ratio` > 0 the transformer sees and the loss counts a random
-    subset of each frame's tokens (for the first `config.diffusion.mask_steps` steps, or all).
+    subset of each frame's tokens.
     With `config.diffusion.weighting` the flow term is weighted per frame by noise level, and
     with `config.diffusion.frame_difference_weight` > 0 the loss adds that weight times
     `flow.frame_difference_loss` (logged as loss_frame_difference); either way loss_flow logs the
@@ -218,6 +217,7 @@ class DiTStage(stage_lib.Stage):
     (fraction of the batch), loss_low_noise / loss_high_noise (the loss of the examples drawn
     below / above t = 0.5; 0 when none was).
     """
+    del step
     latent_rng, text_rng, flow_rng = jax.random.split(rng, 3)
     latents = self._latents(model, batch, latent_rng)
     context, context_mask, pooled, dropped = self._text(model, batch, text_rng)
@@ -228,23 +228,9 @@ class DiTStage(stage_lib.Stage):
         config=self.flow_config)
     # Its own stream, so that the noise and timesteps are those of the unmasked objective.
     keep_rng = jax.random.fold_in(flow_rng, 1)
-
-    config = self.flow_config
-    if config.mask_ratio > 0 and config.mask_steps is not None:
-      # The transformer's state is the conditional's operand and each branch merges its own
-      # transformer from it, so nothing of the caller's model is touched inside the branches.
-      dit_graph, dit_state = nnx.split(model.dit)
-
-      def branch(masked: bool) -> Callable[..., tuple[jax.Array, dict[str, jax.Array]]]:
-        return lambda state, keep_rng: self._flow_objective(
-            nnx.merge(dit_graph, state), inputs, context, context_mask, pooled,
-            keep_rng if masked else None)
-
-      loss, flow_metrics = jax.lax.cond(step < config.mask_steps, branch(True), branch(False),
-                                        dit_state, keep_rng)
-    else:
-      loss, flow_metrics = self._flow_objective(model.dit, inputs, context, context_mask, pooled,
-                                                keep_rng if config.mask_ratio > 0 else None)
+    loss, flow_metrics = self._flow_objective(
+        model.dit, inputs, context, context_mask, pooled,
+        keep_rng if self.flow_config.mask_ratio > 0 else None)
     metrics = {
         "latent_std": jnp.std(latents),
         "given_frames": jnp.mean(inputs.condition_mask.astype(jnp.float32)),
