@@ -227,10 +227,9 @@ class DiTStage(stage_lib.Stage):
         flow_rng, latents, num_tokens=num_tokens(latents.shape[1:], self.dit_config.patch_size),
         config=self.flow_config)
     # Its own stream, so that the noise and timesteps are those of the unmasked objective.
-    keep_rng = jax.random.fold_in(flow_rng, 1)
-    loss, flow_metrics = self._flow_objective(
-        model.dit, inputs, context, context_mask, pooled,
-        keep_rng if self.flow_config.mask_ratio > 0 else None)
+    keep_rng = jax.random.fold_in(flow_rng, 1) if self.flow_config.mask_ratio > 0 else None
+    loss, flow_metrics = self._flow_objective(model.dit, inputs, context, context_mask, pooled,
+                                              keep_rng)
     metrics = {
         "latent_std": jnp.std(latents),
         "given_frames": jnp.mean(inputs.condition_mask.astype(jnp.float32)),
@@ -250,8 +249,7 @@ class DiTStage(stage_lib.Stage):
       prediction, target, loss_mask, weights = self._kept_token_terms(
           dit, inputs, weights, context, context_mask, pooled, keep_rng)
     else:
-      prediction = dit(inputs.noisy_latents, inputs.timesteps, context, context_mask,
-                             pooled)
+      prediction = dit(inputs.noisy_latents, inputs.timesteps, context, context_mask, pooled)
       target, loss_mask = inputs.target, inputs.loss_mask
     loss = flow.flow_loss(prediction, target, loss_mask, weights)
     metrics = {}
