@@ -240,7 +240,7 @@ def frame_timesteps(t: jax.Array, condition_mask: jax.Array) -> jax.Array:
   return jnp.where(condition_mask, 0.0, t[:, None]).astype(jnp.float32)
 
 
-def _expand_frames(values: jax.Array, like: jax.Array) -> jax.Array:
+def expand_frames(values: jax.Array, like: jax.Array) -> jax.Array:
   """Appends trailing axes so that per-frame `values` [B, t, ...] broadcast against `like`."""
   return jnp.reshape(values, values.shape + (1,) * (like.ndim - values.ndim))
 
@@ -256,7 +256,7 @@ def noisy_input(x0: jax.Array, noise: jax.Array, t: jax.Array) -> jax.Array:
   Returns:
     x_t in x0's dtype; exactly x0 where t = 0.
   """
-  t = _expand_frames(t, x0).astype(jnp.float32)
+  t = expand_frames(t, x0).astype(jnp.float32)
   mixed = (1.0 - t) * x0.astype(jnp.float32) + t * noise.astype(jnp.float32)
   # Where t = 0 keep x0 itself, so conditioning frames are bit-exact even in low precision.
   return jnp.where(t == 0.0, x0, mixed.astype(x0.dtype))
@@ -287,10 +287,10 @@ def flow_loss(prediction: jax.Array, target: jax.Array,
   """
   squared_error = jnp.square(prediction.astype(jnp.float32) - target.astype(jnp.float32))
   if weights is not None:
-    squared_error = squared_error * _expand_frames(weights.astype(jnp.float32), squared_error)
+    squared_error = squared_error * expand_frames(weights.astype(jnp.float32), squared_error)
   if loss_mask is None:
     return jnp.mean(squared_error)
-  weights = jnp.broadcast_to(_expand_frames(loss_mask.astype(jnp.float32), squared_error),
+  weights = jnp.broadcast_to(expand_frames(loss_mask.astype(jnp.float32), squared_error),
                              squared_error.shape)
   return jnp.sum(weights * squared_error) / jnp.maximum(jnp.sum(weights), 1.0)
 
@@ -345,11 +345,11 @@ def frame_difference_loss(prediction: jax.Array, target: jax.Array, timesteps: j
   Returns:
     float32 scalar: mean over the elements of the counted pairs; 0 when none (one-frame clips).
   """
-  t = _expand_frames(jnp.asarray(timesteps, jnp.float32), prediction)
+  t = expand_frames(jnp.asarray(timesteps, jnp.float32), prediction)
   error = t * (prediction.astype(jnp.float32) - target.astype(jnp.float32))
   squared = jnp.square(error[:, 1:] - error[:, :-1])  # [B, t - 1, h, w, C]
   pairs = (loss_mask[:, 1:] | loss_mask[:, :-1]) & frame_valid[:, 1:] & frame_valid[:, :-1]
-  weights = jnp.broadcast_to(_expand_frames(pairs.astype(jnp.float32), squared), squared.shape)
+  weights = jnp.broadcast_to(expand_frames(pairs.astype(jnp.float32), squared), squared.shape)
   return jnp.sum(weights * squared) / jnp.maximum(jnp.sum(weights), 1.0)
 
 

@@ -265,9 +265,8 @@ class DiTStage(stage_lib.Stage):
 
     # Per-example losses, to see where in time the model is weak.
     squared = jnp.square(prediction - target)
-    counted = jnp.broadcast_to(
-        jnp.reshape(loss_mask, loss_mask.shape + (1,) * (squared.ndim - loss_mask.ndim)),
-        squared.shape).astype(jnp.float32)
+    counted = jnp.broadcast_to(flow.expand_frames(loss_mask, squared),
+                               squared.shape).astype(jnp.float32)
     example_axes = tuple(range(1, squared.ndim))
     counts = jnp.sum(counted, axis=example_axes)
     per_example = jnp.sum(squared * counted, axis=example_axes) / jnp.maximum(counts, 1.0)
@@ -294,9 +293,8 @@ class DiTStage(stage_lib.Stage):
 
     def kept(values: jax.Array) -> jax.Array:
       """Per-frame values [B, t, ...] (a prefix of the latents' shape) -> the kept patches."""
-      values = jnp.reshape(values, values.shape + (1,) * (inputs.target.ndim - values.ndim))
-      return layers.gather_tokens(
-          layers.patchify(jnp.broadcast_to(values, inputs.target.shape), patch), keep)
+      values = jnp.broadcast_to(flow.expand_frames(values, inputs.target), inputs.target.shape)
+      return layers.gather_tokens(layers.patchify(values, patch), keep)
 
     prediction = dit.kept_velocity(inputs.noisy_latents, inputs.timesteps, context,
                                          context_mask, pooled, keep=keep)
