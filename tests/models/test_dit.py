@@ -191,7 +191,8 @@ def test_segments_do_not_attend_to_each_other(tiny):
 
 def test_kept_tokens_are_computed_from_the_kept_tokens_alone(tiny):
   """Masked training's forward: keeping every token is the full forward; a kept subset is
-  computed from that subset alone (what the dropped tokens hold does not reach it)."""
+  computed from that subset alone (what the dropped tokens hold does not reach it), at the kept
+  tokens' own positions."""
   graphdef, _, perturbed, _ = tiny
   inputs = _inputs()
   per_frame = (SIZE // 2) ** 2
@@ -221,6 +222,10 @@ def test_kept_tokens_are_computed_from_the_kept_tokens_alone(tiny):
   np.testing.assert_allclose(kept(dropped_changed, keep), base, atol=1e-6)
   # The full forward's kept rows differ: there, every token attended to all of them.
   assert np.abs(base - layers.gather_tokens(full, keep)).max() > 1e-4
+  # With the dropped tokens masked out as keys, the full forward is the kept one: every kept
+  # token sits at its own position, whatever the subset.
+  masked_full = layers.patchify(jnp.asarray(_run(tiny, token_mask=is_kept)), CONFIG.patch_size)
+  np.testing.assert_allclose(layers.gather_tokens(masked_full, keep), base, atol=1e-5)
   with pytest.raises(ValueError, match="keep must be"):
     kept(inputs["latents"], keep[:, :3])
 
