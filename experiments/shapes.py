@@ -101,6 +101,11 @@ def _tiny(config: ml_collections.ConfigDict) -> DiTStageConfig:
   config.train.dit = to_config_dict(TrainConfig(
       num_steps=3000, learning_rate=1e-3, warmup_steps=50, ema_decay=0.98, log_every=50,
       checkpoint_every=1500, keep_checkpoints=1, eval_every=3000))
+  # Caption-clip pre-training of the text encoder (docs/learning_curve.md); not in config.stages
+  # by default.
+  config.train.text = to_config_dict(TrainConfig(
+      num_steps=1000, learning_rate=1e-3, warmup_steps=50, ema_decay=0.98, log_every=50,
+      checkpoint_every=1000, keep_checkpoints=1, eval_every=0))
   # A few CPU minutes on top of the dit stage (docs/few_step.md); not in config.stages by default.
   config.train.distill = to_config_dict(TrainConfig(
       num_steps=500, learning_rate=2e-4, warmup_steps=50, ema_decay=0.98, log_every=25,

@@ -25,6 +25,7 @@ from videogen.diffusion import flow as flow_lib
 from videogen.diffusion import samplers as samplers_lib
 from videogen.evaluate import suite as suite_lib
 from videogen.models import autoencoder as autoencoder_lib
+from videogen.models import caption_clip as caption_clip_lib
 from videogen.models import dit as dit_lib
 from videogen.models import text_encoder as text_encoder_lib
 from videogen.parallel import mesh as mesh_lib
@@ -57,6 +58,7 @@ class Experiment:
   autoencoder_loss: train_config_lib.AutoencoderLossConfig = (
       train_config_lib.AutoencoderLossConfig())
   text_encoder: text_encoder_lib.TextEncoderConfig = text_encoder_lib.TextEncoderConfig()
+  text_stage: caption_clip_lib.CaptionClipConfig = caption_clip_lib.CaptionClipConfig()
   dit: dit_lib.DiTConfig = dit_lib.DiTConfig()
   dit_stage: train_config_lib.DiTStageConfig = train_config_lib.DiTStageConfig()
   distill_stage: train_config_lib.DistillStageConfig = train_config_lib.DistillStageConfig()

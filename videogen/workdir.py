@@ -51,6 +51,8 @@ AUTOENCODER_STAGE = "autoencoder"
 DIT_STAGE = "dit"
 # The few-step student distilled from the dit stage's transformer (videogen.train.distill_stage).
 DISTILL_STAGE = "distill"
+# The text encoder pre-trained on caption-clip pairs, which the dit stage may start from.
+TEXT_STAGE = "text"
 
 
 def train_command(workdir: str) -> str:

@@ -9,6 +9,7 @@ from videogen.train import autoencoder_stage
 from videogen.train import distill_stage
 from videogen.train import dit_stage
 from videogen.train import stages as stages_lib
+from videogen.train import text_stage
 
 from tests.standin import experiment as standin_experiment
 from tests.standin import stage as standin_stage
@@ -17,7 +18,8 @@ from tests.standin import stage as standin_stage
 def test_the_built_in_stages_are_the_package_classes():
   assert stages_lib.BUILTIN == {"autoencoder": autoencoder_stage.AutoencoderStage,
                                 "dit": dit_stage.DiTStage,
-                                "distill": distill_stage.DistillStage}
+                                "distill": distill_stage.DistillStage,
+                                "text": text_stage.TextStage}
 
 
 def test_a_registered_stage_is_built_from_the_experiment():

@@ -91,20 +91,23 @@ class TextEncoderConfig:
     return cls(**{"mode": "class", "num_classes": num_classes, "width": width, **overrides})
 
 
-class _EncoderBlock(nnx.Module):
-  """Pre-norm transformer block: x + attn(norm(x)), x + mlp(norm(x)). x: [B, L, D]."""
+class EncoderBlock(nnx.Module):
+  """Pre-norm transformer block: x + attn(norm(x)), x + mlp(norm(x)). x: [B, L, D].
 
-  def __init__(self, config: TextEncoderConfig, *, rngs: nnx.Rngs):
-    dtype, param_dtype = layers.dtype_of(config.dtype), layers.dtype_of(config.param_dtype)
+  Also the block of the caption-clip model's clip encoder (`videogen.models.caption_clip`).
+  """
+
+  def __init__(self, width: int, num_heads: int, mlp_ratio: float, *,
+               backend: attention_lib.Backend = "auto", dtype: jnp.dtype = jnp.float32,
+               param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
     common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.attention_norm = layers.RMSNorm(config.width, **common)
-    self.attention = layers.Attention(config.width, config.num_heads,
-                                      backend=config.attention_backend, **common)
-    self.mlp_norm = layers.RMSNorm(config.width, **common)
-    self.mlp = layers.MLP(config.width, int(config.width * config.mlp_ratio), **common)
+    self.attention_norm = layers.RMSNorm(width, **common)
+    self.attention = layers.Attention(width, num_heads, backend=backend, **common)
+    self.mlp_norm = layers.RMSNorm(width, **common)
+    self.mlp = layers.MLP(width, int(width * mlp_ratio), **common)
 
   @jax.named_scope("encoder_block")
-  def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
     x = x + self.attention(self.attention_norm(x), mask=mask)
     return sharding.constrain(x + self.mlp(self.mlp_norm(x)), axes.TOKENS)
 
@@ -124,8 +127,10 @@ class TextEncoder(nnx.Module):
         rngs.params(), (rows, config.width), param_dtype))
     self.positions = nnx.Param(nnx.with_partitioning(init, (None, axes.EMBED))(
         rngs.params(), (config.max_length, config.width), param_dtype)) if is_text else None
-    self.blocks = nnx.List(
-        [_EncoderBlock(config, rngs=rngs) for _ in range(config.depth)] if is_text else [])
+    self.blocks = nnx.List([
+        EncoderBlock(config.width, config.num_heads, config.mlp_ratio,
+                     backend=config.attention_backend, dtype=dtype, param_dtype=param_dtype,
+                     rngs=rngs) for _ in range(config.depth)] if is_text else [])
     self.final_norm = layers.RMSNorm(config.width, dtype=dtype, param_dtype=param_dtype,
                                      rngs=rngs) if is_text else None
 

@@ -160,6 +160,9 @@ class DiTStageConfig:
       `caption_gap_<t2v|first>_<attribute>`, the mean loss it saves (about 0 for an unused
       word, whose win rate on a few clips can still stray from 0.5), so a run shows when it
       learns each word.
+    pretrained_text_encoder: start the text encoder from the text stage's (WORKDIR/checkpoints/
+      text, CLIP's objective on caption-clip pairs; `videogen.train.text_stage`) instead of at
+      random; it then trains on unless `config.text_encoder.frozen`.
   """
   latents: Literal["encode", "cache"] = "encode"
   cache_dir: Optional[str] = None
@@ -172,6 +175,7 @@ class DiTStageConfig:
   eval_steps: int = 12
   eval_seed: int = 0
   eval_caption_clips: int = 16
+  pretrained_text_encoder: bool = False
 
   def __post_init__(self):
     if self.cache_steps is not None and self.cache_steps < 1:

@@ -8,7 +8,9 @@ The stage's model (`videogen.models.text_to_video.TextToVideoModel`) holds three
   autoencoder   the `VideoAutoencoder`, frozen: left out of `trainable`, filled by `load_frozen`
                 with the EMA parameters of the autoencoder stage (WORKDIR/checkpoints/autoencoder,
                 read by `latent_cache.restore_autoencoder`, which the latent cache encodes with).
-  text_encoder  trained jointly with the transformer, unless `config.text_encoder.frozen`.
+  text_encoder  trained jointly with the transformer, unless `config.text_encoder.frozen`;
+                at random at first, or as the text stage pre-trained it
+                (`config.dit_stage.pretrained_text_encoder`; `videogen.train.text_stage`).
   dit           the diffusion transformer.
 
 One step of the loss (pure, traced once per batch shape inside the trainer's jitted step):
@@ -69,6 +71,7 @@ from videogen.parallel import axes
 from videogen.parallel import multihost
 from videogen.train import latent_cache
 from videogen.train import stage as stage_lib
+from videogen.train import text_stage
 
 SAMPLES_DIR = "samples"
 # Timesteps below this count as "low noise" in the split loss metrics.
@@ -173,7 +176,24 @@ class DiTStage(stage_lib.Stage):
                       "diffusion transformer trains on a partly trained autoencoder", step,
                       autoencoder_training.num_steps)
     logging.info("dit stage: frozen autoencoder restored from its step-%d EMA parameters", step)
+    if self.config.pretrained_text_encoder and self.text_config.frozen:
+      state["text_encoder"] = self._pretrained_text_encoder(state["text_encoder"], workdir)
     return state
+
+  def initial_params(self, params: nnx.State, workdir: str) -> nnx.State:
+    """The text encoder starts as the text stage's with `pretrained_text_encoder` (here when it
+    trains on; `load_frozen` when it is frozen); the transformer starts at random."""
+    if self.config.pretrained_text_encoder and not self.text_config.frozen:
+      params["text_encoder"] = self._pretrained_text_encoder(params["text_encoder"], workdir)
+    return params
+
+  def _pretrained_text_encoder(self, current: nnx.State, workdir: str) -> nnx.State:
+    restored, _ = text_stage.restore_text_encoder(self.experiment, workdir, mesh_of(current))
+    if jax.tree.structure(restored) != jax.tree.structure(current):
+      raise ValueError("the text stage's text encoder differs in structure from "
+                       "config.text_encoder's: use the config the text stage was trained with")
+    return jax.tree.map(lambda new, old: jax.device_put(new, old.sharding).astype(old.dtype),
+                        restored, current)
 
   # -- loss --------------------------------------------------------------------------------------
 

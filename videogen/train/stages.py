@@ -15,11 +15,13 @@ from videogen.train import autoencoder_stage
 from videogen.train import distill_stage
 from videogen.train import dit_stage
 from videogen.train import stage as stage_lib
+from videogen.train import text_stage
 
 BUILTIN: dict[str, type[stage_lib.Stage]] = {
     "autoencoder": autoencoder_stage.AutoencoderStage,
     "dit": dit_stage.DiTStage,
     "distill": distill_stage.DistillStage,
+    "text": text_stage.TextStage,
 }
 # Stages declared outside the package: name -> class (`register`).
 _REGISTERED: dict[str, type[stage_lib.Stage]] = {}

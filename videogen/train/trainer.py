@@ -277,9 +277,10 @@ def train_stage(stage: stage_lib.Stage, experiment: experiment_lib.Experiment, w
     full = stage.load_frozen(nnx.merge_state(state.params, state.frozen), workdir)
     _, frozen = nnx.split_state(full, stage.trainable, ...)
     state = state.replace(frozen=frozen)
+    # The EMA starts from the starting weights, also where the stage replaced some (a student
+    # starting as its teacher, a text encoder as the text stage's), in place or not.
     params = stage.initial_params(state.params, workdir)
-    if params is not state.params:  # e.g. a student starting from its teacher's weights
-      state = state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
+    state = state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info("stage %s: %d trainable parameters; mesh %s; parameters + optimizer state + EMA "
                  "take %.2f MiB per device", name, num_params, mesh_lib.describe(mesh),
