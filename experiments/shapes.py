@@ -20,6 +20,13 @@ A few-step student (1, 2 or 4 steps, guidance folded in; docs/few_step.md), afte
         --config.stages=distill
     python -m videogen.main generate --workdir=runs/tiny --prompt='a red circle' --steps=2
 
+A text encoder pre-trained on caption-clip pairs (CLIP's loss; docs/learning_curve.md), which the
+dit stage then starts from (fine-tuned, or held with --config.text_encoder.frozen=True):
+
+    python -m videogen.main train --config=experiments/shapes.py:tiny --workdir=runs/tiny \
+        --config.stages='("autoencoder", "text", "dit")' \
+        --config.dit_stage.pretrained_text_encoder=True
+
 Both variants train the diffusion stage from a latent cache (the data encoded once by the frozen
 autoencoder, into WORKDIR/latent_cache, instead of on every step). The dit stage builds it when it
 is missing; to build it ahead, or to encode on every step instead:
@@ -161,6 +168,9 @@ def _small(config: ml_collections.ConfigDict) -> DiTStageConfig:
   config.train.dit = to_config_dict(TrainConfig(
       num_steps=200_000, learning_rate=3e-4, warmup_steps=2000, ema_decay=0.9999,
       checkpoint_every=2000, eval_every=5000))
+  config.train.text = to_config_dict(TrainConfig(
+      num_steps=5000, learning_rate=5e-4, warmup_steps=200, ema_decay=0.999,
+      checkpoint_every=1000))
   config.train.distill = to_config_dict(TrainConfig(
       num_steps=20_000, learning_rate=5e-5, warmup_steps=500, ema_decay=0.999,
       checkpoint_every=2000))

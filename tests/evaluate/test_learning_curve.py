@@ -111,6 +111,20 @@ def test_train_flops_count_forward_and_backward_of_every_bucket_by_its_share():
       6 * (0.8 * 8 * per_sample + 0.2 * 16 * image_sample))
 
 
+def test_a_frozen_text_encoder_counts_its_forward_only():
+  experiment = experiment_lib.validate(_config())
+  experiment = dataclasses.replace(experiment,
+                                   data=loader_lib.DataConfig(buckets=("9x32x32:8",)))
+  frozen = dataclasses.replace(experiment, text_encoder=dataclasses.replace(
+      experiment.text_encoder, frozen=True))
+  [text, dit] = summary.measure(experiment.dit, experiment.text_encoder, with_flops=False)
+  assert text.name == "text_encoder" and text.macs > 0
+  assert learning_curve.train_flops_per_step(experiment) == pytest.approx(
+      6 * 8 * (text.macs + dit.macs))
+  assert learning_curve.train_flops_per_step(frozen) == pytest.approx(
+      2 * 8 * (text.macs + 3 * dit.macs))
+
+
 def test_masked_steps_count_the_transformer_at_the_tokens_they_keep():
   experiment = experiment_lib.validate(_config())
   experiment = dataclasses.replace(

@@ -267,5 +267,6 @@ def test_experiment_variants_validate():
 
 
 def test_unknown_stage_names_list_the_known_ones():
-  with pytest.raises(ValueError, match="unknown stage 'vae'.*autoencoder, dit, distill, text, standin"):
+  with pytest.raises(ValueError,
+                     match="unknown stage 'vae'.*autoencoder, dit, distill, text, standin"):
     stages_lib.make_stage("vae", _experiment())

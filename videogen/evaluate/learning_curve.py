@@ -30,8 +30,10 @@ Each checkpoint gives one row of OUT/learning_curve.json (OUT: --out, default th
                               text encoder and the transformer, per sample at each data bucket's
                               latent shape, weighted by the bucket's batch and share of steps. The
                               frozen autoencoder, the optimizer update and elementwise work are
-                              not counted (MACs from `videogen.evaluate.summary`). Steps of
-                              masked training count the transformer at the tokens they keep.
+                              not counted (MACs from `videogen.evaluate.summary`); a frozen text
+                              encoder counts its forward only, and the text stage that may have
+                              pre-trained it is not counted. Steps of masked training count the
+                              transformer at the tokens they keep.
   colour ... count stability  the suite's accuracies (`CURVE`): colour, shape, size and direction
                               over the prompted objects, count (videos whose most common number of
                               objects is the prompted one) and count stability (frames that show
@@ -209,10 +211,12 @@ def train_flops_per_step(experiment: experiment_lib.Experiment, *, masked: bool 
                              experiment.diffusion.mask_ratio)
       latent = (latent[0], patch[1], kept * patch[2])
     dit_config = dataclasses.replace(experiment.dit, input_size=latent)
-    per_sample = sum(cost.macs for cost in summary.measure(dit_config, text_config,
-                                                           with_flops=False))
+    # Forward and backward are 3 forwards, except a frozen text encoder's: forward only.
+    per_sample = sum((1.0 if cost.name == "text_encoder" and text_config.frozen else 3.0)
+                     * cost.macs for cost in summary.measure(dit_config, text_config,
+                                                             with_flops=False))
     macs += bucket.weight / total_weight * bucket.global_batch * per_sample
-  return 3.0 * 2.0 * macs
+  return 2.0 * macs
 
 
 def flops_budget(experiment: experiment_lib.Experiment) -> dict[str, Any]:

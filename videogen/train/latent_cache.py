@@ -461,9 +461,10 @@ def has_cache(experiment: experiment_lib.Experiment, workdir: str) -> bool:
 def open_or_build(experiment: experiment_lib.Experiment, workdir: str, *,
                   tokenizer: tokenizer_lib.Tokenizer, mesh: jax.sharding.Mesh,
                   seed: int) -> CachedLatentIterator:
-  """The dit stage's cached batches; builds the cache first when it does not exist yet."""
+  """The dit stage's cached batches (which the text stage reads too); builds the cache first when
+  it does not exist yet."""
   if not has_cache(experiment, workdir):
-    logging.info("dit stage: no latent cache yet in %s; building it",
+    logging.info("no latent cache yet in %s; building it",
                  workdir_lib.latent_cache_dir(workdir, experiment))
     build_for_run(experiment, workdir, tokenizer=tokenizer, mesh=mesh, seed=seed)
   cache = open_cache(experiment, workdir, tokenizer=tokenizer, seed=seed)
