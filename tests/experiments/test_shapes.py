@@ -30,8 +30,8 @@ def shapes():
 def test_variant_validates_and_its_parts_fit(shapes, variant):
   experiment = experiment_lib.validate(shapes.get_config(variant))
   assert experiment.stages == ("autoencoder", "dit")
-  # The distill stage is configured but runs only when asked (--config.stages=distill).
-  assert set(experiment.train) == {"autoencoder", "dit", "distill"}
+  # The text and distill stages are configured but run only when asked (--config.stages=...).
+  assert set(experiment.train) == {"autoencoder", "text", "dit", "distill"}
   assert experiment.has("dit_stage") and experiment.has("distill_stage")
   # Every stage accepts the config (each checks its own agreement with the others).
   for name in experiment.train:
