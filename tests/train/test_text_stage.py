@@ -110,9 +110,11 @@ def test_without_the_option_the_text_encoder_starts_at_random(tmp_path, devices,
   pretrained, _ = text_stage.restore_text_encoder(experiment, source, mesh)
   with nnx.use_eager_sharding(False):
     fresh = nnx.state(stage.create_model(nnx.Rngs(0)).text_encoder, nnx.Param)
-  params = nnx.State({"text_encoder": fresh})
-  assert stage.initial_params(params, str(tmp_path)) is params
-  assert any(not np.array_equal(a, b) for a, b in zip(leaves(params), leaves(pretrained)))
+  before = leaves(fresh)
+  started = stage.initial_params(nnx.State({"text_encoder": fresh}), source)
+  for got, want in zip(leaves(started["text_encoder"]), before, strict=True):
+    np.testing.assert_array_equal(got, want)
+  assert any(not np.array_equal(a, b) for a, b in zip(before, leaves(pretrained)))
 
 
 def test_a_missing_text_stage_is_named_with_the_command_that_trains_it(

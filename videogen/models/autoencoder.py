@@ -166,6 +166,11 @@ class AutoencoderConfig:
     """S: an H x W frame has an H/S x W/S latent."""
     return self.patch_size * 2 ** sum(self.spatial_downsample)
 
+  def normalize_latents(self, latents: jax.Array) -> jax.Array:
+    """(latents - shift_factor) * scale_factor: what the diffusion stage models (also for
+    latents read from a cache, without the autoencoder)."""
+    return (latents - self.shift_factor) * self.scale_factor
+
   @classmethod
   def tiny(cls) -> AutoencoderConfig:
     """2x4x4 compression, 8 latent channels, for 32x32, 9-frame clips on a CPU.
@@ -860,7 +865,7 @@ class VideoAutoencoder(nnx.Module):
 
   def normalize_latents(self, latents: jax.Array) -> jax.Array:
     """(latents - shift_factor) * scale_factor: what the diffusion stage models."""
-    return (latents - self.config.shift_factor) * self.config.scale_factor
+    return self.config.normalize_latents(latents)
 
   def denormalize_latents(self, latents: jax.Array) -> jax.Array:
     """The inverse of `normalize_latents`; apply before `decode`."""

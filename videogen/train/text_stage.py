@@ -56,10 +56,8 @@ class TextStage(stage_lib.Stage):
            rng: jax.Array, step: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     """CLIP's symmetric cross-entropy of the batch's captions against its clips."""
     del rng, step
-    autoencoder = self.experiment.autoencoder
-    # What the dit stage models (`VideoAutoencoder.normalize_latents`), without the autoencoder.
-    latents = (batch["latents"].astype(jnp.float32) - autoencoder.shift_factor) * (
-        autoencoder.scale_factor)
+    # What the dit stage models, from the cached posterior means.
+    latents = self.experiment.autoencoder.normalize_latents(batch["latents"].astype(jnp.float32))
     text, clip = model(batch["tokens"], batch["token_mask"].astype(bool), latents)
     loss, accuracy = caption_clip.contrastive_loss(text, clip, model.logit_scale[...])
     temperature = jnp.exp(-jnp.minimum(model.logit_scale[...],
