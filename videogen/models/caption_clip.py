@@ -1,17 +1,18 @@
 """The caption-clip model: the text encoder pre-trained against latent clips (CLIP's objective).
 
-    model = CaptionClipModel(text_config, CaptionClipConfig(), rngs=nnx.Rngs(0))
+    model = CaptionClipModel(text_config, CaptionClipConfig(), in_channels=8, rngs=nnx.Rngs(0))
     text, clip = model(tokens, token_mask, latents)        # [B, E] each, unit length
     loss, accuracy = contrastive_loss(text, clip, model.logit_scale[...])
 
 A caption's pooled text embedding and its clip's embedding are projected to a shared space of E
 features, and each caption is trained to pick out its own clip among the batch's (and each clip
 its own caption): the symmetric cross-entropy of CLIP (Radford et al., 2021) over the batch's
-[B, B] cosine similarities times a learned inverse temperature. Words matter to the loss as far
-as they tell clips apart, so the text encoder learns to separate every word the clips show:
-colours, shapes, sizes, and directions of motion, which only the clip's frames (not a single
-image) reveal. The text stage (`videogen.train.text_stage`) trains it; the dit stage can start its
-text encoder from the result (`config.dit_stage.pretrained_text_encoder`).
+[B, B] cosine similarities times a learned inverse temperature. Words matter to the loss only as
+far as they tell the clips of a batch apart: in small batches of the procedural world colour and
+size mostly do, and shapes and directions of motion stay barely separated
+(docs/learning_curve.md measures it). The text stage (`videogen.train.text_stage`) trains it;
+the dit stage can start its text encoder from the result
+(`config.dit_stage.pretrained_text_encoder`).
 
 The clip encoder reads normalised autoencoder latents [B, t, h, w, C] (a one-frame clip is an
 image): spacetime patches -> linear embedding + fixed 3D sin-cos positions -> pre-norm
@@ -127,13 +128,17 @@ def unit_length(x: jax.Array, eps: float = 1e-6) -> jax.Array:
   return x * jax.lax.rsqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True) + eps)
 
 
+def inverse_temperature(logit_scale: jax.Array) -> jax.Array:
+  """exp(logit_scale), capped at `MAX_LOGIT_SCALE`: what the similarities are multiplied by."""
+  return jnp.exp(jnp.minimum(logit_scale, math.log(MAX_LOGIT_SCALE)))
+
+
 def contrastive_loss(text: jax.Array, clip: jax.Array,
                      logit_scale: jax.Array) -> tuple[jax.Array, jax.Array]:
   """CLIP's symmetric cross-entropy of unit-length text and clip embeddings [B, E], the i-th of
   each a pair. Returns (loss, accuracy): accuracy is the fraction of captions and clips whose
   most similar partner in the batch is their own (chance 1/B)."""
-  scale = jnp.exp(jnp.minimum(logit_scale, math.log(MAX_LOGIT_SCALE)))
-  logits = scale * text @ clip.T  # [B captions, B clips]
+  logits = inverse_temperature(logit_scale) * text @ clip.T  # [B captions, B clips]
   labels = jnp.arange(text.shape[0])
   text_to_clip = -jnp.mean(jax.nn.log_softmax(logits, axis=1)[labels, labels])
   clip_to_text = -jnp.mean(jax.nn.log_softmax(logits, axis=0)[labels, labels])

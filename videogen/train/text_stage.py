@@ -13,9 +13,10 @@ is with `config.text_encoder.frozen` (Imagen's frozen, pre-trained text encoder)
 exists only to train it, and nothing else reads it.
 
 Why: trained jointly with the transformer from scratch, the text encoder learns only the words
-the flow loss pays for soon; a word that tells clips apart (a shape, a direction of motion) may
-stay barely separated from its alternatives for thousands of steps. The contrastive loss pays for
-every word that tells one clip from another, from the first step.
+the flow loss pays for soon. The contrastive loss pays, from the first step, for the words that
+tell the clips of a batch apart. On the procedural world it gives a frozen text encoder the
+colours and counts a random one loses, but it separates shapes and directions no better than joint
+training does (docs/learning_curve.md, "A text encoder pre-trained on caption-clip pairs").
 
 Metrics: contrastive_accuracy (the share of captions and clips of a batch whose nearest partner is
 their own; chance 1 / batch), temperature (the learned one).
@@ -60,8 +61,7 @@ class TextStage(stage_lib.Stage):
     latents = self.experiment.autoencoder.normalize_latents(batch["latents"].astype(jnp.float32))
     text, clip = model(batch["tokens"], batch["token_mask"].astype(bool), latents)
     loss, accuracy = caption_clip.contrastive_loss(text, clip, model.logit_scale[...])
-    temperature = jnp.exp(-jnp.minimum(model.logit_scale[...],
-                                       jnp.log(caption_clip.MAX_LOGIT_SCALE)))
+    temperature = 1.0 / caption_clip.inverse_temperature(model.logit_scale[...])
     return loss, {"contrastive_accuracy": accuracy, "temperature": temperature}
 
   def make_iterator(self, *, mesh: jax.sharding.Mesh, seed: int,
