@@ -26,6 +26,7 @@ from absl import logging
 from etils import epath
 import numpy as np
 import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2
 
 # Fixed special ids: padding is 0 so that a zero-initialised id buffer is all padding.
 PAD_ID = 0
@@ -34,6 +35,8 @@ EOS_ID = 2
 # 256 byte-fallback pieces + <pad>, <unk>, </s>: the vocabulary must leave room for learned pieces.
 _RESERVED_PIECES = 256 + 3
 _MIN_VOCAB_SIZE = _RESERVED_PIECES + 32
+# The pieces `TokenizerConfig.split_punctuation` keeps apart from the words they follow.
+PUNCTUATION = (",", ";", ".")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,14 +49,21 @@ class TokenizerConfig:
       real size and the one the text encoder must use.
     max_length: tokens per caption, including the end-of-sentence token; longer captions are
       truncated (and counted in the log). 64 holds every descriptive caption of up to 3 objects
-      in 9- and 17-frame clips of the world (at most 49 and 61 tokens); 33-frame clips mention
-      more bounces and need about 96.
+      in 9- and 17-frame clips of the world (at most 53 and 61 tokens in 100,000 captions,
+      docs/studies/caption_lengths.py); 33-frame clips mention more bounces and need about 96.
+    split_punctuation: make each of `PUNCTUATION` a piece of its own, so that a word has one id
+      whatever follows it. Without it BPE learns "right;" and "circle," as pieces apart from the
+      "right" and "circle" of a prompt that has no punctuation. Captions get longer: the world's
+      9-frame descriptive captions take up to 59 tokens instead of 53, and 17-frame ones up to
+      69 instead of 61 (64 no longer holds them all). Off in the presets: at the main job's
+      budget it read no better on the generation suite (docs/learning_curve.md).
     model_path: a user-supplied sentencepiece `.model` file; when set, nothing is trained.
     num_train_captions: how many caption strings (brief and descriptive, alternating) train the
       model.
   """
   vocab_size: int = 512
   max_length: int = 64
+  split_punctuation: bool = False
   model_path: Optional[str] = None
   num_train_captions: int = 4000
 
@@ -66,6 +76,9 @@ class TokenizerConfig:
       raise ValueError(f"max_length={self.max_length} must be at least 2 (a word and </s>)")
     if self.num_train_captions < 1:
       raise ValueError(f"num_train_captions={self.num_train_captions} must be positive")
+    if self.split_punctuation and self.model_path:
+      raise ValueError("split_punctuation=True sets how a tokenizer is trained, but model_path "
+                       f"{self.model_path!r} is used as it is: unset one of them")
 
 
 class Tokenizer:
@@ -106,6 +119,12 @@ class Tokenizer:
 
   def __setstate__(self, state):
     self.__init__(state["model_proto"], state["max_length"])
+
+  @property
+  def split_punctuation(self) -> bool:
+    """Whether the model was trained with `PUNCTUATION` as pieces of their own."""
+    model = sentencepiece_model_pb2.ModelProto.FromString(self._model_proto)
+    return set(PUNCTUATION) <= set(model.trainer_spec.user_defined_symbols)
 
   @property
   def vocab_size(self) -> int:
@@ -221,8 +240,9 @@ def train_tokenizer(captions: Iterable[str], out_path: str, config: TokenizerCon
       byte_fallback=True,
       normalization_rule_name="nmt_nfkc_cf",
       split_digits=True,
-      # Let "down-left" and "edge;" become single pieces: shorter token sequences.
+      # Let "down-left" (and, unless split_punctuation, "edge;") become single pieces.
       split_by_unicode_script=False,
+      user_defined_symbols=list(PUNCTUATION) if config.split_punctuation else [],
       pad_id=PAD_ID, unk_id=UNK_ID, eos_id=EOS_ID, bos_id=-1,
       num_threads=1,
       shuffle_input_sentence=False,
@@ -249,7 +269,13 @@ def load_or_train(config: TokenizerConfig, asset_path: str,
   if config.model_path:
     return Tokenizer.load(config.model_path, config.max_length)
   if epath.Path(asset_path).exists():
-    return Tokenizer.load(asset_path, config.max_length)
+    tokenizer = Tokenizer.load(asset_path, config.max_length)
+    if tokenizer.split_punctuation != config.split_punctuation:
+      raise ValueError(
+          f"{asset_path} was trained with split_punctuation={tokenizer.split_punctuation}, but "
+          f"config.tokenizer.split_punctuation={config.split_punctuation}: set it back, or start "
+          f"a fresh workdir")
+    return tokenizer
   return train_tokenizer(captions(), asset_path, config)
 
 

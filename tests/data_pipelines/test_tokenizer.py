@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 
 import numpy as np
@@ -41,6 +42,55 @@ def test_round_trip_on_unseen_world_captions(trained):
   assert tokenizer.num_truncated == 0
   # Whole words, not characters: a closed vocabulary of a few dozen words.
   assert mask.sum(axis=1).max() < 0.3 * max(len(t) for t in texts)
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory, config):
+  """A tokenizer trained with split_punctuation, on the same captions as `trained`."""
+  path = tmp_path_factory.mktemp("split") / "tokenizer.model"
+  split_config = dataclasses.replace(config, split_punctuation=True)
+  return tokenizer_lib.train_tokenizer(_world_captions(0, 400), str(path), split_config), path
+
+
+# The world's captions write "moving right;" and "a red circle, a blue square"; a prompt may
+# write "moving right" and "a red circle".
+_PUNCTUATED = ["a red circle moving right; on a black background", "a red circle moving right",
+               "a red circle, a blue square", "a red circle"]
+
+
+def _pieces(tokenizer, texts):
+  ids, mask = tokenizer.encode(texts)
+  return [list(row[m][:-1]) for row, m in zip(ids, mask)], ids  # without </s>
+
+
+def test_split_punctuation_gives_a_word_one_id_whatever_follows(split):
+  tokenizer, _ = split
+  rows, ids = _pieces(tokenizer, _PUNCTUATED)
+  assert tokenizer.split_punctuation
+  assert rows[1] == rows[0][:len(rows[1])]  # "right;" is "right" then ";"
+  assert tokenizer.decode([rows[0][len(rows[1])]]) == [";"]
+  assert rows[3] == rows[2][:len(rows[3])]
+  assert tokenizer.decode([rows[2][len(rows[3])]]) == [","]
+  assert tokenizer.decode(ids) == _PUNCTUATED
+
+
+def test_without_split_punctuation_bpe_joins_it_to_the_word(trained):
+  tokenizer, _ = trained
+  rows, ids = _pieces(tokenizer, _PUNCTUATED)
+  assert not tokenizer.split_punctuation
+  assert rows[0][:len(rows[1])] != rows[1]  # "right;" is a piece of its own
+  assert tokenizer.decode(ids) == _PUNCTUATED
+
+
+def test_an_asset_trained_otherwise_is_a_clear_error(trained, split, config, tmp_path):
+  for (tokenizer, _), flag in ((trained, True), (split, False)):
+    asset = tmp_path / f"{flag}.model"
+    tokenizer.save(str(asset))
+    other = dataclasses.replace(config, split_punctuation=flag)
+    with pytest.raises(ValueError, match="split_punctuation"):
+      tokenizer_lib.load_or_train(other, str(asset), lambda: [])
+  with pytest.raises(ValueError, match="model_path"):
+    tokenizer_lib.TokenizerConfig(split_punctuation=True, model_path="user.model")
 
 
 def test_encode_pads_after_eos(trained, config):
