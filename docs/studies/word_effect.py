@@ -5,7 +5,8 @@
 For 8 noise draws at t = 0.5, 0.9 and 0.99, the transformer's velocity for "a large red circle
 moving right; on a black background" against the same caption with one word changed (direction,
 colour, shape, size, background). Prints the root-mean-square difference per word: about 0 for a
-word the transformer does not read.
+word the transformer does not read. Then, for the text encoder, how far each changed word moves
+the output of its own token (the largest change over the caption's tokens) against their norm.
 """
 import sys
 
@@ -36,3 +37,13 @@ for t_value in (0.5, 0.9, 0.99):
       differences[word].append(np.sqrt(np.mean(np.square(velocity - reference))))
   print(f"t = {t_value}: " + ", ".join(f"{word} {np.mean(values):.3f}"
                                        for word, values in differences.items()))
+
+reference = generator.encode_prompt(base)
+mask = np.asarray(reference["context_mask"][0])
+tokens = np.asarray(reference["context"][0])[mask]
+moved = {}
+for word, text in changed.items():
+  context = np.asarray(generator.encode_prompt(text)["context"][0])[mask]
+  moved[word] = np.linalg.norm(context - tokens, axis=-1).max()
+print(f"text encoder outputs (norm {np.linalg.norm(tokens, axis=-1).mean():.1f}), moved by: "
+      + ", ".join(f"{word} {value:.2f}" for word, value in moved.items()))
