@@ -23,6 +23,8 @@ base = "a large red circle moving right; on a black background"
 changed = {"direction": base.replace("right", "left"), "colour": base.replace("red", "blue"),
            "shape": base.replace("circle", "square"), "size": base.replace("large", "small"),
            "background": base.replace("black", "gray")}
+prompts = {"base": base, **changed}
+conditions = {word: generator.encode_prompt(text) for word, text in prompts.items()}
 config = generator.dit.config
 t_frames, height, width = config.input_size
 for t_value in (0.5, 0.9, 0.99):
@@ -31,19 +33,19 @@ for t_value in (0.5, 0.9, 0.99):
     x = jax.random.normal(jax.random.PRNGKey(seed), (1, t_frames, height, width,
                                                      config.in_channels))
     t = jnp.full((1, t_frames), t_value)
-    reference = np.asarray(generator.velocity(x, t, generator.encode_prompt(base)))
-    for word, text in changed.items():
-      velocity = np.asarray(generator.velocity(x, t, generator.encode_prompt(text)))
+    reference = np.asarray(generator.velocity(x, t, conditions["base"]))
+    for word in changed:
+      velocity = np.asarray(generator.velocity(x, t, conditions[word]))
       differences[word].append(np.sqrt(np.mean(np.square(velocity - reference))))
   print(f"t = {t_value}: " + ", ".join(f"{word} {np.mean(values):.3f}"
                                        for word, values in differences.items()))
 
-reference = generator.encode_prompt(base)
-mask = np.asarray(reference["context_mask"][0])
-tokens = np.asarray(reference["context"][0])[mask]
-moved = {}
-for word, text in changed.items():
-  context = np.asarray(generator.encode_prompt(text)["context"][0])[mask]
-  moved[word] = np.linalg.norm(context - tokens, axis=-1).max()
+mask = np.asarray(conditions["base"]["context_mask"][0])
+if any((np.asarray(c["context_mask"][0]) != mask).any() for c in conditions.values()):
+  raise SystemExit("a changed word is not one piece like the word it replaces: the tokens of "
+                   "the captions do not line up")
+tokens = np.asarray(conditions["base"]["context"][0])[mask]
+moved = {word: np.linalg.norm(np.asarray(conditions[word]["context"][0])[mask] - tokens,
+                              axis=-1).max() for word in changed}
 print(f"text encoder outputs (norm {np.linalg.norm(tokens, axis=-1).mean():.1f}), moved by: "
       + ", ".join(f"{word} {value:.2f}" for word, value in moved.items()))
