@@ -21,6 +21,7 @@ from videogen.evaluate import noise_levels
 from videogen.provenance import manifest
 from videogen.provenance import watermark
 from videogen.provenance import writer
+from tests.helpers import provenance
 
 
 def test_evaluate_command_errors_say_what_to_do(tmp_path, capsys):
@@ -109,6 +110,7 @@ def test_evaluate_writes_into_out_and_sizes_the_suite(tiny_workdir, tiny_workdir
 
 
 def test_saved_suite_videos_are_watermarked_and_signed(tmp_path):
+  provenance.pin_watermark_key(tmp_path / "run", "run")
   stamp = writer.Stamp.for_workdir(tmp_path / "run")
   entries = []
   save = command._save_videos_callback(str(tmp_path / "videos"), 8.0, entries, stamp)

@@ -22,6 +22,7 @@ from videogen.provenance import keys
 from videogen.provenance import manifest
 from videogen.provenance import watermark
 from videogen.provenance import writer
+from tests.helpers import provenance
 
 CLAIM = {"mode": "t2v", "seed": 0, "prompt": "a red circle"}
 
@@ -385,6 +386,7 @@ def trained_workdir(tiny_workdir, tmp_path_factory) -> str:
   """A copy of the tiny workdir: its checkpoint hash is real, and keys get created in it."""
   workdir = str(tmp_path_factory.mktemp("provenance") / "run")
   shutil.copytree(tiny_workdir, workdir)  # the shared workdir is read-only
+  provenance.pin_watermark_key(workdir, "run")
   return workdir
 
 

@@ -15,6 +15,7 @@ from videogen.provenance import keys
 from videogen.provenance import manifest
 from videogen.provenance import watermark
 from videogen.provenance import writer
+from tests.helpers import provenance
 
 CLAIM = {"mode": "t2v", "seed": 3, "prompt": "a large red circle moving right"}
 
@@ -99,7 +100,8 @@ def test_watermark_off_writes_the_frames_as_they_are_and_says_so(tmp_path, caplo
   verification = manifest.verify(path)
   assert verification.status == manifest.VALID and verification.claim["watermark"] is None
   # Detected with another workdir's key, the plain video is not flagged.
-  found = watermark.detect(video_io.read_video(path)[0], keys.watermark_key(tmp_path / "other"))
+  other = provenance.pin_watermark_key(tmp_path / "other", "other")
+  found = watermark.detect(video_io.read_video(path)[0], other)
   assert not found.watermarked and found.payload is None
 
 
