@@ -20,6 +20,7 @@ from videogen.evaluate import command
 from videogen.evaluate import learning_curve
 from videogen.evaluate import summary
 from videogen.generate import pipeline
+from videogen.train import config_changes
 from videogen.train import metrics as metrics_lib
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -136,12 +137,42 @@ def test_masked_steps_count_the_transformer_at_the_tokens_they_keep():
   masked = learning_curve.train_flops_per_step(experiment, masked=True)
   full = learning_curve.train_flops_per_step(experiment)
   assert masked == pytest.approx(6 * 8 * kept_sample) and masked < 0.75 * full
-  assert learning_curve.train_flops(learning_curve.flops_budget(experiment), 12) == \
-      pytest.approx(12 * masked)
+  budget = {"until_step": 12, **learning_curve.flops_budget(experiment)}
+  assert learning_curve.train_flops([budget], 12) == pytest.approx(12 * masked)
   unmasked = learning_curve.flops_budget(dataclasses.replace(
       experiment, diffusion=dataclasses.replace(experiment.diffusion, mask_ratio=0.0)))
   assert unmasked["train_flops_per_masked_step"] is None
-  assert learning_curve.train_flops(unmasked, 12) == pytest.approx(12 * full)
+  assert learning_curve.train_flops([{"until_step": 12, **unmasked}], 12) == \
+      pytest.approx(12 * full)
+
+
+def test_steps_after_a_config_change_cost_what_the_next_checkpoint_was_trained_under(
+    monkeypatch):
+  # An images-first curriculum: images to step 2,000, then the mix of clips and images, resumed
+  # with --allow_config_change; the checkpoint at 3,000 was deleted.
+  images = experiment_lib.validate(_config())
+  images = dataclasses.replace(images, data=loader_lib.DataConfig(buckets=("1x32x32:16",)))
+  mix = experiment_lib.validate(_config())
+  saved = {1000: images, 2000: images, 4000: mix, 5000: mix}
+  monkeypatch.setattr(workdir_lib, "saved_config", lambda workdir, stage, step:
+                      config_changes.experiment_json(saved[step]))
+  traced = []
+  real_budget = learning_curve.flops_budget
+  monkeypatch.setattr(learning_curve, "flops_budget",
+                      lambda experiment: traced.append(experiment) or real_budget(experiment))
+  schedule = learning_curve.flops_schedule("runs/x", sorted(saved))
+  assert len(traced) == 2  # once per distinct config
+  image_step = learning_curve.train_flops_per_step(images)
+  mix_step = learning_curve.train_flops_per_step(mix)
+  assert image_step < mix_step
+  assert [budget["until_step"] for budget in schedule] == [1000, 2000, 4000, 5000]
+  assert [budget["train_flops_per_step"] for budget in schedule] == pytest.approx(
+      [image_step, image_step, mix_step, mix_step])
+  assert learning_curve.train_flops(schedule, 1500) == pytest.approx(1500 * image_step)
+  assert learning_curve.train_flops(schedule, 3000) == pytest.approx(
+      2000 * image_step + 1000 * mix_step)
+  assert learning_curve.train_flops(schedule, 6000) == pytest.approx(  # past the last: its cost
+      2000 * image_step + 4000 * mix_step)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,7 +238,9 @@ def test_learning_curve_evaluates_each_checkpoint_once(tiny_workdir, tiny_workdi
             if "loss" in row}
   for row in rows:
     assert row["loss"] == logged[row["step"]]
-    assert row["train_flops"] == pytest.approx(row["step"] * report["train_flops_per_step"])
+    # Both checkpoints saved one config: every step at its cost.
+    (per_step,) = {budget["train_flops_per_step"] for budget in report["flops_schedule"]}
+    assert row["train_flops"] == pytest.approx(row["step"] * per_step)
     assert row["train_minutes"] > 0
     for key in learning_curve.CURVE:
       assert row[key] is None or 0.0 <= row[key] <= 1.0

@@ -25,8 +25,10 @@ Each checkpoint gives one row of OUT/learning_curve.json (OUT: --out, default th
   train_cpu_minutes           the training process's CPU minutes up to it, summed over cores (from
                               the logged cpu_seconds_per_step): the load of other processes does
                               not inflate them; None if the run logged no CPU time.
-  train_flops                 step x `train_flops_per_step`: the model FLOPs of training, forward
-                              and backward (3 x forward, 2 FLOPs per multiply-accumulate) of the
+  train_flops                 the model FLOPs of training to it (`train_flops_per_step` of each
+                              interval between saved checkpoints, under the config saved with the
+                              later one, so a config changed on resume counts), forward and
+                              backward (3 x forward, 2 FLOPs per multiply-accumulate) of the
                               text encoder and the transformer, per sample at each data bucket's
                               latent shape, weighted by the bucket's batch and share of steps. The
                               frozen autoencoder, the optimizer update and elementwise work are
@@ -40,7 +42,8 @@ Each checkpoint gives one row of OUT/learning_curve.json (OUT: --out, default th
                               it); also bounces, background, the same by caption kind and group,
                               and the confusion tables.
 The file also records the suite (its size and a digest of its prompts: a file is only added to
-with the same suite) and the autoencoder stage's wall-clock minutes. Rows are written as each
+with the same suite), the FLOPs per step of each interval between checkpoints (`flops_schedule`)
+and the autoencoder stage's wall-clock minutes. Rows are written as each
 checkpoint finishes, and a checkpoint already in the file is not evaluated again: re-running after
 more training evaluates only the new checkpoints. The curves are drawn into
 OUT/curves/learning_curve.png: accuracy per attribute against steps, train minutes and FLOPs, and
@@ -101,7 +104,8 @@ FLOPS_COUNTED = ("forward + backward (3 x forward) model FLOPs of the text encod
                  "transformer, 2 per multiply-accumulate, at each data bucket's latent shape, "
                  "weighted by its batch and share of steps; autoencoder, optimizer and "
                  "elementwise work not counted")
-_FLOPS_BUDGET_KEYS = ("train_flops_per_step", "train_flops_per_masked_step")
+# The config sections a step's FLOPs depend on.
+_FLOPS_SECTIONS = ("data", "autoencoder", "text_encoder", "dit", "diffusion")
 _PLOT_STYLE = {"font.size": 9}
 _COLOURS = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf",
             "#7f7f7f")
@@ -220,19 +224,58 @@ def train_flops_per_step(experiment: experiment_lib.Experiment, *, masked: bool 
 
 
 def flops_budget(experiment: experiment_lib.Experiment) -> dict[str, Any]:
-  """What `train_flops` needs of a run: its FLOPs per step, and with masked training those of
-  a masked step (None without)."""
+  """What one step of a run under `experiment` costs: its FLOPs per step, and with masked
+  training those of a masked step (None without)."""
   masked = experiment.has("diffusion") and experiment.diffusion.mask_ratio > 0
   return {"train_flops_per_step": train_flops_per_step(experiment),
           "train_flops_per_masked_step": (train_flops_per_step(experiment, masked=True)
                                           if masked else None)}
 
 
-def train_flops(budget: dict[str, Any], step: int) -> float:
-  """Model FLOPs of training to `step` under a `flops_budget` (every step masked when the run
-  trains masked)."""
+def flops_schedule(workdir: str, steps: Sequence[int]) -> list[dict[str, Any]]:
+  """The cost of a step through a run whose config may have changed on resume.
+
+  A run resumes only from a checkpoint, and each checkpoint saves the config it was trained
+  under, so the steps after checkpoint a, up to and including the next one b, ran under b's
+  config (an images-first curriculum, a given-frame phase: `--allow_config_change`).
+
+  Args:
+    workdir: the run.
+    steps: its saved dit checkpoints, ascending. Where a deleted checkpoint's config changed,
+      its steps are counted under the next saved one's.
+
+  Returns:
+    A `flops_budget` per saved checkpoint, with "until_step": its step.
+  """
+  budgets: dict[str, dict[str, Any]] = {}  # tracing is seconds: once per distinct model and data
+  schedule = []
+  for step in steps:
+    saved = workdir_lib.saved_config(workdir, workdir_lib.DIT_STAGE, step)
+    costly = json.dumps({key: saved.get(key) for key in _FLOPS_SECTIONS}, sort_keys=True)
+    if costly not in budgets:
+      budgets[costly] = flops_budget(workdir_lib.experiment_from_json(saved))
+    schedule.append({"until_step": step, **budgets[costly]})
+  return schedule
+
+
+def train_flops(schedule: Sequence[dict[str, Any]], step: int) -> float:
+  """Model FLOPs of training to `step` under a `flops_schedule`: each of its intervals at its
+  own cost (every step masked when that interval trained masked); steps past its end at the
+  last interval's."""
+  total, start = 0.0, 0
+  for budget in schedule:
+    end = min(step, budget["until_step"])
+    if end > start:
+      total += (end - start) * _step_flops(budget)
+    start = max(start, budget["until_step"])
+  if step > start and schedule:
+    total += (step - start) * _step_flops(schedule[-1])
+  return total
+
+
+def _step_flops(budget: dict[str, Any]) -> float:
   masked = budget.get("train_flops_per_masked_step")
-  return step * (budget["train_flops_per_step"] if masked is None else masked)
+  return budget["train_flops_per_step"] if masked is None else masked
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,12 +391,12 @@ def measure(workdir: str, experiment: experiment_lib.Experiment | None = None, *
   done = {row["step"] for row in report["rows"]}
   pending = [step for step in chosen if step not in done]
   # Tracing the model for its cost takes seconds: only when there is something to add.
-  budget = {key: report.get(key) for key in _FLOPS_BUDGET_KEYS}
-  if pending or budget["train_flops_per_step"] is None:
-    budget = flops_budget(experiment)
+  schedule = report.get("flops_schedule")
+  if pending or schedule is None:
+    schedule = flops_schedule(workdir, saved)
   report = dict(
       workdir=os.path.abspath(workdir), experiment=experiment.name, stage=workdir_lib.DIT_STAGE,
-      suite=described, **budget, flops_counted=FLOPS_COUNTED,
+      suite=described, flops_schedule=schedule, flops_counted=FLOPS_COUNTED,
       autoencoder_minutes=round(autoencoder[-1][1] / 60.0, 4) if autoencoder else None,
       rows=report["rows"])
   logging.info("learning curve of %s: %d checkpoint(s) chosen, %d already measured, %d prompts "
@@ -365,7 +408,7 @@ def measure(workdir: str, experiment: experiment_lib.Experiment | None = None, *
     minutes, loss = at_step(timeline, step)
     row = {"step": step, "loss": loss, "train_minutes": minutes,
            "train_cpu_minutes": at_step(cpu_timeline, step)[0],
-           "train_flops": train_flops(budget, step),
+           "train_flops": train_flops(schedule, step),
            **evaluate_checkpoint(workdir, experiment, step, suite, mesh=mesh)}
     logging.info("learning curve: step %d: %s", step, ", ".join(
         f"{name} {generation.format_value(row[key])}" for key, name in CURVE.items()))
