@@ -36,17 +36,14 @@ prompts = suite_lib.build_suite(
 
 
 def accuracies(frames):
-  rows = []
+  """The analyzer's figures of the videos as saved (mp4) and read back."""
+  saved = []
   with tempfile.TemporaryDirectory() as scratch:
-    for index, (video, prompt) in enumerate(zip(frames, prompts)):
-      saved = pathlib.Path(scratch) / f"{index}.mp4"
-      video_io.write_video(saved, video, fps=8)
-      score = scoring.score_video(video_io.read_video(saved)[0], prompt.expected,
-                                  prompt.background)
-      rows.append(dict(hits=score.hits, totals=score.totals,
-                       count_stability=score.count_stability, count_correct=score.count_correct,
-                       background_correct=score.background_correct))
-  return scoring.accuracies(rows)
+    for index, video in enumerate(frames):
+      path = pathlib.Path(scratch) / f"{index}.mp4"
+      video_io.write_video(path, video, fps=8)
+      saved.append(video_io.read_video(path)[0])
+  return scoring.score_videos(saved, prompts)
 
 
 LUMA = np.array([0.299, 0.587, 0.114])

@@ -1,4 +1,5 @@
-"""videogen/evaluate/scoring.py: one video scored against its prompt, seams and PSNR."""
+"""videogen/evaluate/scoring.py: one video scored against its prompt, many pooled, seams and
+PSNR."""
 
 from __future__ import annotations
 
@@ -31,6 +32,21 @@ def test_a_missing_object_counts_wrong_in_every_attribute_and_in_the_count(suite
   assert scoring.confusion([{"readings": score.readings}])["shape"][
       prompt.expected[0]["shape"]].get(scoring.MISSING) == 1
   assert score.count_stability == 0.0 and not score.count_correct
+
+
+def test_score_videos_pools_each_video_against_its_own_prompt(suite):
+  prompts = [p for p in suite.prompts if len(p.expected) == 2][:2]
+  rendered = [world.render(p.scene, frames=9, height=32, width=32)["video"] for p in prompts]
+  truth = scoring.score_videos(rendered, prompts)
+  assert [truth[f"{a}_accuracy"] for a in ("color", "shape", "size", "count")] == [1.0] * 4
+  # The second scene without its first object: 3 of the 4 prompted objects, 1 of 2 counts.
+  scene = dataclasses.replace(prompts[1].scene, objects=prompts[1].scene.objects[1:])
+  videos = [rendered[0], world.render(scene, frames=9, height=32, width=32)["video"]]
+  pooled = scoring.score_videos(videos, prompts)
+  assert [pooled[f"{a}_accuracy"] for a in ("color", "shape", "size")] == [0.75] * 3
+  assert pooled["count_accuracy"] == 0.5
+  with pytest.raises(ValueError):  # a video without its prompt is an error, not dropped
+    scoring.score_videos(videos, prompts[:1])
 
 
 def test_only_stated_attributes_are_scored():

@@ -530,13 +530,7 @@ def _generated_videos(workdir: str, count: int, nulls: int) -> tuple[
             for index, prompt in enumerate(prompts)]
 
   def scorer(scored: Sequence[np.ndarray]) -> dict[str, Any]:
-    rows = []
-    for video, prompt in zip(scored, prompts):
-      score = scoring.score_video(video, prompt.expected, prompt.background)
-      rows.append(dict(hits=score.hits, totals=score.totals,
-                       count_stability=score.count_stability, count_correct=score.count_correct,
-                       background_correct=score.background_correct))
-    return scoring.accuracies(rows)
+    return scoring.score_videos(scored, prompts[:len(scored)])
 
   frames, height, width = videos[0].shape[:3]
   return f"generated {frames}x{height}x{width}", videos[:count], videos[count:], scorer

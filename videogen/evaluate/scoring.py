@@ -1,7 +1,8 @@
 """Scores of generated videos against what their prompts state: pure functions of the videos.
 
 `score_video` reads a video back with the analyzer (`videogen.evaluate.analyzer`) and compares it
-with the prompted objects; `accuracies` and `confusion` pool such scores over many videos;
+with the prompted objects; `accuracies` and `confusion` pool such scores over many videos
+(`score_videos` scores and pools in one call);
 `seam_ratio` and `psnr` measure the seams of conditioned clips. See `videogen.evaluate.generation`
 for the suite that uses them and what each figure means.
 """
@@ -171,6 +172,19 @@ def accuracies(rows: Sequence[dict[str, Any]]) -> dict[str, Optional[float]]:
                  if r["background_correct"] is not None]
   result["background_accuracy"] = rounded_mean(backgrounds)
   return result
+
+
+def score_videos(videos: Sequence[np.ndarray], prompts: Sequence[Any]
+                 ) -> dict[str, Optional[float]]:
+  """`accuracies` of videos, each scored against its prompt (with `expected` and `background`,
+  as `videogen.evaluate.suite.Prompt` has)."""
+  rows = []
+  for video, prompt in zip(videos, prompts, strict=True):
+    score = score_video(video, prompt.expected, prompt.background)
+    rows.append(dict(hits=score.hits, totals=score.totals,
+                     count_stability=score.count_stability, count_correct=score.count_correct,
+                     background_correct=score.background_correct))
+  return accuracies(rows)
 
 
 # What `confusion` counts when no object was paired with a prompted one.
