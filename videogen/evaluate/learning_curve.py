@@ -43,11 +43,10 @@ Each checkpoint gives one row of OUT/learning_curve.json (OUT: --out, default th
                               and the confusion tables.
 The file also records the suite (its size and a digest of its prompts: a file is only added to
 with the same suite), the FLOPs per step of each interval between checkpoints (`flops_schedule`)
-and the autoencoder stage's wall-clock minutes. Rows are written as each
-checkpoint finishes, and a checkpoint already in the file is not evaluated again: re-running after
-more training evaluates only the new checkpoints. The curves are drawn into
-OUT/curves/learning_curve.png: accuracy per attribute against steps, train minutes and FLOPs, and
-the loss.
+and the autoencoder stage's wall-clock minutes. Rows are written as each checkpoint finishes, and
+a checkpoint already in the file is not evaluated again: re-running after more training evaluates
+only the new checkpoints. The curves are drawn into OUT/curves/learning_curve.png: accuracy per
+attribute against steps, train minutes and FLOPs, and the loss.
 
 `--compare=W2,W3,...` then reads the learning_curve.json of each of those runs too (evaluate them
 first) and writes OUT/curves/learning_curve_compare.png (each attribute against train minutes and
