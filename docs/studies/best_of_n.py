@@ -39,10 +39,7 @@ def right(score: scoring.VideoScore) -> int:
 
 
 def accuracies(scores: list[scoring.VideoScore]) -> dict[str, float]:
-  rows = [dict(hits=s.hits, totals=s.totals, count_stability=s.count_stability,
-               count_correct=s.count_correct, background_correct=s.background_correct)
-          for s in scores]
-  pooled = scoring.accuracies(rows)
+  pooled = scoring.accuracies([score.accuracy_row() for score in scores])
   return {key.removesuffix("_accuracy"): pooled[key] for key in KEYS}
 
 

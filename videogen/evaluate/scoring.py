@@ -55,6 +55,11 @@ class VideoScore:
   found: int
   readings: list[dict[str, list[Optional[str]]]] = dataclasses.field(default_factory=list)
 
+  def accuracy_row(self) -> dict[str, Any]:
+    """The fields `accuracies` pools over videos."""
+    return dict(hits=self.hits, totals=self.totals, count_stability=self.count_stability,
+                count_correct=self.count_correct, background_correct=self.background_correct)
+
 
 def pair_objects(analysis: analyzer.VideoAnalysis, expected: Sequence[dict[str, Any]]
                  ) -> list[tuple[dict[str, Any], Optional[analyzer.ObjectAnalysis]]]:
@@ -159,7 +164,8 @@ def rounded_mean(values: Sequence[float]) -> Optional[float]:
 
 
 def accuracies(rows: Sequence[dict[str, Any]]) -> dict[str, Optional[float]]:
-  """Per-attribute accuracy (pooled over the objects of `rows`), counts and background."""
+  """Per-attribute accuracy (pooled over the objects of `rows`: `VideoScore.accuracy_row`s or
+  the generation suite's rows, which hold the same fields), counts and background."""
   hits, totals = collections.Counter(), collections.Counter()
   for row in rows:
     hits.update(row["hits"])
@@ -178,13 +184,8 @@ def score_videos(videos: Sequence[np.ndarray], prompts: Sequence[Any]
                  ) -> dict[str, Optional[float]]:
   """`accuracies` of videos, each scored against its prompt (with `expected` and `background`,
   as `videogen.evaluate.suite.Prompt` has)."""
-  rows = []
-  for video, prompt in zip(videos, prompts, strict=True):
-    score = score_video(video, prompt.expected, prompt.background)
-    rows.append(dict(hits=score.hits, totals=score.totals,
-                     count_stability=score.count_stability, count_correct=score.count_correct,
-                     background_correct=score.background_correct))
-  return accuracies(rows)
+  return accuracies([score_video(video, prompt.expected, prompt.background).accuracy_row()
+                     for video, prompt in zip(videos, prompts, strict=True)])
 
 
 # What `confusion` counts when no object was paired with a prompted one.
