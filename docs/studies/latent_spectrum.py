@@ -4,7 +4,7 @@ position or more, over the first 2,000 clips of the run's latent cache.
 
     python docs/studies/latent_spectrum.py runs/tiny runs/R ...
 """
-import glob
+import os
 import sys
 
 import numpy as np
@@ -12,11 +12,11 @@ import numpy as np
 
 def main(workdirs: list[str]) -> None:
   for workdir in workdirs:
-    files = sorted(glob.glob(f"{workdir}/latent_cache/bucket0_latents.npy"))
-    if not files:
+    path = os.path.join(workdir, "latent_cache", "bucket0_latents.npy")
+    if not os.path.exists(path):
       sys.exit(f"{workdir}/latent_cache/bucket0_latents.npy is missing: build the cache with "
                f"python -m videogen.main cache_latents --workdir={workdir} --config=...")
-    x = np.load(files[0], mmap_mode="r")[:2000].astype(np.float32)  # [n, t, h, w, C]
+    x = np.load(path, mmap_mode="r")[:2000].astype(np.float32)  # [n, t, h, w, C]
     x = x - x.mean(axis=(2, 3), keepdims=True)
     power = np.abs(np.fft.fft2(x, axes=(2, 3))) ** 2
     fy = np.abs(np.fft.fftfreq(x.shape[2]))[:, None]
