@@ -376,7 +376,9 @@ def test_rotated_videos_are_returned_upright(tmp_path, degrees, hflip, upright):
   assert frames.shape == ((3, 32, 16, 3) if quarter else (3, 16, 32, 3))
   assert _corners(frames) == upright
   if not hflip:
-    assert _psnr(frames, np.rot90(video, degrees // 90, axes=(1, 2))) > 30.0
+    # 4:2:0 chroma bleeds over these hard colour edges: about 30 dB, a little below under load.
+    # A frame one pixel off reads 15 dB and one blurred by half a pixel 21 dB.
+    assert _psnr(frames, np.rot90(video, degrees // 90, axes=(1, 2))) > 27.0
   info = video_io.probe_video(path)
   assert (info["height"], info["width"]) == frames.shape[1:3]
   assert info["rotation"] == (180 if hflip else degrees % 360)
