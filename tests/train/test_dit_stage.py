@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -229,13 +231,14 @@ def test_caption_dropout_gives_the_null_caption(tokenizer, dropout):
   np.testing.assert_array_equal(seen["pooled"], 0.0)
 
 
-def test_steps_lower_the_loss_and_leave_the_autoencoder_alone(tokenizer):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_steps_lower_the_loss_and_leave_the_autoencoder_alone(tokenizer, optimizer):
   """Twenty steps on one batch lower its loss (same noise and timesteps before and after).
 
   (The batch carries latents; the end-to-end test below encodes pixels.)
   """
   experiment = make_experiment(learning_rate=1e-2, warmup_steps=0, schedule="constant",
-                               num_steps=20)
+                               num_steps=20, optimizer=optimizer)
   config = experiment.train["dit"]
   stage, graphdef, state, step = _initial_state_and_step(experiment)
   batch = latent_batch(experiment, tokenizer)
@@ -370,6 +373,47 @@ def test_trains_with_the_trainer_from_a_frozen_autoencoder(tmp_path, devices,
                                           "contact_sheet.png", "prompts.txt"]
   with open(os.path.join(samples, "prompts.txt")) as f:
     assert f.read() == "00 a red circle\n01 a blue square\n"
+
+
+def test_muon_takes_the_hidden_kernels_and_leaves_the_models_edges_to_adam():
+  stage = dit_stage.DiTStage(make_experiment(optimizer="muon"))
+  _, params, _ = train_state_lib.abstract_model(stage)
+  dims = train_state_lib.muon_dimensions(params)
+  leaves = jax.tree_util.tree_flatten_with_path(
+      dims, is_leaf=lambda x: x is None or isinstance(x, optax.contrib.MuonDimensionNumbers))[0]
+  muon = {"/".join(str(k.key) for k in path) for path, dim in leaves if dim is not None}
+  assert {"dit/blocks/self_attention/query/kernel", "dit/blocks/self_attention/output/kernel",
+          "dit/blocks/cross_attention/key/kernel", "dit/blocks/mlp/up/kernel",
+          "dit/blocks/mlp/down/kernel", "dit/blocks/modulation/linear/kernel",
+          "text_encoder/blocks/0/mlp/up/kernel"} <= muon
+  for edge in ("dit/patch_embed/kernel", "dit/time_embed/linear_in/kernel",
+               "dit/final_layer/linear/kernel", "text_encoder/embedding",
+               "text_encoder/positions"):
+    assert edge not in muon
+  assert all(path.endswith("kernel") for path in muon)
+
+
+def test_muon_state_shards_and_resumes_exactly(tmp_path, devices, write_autoencoder_checkpoint):
+  """Muon's state (masked where Adam trains) is placed on a 2x2x2 mesh, saved and restored: a
+  run resumed from step 1 logs the step-2 loss of the uninterrupted run."""
+  experiment = make_experiment(optimizer="muon", checkpoint_every=1, keep_checkpoints=0,
+                               eval_every=0)
+  mesh = mesh_lib.create_mesh(mesh_lib.MeshConfig(data=2, fsdp=2, tensor=2), devices)
+  losses = []
+  for attempt in range(2):
+    workdir = str(tmp_path / str(attempt))
+    write_autoencoder_checkpoint(experiment, workdir)
+    if attempt:  # the first run's step-1 checkpoint, then resume
+      shutil.copytree(tmp_path / "0" / "checkpoints" / "dit" / "1",
+                      tmp_path / "1" / "checkpoints" / "dit" / "1")
+      shutil.copy(tmp_path / "0" / "tokenizer.model", tmp_path / "1" / "tokenizer.model")
+    stage = stages_lib.make_stage("dit", experiment)
+    result = trainer.train_stage(stage, experiment, workdir, mesh=mesh)
+    assert result.status == "done" and result.step == 2
+    losses.append({row["step"]: row["loss"] for row in metrics_lib.read_metrics(workdir, "dit")
+                   if "loss" in row})
+  assert sorted(losses[1]) == [2]  # resumed: only step 2 was trained again
+  assert losses[1][2] == losses[0][2]
 
 
 # -- recipe options of the objective (each off by default) --------------------------------------

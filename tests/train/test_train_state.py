@@ -160,3 +160,48 @@ def test_clipping_bounds_the_update(devices):
   assert float(metrics["grad_norm"]) > 1e-3  # reported before clipping
   assert int(new.step) == 1
   assert optax.tree.norm(jax.tree.map(lambda a, b: a - b, new.params, state.params)) > 0
+
+
+def _named(value, names):
+  with nnx.use_eager_sharding(False):
+    return nnx.Param(jnp.asarray(value, jnp.float32), out_sharding=names)
+
+
+def test_muon_orthogonalises_each_layers_hidden_kernel_and_adam_trains_the_rest():
+  rng = np.random.default_rng(0)
+  params = nnx.State({
+      "blocks": {"mlp": {"kernel": _named(rng.normal(size=(2, 4, 3)), ("layers", "embed", "mlp")),
+                         "bias": _named(np.zeros((2, 3)), ("layers", "mlp"))},
+                 "out": {"kernel": _named(rng.normal(size=(2, 2, 3, 4)),
+                                          ("layers", "heads", "kv", "embed"))}},
+      "head": {"kernel": _named(rng.normal(size=(4, 5)), ("embed", None))},
+      "embedding": {"kernel": _named(rng.normal(size=(6, 4)), ("vocab", "embed"))}})
+  dims = train_state_lib.muon_dimensions(params)
+  assert dims["blocks"]["mlp"]["kernel"] == optax.contrib.MuonDimensionNumbers((1,), (2,))
+  assert dims["blocks"]["out"]["kernel"] == optax.contrib.MuonDimensionNumbers((1, 2), (3,))
+  # A bias, a head writing unnamed features, a lookup table: Adam's.
+  assert dims["blocks"]["mlp"]["bias"] is None and dims["head"]["kernel"] is None
+  assert dims["embedding"]["kernel"] is None
+
+  config = TrainConfig(optimizer="muon", learning_rate=1.0, warmup_steps=0, schedule="constant",
+                       weight_decay=0.0, clip_grad_norm=0.0)
+  tx = train_state_lib.make_optimizer(config)
+  grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  for layer in range(2):
+    # Each layer's step is the orthogonal polar factor of its own gradient, U V^T (up to the
+    # Newton-Schulz iteration's accuracy and one common scale).
+    g = np.asarray(grads["blocks"]["mlp"]["kernel"][...][layer])
+    u, _, vt = np.linalg.svd(g, full_matrices=False)
+    step = -np.asarray(updates["blocks"]["mlp"]["kernel"][...][layer])
+    cosine = np.sum(step * (u @ vt)) / (np.linalg.norm(step) * np.linalg.norm(u @ vt))
+    assert cosine > 0.95, (layer, cosine)
+  # The output projection is one [heads * kv, embed] matrix per layer: its singular values agree.
+  out = np.asarray(updates["blocks"]["out"]["kernel"][...]).reshape(2, 6, 4)
+  for layer in out:
+    singular = np.linalg.svd(layer, compute_uv=False)
+    assert singular.max() < 1.6 * singular.min(), singular
+  # Adam's first step moves every entry by the same amount, whatever its gradient's size.
+  for leaf in (updates["blocks"]["mlp"]["bias"], updates["head"]["kernel"]):
+    magnitude = np.abs(np.asarray(leaf[...]))
+    np.testing.assert_allclose(magnitude, magnitude.flat[0], rtol=1e-4)

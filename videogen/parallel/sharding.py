@@ -102,7 +102,8 @@ def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int], ru
   return PartitionSpec(*spec)
 
 
-def _logical_axes(variable: nnx.Variable) -> tuple[str | None, ...] | None:
+def variable_axes(variable: nnx.Variable) -> tuple[str | None, ...] | None:
+  """The logical axis names a Variable carries (`nnx.with_partitioning`), or None."""
   names = variable.get_metadata("out_sharding", None)
   if names is None:
     return None
@@ -123,7 +124,9 @@ def tree_shardings(tree: Any, mesh: jax.sharding.Mesh, rules: Rules) -> Any:
   def for_leaf(path, leaf):
     if isinstance(leaf, nnx.Variable):
       value = leaf.get_value()
-      logical = _logical_axes(leaf)
+      if not jax.tree.leaves(value):
+        return leaf  # no array to place: a masked optimizer's placeholder (optax.MaskedNode)
+      logical = variable_axes(leaf)
       if logical is None or not hasattr(value, "shape"):
         spec = PartitionSpec()
       else:

@@ -21,11 +21,13 @@ class TrainConfig:
 
   Attributes:
     num_steps: total optimizer steps of the stage.
-    optimizer: "adamw" or "adafactor".
+    optimizer: "adamw", "adafactor" or "muon" (Muon orthogonalises the momentum of the hidden
+      matrices, `train_state.muon_dimensions`; Adam with `b1`, `b2` trains the other weights).
     learning_rate: peak learning rate, reached after `warmup_steps` of linear warm-up.
     schedule: "cosine" decays to `final_learning_rate_fraction * learning_rate` at
       `decay_steps` (default `num_steps`); "constant" stays at the peak.
     b1, b2, eps: Adam moments.
+    muon_momentum: Muon's momentum (optimizer "muon").
     weight_decay: decoupled weight decay of matrices (norm scales and biases are not decayed).
     clip_grad_norm: global gradient-norm clipping threshold; <= 0 turns clipping off.
     ema_decay: decay of the parameters' exponential moving average (0 = a copy).
@@ -43,7 +45,7 @@ class TrainConfig:
       Start after the first step, which includes the compilation.
   """
   num_steps: int = 1000
-  optimizer: Literal["adamw", "adafactor"] = "adamw"
+  optimizer: Literal["adamw", "adafactor", "muon"] = "adamw"
   learning_rate: float = 1e-3
   warmup_steps: int = 100
   schedule: Literal["cosine", "constant"] = "cosine"
@@ -52,6 +54,7 @@ class TrainConfig:
   b1: float = 0.9
   b2: float = 0.999
   eps: float = 1e-8
+  muon_momentum: float = 0.95
   weight_decay: float = 0.01
   clip_grad_norm: float = 1.0
   ema_decay: float = 0.999
@@ -70,6 +73,8 @@ class TrainConfig:
         raise ValueError(f"{name} = {getattr(self, name)} must be at least 1")
     if not 0.0 <= self.ema_decay < 1.0:
       raise ValueError(f"ema_decay = {self.ema_decay} must be in [0, 1)")
+    if not 0.0 <= self.muon_momentum < 1.0:
+      raise ValueError(f"muon_momentum = {self.muon_momentum} must be in [0, 1)")
     if self.profile_steps and (len(self.profile_steps) != 2
                                or not 1 <= self.profile_steps[0] <= self.profile_steps[1]):
       raise ValueError(f"profile_steps = {self.profile_steps} must be (first, last) with "

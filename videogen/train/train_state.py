@@ -20,6 +20,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from videogen.parallel import axes
 from videogen.parallel import sharding as sharding_lib
 from videogen.train import stage as stage_lib
 
@@ -85,8 +86,39 @@ def _decay_mask(params: Any) -> Any:
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
+def muon_dimensions(params: Any) -> Any:
+  """How Muon sees each weight of `params` (NNX Variables carrying logical axis names).
+
+  Returns the tree of `params` with, at each Variable, `MuonDimensionNumbers` for a hidden
+  kernel or None for a weight Adam trains. Read from the logical names: the scanned "layers"
+  axis is a batch of matrices; a kernel that starts with "embed" reduces over it and writes its
+  other axes (queries, keys, values, the MLP's up-projection, adaLN modulation), any other kernel
+  writes its last axis (attention's output, the MLP's down-projection, a convolution). Kernels
+  whose input or output axes are all unnamed sit at the network's edge (the patch and
+  time-frequency inputs, the velocity head) and stay with Adam, as do token embeddings (a
+  "vocab" axis), biases and norm scales.
+  """
+  def for_variable(path, variable):
+    names = (sharding_lib.variable_axes(variable) if isinstance(variable, nnx.Variable)
+             else None)
+    if (names is None or getattr(path[-1], "key", None) != "kernel"
+        or axes.VOCAB in names):  # a lookup table, not a product
+      return None
+    matrix_axes = [i for i, name in enumerate(names) if name != axes.LAYERS]
+    if len(matrix_axes) < 2:
+      return None
+    split = 1 if names[matrix_axes[0]] == axes.EMBED else len(matrix_axes) - 1
+    reduction, output = matrix_axes[:split], matrix_axes[split:]
+    if all(names[i] is None for i in reduction) or all(names[i] is None for i in output):
+      return None
+    return optax.contrib.MuonDimensionNumbers(tuple(reduction), tuple(output))
+
+  return jax.tree_util.tree_map_with_path(
+      for_variable, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
 def make_optimizer(config: Any) -> optax.GradientTransformation:
-  """The optimizer of a `TrainConfig`: global-norm clipping, then AdamW or Adafactor."""
+  """The optimizer of a `TrainConfig`: global-norm clipping, then AdamW, Adafactor or Muon."""
   schedule = make_schedule(config)
   if config.optimizer == "adamw":
     optimizer = optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
@@ -94,8 +126,16 @@ def make_optimizer(config: Any) -> optax.GradientTransformation:
   elif config.optimizer == "adafactor":
     optimizer = optax.adafactor(schedule, weight_decay_rate=config.weight_decay or None,
                                 weight_decay_mask=_decay_mask)
+  elif config.optimizer == "muon":
+    # consistent_rms=0.2 matches the update size of AdamW (Liu et al. 2025, "Muon is Scalable
+    # for LLM Training"), so learning_rate and weight_decay mean what they mean for "adamw".
+    optimizer = optax.contrib.muon(
+        schedule, beta=config.muon_momentum, eps=config.eps, weight_decay=config.weight_decay,
+        adam_b1=config.b1, adam_b2=config.b2, consistent_rms=0.2,
+        muon_weight_dimension_numbers=muon_dimensions)
   else:
-    raise ValueError(f"unknown optimizer {config.optimizer!r}; choose 'adamw' or 'adafactor'")
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; choose 'adamw', 'adafactor' or "
+                     f"'muon'")
   if config.clip_grad_norm > 0:
     return optax.chain(optax.clip_by_global_norm(config.clip_grad_norm), optimizer)
   return optimizer
