@@ -22,7 +22,8 @@ class TrainConfig:
   Attributes:
     num_steps: total optimizer steps of the stage.
     optimizer: "adamw", "adafactor" or "muon" (Muon orthogonalises the momentum of the hidden
-      matrices, `train_state.muon_dimensions`; Adam with `b1`, `b2` trains the other weights).
+      matrices, `train_state.muon_dimensions`, and decays them; Adam with `b1`, `b2` and no
+      weight decay trains the other weights).
     learning_rate: peak learning rate, reached after `warmup_steps` of linear warm-up.
     schedule: "cosine" decays to `final_learning_rate_fraction * learning_rate` at
       `decay_steps` (default `num_steps`); "constant" stays at the peak.
