@@ -20,7 +20,7 @@ def test_there_are_patches_to_check():
   assert {p.name for p in PATCHES} >= {"motion_channels.patch", "mixed_noise.patch",
                                       "content_weights.patch", "autoguidance.patch",
                                       "edge_loss.patch", "scale_equivariance.patch",
-                                      "stochastic_sampler.patch"}
+                                      "stochastic_sampler.patch", "contrastive_flow.patch"}
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
