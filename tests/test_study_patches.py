@@ -20,7 +20,8 @@ def test_there_are_patches_to_check():
   assert {p.name for p in PATCHES} >= {"motion_channels.patch", "mixed_noise.patch",
                                       "content_weights.patch", "autoguidance.patch",
                                       "edge_loss.patch", "scale_equivariance.patch",
-                                      "stochastic_sampler.patch", "contrastive_flow.patch"}
+                                      "stochastic_sampler.patch", "contrastive_flow.patch",
+                                      "representation_alignment.patch"}
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
