@@ -262,12 +262,44 @@ def restore_model(workdir: str, stage: str, graphdef: nnx.GraphDef, params: nnx.
   Raises:
     FileNotFoundError: the stage has no checkpoint in `workdir`.
   """
+  trainable = "ema_params" if use_ema else "params"
+  restored, step = _restore_subtrees(workdir, stage, {trainable: params, "frozen": frozen},
+                                     experiment=experiment, mesh=mesh, step=step)
+  return nnx.merge(graphdef, restored[trainable], restored["frozen"]), step
+
+
+def restore_part(workdir: str, stage: str, part: str, tree: nnx.State, *,
+                 experiment: experiment_lib.Experiment, mesh: jax.sharding.Mesh | None = None,
+                 step: int | None = None) -> tuple[nnx.State, int]:
+  """One part of a stage's checkpoint alone, read from WORKDIR/checkpoints/<stage>/ onto `mesh`:
+  e.g. the EMA parameters another run starts from; the rest stays on disk.
+
+  Args:
+    workdir, stage, experiment, mesh, step: as `restore_model`'s.
+    part: "ema_params", "params" or "frozen".
+    tree: the part's abstract state to restore into: the shapes and logical axes.
+
+  Returns:
+    (the part, the step of the checkpoint it came from).
+
+  Raises:
+    FileNotFoundError: the stage has no checkpoint in `workdir`.
+  """
+  restored, step = _restore_subtrees(workdir, stage, {part: tree}, experiment=experiment,
+                                     mesh=mesh, step=step)
+  return restored[part], step
+
+
+def _restore_subtrees(workdir: str, stage: str, trees: dict[str, nnx.State], *,
+                      experiment: experiment_lib.Experiment, mesh: jax.sharding.Mesh | None,
+                      step: int | None) -> tuple[dict[str, nnx.State], int]:
+  """The named parts of a checkpoint's state (e.g. "ema_params"), each restored into the abstract
+  tree given for it, sharded over `mesh` by the experiment's rules; and the checkpoint's step."""
   step = require_step(workdir, stage) if step is None else step
   mesh = mesh_lib.create_mesh(experiment.mesh) if mesh is None else mesh
-  trainable = "ema_params" if use_ema else "params"
   targets = {name: sharding_lib.with_shardings(
                  tree, sharding_lib.tree_shardings(tree, mesh, experiment.mesh.rules))
-             for name, tree in ((trainable, params), ("frozen", frozen))}
+             for name, tree in trees.items()}
   checkpointer = checkpointing.Checkpointer(checkpoint_dir(workdir, stage), read_only=True)
   try:
     restored = checkpointer.restore_subtrees(step, targets)
@@ -275,7 +307,7 @@ def restore_model(workdir: str, stage: str, graphdef: nnx.GraphDef, params: nnx.
     checkpointer.close()
   logging.info("restored %s step %d onto mesh %s", checkpoint_dir(workdir, stage), step,
                mesh_lib.describe(mesh))
-  return nnx.merge(graphdef, restored[trainable], restored["frozen"]), step
+  return restored, step
 
 
 # ------------------------------------------------------------------------------------------------

@@ -169,6 +169,11 @@ class DiTStageConfig:
     pretrained_text_encoder: start the text encoder from the text stage's (WORKDIR/checkpoints/
       text, CLIP's objective on caption-clip pairs; `videogen.train.text_stage`) instead of at
       random; it then trains on unless `config.text_encoder.frozen`.
+    init_from: another run's workdir whose trained dit stage the text encoder and transformer
+      start from (the EMA parameters of its newest checkpoint) instead of at random, with a fresh
+      optimizer at step 0: fine-tuning on other data, or another optimizer or objective on
+      trained weights. This run takes that run's tokenizer (copied into WORKDIR; a different
+      one there is refused) and must have its autoencoder, config.dit and config.text_encoder.
   """
   latents: Literal["encode", "cache"] = "encode"
   cache_dir: Optional[str] = None
@@ -182,8 +187,15 @@ class DiTStageConfig:
   eval_seed: int = 0
   eval_caption_clips: int = 16
   pretrained_text_encoder: bool = False
+  init_from: Optional[str] = None
 
   def __post_init__(self):
+    if self.init_from is not None and not self.init_from.strip():
+      raise ValueError("init_from is empty: give the workdir of a run whose dit stage trained, "
+                       "or leave it unset to start at random")
+    if self.init_from and self.pretrained_text_encoder:
+      raise ValueError("init_from starts the text encoder too, from that run's: drop "
+                       "pretrained_text_encoder (or init_from)")
     if self.cache_steps is not None and self.cache_steps < 1:
       raise ValueError(f"cache_steps = {self.cache_steps} must be >= 1, or None for "
                        f"config.train.dit.num_steps")

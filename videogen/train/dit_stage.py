@@ -47,7 +47,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
+import uuid
 
 import jax
 import jax.numpy as jnp
@@ -69,6 +71,7 @@ from videogen.models import layers
 from videogen.models import text_to_video
 from videogen.parallel import axes
 from videogen.parallel import multihost
+from videogen.train import checkpointing
 from videogen.train import latent_cache
 from videogen.train import stage as stage_lib
 from videogen.train import text_stage
@@ -95,6 +98,50 @@ def num_tokens(latent_shape: tuple[int, ...], patch_size: tuple[int, int, int]) 
   """Tokens of a latent (t, h, w, ...) cut into patches (pt, ph, pw)."""
   t, h, w = latent_shape[:3]
   return -(-t // patch_size[0]) * (h // patch_size[1]) * (w // patch_size[2])
+
+
+def _abstract_split(stage: DiTStage) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+  """(graphdef, abstract trainable state, abstract frozen state) of the stage's model."""
+  with nnx.use_eager_sharding(False):
+    abstract = nnx.eval_shape(lambda: stage.create_model(nnx.Rngs(0)))
+  return nnx.split(abstract, stage.trainable, ...)
+
+
+def _take_tokenizer(source: str, workdir: str, experiment: experiment_lib.Experiment) -> None:
+  """Makes the run's tokenizer `source`'s: the text encoder's ids must mean the same pieces.
+
+  Copied (with its caption words) where the run has none; one set by config.tokenizer.model_path
+  is both runs'.
+
+  Raises:
+    FileNotFoundError: `source` has no tokenizer.
+    ValueError: the run already has a different one.
+  """
+  theirs = workdir_lib.tokenizer_path(source, experiment)
+  ours = workdir_lib.tokenizer_path(workdir, experiment)
+  if os.path.abspath(theirs) == os.path.abspath(ours):
+    return
+  if not os.path.exists(theirs):
+    raise FileNotFoundError(f"config.dit_stage.init_from={source} has no tokenizer {theirs}: "
+                            f"its text encoder's ids cannot be read without it")
+  with open(theirs, "rb") as file:
+    wanted = file.read()
+  if os.path.exists(ours):
+    with open(ours, "rb") as file:
+      if file.read() != wanted:
+        raise ValueError(f"this run's tokenizer {ours} is not that of config.dit_stage.init_from="
+                         f"{source}: start in a fresh workdir (or delete it and its latent "
+                         f"cache) so that run's is copied in")
+    return
+  for source_file, target in ((theirs, ours),
+                              (workdir_lib.tokenizer_words_path(theirs),
+                               workdir_lib.tokenizer_words_path(ours))):
+    if os.path.exists(source_file):
+      os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+      temporary = f"{target}.tmp-{uuid.uuid4().hex}"  # every host of a multi-host run copies
+      shutil.copyfile(source_file, temporary)
+      os.replace(temporary, target)
+  logging.info("dit stage: tokenizer %s copied from %s", ours, theirs)
 
 
 def mesh_of(state: nnx.State) -> jax.sharding.Mesh:
@@ -145,6 +192,9 @@ class DiTStage(stage_lib.Stage):
     if text.mode == "text" and self.tokenizer_config.max_length > text.max_length:
       problems.append(f"config.tokenizer.max_length ({self.tokenizer_config.max_length}) exceeds "
                       f"config.text_encoder.max_length ({text.max_length}): make them equal")
+    if self.config.init_from and text.frozen:
+      problems.append("config.dit_stage.init_from needs config.text_encoder.frozen=False: the "
+                      "run it starts from trains its text encoder with its transformer")
     if problems:
       raise ValueError("the dit stage's configs disagree: " + "; ".join(problems))
 
@@ -178,14 +228,66 @@ class DiTStage(stage_lib.Stage):
     logging.info("dit stage: frozen autoencoder restored from its step-%d EMA parameters", step)
     if self.config.pretrained_text_encoder and self.text_config.frozen:
       state["text_encoder"] = self._pretrained_text_encoder(state["text_encoder"], workdir)
+    if self._starts_from_source(workdir):
+      self._check_source_autoencoder(state["autoencoder"])
     return state
 
   def initial_params(self, params: nnx.State, workdir: str) -> nnx.State:
-    """The text encoder starts as the text stage's with `pretrained_text_encoder` (here when it
-    trains on; `load_frozen` when it is frozen); the transformer starts at random."""
+    """With `init_from`, the text encoder and transformer start as that run's; otherwise the text
+    encoder starts as the text stage's with `pretrained_text_encoder` (here when it trains on;
+    `load_frozen` when it is frozen) and the transformer at random."""
+    if self._starts_from_source(workdir):
+      return self._source_params(params, workdir)
     if self.config.pretrained_text_encoder and not self.text_config.frozen:
       params["text_encoder"] = self._pretrained_text_encoder(params["text_encoder"], workdir)
     return params
+
+  # -- starting from another run (`config.dit_stage.init_from`) ---------------------------------
+
+  def _starts_from_source(self, workdir: str) -> bool:
+    """Whether this run starts from `init_from` now: not when it resumes from its own checkpoint
+    (which may outlive the source)."""
+    return bool(self.config.init_from) and workdir_lib.latest_step(workdir, self.name) is None
+
+  def _source_step(self) -> int:
+    return workdir_lib.require_step(
+        self.config.init_from, self.name,
+        "config.dit_stage.init_from must name a workdir whose dit stage has trained")
+
+  def _source_params(self, current: nnx.State, workdir: str) -> nnx.State:
+    """The EMA parameters of `init_from`'s newest dit checkpoint, placed as `current` is; this
+    run's tokenizer becomes that run's."""
+    source = self.config.init_from
+    step = self._source_step()
+    _take_tokenizer(source, workdir, self.experiment)
+    _, abstract, _ = _abstract_split(self)
+    try:
+      restored, _ = workdir_lib.restore_part(source, self.name, "ema_params", abstract,
+                                             experiment=self.experiment, mesh=mesh_of(current),
+                                             step=step)
+    except checkpointing.RESTORE_ERRORS as error:
+      raise ValueError(f"the dit checkpoint {step} of {source} does not fit this run's model "
+                       f"({type(error).__name__}): config.dit and config.text_encoder must be "
+                       f"the ones that run trained with") from error
+    logging.info("dit stage: text encoder and transformer start from %s, step %d (EMA)",
+                 source, step)
+    return jax.tree.map(lambda new, old: jax.device_put(new, old.sharding).astype(old.dtype),
+                        restored, current)
+
+  def _check_source_autoencoder(self, autoencoder: nnx.State) -> None:
+    """Refuses an `init_from` run whose transformer learned another autoencoder's latents."""
+    source = self.config.init_from
+    _, _, abstract = _abstract_split(self)
+    frozen, step = workdir_lib.restore_part(
+        source, self.name, "frozen", nnx.State({"autoencoder": abstract["autoencoder"]}),
+        experiment=self.experiment, mesh=mesh_of(autoencoder), step=self._source_step())
+    same = jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), frozen["autoencoder"],
+                        autoencoder)
+    if not all(jax.tree.leaves(same)):
+      raise ValueError(
+          f"the dit checkpoint {step} of {self.config.init_from} was trained on another "
+          f"autoencoder than this run's: copy its checkpoints/autoencoder into this workdir "
+          f"(a transformer reads only the latents it learned)")
 
   def _pretrained_text_encoder(self, current: nnx.State, workdir: str) -> nnx.State:
     restored, _ = text_stage.restore_text_encoder(self.experiment, workdir, mesh_of(current))
