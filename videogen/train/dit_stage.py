@@ -13,6 +13,9 @@ The stage's model (`videogen.models.text_to_video.TextToVideoModel`) holds three
                 (`config.dit_stage.pretrained_text_encoder`; `videogen.train.text_stage`).
   dit           the diffusion transformer.
 
+With `config.dit_stage.init_from` the text encoder and the transformer start instead as another
+run's trained dit stage left them: fine-tuning, with a fresh optimizer from step 0.
+
 One step of the loss (pure, traced once per batch shape inside the trainer's jitted step):
 
   video uint8 [B, T, H, W, 3] -> [-1, 1] -> frozen encoder -> posterior mean (or a draw) ->
