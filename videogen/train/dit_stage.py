@@ -103,13 +103,6 @@ def num_tokens(latent_shape: tuple[int, ...], patch_size: tuple[int, int, int]) 
   return -(-t // patch_size[0]) * (h // patch_size[1]) * (w // patch_size[2])
 
 
-def _abstract_split(stage: DiTStage) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
-  """(graphdef, abstract trainable state, abstract frozen state) of the stage's model."""
-  with nnx.use_eager_sharding(False):
-    abstract = nnx.eval_shape(lambda: stage.create_model(nnx.Rngs(0)))
-  return nnx.split(abstract, stage.trainable, ...)
-
-
 def _take_tokenizer(source: str, workdir: str, experiment: experiment_lib.Experiment) -> None:
   """Makes the run's tokenizer `source`'s: the text encoder's ids must mean the same pieces.
 
@@ -263,7 +256,8 @@ class DiTStage(stage_lib.Stage):
     source = self.config.init_from
     step = self._source_step()
     _take_tokenizer(source, workdir, self.experiment)
-    _, abstract, _ = _abstract_split(self)
+    _, abstract, _ = text_to_video.abstract_model(self.autoencoder_config, self.text_config,
+                                                  self.dit_config)
     try:
       restored, _ = workdir_lib.restore_part(source, self.name, "ema_params", abstract,
                                              experiment=self.experiment, mesh=mesh_of(current),
@@ -280,7 +274,8 @@ class DiTStage(stage_lib.Stage):
   def _check_source_autoencoder(self, autoencoder: nnx.State) -> None:
     """Refuses an `init_from` run whose transformer learned another autoencoder's latents."""
     source = self.config.init_from
-    _, _, abstract = _abstract_split(self)
+    _, _, abstract = text_to_video.abstract_model(self.autoencoder_config, self.text_config,
+                                                  self.dit_config)
     frozen, step = workdir_lib.restore_part(
         source, self.name, "frozen", nnx.State({"autoencoder": abstract["autoencoder"]}),
         experiment=self.experiment, mesh=mesh_of(autoencoder), step=self._source_step())
