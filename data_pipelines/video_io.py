@@ -489,6 +489,26 @@ def write_video(path: str | pathlib.Path, frames: np.ndarray, fps: float) -> Non
           output_params=["-crf", str(MP4_CRF), "-movflags", "+faststart"])
 
 
+class FfmpegNotFoundError(OSError):
+  """No ffmpeg to encode with: imageio-ffmpeg was installed without its binary, none is on PATH
+  and $IMAGEIO_FFMPEG_EXE is unset."""
+
+
+def ffmpeg_exe() -> str:
+  """The ffmpeg that videos are encoded with: $IMAGEIO_FFMPEG_EXE, imageio-ffmpeg's own binary,
+  or PATH's.
+
+  Raises:
+    FfmpegNotFoundError: there is none; the message says how to get one.
+  """
+  try:
+    return imageio_ffmpeg.get_ffmpeg_exe()
+  except RuntimeError as error:
+    raise FfmpegNotFoundError(
+        "no ffmpeg found: install imageio-ffmpeg's wheel (it bundles one), install ffmpeg on "
+        "PATH, or set IMAGEIO_FFMPEG_EXE to one") from error
+
+
 def _encode(path: pathlib.Path, frames: np.ndarray, fps: float, *, codec: str, pix_fmt_out: str,
             output_params: list[str]) -> None:
   """Pipes frames uint8 [T, H, W, 3] into ffmpeg, writing `path` whole or not at all.
@@ -498,8 +518,12 @@ def _encode(path: pathlib.Path, frames: np.ndarray, fps: float, *, codec: str, p
   """
   _, height, width, _ = frames.shape
   rate = fractions.Fraction(float(fps)).limit_denominator()
+  try:
+    ffmpeg = ffmpeg_exe()
+  except FfmpegNotFoundError as error:
+    raise VideoWriteError(path, str(error)) from error
   temporary = _temporary_beside(path)
-  command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo",
+  command = [ffmpeg, "-y", "-f", "rawvideo", "-vcodec", "rawvideo",
              "-s", f"{width}x{height}", "-pix_fmt", "rgb24", "-r", str(rate), "-i", "-", "-an",
              "-vcodec", codec, "-pix_fmt", pix_fmt_out, "-v", "error", *output_params,
              str(temporary)]
@@ -526,7 +550,7 @@ def _encode(path: pathlib.Path, frames: np.ndarray, fps: float, *, codec: str, p
 
 def reencode_mp4(source: str | pathlib.Path, output: str | pathlib.Path, *, crf: int) -> None:
   """Re-encodes a video as H.264 at `crf` (yuv420p) into `output`, as a sharing site would."""
-  subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(source),
+  subprocess.run([ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(source),
                   "-c:v", "libx264", "-crf", str(crf), "-pix_fmt", "yuv420p", str(output)],
                  check=True)
 

@@ -208,6 +208,20 @@ def test_a_failed_write_raises_names_ffmpegs_reason_and_leaves_no_file(tmp_path,
   assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.mp4"]
 
 
+def test_no_ffmpeg_is_one_line_that_says_how_to_get_one(tmp_path, monkeypatch):
+  # The accelerator's Python has imageio-ffmpeg without its binary and no ffmpeg on PATH.
+  def none_found():
+    raise RuntimeError("No ffmpeg exe could be found.")
+
+  monkeypatch.setattr(imageio_ffmpeg, "get_ffmpeg_exe", none_found)
+  with pytest.raises(video_io.FfmpegNotFoundError, match="IMAGEIO_FFMPEG_EXE"):
+    video_io.ffmpeg_exe()
+  for name in ("clip.mp4", "clip.gif"):
+    with pytest.raises(video_io.VideoWriteError, match=f"^{tmp_path / name}: no ffmpeg found: "):
+      video_io.write_video(tmp_path / name, _clip(frames=2), fps=8)
+  assert not list(tmp_path.iterdir())
+
+
 def test_written_files_replace_old_ones_whole(tmp_path):
   path = tmp_path / "clip.gif"
   path.write_bytes(b"an older file")

@@ -186,6 +186,21 @@ def test_informed_embedding_raises_the_margin_on_busy_clips_at_the_same_psnr():
   assert np.mean(informed_sums) >= np.mean(plain_sums) + 3.0
 
 
+def test_without_ffmpeg_the_plain_pattern_is_embedded(caplog, monkeypatch):
+  # The default read-back saves the marked video as an mp4, which needs an ffmpeg; a machine
+  # without one (the accelerator's) still gets watermarked frames.
+  video = _generated_like(1)
+
+  def none_found():
+    raise RuntimeError("No ffmpeg exe could be found.")
+
+  monkeypatch.setattr(video_io.imageio_ffmpeg, "get_ffmpeg_exe", none_found)
+  marked = watermark.embed(video, KEY, PAYLOAD)
+  np.testing.assert_array_equal(marked, watermark.embed(video, KEY, PAYLOAD, informed_steps=0))
+  assert "no ffmpeg found" in caplog.text
+  assert watermark.detect(marked, KEY).payload == PAYLOAD
+
+
 def test_a_failed_read_back_embeds_the_plain_pattern_and_says_so(caplog):
   video = _generated_like(1)
 
