@@ -10,12 +10,14 @@ it). On the experiment `experiments/shapes.py:gpu` it:
   3. trains the autoencoder within `--autoencoder_seconds` of wall clock;
   4. builds the latent cache (rendered and encoded once, timed) and trains the transformer on it
      within `--dit_seconds`;
-  5. times each stage's compiled train step (`benchmark.train_step_figures`: XLA's FLOP count of
-     the step over its measured time), next to the steps/s the training itself reached;
+  5. times each stage's compiled train step (`benchmark.train_step_figures`: XLA's count of the
+     global program's FLOPs over the step's measured time, against the matmul), next to the
+     steps/s the training itself reached; a timing that fails is recorded and the run goes on;
   6. runs the generation suite and writes a few of its videos as a gallery;
-  7. continues the transformer in the given-frame phase (`MOTION_PHASE`, within
-     `--motion_seconds`; docs/learning_curve.md: it is what makes the caption steer motion) and
-     runs the suite again, sampled image first.
+  7. with `--motion_seconds` > 0 (the rehearsal's default; off on the accelerator, where it does
+     not fit the call), continues the transformer in the given-frame phase (`MOTION_PHASE`;
+     docs/learning_curve.md: it is what makes the caption steer motion) and runs the suite
+     again, sampled image first.
 
 A stage that reaches its wall-clock budget is stopped the way a preemption stops it (SIGTERM: the
 trainer saves a checkpoint at the end of the step and returns), so a slower device trains fewer
@@ -90,9 +92,15 @@ CPU: dict[str, Any] = {
     "sample.num_steps": 2,
     "eval_generation.scenes_per_group": 1, "eval_generation.modes": (),
 }
-# Stage budgets on the accelerator: with install, compilation, the cache and the suite, one call
-# stays under 8 minutes. "motion" is the given-frame phase after the dit stage (0 skips it).
-GPU_SECONDS = {"autoencoder": 60.0, "dit": 120.0, "motion": 30.0}
+# The accelerator call's own settings. Measured on one H200 (docs/accelerator.md): building the
+# cache renders and encodes 790-940 samples/s, so the preset's 500 steps took 163 s of the call;
+# 150 steps still outlast the ~800 steps the transformer reaches in its budget.
+GPU: dict[str, Any] = {"dit_stage.cache_steps": 150}
+# Stage budgets on the accelerator: with install, compilation (about 30 s per program), the cache,
+# the step timings and the suite, one call stays under 8 minutes. "motion" is the given-frame
+# phase after the dit stage, off by default: on the H200 it spends about 100 s building and
+# compiling before its first step, more than the call has left (--motion_seconds=N turns it on).
+GPU_SECONDS = {"autoencoder": 60.0, "dit": 120.0, "motion": 0.0}
 CPU_SECONDS = {"autoencoder": 120.0, "dit": 120.0, "motion": 120.0}
 MOTION = "motion"
 # The given-frame phase (docs/learning_curve.md): every clip has its first latent frame given, at
@@ -248,8 +256,8 @@ def imported_distributions() -> list[str]:
 def find_ffmpeg() -> str | None:
   """The ffmpeg that video_io encodes with, or None (the carried imageio-ffmpeg has none)."""
   try:
-    return video_io.imageio_ffmpeg.get_ffmpeg_exe()
-  except RuntimeError:
+    return video_io.ffmpeg_exe()
+  except video_io.FfmpegNotFoundError:
     return None
 
 
@@ -301,6 +309,46 @@ def _cache(experiment, workdir, mesh) -> dict[str, Any]:
   samples = steps * mean_batch(experiment.data.parsed_buckets())
   return {"steps": steps, "seconds": seconds, "samples_per_s": samples / seconds,
           "disk_bytes": latent_cache.disk_bytes(workdir_lib.latent_cache_dir(workdir, experiment))}
+
+
+def time_step(phases: _Phases, experiment: experiment_lib.Experiment, name: str, *,
+              workdir: str, mesh: jax.sharding.Mesh, steps: int) -> None:
+  """Times the stage's compiled train step (`benchmark.train_step_figures`) into
+  `figures["stages"][name]`, next to the rate its training reached and what that consumed.
+
+  A failure is recorded (the stage's "step_error", the run's "failures") instead of raised: one
+  measurement must not cost the call its evaluation, and `main` still exits non-zero.
+  """
+  figures = phases.figures
+  stage = figures["stages"][name]
+  try:
+    step, _ = phases.run(f"time the {name} step", benchmark.train_step_figures, experiment, name,
+                         workdir=workdir, mesh=mesh, steps=steps)
+  except Exception as error:  # pylint: disable=broad-except  (recorded, and the exit code says so)
+    stage["step_error"] = f"{type(error).__name__}: {error}"
+    figures.setdefault("failures", []).append(f"time the {name} step: {stage['step_error']}")
+    _write_json(phases.path, figures)
+    logging.error("timing the %s step failed, going on: %s", name, stage["step_error"])
+    return
+  rate = training_rate(workdir, name)
+  specs = experiment.autoencoder_loss.buckets if name == "autoencoder" else ()
+  batch = mean_batch([buckets_lib.parse_bucket(spec) for spec in specs]
+                     or experiment.data.parsed_buckets())
+  stage.update({
+      "step": step,
+      "training_steps_per_second": rate,
+      # What the training consumed from its input (the loader, or the latent cache).
+      "training_samples_per_second": None if rate is None else rate * batch,
+      "benchmark_steps_per_second": 1.0 / step["seconds_per_step"],
+      # Model FLOPs (the global program's count) per device over one device's matmul: on the
+      # GPU, XLA's count of the compiled program leaves out custom calls (cuDNN convolutions and
+      # attention; 0.57 of the autoencoder step's 46 GFLOP), so it is kept but not compared.
+      "step_to_matmul_ratio": step["model_flops_per_second"] / step["devices"]
+                              / figures["matmul_bf16"]["flops_per_second"],
+  })
+  say("%s step: %.3g model FLOP/s (%.3f of the matmul); training reached %s steps/s, the step "
+      "alone %.2f", name, step["model_flops_per_second"], stage["step_to_matmul_ratio"], rate,
+      1.0 / step["seconds_per_step"])
 
 
 def _evaluate(experiment, workdir, out, gallery_videos: int, suffix: str = "") -> dict[str, Any]:
@@ -367,13 +415,13 @@ def run(out: str, *, cpu: bool = False, overrides: dict[str, Any] | None = None,
       figures["matmul_bf16"]["flops_per_second"])
 
   # == Experiment and loader ====================================================================
-  experiment = build_experiment({**(CPU if cpu else {}), **(overrides or {})})
+  experiment = build_experiment({**(CPU if cpu else GPU), **(overrides or {})})
   failure = attention_check(experiment)
   if failure is not None:
     logging.warning("cuDNN attention fails on these shapes (%s): using the XLA backend", failure)
     overrides = {**(overrides or {}), "dit.attention_backend": "xla",
                  "text_encoder.attention_backend": "xla", "autoencoder.attention_backend": "xla"}
-    experiment = build_experiment({**(CPU if cpu else {}), **overrides})
+    experiment = build_experiment({**(CPU if cpu else GPU), **overrides})
   check_budgets(experiment, seconds)
   figures["attention"] = {"backends": list(attention_lib.available_backends()),
                           "cudnn_failure": failure}
@@ -400,24 +448,7 @@ def run(out: str, *, cpu: bool = False, overrides: dict[str, Any] | None = None,
 
     # == Step figures: XLA's FLOPs per step over the step's time ================================
     for name in experiment.stages:
-      step, _ = phases.run(f"time the {name} step", benchmark.train_step_figures, experiment, name,
-                           workdir=workdir, mesh=mesh, steps=3 if cpu else 10)
-      rate = training_rate(workdir, name)
-      specs = experiment.autoencoder_loss.buckets if name == "autoencoder" else ()
-      batch = mean_batch([buckets_lib.parse_bucket(spec) for spec in specs]
-                         or experiment.data.parsed_buckets())
-      stages[name].update({
-          "step": step,
-          "training_steps_per_second": rate,
-          # What the training consumed from its input (the loader, or the latent cache).
-          "training_samples_per_second": None if rate is None else rate * batch,
-          "benchmark_steps_per_second": 1.0 / step["seconds_per_step"],
-          "step_to_matmul_ratio": step["flops_per_second"]
-                                  / figures["matmul_bf16"]["flops_per_second"],
-      })
-      say("%s step: %.3g FLOP/s (%.2f of the matmul); training reached %s steps/s, the step "
-          "alone %.2f", name, step["flops_per_second"], stages[name]["step_to_matmul_ratio"], rate,
-          1.0 / step["seconds_per_step"])
+      time_step(phases, experiment, name, workdir=workdir, mesh=mesh, steps=3 if cpu else 10)
 
     # == Evaluation and gallery =================================================================
     figures["generation"] = phases.run("generation suite", _evaluate, experiment, workdir, out,
@@ -425,7 +456,7 @@ def run(out: str, *, cpu: bool = False, overrides: dict[str, Any] | None = None,
 
     # == The given-frame phase, and the suite sampled image first ===============================
     if seconds.get(MOTION, 0) > 0 and workdir_lib.DIT_STAGE in stages:
-      phase = motion_experiment({**(CPU if cpu else {}), **(overrides or {})},
+      phase = motion_experiment({**(CPU if cpu else GPU), **(overrides or {})},
                                 stages[workdir_lib.DIT_STAGE]["steps"])
       figures[MOTION] = phases.run("train the given-frame phase", _train, phase, workdir,
                                    workdir_lib.DIT_STAGE, mesh, metric_writer, seconds[MOTION],
@@ -482,13 +513,17 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.cpu:
     jax.config.update("jax_platforms", "cpu")
   try:  # a wrong override or stage list is one line before anything starts
-    check_budgets(build_experiment({**(CPU if args.cpu else {}), **overrides}),
+    check_budgets(build_experiment({**(CPU if args.cpu else GPU), **overrides}),
                   {**(CPU_SECONDS if args.cpu else GPU_SECONDS), **budgets})
   except (KeyError, ValueError) as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
-  run(args.out, cpu=args.cpu, overrides=overrides, workdir=args.workdir, seconds=budgets,
-      gallery_videos=args.gallery_videos)
+  figures = run(args.out, cpu=args.cpu, overrides=overrides, workdir=args.workdir,
+                seconds=budgets, gallery_videos=args.gallery_videos)
+  if figures.get("failures"):
+    print(f"error: {len(figures['failures'])} measurement(s) failed (figures.json, 'failures'): "
+          + "; ".join(figures["failures"]), file=sys.stderr)
+    return 1
   return 0
 
 

@@ -231,3 +231,28 @@ def test_overrides_reject_an_unknown_field():
   experiment = run_lib.build_experiment({**run_lib.CPU, "train.dit.num_steps": "7"})
   assert experiment.train["dit"].num_steps == 7
   assert experiment.dit.dtype == "float32"
+
+
+def test_a_failed_step_timing_is_recorded_and_the_run_exits_non_zero(monkeypatch, tmp_path):
+  # On the H200, XLA's cost analysis once failed after both stages had trained: the failure is
+  # kept in figures.json, the run goes on to its evaluation, and the exit code says so.
+  def fail(*args, **kwargs):
+    raise ValueError("no FLOP count on this backend")
+
+  monkeypatch.setattr(run_lib.benchmark, "train_step_figures", fail)
+  figures = {"stages": {"dit": {"status": "done"}}, "matmul_bf16": {"flops_per_second": 1.0}}
+  phases = run_lib._Phases(figures, str(tmp_path / run_lib.FIGURES_FILE))
+  run_lib.time_step(phases, run_lib.build_experiment(run_lib.CPU), "dit", workdir=str(tmp_path),
+                    mesh=None, steps=1)
+  assert figures["stages"]["dit"]["step_error"] == "ValueError: no FLOP count on this backend"
+  written = json.loads((tmp_path / run_lib.FIGURES_FILE).read_text())
+  assert written["failures"] == ["time the dit step: ValueError: no FLOP count on this backend"]
+
+  # main's process-wide settings stay out of this test process.
+  for name in ("enable_compilation_cache", "set_up_logging"):
+    monkeypatch.setattr(run_lib.cli, name, lambda: None)
+  monkeypatch.setattr(run_lib.logging, "set_verbosity", lambda level: None)
+  monkeypatch.setattr(run_lib, "run", lambda *args, **kwargs: written)
+  assert run_lib.main([f"--out={tmp_path}", "--cpu"]) == 1
+  monkeypatch.setattr(run_lib, "run", lambda *args, **kwargs: {"stages": {}})
+  assert run_lib.main([f"--out={tmp_path}", "--cpu"]) == 0
