@@ -185,6 +185,18 @@ class StepBatches:
     # all buckets share one stream, so no two buckets show the same example at the same time.
     self._stream_per_bucket = _split_per_bucket(config)
 
+  def dataset(self, start: int, stop: int) -> grain.IterDataset:
+    """Steps start .. stop-1 in order, as a Grain dataset: built by `config.num_workers` worker
+    processes (each with `config.num_threads` threads), or by threads of this process with 0."""
+    config = self.config
+    dataset = grain.MapDataset.range(start, stop).map(self).to_iter_dataset(
+        grain.ReadOptions(num_threads=config.num_threads, prefetch_buffer_size=config.prefetch))
+    if config.num_workers > 0:
+      _allow_unparsed_grain_flags()
+      dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
+          num_workers=config.num_workers, per_worker_buffer_size=max(1, config.prefetch)))
+    return dataset
+
   def __call__(self, step: int) -> dict[str, np.ndarray]:
     """Returns {"video": uint8 [b, T, H, W, 3], "tokens": int32 [b, L], "token_mask": bool [b, L],
     "index": int32 [b], "step": int64 []}, b = this host's rows of the step's bucket."""
@@ -319,15 +331,7 @@ class ShardedBatchIterator:
       pass
 
   def _dataset(self, start_step: int) -> grain.IterDataset:
-    config = self._step_batches.config
-    steps = grain.MapDataset.range(start_step, start_step + 2**40)
-    dataset = steps.map(self._step_batches).to_iter_dataset(
-        grain.ReadOptions(num_threads=config.num_threads, prefetch_buffer_size=config.prefetch))
-    if config.num_workers > 0:
-      _allow_unparsed_grain_flags()
-      dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
-          num_workers=config.num_workers, per_worker_buffer_size=max(1, config.prefetch)))
-    return dataset
+    return self._step_batches.dataset(start_step, start_step + 2**40)
 
 
 def _allow_unparsed_grain_flags() -> None:

@@ -6,6 +6,8 @@ stage's checkpoint; two buckets (5x16x16 clips and 1x16x16 images); a cache of 4
 
 from __future__ import annotations
 
+import dataclasses
+import pathlib
 import shutil
 
 import jax
@@ -134,3 +136,21 @@ def test_a_cache_of_another_autoencoder_is_refused(built, tmp_path):
 def test_the_command_needs_a_trained_autoencoder(tmp_path, capsys):
   assert latent_cache.command(make_experiment(), str(tmp_path)) == 1
   assert "train the autoencoder first" in capsys.readouterr().err
+
+
+def test_worker_processes_build_the_same_cache(built, tmp_path):
+  # With config.data.num_workers the cache is rendered as the loader renders, in processes.
+  experiment = built["experiment"]
+  with_workers = dataclasses.replace(experiment.data, num_workers=2)
+  latent_cache.build(str(tmp_path / "cache"), autoencoder=built["autoencoder"],
+                     data_config=with_workers, tokenizer=built["tokenizer"], data_seed=0,
+                     num_steps=CACHE_STEPS, progress=False)
+  reference = pathlib.Path(workdir_lib.latent_cache_dir(built["workdir"], experiment))
+  arrays = sorted(path.name for path in reference.glob("*.npy"))
+  assert len(arrays) >= 8 and arrays == sorted(p.name for p in (tmp_path / "cache").glob("*.npy"))
+  for name in arrays:
+    built_here, expected = np.load(tmp_path / "cache" / name), np.load(reference / name)
+    if "latents" in name:  # the reference was encoded over 8 devices, this one on one
+      np.testing.assert_allclose(built_here, expected, atol=1e-5, err_msg=name)
+    else:
+      np.testing.assert_array_equal(built_here, expected, err_msg=name)
