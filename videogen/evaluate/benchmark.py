@@ -209,7 +209,8 @@ def train_step_figures(experiment: experiment_lib.Experiment, stage_name: str, *
     stage_name: which stage (must have a `config.train.<stage>` section).
     workdir: scratch directory for whatever the stage's data pipeline writes (a tokenizer).
     mesh: default: the experiment's mesh over all devices.
-    steps: fewest timed steps (the median counts).
+    steps: steps dispatched back to back in each timed run (at least 3 runs; the median run,
+      over `steps`, is the step's time).
     warmup: untimed steps after compilation.
     min_seconds: keep timing steps until they took this long in all.
 
@@ -278,12 +279,16 @@ def train_step_figures(experiment: experiment_lib.Experiment, stage_name: str, *
     state, _ = compiled(state, batch)
   jax.block_until_ready(state)
 
-  def one_step():
+  # Steps dispatched back to back, as the trainer runs them, and waited for once per run: waiting
+  # for each step would add the host's dispatch of the whole state to every step's time.
+  def steps_in_a_row():
     nonlocal state
-    state, step_metrics = compiled(state, batch)
-    return state, step_metrics
+    for _ in range(steps):
+      state, step_metrics = compiled(state, batch)
+    return step_metrics
 
-  seconds = float(np.median(_timed_runs(one_step, min_runs=steps, min_seconds=min_seconds)))
+  runs = _timed_runs(steps_in_a_row, min_runs=3, min_seconds=min_seconds)
+  seconds = float(np.median(runs)) / steps
   figures = {
       "stage": stage_name, "devices": int(mesh.size), "mesh": mesh_lib.describe(mesh),
       "flops_per_step": flops,
