@@ -342,7 +342,7 @@ def time_step(phases: _Phases, experiment: experiment_lib.Experiment, name: str,
       "benchmark_steps_per_second": 1.0 / step["seconds_per_step"],
       # Model FLOPs (the global program's count) per device over one device's matmul: on the
       # GPU, XLA's count of the compiled program leaves out custom calls (cuDNN convolutions and
-      # attention; 0.57 of the autoencoder step's 46 GFLOP), so it is kept but not compared.
+      # attention: 0.57 GFLOP of the autoencoder step's 46), so it is kept but not compared.
       "step_to_matmul_ratio": step["model_flops_per_second"] / step["devices"]
                               / figures["matmul_bf16"]["flops_per_second"],
   })

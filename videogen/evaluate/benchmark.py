@@ -223,7 +223,7 @@ def train_step_figures(experiment: experiment_lib.Experiment, stage_name: str, *
     of replicated parameters, counts on each); "model_flops" count the step's work once (the
     cost of the global program before partitioning), so they do not grow with the mesh. On a
     GPU the compiled count leaves out the library calls XLA emits (cuDNN convolutions and
-    attention: one H200 counted 0.57 of the autoencoder step's 46 GFLOP), so compare
+    attention: one H200 counted 0.57 GFLOP of the autoencoder step's 46), so compare
     "model_flops" there.
   """
 
