@@ -483,6 +483,16 @@ def check_budgets(experiment: experiment_lib.Experiment, seconds: dict[str, floa
                      f"`python -m videogen.main train`")
 
 
+def set_up_process(*, cpu: bool) -> None:
+  """The process-wide settings of a run: logging, the compilation cache, the platform."""
+  logging.set_verbosity(logging.INFO)
+  logging.use_absl_handler()
+  cli.set_up_logging()  # videogen's own lines (and these), other libraries' warnings
+  cli.enable_compilation_cache()
+  if cpu:
+    jax.config.update("jax_platforms", "cpu")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--out", required=True, help="folder the results are written to")
@@ -506,12 +516,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   budgets = {name: value for name, value in (("autoencoder", args.autoencoder_seconds),
                                              ("dit", args.dit_seconds),
                                              (MOTION, args.motion_seconds)) if value is not None}
-  logging.set_verbosity(logging.INFO)
-  logging.use_absl_handler()
-  cli.set_up_logging()  # videogen's own lines (and these), other libraries' warnings
-  cli.enable_compilation_cache()
-  if args.cpu:
-    jax.config.update("jax_platforms", "cpu")
+  set_up_process(cpu=args.cpu)
   try:  # a wrong override or stage list is one line before anything starts
     check_budgets(build_experiment({**(CPU if args.cpu else GPU), **overrides}),
                   {**(CPU_SECONDS if args.cpu else GPU_SECONDS), **budgets})

@@ -248,10 +248,8 @@ def test_a_failed_step_timing_is_recorded_and_the_run_exits_non_zero(monkeypatch
   written = json.loads((tmp_path / run_lib.FIGURES_FILE).read_text())
   assert written["failures"] == ["time the dit step: ValueError: no FLOP count on this backend"]
 
-  # main's process-wide settings stay out of this test process.
-  for name in ("enable_compilation_cache", "set_up_logging"):
-    monkeypatch.setattr(run_lib.cli, name, lambda: None)
-  monkeypatch.setattr(run_lib.logging, "set_verbosity", lambda level: None)
+  # main's process-wide settings (logging handlers, the platform) stay out of this test process.
+  monkeypatch.setattr(run_lib, "set_up_process", lambda cpu: None)
   monkeypatch.setattr(run_lib, "run", lambda *args, **kwargs: written)
   assert run_lib.main([f"--out={tmp_path}", "--cpu"]) == 1
   monkeypatch.setattr(run_lib, "run", lambda *args, **kwargs: {"stages": {}})
