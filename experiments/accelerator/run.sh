@@ -34,9 +34,22 @@ if [[ "${VIDEOGEN_SKIP_INSTALL:-0}" != 1 ]]; then
   echo "== installed in $(( $(date +%s) - start )) s"
 fi
 cd "$root"
+# JAX's compilation cache travels from call to call: on a fresh machine a call spends about 30 s
+# on each of its ~10 programs (docs/accelerator.md). The run compiles into $here/compilation_cache
+# and the cache is copied to OUT at the end; copy an earlier call's OUT/compilation_cache there and
+# carry it with the wheels, and unchanged programs load instead of compiling.
+cache="$here/compilation_cache"
+export VIDEOGEN_COMPILATION_CACHE="${VIDEOGEN_COMPILATION_CACHE:-$cache}"
+if [[ -d "$cache" ]]; then
+  echo "== carried compilation cache: $(ls "$cache" | wc -l) programs, $(du -sh "$cache" | cut -f1)"
+fi
 # The hard stop: the driver's stage budgets keep it well inside this.
 status=0
 PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" timeout -k 15 "${VIDEOGEN_RUN_SECONDS:-460}" \
     "$python" -m experiments.accelerator.run --out="$out" "$@" || status=$?
+if [[ "$VIDEOGEN_COMPILATION_CACHE" == "$cache" && -d "$cache" ]]; then
+  rm -rf "$out/compilation_cache" && cp -r "$cache" "$out/compilation_cache"
+  echo "== compilation cache for the next call: $(du -sh "$cache" | cut -f1) in OUT/compilation_cache"
+fi
 echo "== $(date -u +%FT%TZ) done in $(( $(date +%s) - start )) s, exit code $status"
 exit $status

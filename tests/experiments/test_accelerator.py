@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -254,3 +255,32 @@ def test_a_failed_step_timing_is_recorded_and_the_run_exits_non_zero(monkeypatch
   assert run_lib.main([f"--out={tmp_path}", "--cpu"]) == 1
   monkeypatch.setattr(run_lib, "run", lambda *args, **kwargs: {"stages": {}})
   assert run_lib.main([f"--out={tmp_path}", "--cpu"]) == 0
+
+
+def test_run_sh_hands_its_compilation_cache_to_the_next_call(tmp_path):
+  # run.sh in a copy of its folder, with a stand-in Python that "compiles" one program into the
+  # cache it is given: the cache comes back in OUT, and a call that carries it says so.
+  here = tmp_path / "experiments" / "accelerator"
+  here.mkdir(parents=True)
+  (here / "run.sh").write_text((ACCELERATOR / "run.sh").read_text())
+  python = tmp_path / "python"
+  python.write_text('#!/bin/bash\nmkdir -p "$VIDEOGEN_COMPILATION_CACHE"\n'
+                    'echo compiled > "$VIDEOGEN_COMPILATION_CACHE/program"\n')
+  python.chmod(0o755)
+  env = {key: value for key, value in os.environ.items() if key != "VIDEOGEN_COMPILATION_CACHE"}
+  env.update(PYTHON=str(python), VIDEOGEN_SKIP_INSTALL="1")
+
+  def call(out):
+    process = subprocess.run(["bash", str(here / "run.sh"), str(out)], capture_output=True,
+                             text=True, env=env, timeout=60)
+    assert process.returncode == 0, process.stdout + process.stderr
+    return process.stdout
+
+  first = call(tmp_path / "out1")
+  assert "carried compilation cache" not in first
+  assert (tmp_path / "out1" / "compilation_cache" / "program").read_text() == "compiled\n"
+  # The next call: the returned cache copied back beside run.sh, as the README says.
+  shutil.rmtree(here / "compilation_cache")
+  shutil.copytree(tmp_path / "out1" / "compilation_cache", here / "compilation_cache")
+  assert "carried compilation cache: 1 programs" in call(tmp_path / "out2")
+  assert (tmp_path / "out2" / "compilation_cache" / "program").exists()
