@@ -16,15 +16,12 @@ import jax.numpy as jnp
 from videogen import cli
 from videogen import experiment as experiment_lib
 from videogen.evaluate import benchmark
-from videogen.parallel import mesh as mesh_lib
 
 config = cli.load_config_file(sys.argv[1])
 for section in ("dit", "text_encoder", "autoencoder"):
   config[section].attention_backend = "xla"
 config.dit_stage.latents = "cache"
 experiment = experiment_lib.validate(config)
-mesh = mesh_lib.create_mesh(experiment.mesh)
-counted = benchmark._with_unrolled_layers(experiment) or experiment
 autoencoder, tokens = experiment.autoencoder, experiment.tokenizer.max_length
 for bucket in experiment.data.parsed_buckets():
   (frames, height, width), b = bucket.shape, bucket.global_batch
@@ -35,5 +32,5 @@ for bucket in experiment.data.parsed_buckets():
            "tokens": jax.ShapeDtypeStruct((b, tokens), jnp.int32),
            "token_mask": jax.ShapeDtypeStruct((b, tokens), jnp.bool_),
            "index": jax.ShapeDtypeStruct((b,), jnp.int32)}
-  flops = benchmark._traced_step_flops(counted, "dit", mesh, experiment.mesh.rules, batch)
+  flops = benchmark.traced_step_flops(experiment, "dit", batch)
   print(f"dit {bucket}: {flops:.3g} FLOPs per step")

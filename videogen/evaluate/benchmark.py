@@ -195,6 +195,15 @@ def _traced_step_flops(experiment: experiment_lib.Experiment, stage_name: str,
   return _cost_flops(jax.jit(step_fn).lower(state, batch))
 
 
+def traced_step_flops(experiment: experiment_lib.Experiment, stage_name: str,
+                      batch: dict[str, Any], *, mesh: jax.sharding.Mesh | None = None) -> float:
+  """Model FLOPs of the stage's global train step on `batch` (arrays or `jax.ShapeDtypeStruct`s),
+  a scanned layer stack counted once per layer; nothing is allocated, compiled or run."""
+  mesh = mesh_lib.create_mesh(experiment.mesh) if mesh is None else mesh
+  counted = _with_unrolled_layers(experiment) or experiment
+  return _traced_step_flops(counted, stage_name, mesh, experiment.mesh.rules, batch)
+
+
 def train_step_figures(experiment: experiment_lib.Experiment, stage_name: str, *, workdir: str,
                        mesh: jax.sharding.Mesh | None = None, steps: int = 5,
                        warmup: int = 2, min_seconds: float = 1.0
@@ -266,12 +275,11 @@ def train_step_figures(experiment: experiment_lib.Experiment, stage_name: str, *
   flops = _cost_flops(compiled) * mesh.size
   # The global program before partitioning and optimisation: the step's work counted once.
   model_flops = _cost_flops(lowered)
-  unrolled = _with_unrolled_layers(experiment)
-  if unrolled is not None:
+  if _with_unrolled_layers(experiment) is not None:
     # XLA's cost analysis counts the body of a scanned layer stack once, not once per layer
     # (a depth-4 tiny transformer's forward and backward: 0.70 GFLOP scanned, 2.71 unrolled).
     # Count the same step with the layers unrolled, and scale the per-device count alike.
-    unrolled_flops = _traced_step_flops(unrolled, stage_name, mesh, mesh_config.rules, batch)
+    unrolled_flops = traced_step_flops(experiment, stage_name, batch, mesh=mesh)
     flops *= unrolled_flops / model_flops
     model_flops = unrolled_flops
 
