@@ -161,6 +161,7 @@ def build(directory: str, *, autoencoder: autoencoder_lib.VideoAutoencoder,
   os.makedirs(parent, exist_ok=True)
   staging = os.path.join(parent, f".{os.path.basename(directory)}.tmp-{uuid.uuid4().hex}")
   os.makedirs(staging)
+  batches = None
   try:
     # steps[s] = (bucket, first row); rows of a bucket are laid out in step order.
     steps = np.zeros((num_steps, 2), np.int64)
@@ -186,10 +187,10 @@ def build(directory: str, *, autoencoder: autoencoder_lib.VideoAutoencoder,
     graphdef, state = nnx.split(autoencoder)
     # Rendered as the loader renders: in `data_config.num_workers` processes where it has any
     # (one H200 built its cache 12 times slower than its 12 workers rendered, in threads).
-    dataset = step_batches.dataset(0, num_steps)
+    batches = iter(step_batches.dataset(0, num_steps))
     start = time.perf_counter()
     moments = np.zeros(3, np.float64)  # count, sum and sum of squares of the latents
-    for batch in tqdm.tqdm(dataset, total=num_steps, desc="latent cache", unit="step",
+    for batch in tqdm.tqdm(batches, total=num_steps, desc="latent cache", unit="step",
                            disable=not progress, dynamic_ncols=True, mininterval=1.0):
       step = int(batch["step"])
       bucket_id, first = (int(v) for v in steps[step])
@@ -227,6 +228,8 @@ def build(directory: str, *, autoencoder: autoencoder_lib.VideoAutoencoder,
       shutil.rmtree(directory)
     os.replace(staging, directory)
   finally:
+    if batches is not None:  # stops the worker processes, also when the build failed
+      batches.close()
     if os.path.exists(staging):
       shutil.rmtree(staging)
   logging.info("latent cache: %d steps (%s) written to %s in %.1fs, %.1f MiB", num_steps,
