@@ -205,3 +205,52 @@ def test_muon_orthogonalises_each_layers_hidden_kernel_and_adam_trains_the_rest(
   for leaf in (updates["blocks"]["mlp"]["bias"], updates["head"]["kernel"]):
     magnitude = np.abs(np.asarray(leaf[...]))
     np.testing.assert_allclose(magnitude, magnitude.flat[0], rtol=1e-4)
+
+
+class Wide(nnx.Module):
+  """Weights drawn as the models draw theirs (normal, truncated normal), large enough to shard."""
+
+  def __init__(self, rngs: nnx.Rngs):
+    self.w = nnx.Param(nnx.with_partitioning(nnx.initializers.lecun_normal(), ("embed", "mlp"))(
+        rngs.params(), (64, 48)))
+    self.v = nnx.Param(nnx.with_partitioning(nnx.initializers.truncated_normal(0.02),
+                                             ("embed", "mlp"))(rngs.params(), (64, 48)))
+
+  def __call__(self, x):
+    return x @ self.w[...] @ self.v[...].T
+
+
+class WideStage(LinearStage):
+  name = "wide"
+
+  def create_model(self, rngs):
+    return Wide(rngs)
+
+
+def test_the_sharded_init_is_the_same_on_every_mesh_and_close_to_an_optimised_compile(devices):
+  """The init is compiled with `INIT_COMPILER_OPTIONS` (unoptimised on a CPU): every mesh draws the
+  same weights bit for bit, and they are the optimised compile's to an ulp or so."""
+  stage = WideStage()
+  tx = train_state_lib.make_optimizer(TrainConfig(learning_rate=0.1, num_steps=10))
+  one = mesh_lib.create_mesh(mesh_lib.MeshConfig(), devices[:1])
+  eight = mesh_lib.create_mesh(mesh_lib.MeshConfig(data=1, fsdp=4, tensor=2), devices)
+  state_one, _ = train_state_lib.init_sharded_train_state(stage, tx, 3, one, RULES, salt=7)
+  state_eight, _ = train_state_lib.init_sharded_train_state(stage, tx, 3, eight, RULES, salt=7)
+  assert state_eight.params["w"][...].sharding.spec == jax.sharding.PartitionSpec("fsdp",
+                                                                                  "tensor")
+  for a, b in zip(jax.tree.leaves(state_one), jax.tree.leaves(state_eight), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  optimised = jax.jit(lambda: train_state_lib.init_train_state(stage, tx, 3, salt=7))()
+  for name in ("w", "v"):
+    np.testing.assert_allclose(state_one.params[name][...], optimised.params[name][...],
+                               rtol=1e-6, atol=1e-9)
+    assert np.std(np.asarray(state_one.params[name][...])) > 0
+
+
+def test_the_init_is_compiled_with_the_platforms_options(devices, monkeypatch):
+  stage = WideStage()
+  tx = train_state_lib.make_optimizer(TrainConfig(learning_rate=0.1, num_steps=10))
+  mesh = mesh_lib.create_mesh(mesh_lib.MeshConfig(), devices[:1])
+  monkeypatch.setitem(train_state_lib.INIT_COMPILER_OPTIONS, "cpu", {"xla_no_such_option": 1})
+  with pytest.raises(Exception, match="xla_no_such_option"):
+    train_state_lib.init_sharded_train_state(stage, tx, 3, mesh, RULES)
