@@ -1,7 +1,8 @@
 r"""The main experiment: text-to-video on the procedural world of moving, bouncing shapes.
 
 The main job (train the autoencoder, then the diffusion transformer and its text encoder, then a
-sample gallery) on the tiny variant, under 15 minutes on a 2-core CPU:
+sample gallery) on the tiny variant, 11 to 23 minutes on a 2-core CPU by the machine
+(docs/tiny_run.md):
 
     python -m videogen.main run --config=experiments/shapes.py:tiny --workdir=runs/tiny
 

@@ -177,7 +177,8 @@ class AutoencoderConfig:
 
     A 2x2 patch fold and one level transition (space and time halved together), so that every
     convolution runs at 16x16 or 8x8 (at 32x32 input); with the shortcuts. On 2 CPU cores a
-    training step of 4 5-frame 16x16 crops takes about 0.06 s (experiments/shapes.py:tiny).
+    training step of 4 5-frame 16x16 crops takes 0.06-0.12 s by the machine
+    (experiments/shapes.py:tiny).
     """
     return cls(base_channels=32, patch_size=2, channel_multipliers=(1, 2), num_res_blocks=1,
                spatial_downsample=(True,), temporal_downsample=(True,), latent_channels=8,
