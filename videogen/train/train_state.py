@@ -144,7 +144,7 @@ def make_optimizer(config: Any) -> optax.GradientTransformation:
 # XLA options for compiling the initialisation, per platform. On a CPU, LLVM's optimisations of
 # the many random-number kernels take 20-30 s a stage for a program that runs once; unoptimised it
 # compiles in 3-8 s (docs/tiny_run.md). The values differ from an optimised compile by an ulp in
-# about 2% of the elements, and every run initialises this way, so runs stay reproducible.
+# about 2% of the elements; every run and mesh initialises this way, so a machine repeats itself.
 INIT_COMPILER_OPTIONS: dict[str, dict[str, Any]] = {"cpu": {"xla_backend_optimization_level": 0}}
 
 
