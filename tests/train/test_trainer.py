@@ -20,8 +20,10 @@ from jax.sharding import PartitionSpec as P
 
 from videogen import experiment as experiment_lib
 from videogen.parallel import mesh as mesh_lib
+from videogen.parallel import sharding as sharding_lib
 from videogen.train import metrics as metrics_lib
 from videogen.train import stages as stages_lib
+from videogen.train import train_state as train_state_lib
 from videogen.train import trainer
 
 from tests.standin import experiment as standin_experiment
@@ -233,6 +235,37 @@ def test_buckets_compile_once_each_and_evaluate_sees_ema_params(devices, tmp_pat
                                    mesh=mesh_lib.create_mesh(mesh_lib.MeshConfig(), devices[:1]))
   assert step == NUM_STEPS
   np.testing.assert_array_equal(model.embed_in[...], result.state.ema_params["embed_in"][...])
+
+
+def test_the_loops_step_on_the_states_leaves_computes_the_pure_step(devices):
+  """The loop hands the compiled step the state's flat leaves; it is the pure step on the state."""
+  experiment = _experiment(mesh_shape=(2, 2, 2))
+  mesh = mesh_lib.create_mesh(experiment.mesh, devices)
+  rules = experiment.mesh.rules
+  stage = stages_lib.make_stage("standin", experiment)
+  config = experiment.train["standin"]
+  tx = train_state_lib.make_optimizer(config)
+  graphdef, _, _ = train_state_lib.abstract_model(stage)
+  state, shardings = train_state_lib.init_sharded_train_state(stage, tx, experiment.seed, mesh,
+                                                              rules)
+  step_fn = train_state_lib.make_train_step(stage, graphdef, tx, config, mesh=mesh, rules=rules)
+  batch = next(stage.make_iterator(mesh=mesh, seed=experiment.seed, workdir=""))
+  with sharding_lib.activation_sharding(mesh, rules, "auto"):
+    expected, expected_metrics = jax.jit(step_fn, out_shardings=(shardings, None))(state, batch)
+
+  compiler = trainer._StepCompiler(step_fn, state, shardings, mesh, rules, "standin")
+  leaves = compiler.flatten(state)
+  assert len(leaves) == len(jax.tree.leaves(state))
+  leaves, metrics = compiler(leaves, batch)(leaves, batch)
+  assert state.params["embed_in"][...].is_deleted()  # donated
+  stepped = compiler.unflatten(leaves)
+  assert jax.tree.structure(stepped) == jax.tree.structure(expected)
+  assert int(stepped.step) == 1
+  for got, want in zip(jax.tree.leaves(stepped), jax.tree.leaves(expected)):
+    assert got.sharding.is_equivalent_to(want.sharding, got.ndim)
+    np.testing.assert_array_equal(got, want)
+  assert {k: float(v) for k, v in metrics.items()} == {
+      k: float(v) for k, v in expected_metrics.items()}
 
 
 class FailingEvaluationStage(standin_stage.StandinStage):
