@@ -118,10 +118,11 @@ class _StepCompiler:
   """Compiles the train step once per distinct batch signature, ahead of running it.
 
   The state crosses the jit boundary as its flat list of leaves (`flatten`, `unflatten`): the
-  loop holds that list, so no step pays Python to flatten and rebuild the state's nnx Variables
-  (about 6 ms a call for the tiny transformer, where its whole step takes 0.12-0.18 s). A compiled
-  step that cannot fit in the host's memory (CPU devices) is refused with a
-  `memory_lib.StepMemoryError` before it runs.
+  loop holds that list, so no step pays Python to flatten and rebuild the state's nnx Variables.
+  A call of the tiny transformer's step then costs the host 0.8-1.4 ms, not 5-10 ms
+  (docs/studies/step_dispatch.py): hidden behind a 0.14 s CPU step, not behind an accelerator's
+  10-44 ms one. A compiled step that cannot fit in the host's memory (CPU devices) is refused
+  with a `memory_lib.StepMemoryError` before it runs.
   """
 
   def __init__(self, step_fn, state: TrainState, state_shardings: Any, mesh: jax.sharding.Mesh,
