@@ -120,8 +120,8 @@ class _StepCompiler:
   The state crosses the jit boundary as its flat list of leaves (`flatten`, `unflatten`): the
   loop holds that list, so no step pays Python to flatten and rebuild the state's nnx Variables.
   A call of the tiny transformer's step then costs the host 0.8-1.4 ms, not 5-10 ms
-  (docs/studies/step_dispatch.py): hidden behind a 0.14 s CPU step, not behind an accelerator's
-  10-44 ms one. A compiled step that cannot fit in the host's memory (CPU devices) is refused
+  (docs/studies/step_dispatch.py). A 0.14 s CPU step hides either (docs/tiny_run.md); an
+  accelerator's steps take 10-44 ms (docs/accelerator.md). A compiled step that cannot fit in the host's memory (CPU devices) is refused
   with a `memory_lib.StepMemoryError` before it runs.
   """
 
