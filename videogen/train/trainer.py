@@ -121,8 +121,8 @@ class _StepCompiler:
   loop holds that list, so no step pays Python to flatten and rebuild the state's nnx Variables.
   A call of the tiny transformer's step then costs the host 0.8-1.4 ms, not 5-10 ms
   (docs/studies/step_dispatch.py). A 0.14 s CPU step hides either (docs/tiny_run.md); an
-  accelerator's steps take 10-44 ms (docs/accelerator.md). A compiled step that cannot fit in the host's memory (CPU devices) is refused
-  with a `memory_lib.StepMemoryError` before it runs.
+  accelerator's steps take 10-44 ms (docs/accelerator.md). A compiled step that cannot fit in
+  the host's memory (CPU devices) is refused with a `memory_lib.StepMemoryError` before it runs.
   """
 
   def __init__(self, step_fn, state: TrainState, state_shardings: Any, mesh: jax.sharding.Mesh,
