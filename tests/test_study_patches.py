@@ -21,7 +21,8 @@ def test_there_are_patches_to_check():
                                       "content_weights.patch", "autoguidance.patch",
                                       "edge_loss.patch", "scale_equivariance.patch",
                                       "stochastic_sampler.patch", "contrastive_flow.patch",
-                                      "representation_alignment.patch"}
+                                      "representation_alignment.patch",
+                                      "latent_channel_scaling.patch", "guidance_interval.patch"}
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
