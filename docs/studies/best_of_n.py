@@ -23,13 +23,18 @@ from videogen.evaluate import scoring
 from videogen.evaluate import suite as suite_lib
 from videogen.generate import pipeline
 
-workdir, scenes, candidates = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-experiment = workdir_lib.saved_experiment(
-    workdir, workdir_lib.DIT_STAGE, workdir_lib.require_step(workdir, workdir_lib.DIT_STAGE))
-frames_shape = tuple(pipeline.experiment_defaults(experiment).get("default_shape", (9, 32, 32)))
-suite = suite_lib.build_suite(learning_curve.suite_config(experiment, scenes),
-                              world_config=experiment.data.world, default_shape=frames_shape)
-generator = pipeline.load(workdir, experiment, progress=False)
+
+def load(workdir: str, scenes: int) -> tuple[suite_lib.Suite, pipeline.Generator]:
+  """The learning curve's suite at `--scenes_per_group=scenes`, and the workdir's generator."""
+  experiment = workdir_lib.saved_experiment(
+      workdir, workdir_lib.DIT_STAGE, workdir_lib.require_step(workdir, workdir_lib.DIT_STAGE))
+  frames_shape = tuple(pipeline.experiment_defaults(experiment).get("default_shape",
+                                                                    (9, 32, 32)))
+  suite = suite_lib.build_suite(learning_curve.suite_config(experiment, scenes),
+                                world_config=experiment.data.world, default_shape=frames_shape)
+  return suite, pipeline.load(workdir, experiment, progress=False)
+
+
 KEYS = ("color_accuracy", "shape_accuracy", "size_accuracy", "direction_accuracy",
         "count_accuracy", "count_stability")
 
@@ -43,26 +48,32 @@ def accuracies(scores: list[scoring.VideoScore]) -> dict[str, float]:
   return {key.removesuffix("_accuracy"): pooled[key] for key in KEYS}
 
 
-first, best = [], []
-shapes = collections.Counter()
-for index, prompt in enumerate(suite.prompts):
-  scores = []
-  for k in range(candidates):
-    # The suite numbers its text-to-video seeds from suite.seed in prompt order.
-    video = generator.generate(prompt.text, frames=suite.frames, height=suite.height,
-                               width=suite.width, seed=suite.seed + index + 1000 * k)
-    scores.append(scoring.score_video(video, prompt.expected, prompt.background))
-  first.append(scores[0])
-  best.append(max(scores, key=right))
-  # The prompt states the scene's objects in order, and the readings follow the prompt.
-  for obj, reading in zip(prompt.scene.objects, scores[0].readings, strict=True):
-    shapes[(obj.size, *reading["shape"])] += 1
-  print(index, [right(s) for s in scores], prompt.text, flush=True)
+def main(workdir: str, scenes: int, candidates: int) -> None:
+  suite, generator = load(workdir, scenes)
+  first, best = [], []
+  shapes = collections.Counter()
+  for index, prompt in enumerate(suite.prompts):
+    scores = []
+    for k in range(candidates):
+      # The suite numbers its text-to-video seeds from suite.seed in prompt order.
+      video = generator.generate(prompt.text, frames=suite.frames, height=suite.height,
+                                 width=suite.width, seed=suite.seed + index + 1000 * k)
+      scores.append(scoring.score_video(video, prompt.expected, prompt.background))
+    first.append(scores[0])
+    best.append(max(scores, key=right))
+    # The prompt states the scene's objects in order, and the readings follow the prompt.
+    for obj, reading in zip(prompt.scene.objects, scores[0].readings, strict=True):
+      shapes[(obj.size, *reading["shape"])] += 1
+    print(index, [right(s) for s in scores], prompt.text, flush=True)
 
-print("seed 1 of", candidates, json.dumps(accuracies(first)))
-print("best of", candidates, json.dumps(accuracies(best)))
-for size in ("small", "large"):
-  for prompted in ("circle", "square", "triangle"):
-    read = {str(r): n for (s, p, r), n in sorted(shapes.items(), key=str)
-            if (s, p) == (size, prompted)}
-    print(f"{size} {prompted}: read as {read}")
+  print("seed 1 of", candidates, json.dumps(accuracies(first)))
+  print("best of", candidates, json.dumps(accuracies(best)))
+  for size in ("small", "large"):
+    for prompted in ("circle", "square", "triangle"):
+      read = {str(r): n for (s, p, r), n in sorted(shapes.items(), key=str)
+              if (s, p) == (size, prompted)}
+      print(f"{size} {prompted}: read as {read}")
+
+
+if __name__ == "__main__":
+  main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))

@@ -25,35 +25,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from videogen import workdir as workdir_lib
 from videogen.diffusion import flow
 from videogen.diffusion import samplers
-from videogen.evaluate import learning_curve
 from videogen.evaluate import scoring
-from videogen.evaluate import suite as suite_lib
-from videogen.generate import pipeline
+
+import best_of_n  # docs/studies/best_of_n.py, beside this script
 
 workdir, scenes, candidates, levels = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(
     sys.argv[4])
 low, high = (float(sys.argv[5]), float(sys.argv[6])) if len(sys.argv) > 6 else (0.0, 1.0)
-experiment = workdir_lib.saved_experiment(
-    workdir, workdir_lib.DIT_STAGE, workdir_lib.require_step(workdir, workdir_lib.DIT_STAGE))
-frames_shape = tuple(pipeline.experiment_defaults(experiment).get("default_shape", (9, 32, 32)))
-suite = suite_lib.build_suite(learning_curve.suite_config(experiment, scenes),
-                              world_config=experiment.data.world, default_shape=frames_shape)
-generator = pipeline.load(workdir, experiment, progress=False)
-KEYS = ("color_accuracy", "shape_accuracy", "size_accuracy", "direction_accuracy",
-        "count_accuracy", "count_stability")
+suite, generator = best_of_n.load(workdir, scenes)
+right = best_of_n.right
 null = generator.encode_prompt("")
 
 
 def accuracies(scores: list[scoring.VideoScore]) -> dict[str, float]:
-  pooled = scoring.accuracies([score.accuracy_row() for score in scores])
-  return {key.removesuffix("_accuracy"): round(pooled[key], 4) for key in KEYS}
-
-
-def right(score: scoring.VideoScore) -> int:
-  return sum(score.hits.values()) + 2 * int(score.count_correct)
+  return {key: round(value, 4) for key, value in best_of_n.accuracies(scores).items()}
 
 
 def caption_scores(latents: jax.Array, cond: dict, key: jax.Array) -> np.ndarray:
