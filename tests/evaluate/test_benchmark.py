@@ -14,6 +14,8 @@ import pytest
 
 from videogen import experiment as experiment_lib
 from videogen.evaluate import benchmark
+from videogen.parallel import mesh as mesh_lib
+from videogen.parallel import sharding as sharding_lib
 from videogen.provenance import watermark_benchmark
 
 from tests.standin import experiment as standin_experiment
@@ -57,8 +59,7 @@ def test_timed_runs_meets_both_the_count_and_the_time():
 
 def test_train_step_flops_count_the_whole_mesh(experiment, result, tmp_path):
   """Compiled cost is per device: times the devices it covers the mesh; model FLOPs count once."""
-  one_device = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1),
-                                 ("data", "fsdp", "tensor"))
+  one_device = mesh_lib.create_mesh(mesh_lib.MeshConfig(), jax.devices()[:1])
   single, _ = benchmark.train_step_figures(experiment, "standin", workdir=str(tmp_path),
                                            mesh=one_device, steps=2, warmup=1, min_seconds=0.0)
   eight = result["train_step"]
@@ -73,12 +74,38 @@ def test_train_step_flops_count_the_whole_mesh(experiment, result, tmp_path):
       eight["flops_per_step"] / eight["seconds_per_step"])
 
 
+def test_the_step_is_traced_with_the_trainers_activation_sharding(experiment, tmp_path,
+                                                                   monkeypatch):
+  """The trainer traces its step inside `activation_sharding` (trainer._StepCompiler); the
+  benchmark must time that program, not one without the models' activation constraints."""
+  seen = []
+  make_train_step = benchmark.train_state_lib.make_train_step
+
+  def recording(*args, **kwargs):
+    step_fn = make_train_step(*args, **kwargs)
+
+    def step(state, batch):
+      seen.append(sharding_lib.current())
+      return step_fn(state, batch)
+    return step
+
+  monkeypatch.setattr(benchmark.train_state_lib, "make_train_step", recording)
+  mesh = mesh_lib.create_mesh(mesh_lib.MeshConfig(data=2, fsdp=2), jax.devices()[:4])
+  benchmark.train_step_figures(experiment, "standin", workdir=str(tmp_path), mesh=mesh, steps=1,
+                               warmup=0, min_seconds=0.0)
+  assert seen, "the step was never traced"
+  context = seen[0]
+  assert context is not None, "traced outside activation_sharding"
+  assert context.mesh is mesh and context.rules == experiment.mesh.rules
+  assert context.sequence_parallel == experiment.mesh.sequence_parallel
+
+
 @pytest.mark.slow  # ~30-60 s: three tiny transformer steps compiled
 def test_a_scanned_transformer_is_counted_once_per_layer(tiny_workdir_config, tmp_path,
                                                           monkeypatch):
   """XLA's cost analysis counts a scanned loop's body once: the benchmark must not."""
-  one_device = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1),
-                                 ("data", "fsdp", "tensor"))
+  # The trainer's mesh axes: the transformer's activations name the "sequence" axis.
+  one_device = mesh_lib.create_mesh(mesh_lib.MeshConfig(), jax.devices()[:1])
   tiny_workdir_config.dit.depth = 3
 
   def figures(scan, name):

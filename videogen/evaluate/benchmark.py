@@ -260,10 +260,13 @@ def train_step_figures(experiment: experiment_lib.Experiment, stage_name: str, *
                                             rules=mesh_config.rules)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   start = time.perf_counter()
-  lowered = jax.jit(step_fn, in_shardings=(state_shardings,
-                                           {k: v.sharding for k, v in batch.items()}),
-                    out_shardings=(state_shardings, replicated),
-                    donate_argnums=(0,)).lower(state, batch)
+  jitted = jax.jit(step_fn, in_shardings=(state_shardings,
+                                          {k: v.sharding for k, v in batch.items()}),
+                   out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+  # Traced as the trainer traces it: inside the context the models' activation constraints (and
+  # sequence-parallel attention) read; traced outside, a sharded mesh runs another program.
+  with sharding_lib.activation_sharding(mesh, mesh_config.rules, mesh_config.sequence_parallel):
+    lowered = jitted.lower(state, batch)
   compiled = lowered.compile()
   compile_seconds = time.perf_counter() - start
   memory_lib.check_fits(
