@@ -76,22 +76,20 @@ def test_train_step_flops_count_the_whole_mesh(experiment, result, tmp_path):
 
 def test_the_step_is_traced_with_the_trainers_activation_sharding(experiment, tmp_path,
                                                                    monkeypatch):
-  """The trainer's step traces its loss inside `activation_sharding`; the benchmark must time
-  that program, not one without the models' activation constraints."""
+  """The trainer traces its step inside `activation_sharding` (trainer._StepCompiler); the
+  benchmark must time that program, not one without the models' activation constraints."""
   seen = []
-  make_stage = benchmark.stages_lib.make_stage
+  make_train_step = benchmark.train_state_lib.make_train_step
 
   def recording(*args, **kwargs):
-    stage = make_stage(*args, **kwargs)
-    loss = stage.loss
+    step_fn = make_train_step(*args, **kwargs)
 
-    def recorded_loss(*loss_args):
+    def step(state, batch):
       seen.append(sharding_lib.current())
-      return loss(*loss_args)
-    stage.loss = recorded_loss
-    return stage
+      return step_fn(state, batch)
+    return step
 
-  monkeypatch.setattr(benchmark.stages_lib, "make_stage", recording)
+  monkeypatch.setattr(benchmark.train_state_lib, "make_train_step", recording)
   mesh = mesh_lib.create_mesh(mesh_lib.MeshConfig(data=2, fsdp=2), jax.devices()[:4])
   benchmark.train_step_figures(experiment, "standin", workdir=str(tmp_path), mesh=mesh, steps=1,
                                warmup=0, min_seconds=0.0)

@@ -253,7 +253,7 @@ def test_the_loops_step_on_the_states_leaves_computes_the_pure_step(devices):
   with sharding_lib.activation_sharding(mesh, rules, "auto"):
     expected, expected_metrics = jax.jit(step_fn, out_shardings=(shardings, None))(state, batch)
 
-  compiler = trainer._StepCompiler(step_fn, state, shardings, mesh, "standin")
+  compiler = trainer._StepCompiler(step_fn, state, shardings, mesh, rules, "standin")
   leaves = compiler.flatten(state)
   assert len(leaves) == len(jax.tree.leaves(state))
   leaves, metrics = compiler(leaves, batch)(leaves, batch)

@@ -212,14 +212,10 @@ def _microbatches(batch: Batch, count: int, mesh: jax.sharding.Mesh,
 
 def make_train_step(stage: stage_lib.Stage, graphdef: nnx.GraphDef,
                     tx: optax.GradientTransformation, config: Any, *,
-                    mesh: jax.sharding.Mesh, rules: sharding_lib.Rules,
-                    sequence_parallel: str = "auto") -> Callable[[TrainState, Batch],
-                                                                 tuple[TrainState, Metrics]]:
+                    mesh: jax.sharding.Mesh,
+                    rules: sharding_lib.Rules) -> Callable[[TrainState, Batch],
+                                                           tuple[TrainState, Metrics]]:
   """The pure step `(state, batch) -> (state, metrics)` for `stage`.
-
-  The step traces itself inside `sharding_lib.activation_sharding(mesh, rules,
-  sequence_parallel)`, so wherever it is jitted (the trainer, the benchmark, a test) the models'
-  activation constraints and sequence-parallel attention are part of the program.
 
   A step whose loss or gradient norm is not finite leaves the state unchanged (the metrics still
   report the bad values, and the trainer stops on them), so the state stays the last good one.
@@ -229,9 +225,7 @@ def make_train_step(stage: stage_lib.Stage, graphdef: nnx.GraphDef,
     graphdef: the model's graph definition (from `nnx.split`).
     tx: the optimizer.
     config: the stage's `TrainConfig` (ema_decay, grad_accum_steps).
-    mesh, rules: to keep microbatches and activations sharded like the batch.
-    sequence_parallel: how attention splits tokens over a "sequence" axis larger than 1
-      (`MeshConfig.sequence_parallel`).
+    mesh, rules: to keep microbatches sharded like the batch.
   """
   schedule = make_schedule(config)
   accum_steps = config.grad_accum_steps
@@ -262,11 +256,6 @@ def make_train_step(stage: stage_lib.Stage, graphdef: nnx.GraphDef,
     return jax.tree.map(lambda x: x / accum_steps, summed)
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-    # Read when traced (see `activation_sharding`).
-    with sharding_lib.activation_sharding(mesh, rules, sequence_parallel):
-      return unconstrained_step(state, batch)
-
-  def unconstrained_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     # Named scopes label the phases in a profile (`TrainConfig.profile_steps`).
     with jax.named_scope("loss_and_gradients"):
