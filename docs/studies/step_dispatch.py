@@ -46,7 +46,7 @@ for name in experiment.stages:
   state, shardings = train_state_lib.init_sharded_train_state(stage, tx, experiment.seed, mesh,
                                                               rules)
   with_state = jax.jit(identity_step, donate_argnums=(0,)).lower(state, batch).compile()
-  compiler = trainer._StepCompiler(identity_step, state, shardings, mesh, rules, name)
+  compiler = trainer._StepCompiler(identity_step, state, shardings, mesh, name)
   leaves = compiler.flatten(jax.tree.map(jnp.copy, state))
   with_leaves = compiler(leaves, batch)
   for _ in range(3):

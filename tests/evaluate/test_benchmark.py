@@ -19,6 +19,7 @@ from videogen.parallel import sharding as sharding_lib
 from videogen.provenance import watermark_benchmark
 
 from tests.standin import experiment as standin_experiment
+from tests.standin import stage as standin_stage
 
 
 @pytest.fixture(scope="module")
@@ -76,20 +77,16 @@ def test_train_step_flops_count_the_whole_mesh(experiment, result, tmp_path):
 
 def test_the_step_is_traced_with_the_trainers_activation_sharding(experiment, tmp_path,
                                                                    monkeypatch):
-  """The trainer traces its step inside `activation_sharding` (trainer._StepCompiler); the
-  benchmark must time that program, not one without the models' activation constraints."""
+  """The trainer's step traces its loss inside `activation_sharding`; the benchmark must time
+  that program, not one without the models' activation constraints."""
   seen = []
-  make_train_step = benchmark.train_state_lib.make_train_step
+  loss = standin_stage.StandinStage.loss
 
-  def recording(*args, **kwargs):
-    step_fn = make_train_step(*args, **kwargs)
+  def recording(self, *args):
+    seen.append(sharding_lib.current())
+    return loss(self, *args)
 
-    def step(state, batch):
-      seen.append(sharding_lib.current())
-      return step_fn(state, batch)
-    return step
-
-  monkeypatch.setattr(benchmark.train_state_lib, "make_train_step", recording)
+  monkeypatch.setattr(standin_stage.StandinStage, "loss", recording)
   mesh = mesh_lib.create_mesh(mesh_lib.MeshConfig(data=2, fsdp=2), jax.devices()[:4])
   benchmark.train_step_figures(experiment, "standin", workdir=str(tmp_path), mesh=mesh, steps=1,
                                warmup=0, min_seconds=0.0)

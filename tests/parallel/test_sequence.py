@@ -186,10 +186,10 @@ def _train_step(experiment, mesh, initial):
   state = jax.device_put(initial, sharding.tree_shardings(jax.eval_shape(init), mesh, rules))
   batch = {name: jax.device_put(value, sharding.batch_sharding(mesh, rules))
            for name, value in _batch(experiment).items()}
-  step = jax.jit(train_state_lib.make_train_step(stage, graphdef, tx, config, mesh=mesh,
-                                                 rules=rules))
-  with sharding.activation_sharding(mesh, rules, experiment.mesh.sequence_parallel):
-    compiled = step.lower(state, batch).compile()
+  step = jax.jit(train_state_lib.make_train_step(
+      stage, graphdef, tx, config, mesh=mesh, rules=rules,
+      sequence_parallel=experiment.mesh.sequence_parallel))
+  compiled = step.lower(state, batch).compile()
   new_state, metrics = compiled(state, batch)
   return initial, new_state, metrics, compiled.as_text()
 

@@ -136,8 +136,9 @@ def _initial_state_and_step(experiment):
   tx = train_state_lib.make_optimizer(config)
   state = jax.jit(lambda: train_state_lib.init_train_state(stage, tx, seed=0))()
   graphdef, _, _ = train_state_lib.abstract_model(stage)
-  step = jax.jit(train_state_lib.make_train_step(stage, graphdef, tx, config, mesh=mesh,
-                                                 rules=experiment.mesh.rules))
+  step = jax.jit(train_state_lib.make_train_step(
+      stage, graphdef, tx, config, mesh=mesh, rules=experiment.mesh.rules,
+      sequence_parallel=experiment.mesh.sequence_parallel))
   return stage, graphdef, state, step
 
 def test_configs_must_agree():

@@ -13,6 +13,7 @@ import pytest
 from flax import nnx
 
 from videogen.parallel import mesh as mesh_lib
+from videogen.parallel import sharding as sharding_lib
 from videogen.train import stage as stage_lib
 from videogen.train import train_state as train_state_lib
 from videogen.train.config import TrainConfig
@@ -75,7 +76,7 @@ def _compiled_setup(overrides):
   mesh = mesh_lib.create_mesh(mesh_lib.MeshConfig(), devices[:1])
   graphdef, _, _ = train_state_lib.abstract_model(stage)
   step = jax.jit(train_state_lib.make_train_step(stage, graphdef, tx, config, mesh=mesh,
-                                                 rules=RULES))
+                                                 rules=RULES, sequence_parallel="auto"))
   return state, step
 
 
@@ -116,6 +117,41 @@ def test_a_step_updates_params_ema_and_step_but_not_frozen(devices):
   # Frozen variables get no optimizer state: every moment has the params' structure.
   moments = [leaf for leaf in jax.tree.leaves(new.opt_state) if leaf.ndim > 0]
   assert len(moments) == 2 * len(jax.tree.leaves(new.params))
+
+
+class RecordingStage(LinearStage):
+  """Records the activation-sharding context its loss is traced in."""
+
+  def __init__(self):
+    self.seen = []
+
+  def loss(self, model, batch, rng, step):
+    self.seen.append(sharding_lib.current())
+    return super().loss(model, batch, rng, step)
+
+
+@pytest.mark.parametrize("enclosing", [None, "ring"])
+def test_the_step_traces_its_loss_in_its_own_activation_sharding(devices, enclosing):
+  """However a caller jits the step, the models' activation constraints take effect, and a
+  context the caller entered around it cannot replace the step's own."""
+  stage = RecordingStage()
+  config = TrainConfig(learning_rate=0.1, warmup_steps=0, num_steps=10)
+  tx = train_state_lib.make_optimizer(config)
+  state = jax.jit(lambda: train_state_lib.init_train_state(stage, tx, seed=0))()
+  mesh = mesh_lib.create_mesh(mesh_lib.MeshConfig(), devices[:1])
+  graphdef, _, _ = train_state_lib.abstract_model(stage)
+  step = jax.jit(train_state_lib.make_train_step(stage, graphdef, tx, config, mesh=mesh,
+                                                 rules=RULES, sequence_parallel="ulysses"))
+  if enclosing is None:
+    step.lower(state, _batch())
+  else:
+    with sharding_lib.activation_sharding(mesh, {}, enclosing):
+      step.lower(state, _batch())
+  assert stage.seen and all(context is not None for context in stage.seen)
+  for context in stage.seen:
+    assert context.mesh is mesh and context.rules == RULES
+    assert context.sequence_parallel == "ulysses"
+  assert sharding_lib.current() is None
 
 
 def test_step_randomness_is_fold_in_of_the_step(devices):

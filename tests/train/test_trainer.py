@@ -20,7 +20,6 @@ from jax.sharding import PartitionSpec as P
 
 from videogen import experiment as experiment_lib
 from videogen.parallel import mesh as mesh_lib
-from videogen.parallel import sharding as sharding_lib
 from videogen.train import metrics as metrics_lib
 from videogen.train import stages as stages_lib
 from videogen.train import train_state as train_state_lib
@@ -248,12 +247,12 @@ def test_the_loops_step_on_the_states_leaves_computes_the_pure_step(devices):
   graphdef, _, _ = train_state_lib.abstract_model(stage)
   state, shardings = train_state_lib.init_sharded_train_state(stage, tx, experiment.seed, mesh,
                                                               rules)
-  step_fn = train_state_lib.make_train_step(stage, graphdef, tx, config, mesh=mesh, rules=rules)
+  step_fn = train_state_lib.make_train_step(stage, graphdef, tx, config, mesh=mesh, rules=rules,
+                                            sequence_parallel="auto")
   batch = next(stage.make_iterator(mesh=mesh, seed=experiment.seed, workdir=""))
-  with sharding_lib.activation_sharding(mesh, rules, "auto"):
-    expected, expected_metrics = jax.jit(step_fn, out_shardings=(shardings, None))(state, batch)
+  expected, expected_metrics = jax.jit(step_fn, out_shardings=(shardings, None))(state, batch)
 
-  compiler = trainer._StepCompiler(step_fn, state, shardings, mesh, rules, "standin")
+  compiler = trainer._StepCompiler(step_fn, state, shardings, mesh, "standin")
   leaves = compiler.flatten(state)
   assert len(leaves) == len(jax.tree.leaves(state))
   leaves, metrics = compiler(leaves, batch)(leaves, batch)

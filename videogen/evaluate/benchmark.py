@@ -191,7 +191,9 @@ def _traced_step_flops(experiment: experiment_lib.Experiment, stage_name: str,
   tx = train_state_lib.make_optimizer(config)
   state = jax.eval_shape(lambda: train_state_lib.init_train_state(stage, tx, experiment.seed))
   graphdef, _, _ = train_state_lib.abstract_model(stage)
-  step_fn = train_state_lib.make_train_step(stage, graphdef, tx, config, mesh=mesh, rules=rules)
+  step_fn = train_state_lib.make_train_step(
+      stage, graphdef, tx, config, mesh=mesh, rules=rules,
+      sequence_parallel=experiment.mesh.sequence_parallel)
   return _cost_flops(jax.jit(step_fn).lower(state, batch))
 
 
@@ -257,16 +259,14 @@ def train_step_figures(experiment: experiment_lib.Experiment, stage_name: str, *
     if close is not None:
       close()
   step_fn = train_state_lib.make_train_step(stage, graphdef, tx, config, mesh=mesh,
-                                            rules=mesh_config.rules)
+                                            rules=mesh_config.rules,
+                                            sequence_parallel=mesh_config.sequence_parallel)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   start = time.perf_counter()
   jitted = jax.jit(step_fn, in_shardings=(state_shardings,
                                           {k: v.sharding for k, v in batch.items()}),
                    out_shardings=(state_shardings, replicated), donate_argnums=(0,))
-  # Traced as the trainer traces it: inside the context the models' activation constraints (and
-  # sequence-parallel attention) read; traced outside, a sharded mesh runs another program.
-  with sharding_lib.activation_sharding(mesh, mesh_config.rules, mesh_config.sequence_parallel):
-    lowered = jitted.lower(state, batch)
+  lowered = jitted.lower(state, batch)
   compiled = lowered.compile()
   compile_seconds = time.perf_counter() - start
   memory_lib.check_fits(

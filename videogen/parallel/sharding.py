@@ -16,7 +16,9 @@ boundaries:
 
 It does nothing unless the caller traces the model inside `activation_sharding(mesh, rules)`, so
 a model called without a mesh (unit tests, `nnx.eval_shape`, single-device tools) computes exactly
-what it did before. The trainer and the generator enter it around the jit that traces their step.
+what it did before. The train step enters it in its own body (`train_state.make_train_step`), so
+every caller that jits the step compiles the same program; the generator enters it around the jit
+that traces its sampler.
 The context also carries how attention splits its tokens over the mesh's "sequence" axis
 (`config.mesh.sequence_parallel`, read by `videogen.parallel.sequence` through `current()`).
 """

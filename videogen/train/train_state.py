@@ -1,7 +1,9 @@
 """The train state pytree, the optimizer, and the pure train step shared by every stage.
 
     tx = make_optimizer(train_config)
-    step_fn = make_train_step(stage, graphdef, tx, train_config, mesh=mesh, rules=rules)
+    step_fn = make_train_step(stage, graphdef, tx, train_config, mesh=mesh,
+                              rules=mesh_config.rules,
+                              sequence_parallel=mesh_config.sequence_parallel)
     state, metrics = step_fn(state, batch)      # pure; jitted once per batch shape by the trainer
 
 The state holds the trainable variables (`stage.trainable`) and the frozen ones apart: only the
@@ -212,10 +214,14 @@ def _microbatches(batch: Batch, count: int, mesh: jax.sharding.Mesh,
 
 def make_train_step(stage: stage_lib.Stage, graphdef: nnx.GraphDef,
                     tx: optax.GradientTransformation, config: Any, *,
-                    mesh: jax.sharding.Mesh,
-                    rules: sharding_lib.Rules) -> Callable[[TrainState, Batch],
-                                                           tuple[TrainState, Metrics]]:
+                    mesh: jax.sharding.Mesh, rules: sharding_lib.Rules,
+                    sequence_parallel: str) -> Callable[[TrainState, Batch],
+                                                        tuple[TrainState, Metrics]]:
   """The pure step `(state, batch) -> (state, metrics)` for `stage`.
+
+  The step traces its body inside `sharding.activation_sharding(mesh, rules, sequence_parallel)`,
+  so however it is jitted (the trainer, the benchmark, a test), the models' activation constraints
+  and sequence-parallel attention take effect; its own context is the innermost one.
 
   A step whose loss or gradient norm is not finite leaves the state unchanged (the metrics still
   report the bad values, and the trainer stops on them), so the state stays the last good one.
@@ -225,7 +231,10 @@ def make_train_step(stage: stage_lib.Stage, graphdef: nnx.GraphDef,
     graphdef: the model's graph definition (from `nnx.split`).
     tx: the optimizer.
     config: the stage's `TrainConfig` (ema_decay, grad_accum_steps).
-    mesh, rules: to keep microbatches sharded like the batch.
+    mesh, rules: to constrain the activations and keep microbatches sharded like the batch.
+    sequence_parallel: how attention splits its tokens over the mesh's "sequence" axis
+      (`MeshConfig.sequence_parallel`: "auto", "ulysses" or "ring"). No default: a caller that
+      enters its own context cannot have it overridden by one it did not choose.
   """
   schedule = make_schedule(config)
   accum_steps = config.grad_accum_steps
@@ -256,6 +265,10 @@ def make_train_step(stage: stage_lib.Stage, graphdef: nnx.GraphDef,
     return jax.tree.map(lambda x: x / accum_steps, summed)
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    with sharding_lib.activation_sharding(mesh, rules, sequence_parallel):
+      return sharded_step(state, batch)
+
+  def sharded_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     # Named scopes label the phases in a profile (`TrainConfig.profile_steps`).
     with jax.named_scope("loss_and_gradients"):

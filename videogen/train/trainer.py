@@ -126,11 +126,9 @@ class _StepCompiler:
   """
 
   def __init__(self, step_fn, state: TrainState, state_shardings: Any, mesh: jax.sharding.Mesh,
-               rules: sharding_lib.Rules, name: str, sequence_parallel: str = "auto"):
+               name: str):
     self._name = name
     self._treedef = jax.tree.structure(state)
-    self._mesh, self._rules = mesh, rules
-    self._sequence_parallel = sequence_parallel
     self._leaf_shardings = self._treedef.flatten_up_to(state_shardings)
     self._replicated = NamedSharding(mesh, PartitionSpec())
     self._local_devices = memory_lib.local_devices(mesh)
@@ -158,9 +156,8 @@ class _StepCompiler:
       jitted = jax.jit(self._flat_step, in_shardings=(self._leaf_shardings, batch_shardings),
                        out_shardings=(self._leaf_shardings, self._replicated),
                        donate_argnums=(0,))
-      # Traced inside the context, so the models' activation constraints take effect.
-      with sharding_lib.activation_sharding(self._mesh, self._rules, self._sequence_parallel):
-        compiled = jitted.lower(leaves, batch).compile()
+      # The step traces itself inside `activation_sharding` (`make_train_step`).
+      compiled = jitted.lower(leaves, batch).compile()
       shapes = describe_batch(batch)
       _log_memory(compiled, shapes, time.perf_counter() - start)
       memory_lib.check_fits(compiled, devices=self._local_devices,
@@ -322,9 +319,10 @@ def train_stage(stage: stage_lib.Stage, experiment: experiment_lib.Experiment, w
       return StageResult(name, "skipped", step, state)
 
     # == Update =================================================================================
-    step_fn = train_state_lib.make_train_step(stage, graphdef, tx, config, mesh=mesh, rules=rules)
-    compiler = _StepCompiler(step_fn, state, state_shardings, mesh, rules, stage.name,
-                             sequence_parallel=experiment.mesh.sequence_parallel)
+    step_fn = train_state_lib.make_train_step(
+        stage, graphdef, tx, config, mesh=mesh, rules=rules,
+        sequence_parallel=experiment.mesh.sequence_parallel)
+    compiler = _StepCompiler(step_fn, state, state_shardings, mesh, stage.name)
 
     # == Evals ==================================================================================
     def evaluate(at_step: int, trained: TrainState) -> None:
