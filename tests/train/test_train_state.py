@@ -66,17 +66,20 @@ def _setup(devices, **overrides):
 
 @functools.lru_cache(maxsize=None)
 def _compiled_setup(overrides):
-  devices = jax.devices()
-  overrides = dict(overrides)
+  return _state_and_step(LinearStage(), sequence_parallel="auto", **dict(overrides))
+
+
+def _state_and_step(stage, *, sequence_parallel, **overrides):
+  """The stage's initial state and its jitted train step on one device (a 1-device mesh)."""
   config = TrainConfig(**{"learning_rate": 0.1, "warmup_steps": 0, "ema_decay": 0.5,
                           "num_steps": 10, **overrides})
-  stage = LinearStage()
   tx = train_state_lib.make_optimizer(config)
   state = jax.jit(lambda: train_state_lib.init_train_state(stage, tx, seed=0))()
-  mesh = mesh_lib.create_mesh(mesh_lib.MeshConfig(), devices[:1])
+  mesh = mesh_lib.create_mesh(mesh_lib.MeshConfig(), jax.devices()[:1])
   graphdef, _, _ = train_state_lib.abstract_model(stage)
   step = jax.jit(train_state_lib.make_train_step(stage, graphdef, tx, config, mesh=mesh,
-                                                 rules=RULES, sequence_parallel="auto"))
+                                                 rules=RULES,
+                                                 sequence_parallel=sequence_parallel))
   return state, step
 
 
@@ -134,22 +137,18 @@ class RecordingStage(LinearStage):
 def test_the_step_traces_its_loss_in_its_own_activation_sharding(devices, enclosing):
   """However a caller jits the step, the models' activation constraints take effect, and a
   context the caller entered around it cannot replace the step's own."""
+  del devices  # the fixture checks them; the step runs on the first device
   stage = RecordingStage()
-  config = TrainConfig(learning_rate=0.1, warmup_steps=0, num_steps=10)
-  tx = train_state_lib.make_optimizer(config)
-  state = jax.jit(lambda: train_state_lib.init_train_state(stage, tx, seed=0))()
-  mesh = mesh_lib.create_mesh(mesh_lib.MeshConfig(), devices[:1])
-  graphdef, _, _ = train_state_lib.abstract_model(stage)
-  step = jax.jit(train_state_lib.make_train_step(stage, graphdef, tx, config, mesh=mesh,
-                                                 rules=RULES, sequence_parallel="ulysses"))
+  state, step = _state_and_step(stage, sequence_parallel="ulysses")
   if enclosing is None:
     step.lower(state, _batch())
   else:
-    with sharding_lib.activation_sharding(mesh, {}, enclosing):
+    other_mesh = mesh_lib.create_mesh(mesh_lib.MeshConfig(data=2), jax.devices()[:2])
+    with sharding_lib.activation_sharding(other_mesh, {}, enclosing):
       step.lower(state, _batch())
   assert stage.seen and all(context is not None for context in stage.seen)
   for context in stage.seen:
-    assert context.mesh is mesh and context.rules == RULES
+    assert context.mesh.devices.size == 1 and context.rules == RULES
     assert context.sequence_parallel == "ulysses"
   assert sharding_lib.current() is None
 
