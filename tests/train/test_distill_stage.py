@@ -95,9 +95,9 @@ def test_the_student_starts_as_the_teacher(tiny_workdir):
     if path[0] == "step_embed":
       new += 1
       if path[1] == "linear_out":
-        np.testing.assert_array_equal(np.asarray(leaf.value), 0.0)
+        np.testing.assert_array_equal(np.asarray(leaf[...]), 0.0)
     else:
-      np.testing.assert_array_equal(np.asarray(leaf.value), np.asarray(teacher[path].value))
+      np.testing.assert_array_equal(np.asarray(leaf[...]), np.asarray(teacher[path][...]))
   assert new == 4 and len(teacher) == len(list(nnx.to_flat_state(params["dit"]))) - new
 
 
