@@ -233,8 +233,8 @@ def make_train_step(stage: stage_lib.Stage, graphdef: nnx.GraphDef,
     config: the stage's `TrainConfig` (ema_decay, grad_accum_steps).
     mesh, rules: to constrain the activations and keep microbatches sharded like the batch.
     sequence_parallel: how attention splits its tokens over the mesh's "sequence" axis
-      (`MeshConfig.sequence_parallel`: "auto", "ulysses" or "ring"). No default: a caller that
-      enters its own context cannot have it overridden by one it did not choose.
+      (`MeshConfig.sequence_parallel`: "auto", "ulysses" or "ring"). No default: the step's
+      context overrides any its caller entered, so the caller names the method here.
   """
   schedule = make_schedule(config)
   accum_steps = config.grad_accum_steps
