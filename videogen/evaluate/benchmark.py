@@ -263,10 +263,10 @@ def train_step_figures(experiment: experiment_lib.Experiment, stage_name: str, *
                                             sequence_parallel=mesh_config.sequence_parallel)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   start = time.perf_counter()
-  jitted = jax.jit(step_fn, in_shardings=(state_shardings,
-                                          {k: v.sharding for k, v in batch.items()}),
-                   out_shardings=(state_shardings, replicated), donate_argnums=(0,))
-  lowered = jitted.lower(state, batch)
+  lowered = jax.jit(step_fn, in_shardings=(state_shardings,
+                                           {k: v.sharding for k, v in batch.items()}),
+                    out_shardings=(state_shardings, replicated),
+                    donate_argnums=(0,)).lower(state, batch)
   compiled = lowered.compile()
   compile_seconds = time.perf_counter() - start
   memory_lib.check_fits(
