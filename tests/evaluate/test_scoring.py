@@ -76,3 +76,27 @@ def test_seam_ratio_and_psnr_helpers():
   image = np.full((4, 4, 3), 100, np.uint8)
   assert scoring.psnr(image, image) == scoring.MAX_PSNR
   assert scoring.psnr(image + 1, image) == pytest.approx(10 * np.log10(255.0 ** 2))
+
+
+def test_direction_is_split_into_objects_prompted_to_move_and_to_stay_still():
+  moving = world.SceneObject("red", "circle", "large", "right", (0.3, 0.5), 0.5)
+  still = world.SceneObject("blue", "square", "large", "static", (0.7, 0.5), 0.0)
+  frozen = world.Scene("black", (dataclasses.replace(moving, direction="static", speed=0.0),
+                                 still))
+  video = world.render(frozen, frames=9, height=32, width=32)["video"]
+  prompted = [{"color": "red", "shape": "circle", "direction": "right"},
+              {"color": "blue", "shape": "square", "direction": "static"}]
+  score = scoring.score_video(video, prompted)
+  # Everything drawn still: half the directions right, none of the motion.
+  assert (score.hits["direction"], score.totals["direction"]) == (1, 2)
+  assert (score.hits.get("motion", 0), score.totals["motion"]) == (0, 1)
+  assert (score.hits["still"], score.totals["still"]) == (1, 1)
+  pooled = scoring.accuracies([score.accuracy_row()])
+  assert (pooled["direction_accuracy"], pooled["motion_accuracy"],
+          pooled["still_accuracy"]) == (0.5, 0.0, 1.0)
+  moved = scoring.score_video(
+      world.render(world.Scene("black", (moving, still)), frames=9, height=32, width=32)["video"],
+      prompted)
+  assert scoring.accuracies([moved.accuracy_row()])["motion_accuracy"] == 1.0
+  brief = scoring.accuracies([scoring.score_video(video, [{"color": "red"}]).accuracy_row()])
+  assert brief["motion_accuracy"] is None and brief["still_accuracy"] is None

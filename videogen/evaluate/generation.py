@@ -23,6 +23,10 @@ bounces and the background.
                           is paired with a left-over found object by its other attributes, so a
                           video with a wrong colour loses colour accuracy but keeps its shapes. An
                           object with no partner counts as wrong in every attribute.
+  motion, still           direction in its two parts: over the objects prompted to move, the
+                          fraction that move the prompted way (chance 1/8); over those prompted
+                          to stay still, the fraction that do. Direction counts "staying still"
+                          as a ninth direction, so still objects kept still raise it alone.
   confusion               per attribute, prompted value -> what the analyzer read instead: a
                           shape accuracy of a third is chance, but it may mean "every shape drawn
                           as one round blob" or "shapes drawn at random", and these need different

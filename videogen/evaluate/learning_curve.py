@@ -39,8 +39,9 @@ Each checkpoint gives one row of OUT/learning_curve.json (OUT: --out, default th
   colour ... count stability  the suite's accuracies (`CURVE`): colour, shape, size and direction
                               over the prompted objects, count (videos whose most common number of
                               objects is the prompted one) and count stability (frames that show
-                              it); also bounces, background, the same by caption kind and group,
-                              and the confusion tables.
+                              it); also direction split into objects prompted to move and to
+                              stay still, bounces, background, the same by caption kind and
+                              group, and the confusion tables.
 The file also records the suite (its size and a digest of its prompts: a file is only added to
 with the same suite), the FLOPs per step of each interval between checkpoints (`flops_schedule`)
 and the autoencoder stage's wall-clock minutes. Rows are written as each checkpoint finishes, and
@@ -97,8 +98,8 @@ CURVE: dict[str, str] = {
     "direction_accuracy": "direction", "count_accuracy": "count",
     "count_stability": "count stability"}
 # Also kept in each row, besides the curves.
-_DETAIL_METRICS = ("bounce_accuracy", "background_accuracy", "by_caption", "by_group",
-                   "confusion", "seconds_per_video")
+_DETAIL_METRICS = ("motion_accuracy", "still_accuracy", "bounce_accuracy", "background_accuracy",
+                   "by_caption", "by_group", "confusion", "seconds_per_video")
 FLOPS_COUNTED = ("forward + backward (3 x forward) model FLOPs of the text encoder and the "
                  "transformer, 2 per multiply-accumulate, at each data bucket's latent shape, "
                  "weighted by its batch and share of steps; autoencoder, optimizer and "

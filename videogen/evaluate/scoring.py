@@ -16,10 +16,14 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from data_pipelines.shapes import vocabulary
 from videogen.evaluate import analyzer
 
 # The attributes scored per object, in table order.
 ATTRIBUTES: tuple[str, ...] = ("color", "shape", "size", "direction")
+# Direction split by what was prompted: "staying still" is a ninth direction, so a model that keeps
+# still objects still raises direction without moving anything the way its caption says.
+DIRECTION_PARTS: tuple[str, ...] = ("motion", "still")
 # PSNR of identical frames (infinite) is reported as this, so that the JSON stays finite.
 MAX_PSNR = 100.0
 # Added to both sides of a seam ratio (in 0-255 pixel levels, below one quantisation step), so that
@@ -37,7 +41,8 @@ class VideoScore:
 
   Attributes:
     hits: attribute -> how many of the prompted objects show it (for "bounces": among the objects
-      stated to bounce).
+      stated to bounce; "motion" and "still": direction among the objects prompted to move, and
+      to stay still).
     totals: attribute -> how many prompted objects state it.
     count_stability: fraction of frames with the prompted number of objects.
     count_correct: whether the most common per-frame count is the prompted one.
@@ -100,6 +105,10 @@ def score_video(video: np.ndarray, expected: Sequence[dict[str, Any]],
         reading[attribute] = [stated[attribute], read]
         totals[attribute] += 1
         hits[attribute] += int(read == stated[attribute])
+    if "direction" in stated:
+      part = DIRECTION_PARTS[stated["direction"] == vocabulary.STATIC]
+      totals[part] += 1
+      hits[part] += int(reading["direction"][1] == stated["direction"])
     readings.append(reading)
     if stated.get("score_bounces"):
       totals["bounces"] += 1
@@ -172,6 +181,9 @@ def accuracies(rows: Sequence[dict[str, Any]]) -> dict[str, Optional[float]]:
     totals.update(row["totals"])
   result = {f"{a}_accuracy": _ratio(hits[a], totals[a]) for a in ATTRIBUTES}
   result["bounce_accuracy"] = _ratio(hits["bounces"], totals["bounces"])
+  # Direction's two parts: moved as prompted (chance 1/8 when objects move at random), kept still.
+  result.update({f"{part}_accuracy": _ratio(hits[part], totals[part])
+                 for part in DIRECTION_PARTS})
   result["count_stability"] = rounded_mean([r["count_stability"] for r in rows])
   result["count_accuracy"] = rounded_mean([float(r["count_correct"]) for r in rows])
   backgrounds = [float(r["background_correct"]) for r in rows
