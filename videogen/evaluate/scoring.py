@@ -106,7 +106,7 @@ def score_video(video: np.ndarray, expected: Sequence[dict[str, Any]],
         totals[attribute] += 1
         hits[attribute] += int(read == stated[attribute])
     if "direction" in stated:
-      part = DIRECTION_PARTS[stated["direction"] == vocabulary.STATIC]
+      part = "still" if stated["direction"] == vocabulary.STATIC else "motion"
       totals[part] += 1
       hits[part] += int(reading["direction"][1] == stated["direction"])
     readings.append(reading)
