@@ -14,7 +14,7 @@ Generates the descriptive prompts of the learning curve's suite (`--scenes_per_g
 2 x SCENES of its 4 x SCENES prompts; the brief ones state no direction) with the suite's seeds,
 once with the preset's negative and once per GUIDANCE (default 4 and 8) with each of two
 negatives: "opposite" (every direction reversed) and "still" (every moving object "staying
-still"). Prints the accuracies of each as a JSON line.
+still"). Prints the accuracies of each as a JSON line, direction also in its two parts.
 """
 import dataclasses
 import json
@@ -57,7 +57,8 @@ def main(workdir: str, scenes: int, scales: list[float]) -> None:
         generate, dataclasses.replace(suite, prompts=descriptive, cases=()), progress=False)
     print(json.dumps({"workdir": workdir, "negative": name, "guidance": guidance,
                       "prompts": len(descriptive),
-                      **{k: report.metrics[k] for k in best_of_n.KEYS}}), flush=True)
+                      **{k: report.metrics[k] for k in (*best_of_n.KEYS, "motion_accuracy",
+                                                        "still_accuracy")}}), flush=True)
 
   run("null caption (preset)", None, None)
   example = next(p.text for p in descriptive if MOVING.search(p.text))
