@@ -24,8 +24,7 @@ import sys
 from videogen.evaluate import generation
 from videogen.generate import modes
 
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
-import best_of_n  # noqa: E402  (the suite and generator, loaded as that study does)
+import best_of_n  # docs/studies/best_of_n.py, beside this script: the suite and the generator
 
 OPPOSITE = {"right": "left", "left": "right", "up": "down", "down": "up",
             "up-left": "down-right", "down-right": "up-left", "up-right": "down-left",
