@@ -569,3 +569,78 @@ def test_the_pyramid_schedule_samples_through_the_generation_pipeline(tokenizer)
                                                      width=16, seed=0, steps=2))
   assert videos["pyramid"].shape == videos["together"].shape
   assert np.any(videos["pyramid"] != videos["together"])
+
+
+# -- the given-frame phase (config.train.dit.phase_steps) ----------------------------------------
+
+def test_the_phase_switches_the_frame_conditioning_at_its_first_step(tokenizer):
+  """Before the phase no frame is given (config.diffusion); from its first step on, the draw is
+  exactly that of a stage whose config.diffusion holds the phase's settings."""
+  phase = {"phase_condition_probability": 1.0, "phase_condition_logit_mean": 4.0,
+           "phase_condition_logit_std": 0.3}
+  flow = FlowConfig(condition_probability=0.0)
+  experiment = make_experiment(flow=flow, num_steps=10, phase_steps=4, phase_learning_rate=1e-4)
+  experiment = dataclasses.replace(
+      experiment, dit_stage=dataclasses.replace(experiment.dit_stage, **phase))
+  stage = dit_stage.DiTStage(experiment)
+  assert stage.phase_start == 6
+  reference = dit_stage.DiTStage(dataclasses.replace(experiment, diffusion=dataclasses.replace(
+      flow, condition_probability=1.0, condition_weights=(1.0, 0.0, 0.0, 0.0, 0.0),
+      condition_logit_mean=4.0, condition_logit_std=0.3)))
+  batch = latent_batch(experiment, tokenizer)
+  model = eager_model(stage)
+
+  def seen_timesteps(stage, step):
+    model.dit = recorder = RecordingDiT(experiment.dit)
+    stage.loss(model, batch, jax.random.key(0), jnp.int32(step))
+    return np.asarray(recorder.seen["timesteps"])
+
+  before = seen_timesteps(stage, 5)
+  assert np.all(before > 0.0)  # no frame given
+  for step in (6, 9):
+    during = seen_timesteps(stage, step)
+    np.testing.assert_array_equal(during, seen_timesteps(reference, step))
+    np.testing.assert_array_equal(during[:, 0], 0.0)  # the first frame given, every clip
+    assert np.all(during[:, 1:] > 0.9)  # the rest near pure noise
+  # Without a phase the stage draws as before, whatever the step.
+  plain = dit_stage.DiTStage(make_experiment(flow=flow, num_steps=10))
+  assert plain.phase_start is None
+  np.testing.assert_array_equal(seen_timesteps(plain, 9), before)
+
+
+def test_phase_settings_that_make_no_conditioning_are_refused():
+  experiment = make_experiment(num_steps=10, phase_steps=4, phase_learning_rate=1e-4)
+  experiment = dataclasses.replace(experiment, dit_stage=dataclasses.replace(
+      experiment.dit_stage, phase_condition_weights=(1.0, 0.0)))
+  with pytest.raises(ValueError, match=r"config.dit_stage.phase_\*: condition_weights"):
+    dit_stage.DiTStage(experiment)
+
+
+def test_a_run_with_the_phase_is_the_run_resumed_into_it(tmp_path, write_autoencoder_checkpoint):
+  """One run of 4 steps whose last 2 are the phase ends on the parameters, optimizer state and
+  EMA of 2 plain steps resumed for 2 more under the phase's settings (constant learning rate,
+  first frames given at high noise): the way the phase was first trained, two commands."""
+  phase = {"condition_probability": 0.9, "condition_weights": (1.0, 0.0, 0.0, 0.0, 0.0),
+           "condition_logit_mean": 4.0, "condition_logit_std": 0.3}
+  common = {"optimizer": "muon", "checkpoint_every": 2, "keep_checkpoints": 0, "eval_every": 0,
+            "warmup_steps": 1}
+  mesh = mesh_lib.create_mesh(mesh_lib.MeshConfig(), jax.devices()[:1])
+  one = make_experiment(num_steps=4, phase_steps=2, phase_learning_rate=5e-4, **common)
+  base = make_experiment(num_steps=2, **common)
+  resumed = make_experiment(flow=FlowConfig(**phase), num_steps=4, schedule="constant",
+                            learning_rate=5e-4, **{**common, "warmup_steps": 0})
+  states = []
+  for name, runs in (("one", [one]), ("two", [base, resumed])):
+    workdir = str(tmp_path / name)
+    write_autoencoder_checkpoint(one, workdir)
+    for experiment in runs:
+      result = trainer.train_stage(stages_lib.make_stage("dit", experiment), experiment,
+                                   workdir, mesh=mesh, allow_config_change=True)
+      assert result.status == "done"
+    assert result.step == 4
+    states.append(jax.tree.map(np.asarray, (result.state.params, result.state.ema_params,
+                                            result.state.opt_state)))
+    rates = [row["learning_rate"] for row in metrics_lib.read_metrics(workdir, "dit")
+             if "loss" in row]
+    np.testing.assert_allclose(rates[-2:], 5e-4)
+  jax.tree.map(np.testing.assert_array_equal, *states)

@@ -96,6 +96,30 @@ def test_schedule_warms_up_then_decays_to_the_final_fraction():
   assert float(constant(100)) == pytest.approx(1.0)
 
 
+def test_a_phase_takes_the_last_steps_at_its_own_constant_rate():
+  """The schedule before the phase is the schedule of a run that stops where the phase starts."""
+  config = TrainConfig(learning_rate=1.0, warmup_steps=10, num_steps=140, phase_steps=30,
+                       phase_learning_rate=0.3, final_learning_rate_fraction=0.1)
+  schedule = train_state_lib.make_schedule(config)
+  alone = train_state_lib.make_schedule(dataclasses.replace(config, num_steps=110,
+                                                            phase_steps=0))
+  for step in (0, 5, 10, 60, 109):
+    assert float(schedule(step)) == float(alone(step))
+  assert float(schedule(109)) == pytest.approx(0.1, abs=1e-3)
+  for step in (110, 125, 139):
+    assert float(schedule(step)) == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"num_steps": 10, "phase_steps": 10, "phase_learning_rate": 0.1}, "phase_steps = 10"),
+    ({"num_steps": 10, "phase_steps": -1}, "phase_steps = -1"),
+    ({"num_steps": 10, "phase_steps": 2}, "phase_learning_rate = None must be > 0"),
+])
+def test_a_phase_that_cannot_run_is_refused(fields, match):
+  with pytest.raises(ValueError, match=match):
+    TrainConfig(**fields)
+
+
 def test_weight_decay_skips_vectors():
   config = TrainConfig(learning_rate=1.0, warmup_steps=0, weight_decay=0.5, schedule="constant",
                        clip_grad_norm=0.0)

@@ -26,7 +26,12 @@ class TrainConfig:
       weight decay trains the other weights).
     learning_rate: peak learning rate, reached after `warmup_steps` of linear warm-up.
     schedule: "cosine" decays to `final_learning_rate_fraction * learning_rate` at
-      `decay_steps` (default `num_steps`); "constant" stays at the peak.
+      `decay_steps` (default `num_steps - phase_steps`); "constant" stays at the peak.
+    phase_steps: the last `phase_steps` of `num_steps` are a second phase at the constant
+      `phase_learning_rate`; the warm-up and the schedule above span the steps before it. The
+      optimizer, its moments and the EMA carry on; a stage may change its objective there too
+      (the dit stage gives first frames at high noise: `config.dit_stage.phase_*`). 0 = none.
+    phase_learning_rate: the learning rate of the phase (required when `phase_steps` > 0).
     b1, b2, eps: Adam moments.
     muon_momentum: Muon's momentum (optimizer "muon").
     weight_decay: decoupled weight decay of matrices (norm scales and biases are not decayed).
@@ -52,6 +57,8 @@ class TrainConfig:
   schedule: Literal["cosine", "constant"] = "cosine"
   decay_steps: Optional[int] = None
   final_learning_rate_fraction: float = 0.1
+  phase_steps: int = 0
+  phase_learning_rate: Optional[float] = None
   b1: float = 0.9
   b2: float = 0.999
   eps: float = 1e-8
@@ -72,6 +79,12 @@ class TrainConfig:
     for name in ("num_steps", "grad_accum_steps", "log_every", "checkpoint_every"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} = {getattr(self, name)} must be at least 1")
+    if not 0 <= self.phase_steps < self.num_steps:
+      raise ValueError(f"phase_steps = {self.phase_steps} must be in [0, num_steps = "
+                       f"{self.num_steps}): the phase is the last steps of the stage")
+    if self.phase_steps and (self.phase_learning_rate is None or self.phase_learning_rate <= 0):
+      raise ValueError(f"phase_learning_rate = {self.phase_learning_rate} must be > 0 when "
+                       f"phase_steps = {self.phase_steps} (e.g. half of learning_rate)")
     if not 0.0 <= self.ema_decay < 1.0:
       raise ValueError(f"ema_decay = {self.ema_decay} must be in [0, 1)")
     if not 0.0 <= self.muon_momentum < 1.0:
@@ -174,6 +187,12 @@ class DiTStageConfig:
       optimizer at step 0: fine-tuning on other data, or another optimizer or objective on
       trained weights. This run takes that run's tokenizer (copied into WORKDIR; a different
       one there is refused) and must have its autoencoder, config.dit and config.text_encoder.
+    phase_condition_probability, phase_condition_weights, phase_condition_logit_mean,
+    phase_condition_logit_std: config.diffusion's frame conditioning in the given-frame phase,
+      the last `config.train.dit.phase_steps` steps: by default 90% of clips get their first
+      latent frame clean, the others noised at t about 0.99, where the frames no longer show
+      where objects went and only the caption can say (docs/learning_curve.md: it is what makes
+      the caption steer motion).
   """
   latents: Literal["encode", "cache"] = "encode"
   cache_dir: Optional[str] = None
@@ -188,6 +207,10 @@ class DiTStageConfig:
   eval_caption_clips: int = 16
   pretrained_text_encoder: bool = False
   init_from: Optional[str] = None
+  phase_condition_probability: float = 0.9
+  phase_condition_weights: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 0.0)
+  phase_condition_logit_mean: Optional[float] = 4.0
+  phase_condition_logit_std: Optional[float] = 0.3
 
   def __post_init__(self):
     if self.init_from is not None and not self.init_from.strip():

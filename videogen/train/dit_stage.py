@@ -168,6 +168,20 @@ class DiTStage(stage_lib.Stage):
     self.rules = experiment.mesh.rules
     self._check_configs()
     self.trainable = text_to_video.trainable(self.text_config)
+    # The given-frame phase: from this step on, config.dit_stage.phase_*'s frame conditioning.
+    training = experiment.train.get(self.name)
+    self.phase_start = (training.num_steps - training.phase_steps
+                        if training is not None and training.phase_steps else None)
+    self.phase_flow_config = None
+    if self.phase_start is not None:
+      try:
+        self.phase_flow_config = dataclasses.replace(
+            self.flow_config, condition_probability=self.config.phase_condition_probability,
+            condition_weights=self.config.phase_condition_weights,
+            condition_logit_mean=self.config.phase_condition_logit_mean,
+            condition_logit_std=self.config.phase_condition_logit_std)
+      except ValueError as error:
+        raise ValueError(f"config.dit_stage.phase_*: {error}") from error
 
   def _check_configs(self) -> None:
     dit, text, autoencoder = self.dit_config, self.text_config, self.autoencoder_config
@@ -331,21 +345,20 @@ class DiTStage(stage_lib.Stage):
     with `config.diffusion.frame_difference_weight` > 0 the loss adds that weight times
     `flow.frame_difference_loss` (logged as loss_frame_difference); either way loss_flow logs the
     plain flow loss, comparable across these options.
+    In the given-frame phase (the last `config.train.dit.phase_steps` steps) the frame
+    conditioning is `config.dit_stage.phase_*`'s.
 
     Metrics: latent_std (of the normalised clean latents: about 1 when the autoencoder's
     scale_factor fits), given_frames (fraction of latent frames given clean), captions_dropped
     (fraction of the batch), loss_low_noise / loss_high_noise (the loss of the examples drawn
     below / above t = 0.5; 0 when none was).
     """
-    del step
     latent_rng, text_rng, flow_rng = jax.random.split(rng, 3)
     latents = self._latents(model, batch, latent_rng)
     context, context_mask, pooled, dropped = self._text(model, batch, text_rng)
     if self.dit_config.pooled_dim is None:
       pooled = None
-    inputs = flow.training_inputs(
-        flow_rng, latents, num_tokens=num_tokens(latents.shape[1:], self.dit_config.patch_size),
-        config=self.flow_config)
+    inputs = self._training_inputs(flow_rng, latents, step)
     # Its own stream, so that the noise and timesteps are those of the unmasked objective.
     keep_rng = jax.random.fold_in(flow_rng, 1) if self.flow_config.mask_ratio > 0 else None
     loss, flow_metrics = self._flow_objective(model.dit, inputs, context, context_mask, pooled,
@@ -357,6 +370,20 @@ class DiTStage(stage_lib.Stage):
         **flow_metrics,
     }
     return loss, metrics
+
+  def _training_inputs(self, rng: jax.Array, latents: jax.Array,
+                       step: jax.Array) -> flow.FlowTrainingInputs:
+    """`flow.training_inputs` under config.diffusion, or from `phase_start` on under the phase's
+    frame conditioning (the same random streams either way)."""
+    tokens = num_tokens(latents.shape[1:], self.dit_config.patch_size)
+
+    def inputs(config: flow.FlowConfig) -> flow.FlowTrainingInputs:
+      return flow.training_inputs(rng, latents, num_tokens=tokens, config=config)
+
+    if self.phase_start is None:
+      return inputs(self.flow_config)
+    return jax.lax.cond(step >= self.phase_start, lambda: inputs(self.phase_flow_config),
+                        lambda: inputs(self.flow_config))
 
   def _flow_objective(self, dit: dit_lib.DiT, inputs: flow.FlowTrainingInputs,
                       context: jax.Array, context_mask: jax.Array, pooled: jax.Array | None,

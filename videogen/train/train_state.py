@@ -64,11 +64,17 @@ class TrainState:
 
 
 def make_schedule(config: Any) -> optax.Schedule:
-  """Linear warm-up from 0 to `learning_rate`, then cosine decay (or constant).
+  """Linear warm-up from 0 to `learning_rate`, then cosine decay (or constant), then the phase's
+  constant `phase_learning_rate` over the last `phase_steps`.
 
   Args:
     config: a `videogen.train.config.TrainConfig`.
   """
+  if config.phase_steps:
+    start = config.num_steps - config.phase_steps
+    before = make_schedule(dataclasses.replace(config, num_steps=start, phase_steps=0))
+    return optax.join_schedules(
+        [before, optax.constant_schedule(config.phase_learning_rate)], [start])
   peak = config.learning_rate
   warmup = max(config.warmup_steps, 0)
   if config.schedule == "constant":
