@@ -74,6 +74,24 @@ def test_settings_of_a_stage_added_since_do_not_block_the_stages_trained_before(
       before, {**_shapes_snapshot(distill=True), "dit_stage": {}}) != []
 
 
+def test_a_later_stages_settings_do_not_block_the_stages_before_it():
+  """experiments/shapes.py:long is tiny with another dit stage: it takes tiny's autoencoder."""
+  def snapshot(variant):
+    return json.loads(json.dumps(config_changes.experiment_json(
+        experiment_lib.validate(shapes.get_config(variant)))))
+
+  tiny, long = snapshot("tiny"), snapshot("long")
+  assert config_changes.config_differences(tiny, long, stage="autoencoder") == []
+  dit = config_changes.config_differences(tiny, long, stage="dit")
+  assert "config.train.dit.optimizer: 'adamw' -> 'muon'" in dit
+  # Without the stage named, or for the stage itself, every difference counts.
+  assert config_changes.config_differences(tiny, long) == dit
+  # A change to an earlier stage's settings blocks the later one.
+  long["train"]["autoencoder"]["learning_rate"] = 1.0
+  assert config_changes.config_differences(tiny, long, stage="dit") == [
+      "config.train.autoencoder.learning_rate: 0.003 -> 1.0", *dit]
+
+
 def test_a_field_added_since_at_its_default_is_no_difference():
   """A checkpoint saved before DiTConfig.step_size_embedding existed computed what False does."""
   before = _shapes_snapshot(distill=False)

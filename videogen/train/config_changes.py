@@ -5,8 +5,10 @@
 
 A resumed run must compute what the interrupted one would have. Bookkeeping, the mesh (restoring
 onto another mesh is supported) and the sampler settings (generation only) may change; so may a
-stage's num_steps when its learning-rate schedule does not depend on it. Anything else is a
-difference the trainer refuses unless told `--allow_config_change`.
+stage's num_steps when its learning-rate schedule does not depend on it, and the settings of the
+stages trained after it (experiments/shapes.py:long is the tiny run with a longer dit stage, so
+it takes the tiny run's autoencoder). Anything else is a difference the trainer refuses unless
+told `--allow_config_change`.
 """
 
 from __future__ import annotations
@@ -59,28 +61,38 @@ def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
     return saved
 
 
+def _own_settings_stage(parts: list[str]) -> str | None:
+  """The stage whose own settings (config.train.<stage>, config.<stage>_stage) a key is, if any."""
+  if len(parts) > 2 and parts[1] == "train":
+    return parts[2]
+  if parts[1].endswith("_stage"):
+    return parts[1][:-len("_stage")]
+  return None
+
+
 def _another_stages_new_settings(saved: dict[str, Any], parts: list[str]) -> bool:
   """True for a key of a stage's own settings (config.train.<stage>, config.<stage>_stage) that
   the saved config holds none of, for a stage it did not train: settings added to the experiment
   file since (e.g. a distill stage after the dit stage trained) cannot change what it computed."""
-  if len(parts) > 2 and parts[1] == "train":
-    stage = parts[2]
-    held = stage in saved.get("train", {})
-  elif parts[1].endswith("_stage"):
-    stage = parts[1][:-len("_stage")]
-    held = parts[1] in saved
-  else:
+  stage = _own_settings_stage(parts)
+  if stage is None:
     return False
+  held = stage in saved.get("train", {}) if parts[1] == "train" else parts[1] in saved
   return not held and stage not in saved.get("stages", ())
 
 
-def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+def config_differences(saved: dict[str, Any], current: dict[str, Any],
+                       stage: str | None = None) -> list[str]:
   """"config.key: old -> new" for each difference that matters for resuming.
 
   Bookkeeping keys (`RESUMABLE_CHANGES`) and the mesh may change; so may a stage's num_steps
-  when its schedule does not depend on it (constant, or an explicit decay_steps).
+  when its schedule does not depend on it (constant, or an explicit decay_steps). With `stage`
+  (whose checkpoint `saved` is), so may the own settings of the stages after it in the current
+  config.stages: they cannot change what it computed.
   """
   current = json.loads(json.dumps(current))
+  stages = list(current.get("stages", ()))
+  later = set(stages[stages.index(stage) + 1:]) - {stage} if stage in stages else set()
   old, new = _flatten(_with_defaults(saved)), _flatten(current)
   differences = []
   for key in sorted(set(old) | set(new)):
@@ -91,7 +103,7 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
       stage = parts[2]
       if all(_schedule_ignores_num_steps(c.get("train", {}).get(stage)) for c in (saved, current)):
         continue
-    if _another_stages_new_settings(saved, parts):
+    if _another_stages_new_settings(saved, parts) or _own_settings_stage(parts) in later:
       continue
     if old.get(key, "<absent>") != new.get(key, "<absent>"):
       differences.append(f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}")

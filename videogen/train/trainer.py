@@ -216,7 +216,7 @@ def _check_finite(name: str, step: int, metrics: dict[str, float],
 def _check_config(saved: dict[str, Any], current: dict[str, Any], *, name: str, workdir: str,
                   allow_config_change: bool) -> None:
   """Refuses (or, when allowed, logs) a resume under a config that computes something else."""
-  differences = config_changes.config_differences(saved, current)
+  differences = config_changes.config_differences(saved, current, stage=name)
   if not differences:
     return
   listed = "; ".join(differences[:12]) + ("; ..." if len(differences) > 12 else "")
