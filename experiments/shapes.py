@@ -45,6 +45,10 @@ Variants (`arg`):
   tiny   (default) 9-frame 32x32 clips plus 32x32 images (a quarter of the steps); the tiny
          autoencoder (2x4x4 compression, 8 latent channels) and a width-96, depth-4 transformer
          on 5x8x8 latents (80 tokens). Sized for a CPU.
+  long   the tiny variant trained 11 times longer, with Muon, its last 3,000 transformer steps
+         in the given-frame phase (`config.train.dit.phase_steps`), sampled image first: the
+         recipe that draws shapes and moves objects as prompted (docs/learning_curve.md),
+         about 150 CPU minutes on top of the tiny autoencoder's.
   gpu    the tiny variant's world, clip shape and autoencoder, with a width-384, depth-8
          transformer in bfloat16 (cuDNN flash attention on a GPU) and batches of 256 clips and
          512 images: sized for a few minutes of one H200 (experiments/accelerator/run.sh), so
@@ -78,7 +82,7 @@ from videogen.train.config import DiTStageConfig
 from videogen.train.config import DistillStageConfig
 from videogen.train.config import TrainConfig
 
-VARIANTS = ("tiny", "small", "gpu")
+VARIANTS = ("tiny", "long", "small", "gpu")
 # Below the world's ~600 distinct pieces, so the trained tokenizer has exactly this many ids.
 VOCAB_SIZE = 512
 
@@ -121,6 +125,20 @@ def _tiny(config: ml_collections.ConfigDict) -> DiTStageConfig:
   config.distill_stage = to_config_dict(DistillStageConfig(trajectories=384, batch_size=16))
   # The tiny encoder costs as much as a transformer step: encode 1000 steps once, read them thrice.
   return DiTStageConfig(latents="cache", cache_steps=1000)
+
+
+def _long(config: ml_collections.ConfigDict) -> DiTStageConfig:
+  """Fills the long variant's sections; returns its dit stage settings."""
+  stage_settings = _tiny(config)
+  # Muon draws shapes at 12,000 steps that AdamW draws at 30,000; at 30,000 it draws them best.
+  # Its last 3,000 steps give first frames at high noise: only then does the caption steer motion.
+  config.train.dit = to_config_dict(TrainConfig(
+      num_steps=33_000, optimizer="muon", learning_rate=1e-3, warmup_steps=50, ema_decay=0.98,
+      phase_steps=3000, phase_learning_rate=5e-4, log_every=50, checkpoint_every=3000,
+      keep_checkpoints=0, eval_every=3000))
+  # The phase's objects move as prompted only when the first frame is drawn before the rest.
+  config.sample.frame_schedule = "image_first"
+  return stage_settings
 
 
 def _gpu(config: ml_collections.ConfigDict) -> DiTStageConfig:
@@ -181,7 +199,7 @@ def _small(config: ml_collections.ConfigDict) -> DiTStageConfig:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """Returns the shapes experiment for `arg`: "tiny" (default), "small" or "gpu"."""
+  """Returns the shapes experiment for `arg`: "tiny" (default), "long", "small" or "gpu"."""
   variant = arg or "tiny"
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant {arg!r} of experiments/shapes.py: choose one of "
@@ -191,7 +209,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.seed = 0
   config.stages = ("autoencoder", "dit")
   config.mesh = to_config_dict(MeshConfig())
-  stage_settings = {"tiny": _tiny, "small": _small, "gpu": _gpu}[variant](config)
+  stage_settings = {"tiny": _tiny, "long": _long, "small": _small, "gpu": _gpu}[variant](config)
   config.dit_stage = to_config_dict(stage_settings)  # latent source, evaluation samples
   # Written out so that `--config.eval_generation.scenes_per_group=8` has a section to override.
   config.eval_generation = to_config_dict(GenerationEvalConfig())

@@ -44,7 +44,7 @@ BAD_EXPERIMENTS = [
     (["train", "--config=experiments/nope.py:tiny"],
      ["config file experiments/nope.py not found", "experiments/shapes.py"]),
     (["train", "--config=experiments/shapes.py:huge"],
-     ["unknown variant 'huge'", "choose one of tiny, small"]),
+     ["unknown variant 'huge'", "choose one of tiny, long, small"]),
     (["train", "--config={tmp}/no_get_config.py"],
      ["no_get_config.py defines no get_config(arg=None)"]),
     (["train", "--config={tmp}/broken.py:tiny"], ["broken.py, line 1: ", "fix the file"]),

@@ -26,7 +26,7 @@ def shapes():
   return module
 
 
-@pytest.mark.parametrize("variant", ["tiny", "small", "gpu"])
+@pytest.mark.parametrize("variant", ["tiny", "long", "small", "gpu"])
 def test_variant_validates_and_its_parts_fit(shapes, variant):
   experiment = experiment_lib.validate(shapes.get_config(variant))
   assert experiment.stages == ("autoencoder", "dit")
@@ -57,8 +57,20 @@ def test_the_default_variant_is_tiny(shapes):
   assert shapes.get_config().to_dict() == shapes.get_config("tiny").to_dict()
 
 
+def test_the_long_variant_is_tiny_with_a_longer_transformer_run(shapes):
+  """Only the transformer's training and the sampler's frame schedule differ: the long run's
+  autoencoder, tokenizer and latent cache are the tiny run's."""
+  tiny, long = shapes.get_config("tiny").to_dict(), shapes.get_config("long").to_dict()
+  assert {key for key in tiny if tiny[key] != long[key]} == {"name", "train", "sample"}
+  assert {key for key in tiny["train"] if tiny["train"][key] != long["train"][key]} == {"dit"}
+  assert {key for key in tiny["sample"] if tiny["sample"][key] != long["sample"][key]} == {
+      "frame_schedule"}
+  dit = experiment_lib.validate(shapes.get_config("long")).train["dit"]
+  assert (dit.optimizer, dit.num_steps - dit.phase_steps) == ("muon", 30_000)
+
+
 def test_an_unknown_variant_is_refused(shapes):
-  with pytest.raises(ValueError, match="choose one of tiny, small"):
+  with pytest.raises(ValueError, match="choose one of tiny, long, small"):
     shapes.get_config("huge")
 
 
