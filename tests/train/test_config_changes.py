@@ -36,6 +36,11 @@ def test_num_steps_may_grow_only_when_the_schedule_ignores_it():
                                            _snapshot(schedule="constant", num_steps=9)) == []
   assert config_changes.config_differences(
       cosine, _snapshot(mesh_shape=(2, 2, 2), log_every=7)) == []
+  # A phase at the end moves with num_steps, whatever the schedule before it.
+  phased = {"schedule": "constant", "phase_steps": 2, "phase_learning_rate": 0.1}
+  assert config_changes.config_differences(_snapshot(**phased),
+                                           _snapshot(**phased, num_steps=9)) == [
+      "config.train.standin.num_steps: 5 -> 9"]
 
 
 def test_what_is_computed_may_not_change_but_the_profile_window_may():

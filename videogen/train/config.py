@@ -190,7 +190,7 @@ class DiTStageConfig:
     phase_condition_probability, phase_condition_weights, phase_condition_logit_mean,
     phase_condition_logit_std: config.diffusion's frame conditioning in the given-frame phase,
       the last `config.train.dit.phase_steps` steps: by default 90% of clips get their first
-      latent frame clean, the others noised at t about 0.99, where the frames no longer show
+      latent frame clean and the rest noised at t about 0.99, where the frames no longer show
       where objects went and only the caption can say (docs/learning_curve.md: it is what makes
       the caption steer motion).
   """

@@ -45,8 +45,9 @@ def _flatten(tree: Any, prefix: str = "config") -> dict[str, Any]:
 
 
 def _schedule_ignores_num_steps(train_config: Any) -> bool:
-  """True when the learning-rate schedule does not depend on num_steps (so it may grow)."""
-  return isinstance(train_config, dict) and (
+  """True when the learning-rate schedule does not depend on num_steps (so it may grow): not
+  when a phase takes the last steps, since num_steps places it."""
+  return isinstance(train_config, dict) and not train_config.get("phase_steps") and (
       train_config.get("schedule") == "constant" or train_config.get("decay_steps") is not None)
 
 
