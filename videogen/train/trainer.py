@@ -367,6 +367,11 @@ def train_stage(stage: stage_lib.Stage, experiment: experiment_lib.Experiment, w
     del state  # donated by the first step
     with preemption_lib.PreemptionWatch() as preemption:
       while step < config.num_steps:
+        if config.phase_steps and step == config.num_steps - config.phase_steps:
+          logging.info("stage %s: steps %d-%d are the phase, at a constant learning rate of %g "
+                       "(the stage may train another objective there: its loss need not "
+                       "compare with the steps before)", name, step + 1, config.num_steps,
+                       config.phase_learning_rate)
         profile.before_step(step + 1)
         with jax.profiler.TraceAnnotation("data"):
           batch = next(iterator)
