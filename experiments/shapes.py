@@ -134,10 +134,8 @@ def _long(config: ml_collections.ConfigDict) -> DiTStageConfig:
   stage_settings = _tiny(config)
   # Muon draws shapes at 12,000 steps that AdamW draws at 30,000; at 30,000 it draws them best.
   # Its last 3,000 steps give first frames at high noise: only then does the caption steer motion.
-  config.train.dit = to_config_dict(TrainConfig(
-      num_steps=33_000, optimizer="muon", learning_rate=1e-3, warmup_steps=50, ema_decay=0.98,
-      phase_steps=3000, phase_learning_rate=5e-4, log_every=50, checkpoint_every=3000,
-      keep_checkpoints=0, eval_every=3000))
+  config.train.dit.update(num_steps=33_000, optimizer="muon", phase_steps=3000,
+                          phase_learning_rate=5e-4, checkpoint_every=3000, keep_checkpoints=0)
   # The phase's objects move as prompted only when the first frame is drawn before the rest.
   config.sample.frame_schedule = "image_first"
   return stage_settings
