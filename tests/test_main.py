@@ -119,6 +119,8 @@ def test_a_bug_keeps_its_traceback(tmp_path):
                         "OUT/eval_<what>.json"], ["--prompt\n", "--layouts"]),
     ("train", "--helpshort", ["--allow_config_change", "--num_processes"],
      ["--prompt\n", "--what"]),
+    ("run", "--helpshort", ["--allow_config_change", "--watermark"],
+     ["--prompt\n", "--num_processes"]),
 ])
 def test_help_of_a_command_is_its_usage_and_its_own_flags(capsys, command, asking, takes,
                                                           not_takes):

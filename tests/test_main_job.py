@@ -111,3 +111,23 @@ def test_a_mistake_found_before_training_is_one_line(devices, tiny_workdir_confi
   assert len(err.splitlines()) == 1 and err.startswith("error: ")
   assert "multiply to 3 but there are 8" in err
   assert not os.path.exists(os.path.join(tmp_path, main_job.GALLERY_DIR))
+
+
+def test_run_resumes_under_a_changed_config_only_when_told(tiny_workdir, tiny_workdir_config,
+                                                           tmp_path, capsys, monkeypatch):
+  """The config-change error names `--allow_config_change`, so `run` must take it too."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(tiny_workdir, workdir)  # the shared workdir is read-only
+  galleries = []
+  monkeypatch.setattr(main_job, "write_gallery",
+                      lambda experiment, workdir, **kwargs: galleries.append(workdir) or "index")
+  tiny_workdir_config.autoencoder.scale_factor *= 1.25
+  experiment = experiment_lib.validate(tiny_workdir_config)
+
+  assert main_job.run(experiment, workdir) == 2
+  err = capsys.readouterr().err
+  assert len(err.splitlines()) == 1 and "--allow_config_change" in err
+  assert "config.autoencoder.scale_factor" in err and galleries == []
+
+  assert main_job.run(experiment, workdir, allow_config_change=True) == 0
+  assert galleries == [workdir]

@@ -45,7 +45,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment file and variant, e.g. experiments/shapes.py:tiny.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
-# Used by `train` (videogen.train.command).
+# Used by `train` (videogen.train.command), and by `run` for its training.
 flags.DEFINE_bool("allow_config_change", False,
                   "Resume a workdir whose checkpoints were made with a different config.")
 flags.DEFINE_string("coordinator_address", None,
@@ -144,7 +144,7 @@ _GENERATE_FLAGS = ("prompt", "negative_prompt", "out", "mode", "frames", "height
 # A command's function is called as `function(experiment, workdir, **{flag: value})` (see
 # videogen.cli.Command); its module's docstring is its `--help`.
 COMMANDS: dict[str, cli.Command] = {
-    "run": cli.Command("videogen.main_job:run", True, _STAMP_FLAGS),
+    "run": cli.Command("videogen.main_job:run", True, (*_STAMP_FLAGS, "allow_config_change")),
     "train": cli.Command("videogen.train.command:command", True,
                          ("allow_config_change", "coordinator_address", "num_processes",
                           "process_id")),

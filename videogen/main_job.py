@@ -3,7 +3,8 @@ r"""The main job: train every stage of an experiment, then write a gallery of sa
     python -m videogen.main run --config=experiments/shapes.py:tiny --workdir=runs/tiny
 
 1. `videogen.train.trainer.train` trains the experiment's stages in order (the autoencoder, then
-   the diffusion transformer on its latents), resuming from the workdir's checkpoints.
+   the diffusion transformer on its latents), resuming from the workdir's checkpoints
+   (`--allow_config_change` resumes checkpoints made under another config, as for `train`).
 2. The gallery: the Python API (`videogen.api`) samples one video per prompt of a fixed list, the
    text-to-video prompts of the generation suite (`videogen.evaluate.suite.build_suite`):
    brief and descriptive captions of training combinations and of held-out ones. Each video is
@@ -102,11 +103,13 @@ def write_gallery(experiment: experiment_lib.Experiment, workdir: str, *,
 
 
 def run(experiment: experiment_lib.Experiment, workdir: str | None, *, watermark: bool = True,
-        manifest_prompt: bool = True, key: str | None = None) -> int:
+        manifest_prompt: bool = True, key: str | None = None,
+        allow_config_change: bool = False) -> int:
   """`python -m videogen.main run`: train, then the gallery. Exit code as `train`'s.
 
   Args:
     watermark, manifest_prompt, key: how the gallery's videos are stamped (see `write_gallery`).
+    allow_config_change: resume checkpoints written under a different config, as `train`'s.
   """
   if not workdir:
     print("error: run needs --workdir=DIR (checkpoints, metrics and the gallery go there)",
@@ -120,7 +123,7 @@ def run(experiment: experiment_lib.Experiment, workdir: str | None, *, watermark
       return 1
   start = time.time()
   try:
-    results = trainer.train(experiment, workdir)
+    results = trainer.train(experiment, workdir, allow_config_change=allow_config_change)
   except train_command.USER_ERRORS as error:
     return train_command.report(error)
   if any(result.status == "preempted" for result in results):
