@@ -84,6 +84,12 @@ BAD_COMMAND_LINES = [
      ["multiply to 3 but there are 8", "change config.mesh"]),
     (["train", TINY, "--workdir={tmp}", "--prompt=a red circle"],
      ["train does not take --prompt", "python -m videogen.main train --help"]),
+    (["train", TINY, "--workdir={tmp}", "--coordinator_address=127.0.0.1:1234"],
+     ["needs all of --coordinator_address, --num_processes and --process_id",
+      "num_processes=None"]),
+    (["run", TINY, "--workdir={tmp}", "--coordinator_address=127.0.0.1:1234",
+      "--num_processes=2", "--process_id=2"],
+     ["--process_id=2 with --num_processes=2", "number the processes 0 to 1"]),
     (["benchmark"], ["benchmark needs --config=experiments/<file>.py:<variant>"]),
     (["generate", "--workdir={tmp}", "--frm=3"],
      ["Unknown command line flag 'frm'", "python -m videogen.main generate --help"]),
@@ -119,8 +125,8 @@ def test_a_bug_keeps_its_traceback(tmp_path):
                         "OUT/eval_<what>.json"], ["--prompt\n", "--layouts"]),
     ("train", "--helpshort", ["--allow_config_change", "--num_processes"],
      ["--prompt\n", "--what"]),
-    ("run", "--helpshort", ["--allow_config_change", "--watermark"],
-     ["--prompt\n", "--num_processes"]),
+    ("run", "--helpshort", ["--allow_config_change", "--watermark", "--num_processes"],
+     ["--prompt\n", "--layouts"]),
 ])
 def test_help_of_a_command_is_its_usage_and_its_own_flags(capsys, command, asking, takes,
                                                           not_takes):

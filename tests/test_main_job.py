@@ -2,7 +2,13 @@
 
 import json
 import os
+import pathlib
 import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
 
 from data_pipelines import video_io
 from data_pipelines.shapes import world
@@ -15,6 +21,14 @@ from videogen.provenance import keys
 from videogen.provenance import manifest
 from videogen.provenance import watermark
 from videogen.provenance import writer
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
 
 
 def test_gallery_shows_every_prompt_of_the_suite(tiny_workdir, tiny_workdir_config, tmp_path):
@@ -131,3 +145,38 @@ def test_run_resumes_under_a_changed_config_only_when_told(tiny_workdir, tiny_wo
 
   assert main_job.run(experiment, workdir, allow_config_change=True) == 0
   assert galleries == [workdir]
+
+
+@pytest.mark.slow
+def test_two_processes_write_one_gallery(tiny_workdir, tmp_path):
+  """`run` joins a multi-process run as `train` does; process 0 alone samples and writes the
+  gallery, while both read the checkpoint (orbax reads collectively)."""
+  workdir = tmp_path / "run"
+  shutil.copytree(tiny_workdir, workdir)  # trained: both processes go straight to the gallery
+  config_file = tmp_path / "tiny_workdir.py"
+  config_file.write_text("from tests import conftest\n\n\ndef get_config(variant=None):\n"
+                         "  return conftest._tiny_workdir_config()\n")
+  port = _free_port()
+  command = [sys.executable, "-m", "videogen.main", "run", f"--config={config_file}",
+             f"--workdir={workdir}", "--config.sample.num_steps=2",
+             f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu")
+  processes = [subprocess.Popen([*command, f"--process_id={index}"], env=env, cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for index in range(2)]
+  outputs = []
+  for process in processes:
+    try:
+      outputs.append(process.communicate(timeout=400))
+    except subprocess.TimeoutExpired:
+      process.kill()
+      outputs.append(process.communicate())
+  assert [p.returncode for p in processes] == [0, 0], [err[-6000:] for _, err in outputs]
+  (out_0, err_0), (out_1, err_1) = outputs
+  rows = [json.loads(line) for line in open(workdir / main_job.GALLERY_DIR / "manifest.jsonl")]
+  assert f"gallery {len(rows)}/{len(rows)}" in err_0 and f"gallery: {workdir}" in out_0
+  # Process 1 joined the run (its info logs dropped): it sampled and wrote nothing.
+  assert "gallery" not in err_1 and "gallery" not in out_1
+  for row in rows:
+    assert (workdir / main_job.GALLERY_DIR / row["video"]).stat().st_size > 0

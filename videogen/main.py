@@ -135,6 +135,8 @@ flags.DEFINE_integer("batch", None, "export: the example batch size parity is me
                      "batch axis stays dynamic; default 1).")
 
 
+# The flags that join a multi-process run (videogen.parallel.multihost), for `train` and `run`.
+_PROCESS_FLAGS = ("coordinator_address", "num_processes", "process_id")
 # The flags of every command that writes generated videos (videogen.provenance.writer).
 _STAMP_FLAGS = ("watermark", "manifest_prompt", "key")
 _GENERATE_FLAGS = ("prompt", "negative_prompt", "out", "mode", "frames", "height", "width",
@@ -144,10 +146,10 @@ _GENERATE_FLAGS = ("prompt", "negative_prompt", "out", "mode", "frames", "height
 # A command's function is called as `function(experiment, workdir, **{flag: value})` (see
 # videogen.cli.Command); its module's docstring is its `--help`.
 COMMANDS: dict[str, cli.Command] = {
-    "run": cli.Command("videogen.main_job:run", True, (*_STAMP_FLAGS, "allow_config_change")),
+    "run": cli.Command("videogen.main_job:run", True,
+                       (*_STAMP_FLAGS, "allow_config_change", *_PROCESS_FLAGS)),
     "train": cli.Command("videogen.train.command:command", True,
-                         ("allow_config_change", "coordinator_address", "num_processes",
-                          "process_id")),
+                         ("allow_config_change", *_PROCESS_FLAGS)),
     "cache_latents": cli.Command("videogen.train.latent_cache:command", True),
     "generate": cli.Command("videogen.generate.command:command", False, _GENERATE_FLAGS,
                             {"out": _GENERATE_OUT_HELP}),

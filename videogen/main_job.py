@@ -4,7 +4,9 @@ r"""The main job: train every stage of an experiment, then write a gallery of sa
 
 1. `videogen.train.trainer.train` trains the experiment's stages in order (the autoencoder, then
    the diffusion transformer on its latents), resuming from the workdir's checkpoints
-   (`--allow_config_change` resumes checkpoints made under another config, as for `train`).
+   (`--allow_config_change` resumes checkpoints made under another config, as for `train`). A
+   multi-process run (a TPU pod, SLURM, or `--coordinator_address`, `--num_processes` and
+   `--process_id`) trains as one, as `train` does.
 2. The gallery: the Python API (`videogen.api`) samples one video per prompt of a fixed list, the
    text-to-video prompts of the generation suite (`videogen.evaluate.suite.build_suite`):
    brief and descriptive captions of training combinations and of held-out ones. Each video is
@@ -12,7 +14,9 @@ r"""The main job: train every stage of an experiment, then write a gallery of sa
    curve (SVG), a manifest.jsonl and an index.html that shows every video beside its prompt.
    Each video is watermarked and signed (`videogen.provenance.writer`: `--watermark=false`,
    `--key=FILE`, `--manifest_prompt=false` as for `generate`); the keys stay in
-   WORKDIR/provenance/, never in the gallery.
+   WORKDIR/provenance/, never in the gallery. In a multi-process run every process reads the
+   model onto its own devices (a checkpoint is read collectively), process 0 alone samples and
+   writes the gallery, and the others wait for it.
 
 `python -m videogen.main evaluate --workdir=DIR --what=generation` then scores the same kind of
 prompts with the analyzer.
@@ -26,14 +30,18 @@ import re
 import sys
 import time
 
+import jax
 from absl import logging
 
 from data_pipelines import video_io
 from videogen import api
 from videogen import experiment as experiment_lib
+from videogen import workdir as workdir_lib
 from videogen.evaluate import suite as suite_lib
 from videogen.generate import gallery
 from videogen.generate import pipeline
+from videogen.parallel import mesh as mesh_lib
+from videogen.parallel import multihost
 from videogen.provenance import keys
 from videogen.provenance import writer
 from videogen.train import command as train_command
@@ -49,7 +57,8 @@ def _slug(text: str, limit: int = 40) -> str:
 
 def write_gallery(experiment: experiment_lib.Experiment, workdir: str, *,
                   generator: pipeline.Generator | None = None, watermark: bool = True,
-                  key_file: str | None = None, include_prompt: bool = True) -> str:
+                  key_file: str | None = None, include_prompt: bool = True,
+                  step: int | None = None) -> str:
   """Samples the gallery's prompts from the trained workdir; returns the index.html path.
 
   Args:
@@ -57,9 +66,10 @@ def write_gallery(experiment: experiment_lib.Experiment, workdir: str, *,
     workdir: the trained run; the gallery goes to WORKDIR/gallery/.
     generator: an already loaded model to sample from; None loads the workdir's.
     watermark, key_file, include_prompt: how the videos are stamped (`writer.Stamp.for_workdir`).
+    step: the checkpoint step that `generator` holds, for the stamp; None: the newest.
   """
   stamp = writer.Stamp.for_workdir(workdir, watermark=watermark, key_file=key_file,
-                                   include_prompt=include_prompt)
+                                   include_prompt=include_prompt, step=step)
   if generator is None:
     generator = pipeline.load(workdir, experiment)
   model = api.Pipeline(generator, stamp)
@@ -102,19 +112,35 @@ def write_gallery(experiment: experiment_lib.Experiment, workdir: str, *,
                              curves=[os.path.basename(path) for path in charts])
 
 
+def _process_local_generator(workdir: str,
+                             experiment: experiment_lib.Experiment) -> pipeline.Generator:
+  """The trained model on this process's devices alone, its weights split over them (FSDP): the
+  training mesh spans every process, so its collectives would wait for processes that do not
+  sample. Every process must call it: orbax reads a checkpoint collectively."""
+  gallery_mesh = mesh_lib.MeshConfig(data=1, fsdp=-1, rules=experiment.mesh.rules,
+                                     sequence_parallel=experiment.mesh.sequence_parallel)
+  return pipeline.load(workdir, experiment,
+                       mesh=mesh_lib.create_mesh(gallery_mesh, jax.local_devices()))
+
+
 def run(experiment: experiment_lib.Experiment, workdir: str | None, *, watermark: bool = True,
         manifest_prompt: bool = True, key: str | None = None,
-        allow_config_change: bool = False) -> int:
+        allow_config_change: bool = False, coordinator_address: str | None = None,
+        num_processes: int | None = None, process_id: int | None = None) -> int:
   """`python -m videogen.main run`: train, then the gallery. Exit code as `train`'s.
 
   Args:
     watermark, manifest_prompt, key: how the gallery's videos are stamped (see `write_gallery`).
     allow_config_change: resume checkpoints written under a different config, as `train`'s.
+    coordinator_address, num_processes, process_id: join a multi-process run, as `train`'s.
   """
   if not workdir:
     print("error: run needs --workdir=DIR (checkpoints, metrics and the gallery go there)",
           file=sys.stderr)
     return 2
+  failed = train_command.join_processes(coordinator_address, num_processes, process_id)
+  if failed is not None:
+    return failed
   if watermark and key is not None:
     try:  # a bad --key fails now, not after the training
       keys.watermark_key(key_file=key)
@@ -130,8 +156,17 @@ def run(experiment: experiment_lib.Experiment, workdir: str | None, *, watermark
     print("preempted after a checkpoint: run the same command again to resume")
     return 0
   trained = time.time()
-  index = write_gallery(experiment, workdir, watermark=watermark, key_file=key,
-                        include_prompt=manifest_prompt)
+  generator, step = None, None
+  if jax.process_count() > 1:
+    # Every process opens the checkpoints (orbax syncs them); process 0 alone samples and writes.
+    generator = _process_local_generator(workdir, experiment)
+    step = workdir_lib.latest_step(workdir, workdir_lib.DIT_STAGE)
+    if not multihost.is_primary():
+      multihost.sync("gallery_written")
+      return 0
+  index = write_gallery(experiment, workdir, generator=generator, watermark=watermark,
+                        key_file=key, include_prompt=manifest_prompt, step=step)
+  multihost.sync("gallery_written")
   done = time.time()
   print(f"trained in {(trained - start) / 60:.1f} min, gallery in {(done - trained) / 60:.1f} min")
   print(f"gallery: {index}")

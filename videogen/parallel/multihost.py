@@ -20,6 +20,10 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 
+class ProcessFlagsError(ValueError):
+  """The multi-process flags are incomplete or out of range; the message says which."""
+
+
 def cluster_requested(environ: Mapping[str, str] | None = None) -> str | None:
   """Names the multi-process environment found in `environ`, or None for a single process."""
   environ = os.environ if environ is None else environ
@@ -44,17 +48,21 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   are needed (a local CPU test: "127.0.0.1:12345", 2, 0/1); without one, the environment decides.
 
   Raises:
-    ValueError: the coordinator flags are incomplete.
+    ProcessFlagsError: the coordinator flags are incomplete or out of range.
   """
   if jax.distributed.is_initialized():
     return True
   explicit = (coordinator_address, num_processes, process_id)
   if any(value is not None for value in explicit):
     if any(value is None for value in explicit):
-      raise ValueError(
+      raise ProcessFlagsError(
           "a multi-process run needs all of --coordinator_address, --num_processes and "
           f"--process_id; got coordinator_address={coordinator_address!r}, "
           f"num_processes={num_processes!r}, process_id={process_id!r}")
+    if num_processes < 1 or not 0 <= process_id < num_processes:
+      raise ProcessFlagsError(
+          f"--process_id={process_id} with --num_processes={num_processes}: number the "
+          f"processes 0 to {max(num_processes, 1) - 1}, one --process_id each")
     if num_processes == 1:
       return False
     logging.info("joining %d processes at %s as process %d", num_processes, coordinator_address,

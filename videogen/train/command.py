@@ -7,7 +7,8 @@ stage already trained to its `num_steps` is skipped. Exit codes: 0 trained (or p
 save: rerun to resume), 1 non-finite loss, 2 a mistake to fix before training: no --workdir, a
 config that differs from the checkpoints' (--allow_config_change resumes anyway), unreadable
 checkpoints, a missing input (the autoencoder's checkpoint for `--config.stages=dit`, a data
-set), a mesh or batch sizes that do not fit the devices. Each is one line on stderr.
+set), a mesh or batch sizes that do not fit the devices, incomplete multi-process flags. Each is
+one line on stderr.
 """
 
 from __future__ import annotations
@@ -41,6 +42,19 @@ def report(error: BaseException) -> int:
   return 1 if isinstance(error, trainer.NonFiniteError) else 2
 
 
+def join_processes(coordinator_address: str | None, num_processes: int | None,
+                   process_id: int | None) -> int | None:
+  """Joins a multi-process run as `multihost.initialize` does (before any JAX op), and keeps the
+  info logs of process 0 alone; returns None, or 2 after a one-line error on incomplete flags."""
+  try:
+    multihost.initialize(coordinator_address, num_processes, process_id)
+  except multihost.ProcessFlagsError as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+  multihost.quiet_secondary_logging()
+  return None
+
+
 def command(experiment: experiment_lib.Experiment, workdir: str | None, *,
             allow_config_change: bool = False, coordinator_address: str | None = None,
             num_processes: int | None = None, process_id: int | None = None) -> int:
@@ -48,8 +62,9 @@ def command(experiment: experiment_lib.Experiment, workdir: str | None, *,
   if not workdir:
     print("error: train needs --workdir=DIR (checkpoints and metrics go there)", file=sys.stderr)
     return 2
-  multihost.initialize(coordinator_address, num_processes, process_id)
-  multihost.quiet_secondary_logging()
+  failed = join_processes(coordinator_address, num_processes, process_id)
+  if failed is not None:
+    return failed
   try:
     results = trainer.train(experiment, workdir, allow_config_change=allow_config_change)
   except USER_ERRORS as error:
