@@ -1,6 +1,8 @@
 """videogen/train/command.py: the mistakes a user fixes before training are one line and exit
 code 2; a bug keeps its traceback."""
 
+import shutil
+
 import pytest
 
 from videogen import experiment as experiment_lib
@@ -38,6 +40,22 @@ def test_the_dit_stage_alone_needs_the_autoencoder_first(devices, tiny_workdir_c
   error = _one_line(capsys)
   assert "no checkpoint of stage 'autoencoder'" in error
   assert "--config.stages=autoencoder" in error
+
+
+def test_a_latent_cache_of_another_run_names_what_differs(tiny_workdir, tiny_workdir_config,
+                                                          tmp_path, capsys):
+  """Resumed under another data seed (--allow_config_change), the dit stage refuses the cache
+  built for the old one in one line: the leaves that differ and the command that rebuilds it."""
+  workdir = tmp_path / "run"
+  shutil.copytree(tiny_workdir, workdir)  # the shared workdir is read-only
+  tiny_workdir_config.data.seed = 5
+  tiny_workdir_config.train.dit.num_steps = 3
+  experiment = experiment_lib.validate(tiny_workdir_config)
+  assert command.command(experiment, str(workdir), allow_config_change=True) == 2
+  error = _one_line(capsys)
+  assert ("was built for another run (data.seed: None -> 5; data_seed: 0 -> 5; num_steps: 2 -> 3)"
+          in error)
+  assert "python -m videogen.main cache_latents" in error
 
 
 def test_no_workdir(tiny_workdir_config, capsys):

@@ -127,15 +127,16 @@ def test_a_cache_of_another_autoencoder_is_refused(built, tmp_path):
   workdir = tmp_path / "run"
   shutil.copytree(built["workdir"], workdir)
   (workdir / "checkpoints" / "autoencoder" / "9").mkdir()  # the autoencoder trained further
-  with pytest.raises(ValueError, match=r"autoencoder_step: 5 -> 9.*python -m "
-                                       r"videogen.main cache_latents"):
+  with pytest.raises(latent_cache.LatentCacheError, match=r"autoencoder_step: 5 -> 9.*python -m "
+                                                        r"videogen.main cache_latents"):
     latent_cache.open_cache(built["experiment"], str(workdir), tokenizer=built["tokenizer"],
                             seed=0)
 
 
 def test_the_command_needs_a_trained_autoencoder(tmp_path, capsys):
-  assert latent_cache.command(make_experiment(), str(tmp_path)) == 1
-  assert "train the autoencoder first" in capsys.readouterr().err
+  assert latent_cache.command(make_experiment(), str(tmp_path)) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and "train the autoencoder first" in err
 
 
 def test_worker_processes_build_the_same_cache(built, tmp_path):

@@ -95,9 +95,20 @@ def fingerprint(*, data_config: loader_lib.DataConfig, data_seed: int,
   })
 
 
-def _differences(saved: dict[str, Any], expected: dict[str, Any]) -> list[str]:
-  return [f"{key}: {saved.get(key, '<absent>')!r} -> {expected.get(key, '<absent>')!r}"
-          for key in sorted(set(saved) | set(expected)) if saved.get(key) != expected.get(key)]
+class LatentCacheError(ValueError):
+  """A cache that this run cannot use as it is; the message says how to rebuild it."""
+
+
+def _differences(saved: dict[str, Any], expected: dict[str, Any], prefix: str = "") -> list[str]:
+  """"path: saved -> expected" for each differing leaf of two fingerprints (nested dicts)."""
+  differences = []
+  for key in sorted(set(saved) | set(expected)):
+    old, new = saved.get(key, "<absent>"), expected.get(key, "<absent>")
+    if isinstance(old, dict) and isinstance(new, dict):
+      differences += _differences(old, new, f"{prefix}{key}.")
+    elif old != new:
+      differences.append(f"{prefix}{key}: {old!r} -> {new!r}")
+  return differences
 
 
 # ------------------------------------------------------------------------------------------------
@@ -146,7 +157,7 @@ def build(directory: str, *, autoencoder: autoencoder_lib.VideoAutoencoder,
     The cache's meta data (what meta.json holds).
   """
   if jax.process_count() > 1:
-    raise RuntimeError(
+    raise LatentCacheError(
         f"the latent cache is built by one process: run `{_BUILD_COMMAND}...` on a single host "
         f"first; training then reads it from every process")
   if num_steps < 1:
@@ -282,9 +293,9 @@ class LatentCache:
     with open(meta_path) as f:
       self.meta = json.load(f)
     if self.meta.get("version") != VERSION:
-      raise ValueError(f"the latent cache {directory} has version {self.meta.get('version')}, "
-                       f"this code reads version {VERSION}: rebuild it with "
-                       f"`{_BUILD_COMMAND}...`")
+      raise LatentCacheError(
+          f"the latent cache {directory} has version {self.meta.get('version')}, this code "
+          f"reads version {VERSION}: rebuild it with `{_BUILD_COMMAND}...`")
     self.directory = directory
     self.num_steps = int(self.meta["num_steps"])
     self.global_batches = [int(b["global_batch"]) for b in self.meta["buckets"]]
@@ -449,7 +460,7 @@ def open_cache(experiment: experiment_lib.Experiment, workdir: str, *,
                                                   seed=seed))
   if differences:
     listed = "; ".join(differences[:8]) + ("; ..." if len(differences) > 8 else "")
-    raise ValueError(
+    raise LatentCacheError(
         f"the latent cache {directory} was built for another run ({listed}): rebuild it with "
         f"`{_BUILD_COMMAND}{workdir}`, or set "
         f"--config.dit_stage.latents=encode")
@@ -481,19 +492,20 @@ def open_or_build(experiment: experiment_lib.Experiment, workdir: str, *,
 
 def command(experiment: experiment_lib.Experiment, workdir: str | None) -> int:
   """`python -m videogen.main cache_latents`: builds (or rebuilds) WORKDIR's latent cache from its
-  trained autoencoder. Exit code 0/1/2."""
+  trained autoencoder. Exit code 0, or 2 after a one-line error (no --workdir, no trained
+  autoencoder, a mesh that does not fit the devices)."""
   if not workdir:
-    print("the latent cache needs --workdir=DIR, a run whose autoencoder stage has trained",
-          file=sys.stderr)
+    print("error: the latent cache needs --workdir=DIR, a run whose autoencoder stage has "
+          "trained", file=sys.stderr)
     return 2
-  mesh = mesh_lib.create_mesh(experiment.mesh)
   seed = experiment.seed
   try:
+    mesh = mesh_lib.create_mesh(experiment.mesh)
     tokenizer = workdir_lib.load_or_train_tokenizer(experiment, workdir)
     meta = build_for_run(experiment, workdir, tokenizer=tokenizer, mesh=mesh, seed=seed)
-  except FileNotFoundError as error:
+  except (FileNotFoundError, mesh_lib.MeshShapeError) as error:
     print(f"error: {error}", file=sys.stderr)
-    return 1
+    return 2
   directory = workdir_lib.latent_cache_dir(workdir, experiment)
   print(f"latent cache: {meta['num_steps']} steps in {directory} "
         f"({disk_bytes(directory) / 2**20:.1f} MiB, {meta['seconds']:.1f}s)")
