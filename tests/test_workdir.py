@@ -1,9 +1,12 @@
 """videogen/workdir.py: the words of the tokenizer's training captions, recorded beside it; the
-steps a stage has checkpoints of."""
+steps a stage has checkpoints of; a tokenizer that the text encoder cannot read."""
 
 import json
+import re
+import types
 
 import numpy as np
+import pytest
 
 from experiments import shapes
 from videogen import experiment as experiment_lib
@@ -47,3 +50,19 @@ def test_checkpoint_steps_lists_every_saved_step_oldest_first(tmp_path):
   assert workdir_lib.checkpoint_steps(str(tmp_path), "dit") == [10, 20, 30]
   assert workdir_lib.checkpoint_steps(str(tmp_path), "autoencoder") == []
   assert workdir_lib.latest_step(str(tmp_path), "dit") == 30
+
+
+@pytest.mark.parametrize("vocab_size, max_length, says", [
+    (600, 56, "has 600 ids but config.text_encoder.vocab_size is 512: set "
+              "--config.text_encoder.vocab_size=600"),
+    (500, 64, "emits 64 tokens per caption but config.text_encoder.max_length is 56: set "
+              "--config.text_encoder.max_length=64"),
+])
+def test_a_tokenizer_the_text_encoder_cannot_read_says_what_to_set(tmp_path, vocab_size,
+                                                                   max_length, says):
+  experiment = experiment_lib.validate(shapes.get_config("tiny"))  # vocabulary 512, 56 tokens
+  tokenizer = types.SimpleNamespace(vocab_size=vocab_size, max_length=max_length)
+  with pytest.raises(workdir_lib.WorkdirMismatchError, match=re.escape(says)):
+    workdir_lib.check_tokenizer(tokenizer, experiment, str(tmp_path))
+  workdir_lib.check_tokenizer(types.SimpleNamespace(vocab_size=500, max_length=56), experiment,
+                              str(tmp_path))  # fewer ids and tokens than it takes: a warning

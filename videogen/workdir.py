@@ -110,6 +110,33 @@ def load_or_train_tokenizer(experiment: experiment_lib.Experiment,
   return tokenizer
 
 
+class WorkdirMismatchError(ValueError):
+  """What a workdir holds (a checkpoint, the tokenizer) does not fit the config; the message
+  says which setting to change."""
+
+
+def check_tokenizer(tokenizer: tokenizer_lib.Tokenizer, experiment: experiment_lib.Experiment,
+                    workdir: str) -> None:
+  """Raises WorkdirMismatchError unless the text encoder takes every id and token the run's
+  tokenizer emits; a vocabulary larger than the tokenizer's is only a warning (unused rows)."""
+  text = experiment.text_encoder
+  path = tokenizer_path(workdir, experiment)
+  if tokenizer.vocab_size > text.vocab_size:
+    raise WorkdirMismatchError(
+        f"the tokenizer {path} has {tokenizer.vocab_size} ids but config.text_encoder.vocab_size "
+        f"is {text.vocab_size}: set --config.text_encoder.vocab_size={tokenizer.vocab_size}")
+  if tokenizer.max_length > text.max_length:
+    raise WorkdirMismatchError(
+        f"the tokenizer {path} emits {tokenizer.max_length} tokens per caption but "
+        f"config.text_encoder.max_length is {text.max_length}: set "
+        f"--config.text_encoder.max_length={tokenizer.max_length}")
+  if tokenizer.vocab_size < text.vocab_size:
+    logging.warning("the tokenizer has %d ids, config.text_encoder.vocab_size %d: the "
+                    "embedding's last %d rows are never used; set "
+                    "config.text_encoder.vocab_size=%d to drop them", tokenizer.vocab_size,
+                    text.vocab_size, text.vocab_size - tokenizer.vocab_size, tokenizer.vocab_size)
+
+
 def words(text: str) -> list[str]:
   """The words of a caption or prompt as the tokenizer sees them (NFKC, case-folded), in order.
 
@@ -329,7 +356,7 @@ def autoencoder_checkpoint_step(workdir: str) -> int:
       f"'autoencoder' before 'dit' in config.stages)")
 
 
-class AutoencoderMismatchError(ValueError):
+class AutoencoderMismatchError(WorkdirMismatchError):
   """The autoencoder checkpoint was trained with another architecture than config.autoencoder."""
 
 
@@ -369,9 +396,9 @@ def restore_autoencoder(workdir: str, experiment: experiment_lib.Experiment,
 
   Raises:
     FileNotFoundError: the autoencoder stage has no checkpoint in `workdir`.
-    ValueError: the checkpoint does not fit `config.autoencoder` (it was trained with another):
-      its parameters differ (or some are missing), or its saved config has another architecture
-      (`AutoencoderMismatchError`).
+    AutoencoderMismatchError: the checkpoint does not fit `config.autoencoder` (it was trained
+      with another): its parameters differ (or some are missing), or its saved config has another
+      architecture.
   """
   step = autoencoder_checkpoint_step(workdir)
   where = f"{checkpoint_dir(workdir, AUTOENCODER_STAGE)}/{step}"
@@ -384,7 +411,7 @@ def restore_autoencoder(workdir: str, experiment: experiment_lib.Experiment,
   except AutoencoderMismatchError:
     raise  # already says what differs and what to do
   except checkpointing.RESTORE_ERRORS as error:
-    raise ValueError(
+    raise AutoencoderMismatchError(
         f"the autoencoder checkpoint {where} does not fit config.autoencoder ({error}); train the "
         f"autoencoder again with this config, or use the config it was trained with") from error
   # A partial restore leaves the target's abstract leaves where the checkpoint lacks a path.
@@ -392,7 +419,7 @@ def restore_autoencoder(workdir: str, experiment: experiment_lib.Experiment,
              for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(model))
              if not isinstance(leaf, jax.Array)]
   if missing:
-    raise ValueError(
+    raise AutoencoderMismatchError(
         f"the autoencoder checkpoint {where} lacks {len(missing)} parameter(s) of the autoencoder "
         f"stage's model (e.g. {missing[0]}): it was written by another version or config of the "
         f"autoencoder stage; train the autoencoder again")

@@ -1,6 +1,7 @@
 """videogen/train/command.py: the mistakes a user fixes before training are one line and exit
 code 2; a bug keeps its traceback."""
 
+import pathlib
 import shutil
 
 import pytest
@@ -56,6 +57,32 @@ def test_a_latent_cache_of_another_run_names_what_differs(tiny_workdir, tiny_wor
   assert ("was built for another run (data.seed: None -> 5; data_seed: 0 -> 5; num_steps: 2 -> 3)"
           in error)
   assert "python -m videogen.main cache_latents" in error
+
+
+@pytest.mark.parametrize("override, says", [
+    (("autoencoder", "base_channels", 16),
+     ["was trained with another architecture than config.autoencoder (base_channels: 8 -> 16)",
+      "train the autoencoder again"]),
+    (("text_encoder", "vocab_size", 100),
+     ["ids but config.text_encoder.vocab_size is 100: set --config.text_encoder.vocab_size="]),
+])
+def test_a_trained_autoencoder_or_tokenizer_that_does_not_fit_the_config(
+    tiny_workdir, tiny_workdir_config, tmp_path, capsys, override, says):
+  """The dit stage alone, on another run's autoencoder and tokenizer (the recipe of
+  docs/learning_curve.md), under a config they do not fit."""
+  workdir = tmp_path / "run"
+  (workdir / "checkpoints").mkdir(parents=True)
+  shutil.copytree(pathlib.Path(tiny_workdir) / "checkpoints" / "autoencoder",
+                  workdir / "checkpoints" / "autoencoder")
+  for name in ("tokenizer.model", "tokenizer.words.json"):
+    shutil.copy(pathlib.Path(tiny_workdir) / name, workdir / name)
+  section, field, value = override
+  tiny_workdir_config[section][field] = value
+  tiny_workdir_config.stages = ("dit",)
+  assert command.command(experiment_lib.validate(tiny_workdir_config), str(workdir)) == 2
+  error = _one_line(capsys)
+  for part in says:
+    assert part in error
 
 
 def test_no_workdir(tiny_workdir_config, capsys):

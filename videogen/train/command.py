@@ -7,8 +7,9 @@ stage already trained to its `num_steps` is skipped. Exit codes: 0 trained (or p
 save: rerun to resume), 1 non-finite loss, 2 a mistake to fix before training: no --workdir, a
 config that differs from the checkpoints' (--allow_config_change resumes anyway), unreadable
 checkpoints, a missing input (the autoencoder's checkpoint for `--config.stages=dit`, a data
-set), a latent cache built for another run, a mesh or batch sizes that do not fit the devices,
-incomplete multi-process flags. Each is one line on stderr.
+set), a latent cache built for another run, an autoencoder checkpoint or tokenizer that does not
+fit the config, a mesh or batch sizes that do not fit the devices, incomplete multi-process flags.
+Each is one line on stderr.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from absl import logging
 
 from data_pipelines import loader
 from videogen import experiment as experiment_lib
+from videogen import workdir as workdir_lib
 from videogen.parallel import mesh as mesh_lib
 from videogen.parallel import multihost
 from videogen.train import checkpointing
@@ -29,7 +31,8 @@ from videogen.train import trainer
 # one line by `report`. Anything else is a bug and keeps its traceback.
 USER_ERRORS = (trainer.NonFiniteError, trainer.ConfigChangedError,
                checkpointing.CheckpointRestoreError, loader.BatchSplitError,
-               mesh_lib.MeshShapeError, latent_cache.LatentCacheError, FileNotFoundError)
+               mesh_lib.MeshShapeError, latent_cache.LatentCacheError,
+               workdir_lib.WorkdirMismatchError, FileNotFoundError)
 
 
 def report(error: BaseException) -> int:

@@ -455,21 +455,7 @@ class DiTStage(stage_lib.Stage):
     tokenizer = workdir_lib.load_or_train_tokenizer(self.experiment, workdir)
     if self.text_config.mode != "text":
       return tokenizer
-    if tokenizer.vocab_size > self.text_config.vocab_size:
-      raise ValueError(
-          f"the tokenizer {workdir_lib.tokenizer_path(workdir, self.experiment)} has "
-          f"{tokenizer.vocab_size} ids but config.text_encoder.vocab_size is "
-          f"{self.text_config.vocab_size}: set --config.text_encoder.vocab_size="
-          f"{tokenizer.vocab_size}")
-    if tokenizer.vocab_size < self.text_config.vocab_size:
-      logging.warning("the tokenizer has %d ids, config.text_encoder.vocab_size %d: the "
-                      "embedding's last %d rows are never used; set "
-                      "config.text_encoder.vocab_size=%d to drop them", tokenizer.vocab_size,
-                      self.text_config.vocab_size,
-                      self.text_config.vocab_size - tokenizer.vocab_size, tokenizer.vocab_size)
-    if tokenizer.max_length > self.text_config.max_length:
-      raise ValueError(f"the tokenizer emits {tokenizer.max_length} tokens per caption but "
-                       f"config.text_encoder.max_length is {self.text_config.max_length}")
+    workdir_lib.check_tokenizer(tokenizer, self.experiment, workdir)
     return tokenizer
 
   def make_iterator(self, *, mesh: jax.sharding.Mesh, seed: int,

@@ -73,10 +73,7 @@ class TextStage(stage_lib.Stage):
         "the text stage reads clips as the trained autoencoder's latents: train it first with "
         "--config.stages=autoencoder (or keep 'autoencoder' before 'text' in config.stages)")
     tokenizer = workdir_lib.load_or_train_tokenizer(self.experiment, workdir)
-    if tokenizer.vocab_size > self.text_config.vocab_size:
-      raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but "
-                       f"config.text_encoder.vocab_size is {self.text_config.vocab_size}: set "
-                       f"--config.text_encoder.vocab_size={tokenizer.vocab_size}")
+    workdir_lib.check_tokenizer(tokenizer, self.experiment, workdir)
     return latent_cache.open_or_build(self.experiment, workdir, tokenizer=tokenizer, mesh=mesh,
                                       seed=seed)
 
