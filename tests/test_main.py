@@ -149,3 +149,24 @@ def test_help_lists_the_commands():
   for name in main.COMMANDS:
     assert f"\n  {name} " in result.stdout
   assert "<command> --help" in result.stdout
+
+
+@pytest.mark.parametrize("args, code, says", [
+    (["evaluate", "--what=autoencoder", "--config.autoencoder.base_channels=16"], 2,
+     "the checkpoint {workdir}/checkpoints/autoencoder/2 was trained with other model settings "
+     "than the config given (config.autoencoder.base_channels: 8 -> 16)"),
+    (["generate", "--prompt=a red circle", "--out={tmp}/red.mp4", "--config.dit.width=64"], 1,
+     "the checkpoint {workdir}/checkpoints/dit/2 was trained with other model settings than the "
+     "config given (config.dit.width: 32 -> 64)"),
+], ids=["evaluate", "generate"])
+def test_a_config_that_does_not_fit_the_checkpoint_names_the_settings(tiny_workdir, tmp_path,
+                                                                      args, code, says):
+  """One line, not orbax's error about `strict=False`, nor asyncio's log of each failed read."""
+  config_file = tmp_path / "tiny_workdir.py"
+  config_file.write_text("from tests import conftest\n\n\ndef get_config(variant=None):\n"
+                         "  return conftest._tiny_workdir_config()\n")
+  command, *rest = args
+  result = _main(command, f"--workdir={tiny_workdir}", f"--config={config_file}",
+                 *(arg.replace("{tmp}", str(tmp_path)) for arg in rest))
+  assert result.returncode == code, result.stderr[-3000:]
+  assert says.replace("{workdir}", tiny_workdir) in _one_line(result.stderr)

@@ -110,6 +110,10 @@ def load_or_train_tokenizer(experiment: experiment_lib.Experiment,
   return tokenizer
 
 
+# The config sections that decide the shapes of the weights a checkpoint holds.
+MODEL_SECTIONS = ("autoencoder", "text_encoder", "dit")
+
+
 class WorkdirMismatchError(ValueError):
   """What a workdir holds (a checkpoint, the tokenizer) does not fit the config; the message
   says which setting to change."""
@@ -330,11 +334,41 @@ def _restore_subtrees(workdir: str, stage: str, trees: dict[str, nnx.State], *,
   checkpointer = checkpointing.Checkpointer(checkpoint_dir(workdir, stage), read_only=True)
   try:
     restored = checkpointer.restore_subtrees(step, targets)
+  except checkpointing.RESTORE_ERRORS as error:
+    raise _unfit_checkpoint(workdir, stage, step, experiment, error) from error
   finally:
     checkpointer.close()
   logging.info("restored %s step %d onto mesh %s", checkpoint_dir(workdir, stage), step,
                mesh_lib.describe(mesh))
   return restored, step
+
+
+def _unfit_checkpoint(workdir: str, stage: str, step: int, experiment: experiment_lib.Experiment,
+                      error: Exception) -> WorkdirMismatchError:
+  """The error for a checkpoint whose weights do not restore into `experiment`'s models: the
+  model settings that differ from the config saved with it, where it has one."""
+  where = f"{checkpoint_dir(workdir, stage)}/{step}"
+  try:
+    saved = saved_config(workdir, stage, step)
+  except checkpointing.RESTORE_ERRORS:
+    saved = {}
+  differences = []
+  for name in MODEL_SECTIONS:
+    section = saved.get(name) if isinstance(saved, dict) else None
+    if not isinstance(section, dict) or not experiment.has(name):
+      continue
+    given = config_lib.jsonable(getattr(experiment, name))
+    differences += [f"config.{name}.{key}: {section[key]!r} -> {given[key]!r}"
+                    for key in sorted(set(section) & set(given)) if section[key] != given[key]]
+  if differences:
+    return WorkdirMismatchError(
+        f"the checkpoint {where} was trained with other model settings than the config given "
+        f"({'; '.join(differences[:6])}): set them back, or leave out --config where the command "
+        f"reads the config saved with the checkpoint")
+  brief = " ".join(str(error).split())[:300]
+  return WorkdirMismatchError(
+      f"cannot read the checkpoint {where} into this config's models ({type(error).__name__}: "
+      f"{brief}): it was written by another config or version of the code, or is damaged")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -408,7 +442,7 @@ def restore_autoencoder(workdir: str, experiment: experiment_lib.Experiment,
                                    where)
     model, _ = restore_model(workdir, AUTOENCODER_STAGE, graphdef, params, frozen,
                              experiment=experiment, mesh=mesh, step=step)
-  except AutoencoderMismatchError:
+  except WorkdirMismatchError:
     raise  # already says what differs and what to do
   except checkpointing.RESTORE_ERRORS as error:
     raise AutoencoderMismatchError(

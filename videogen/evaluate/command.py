@@ -226,8 +226,8 @@ def run_long_video(experiment: experiment_lib.Experiment | None, workdir: str, *
 def report_command(what: str, workdir: str | None, run: Callable[[str], Any],
                    table: Callable[[Any], str], metrics: Callable[[Any], Any]) -> int:
   """An `evaluate --what=<what>` command: runs `run(workdir)`, prints `table(report)`, then
-  `metrics(report)` as JSON on the last line. Exit code 2 without a workdir, 1 when a checkpoint
-  is missing."""
+  `metrics(report)` as JSON on the last line. Exit code 2 without a workdir or when the config
+  does not fit the checkpoint, 1 when a checkpoint is missing."""
   if not workdir:
     print(f"evaluate needs --workdir=DIR, a trained run (python -m videogen.main evaluate "
           f"--workdir=runs/tiny --what={what})", file=sys.stderr)
@@ -237,6 +237,9 @@ def report_command(what: str, workdir: str | None, run: Callable[[str], Any],
   except (FileNotFoundError, keys.KeyFileError) as error:
     print(f"error: {error}", file=sys.stderr)
     return 1
+  except workdir_lib.WorkdirMismatchError as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
   print(table(report))
   print(json.dumps(metrics(report), sort_keys=False))
   return 0
@@ -316,6 +319,9 @@ def stage_command(stage_name: str, experiment: experiment_lib.Experiment | None,
   except FileNotFoundError as error:
     print(f"error: {error}", file=sys.stderr)
     return 1
+  except workdir_lib.WorkdirMismatchError as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
   except ModuleNotFoundError as error:
     print(f"--what={stage_name} is not available in this version of videogen: its stage does not "
           f"import ({error})", file=sys.stderr)

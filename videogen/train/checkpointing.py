@@ -17,10 +17,12 @@ names it. When no checkpoint restores at all, it renames nothing and raises.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging as std_logging
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import orbax.checkpoint as ocp
@@ -30,6 +32,20 @@ from etils import epath
 from videogen.parallel import multihost
 
 STATE, DATA, CONFIG = "state", "data", "config"
+
+
+@contextlib.contextmanager
+def _failed_reads_unlogged() -> Iterator[None]:
+  """Keeps asyncio's logger quiet during a restore: when one array does not fit its target,
+  orbax's other read tasks are cancelled and asyncio logs each with its traceback (thousands of
+  lines), before the restore raises the one error that its caller reports."""
+  asyncio_logger = std_logging.getLogger("asyncio")
+  level = asyncio_logger.level
+  asyncio_logger.setLevel(std_logging.CRITICAL)
+  try:
+    yield
+  finally:
+    asyncio_logger.setLevel(level)
 
 
 class IteratorStateHandler(ocp.CheckpointHandler):
@@ -142,11 +158,12 @@ class Checkpointer:
 
   def restore(self, step: int, target: Any) -> Restored:
     """Restores checkpoint `step` onto `target` (a tree of `ShapeDtypeStruct`s with shardings)."""
-    restored = self._manager.restore(step, args=ocp.args.Composite(**{
-        STATE: ocp.args.StandardRestore(target),
-        DATA: IteratorStateRestore(),
-        CONFIG: ocp.args.JsonRestore(),
-    }))
+    with _failed_reads_unlogged():
+      restored = self._manager.restore(step, args=ocp.args.Composite(**{
+          STATE: ocp.args.StandardRestore(target),
+          DATA: IteratorStateRestore(),
+          CONFIG: ocp.args.JsonRestore(),
+      }))
     return Restored(step=step, state=restored[STATE], data=restored[DATA],
                     config=restored[CONFIG])
 
@@ -158,7 +175,7 @@ class Checkpointer:
     """
     handler = ocp.PyTreeCheckpointHandler()
     restore_args = ocp.checkpoint_utils.construct_restore_args(targets)
-    with ocp.Checkpointer(handler) as checkpointer:
+    with ocp.Checkpointer(handler) as checkpointer, _failed_reads_unlogged():
       return checkpointer.restore(
           self.directory / str(step) / STATE,
           args=ocp.args.PyTreeRestore(item=targets, restore_args=restore_args,

@@ -277,9 +277,9 @@ class DiTStage(stage_lib.Stage):
                                              experiment=self.experiment, mesh=mesh_of(current),
                                              step=step)
     except checkpointing.RESTORE_ERRORS as error:
-      raise ValueError(f"the dit checkpoint {step} of {source} does not fit this run's model "
-                       f"({type(error).__name__}): config.dit and config.text_encoder must be "
-                       f"the ones that run trained with") from error
+      raise workdir_lib.WorkdirMismatchError(
+          f"the dit checkpoint {step} of {source} does not fit this run's model ({error}): "
+          f"config.dit and config.text_encoder must be the ones that run trained with") from error
     logging.info("dit stage: text encoder and transformer start from %s, step %d (EMA)",
                  source, step)
     return jax.tree.map(lambda new, old: jax.device_put(new, old.sharding).astype(old.dtype),
@@ -296,7 +296,7 @@ class DiTStage(stage_lib.Stage):
     same = jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), frozen["autoencoder"],
                         autoencoder)
     if not all(jax.tree.leaves(same)):
-      raise ValueError(
+      raise workdir_lib.WorkdirMismatchError(
           f"the dit checkpoint {step} of {self.config.init_from} was trained on another "
           f"autoencoder than this run's: copy its checkpoints/autoencoder into this workdir "
           f"(a transformer reads only the latents it learned)")
