@@ -81,3 +81,13 @@ def test_experiment_requires_a_train_config_per_stage():
   config = ml_collections.ConfigDict({"name": "x", "seed": 0, "stages": ("standin",)})
   with pytest.raises(config_lib.ConfigError, match="config.train.standin is missing"):
     experiment_lib.validate(config)
+
+
+def test_differences_name_each_differing_leaf_by_its_path():
+  old = {"dit": {"width": 96, "depth": 4}, "seed": 0, "gone": 1}
+  new = {"dit": {"width": 64, "depth": 4}, "seed": 0, "added": {"x": 2}}
+  assert config_lib.differences(old, new) == [
+      "config.added.x: '<absent>' -> 2", "config.dit.width: 96 -> 64",
+      "config.gone: 1 -> '<absent>'"]
+  assert config_lib.differences(old, new, prefix="", shared_only=True) == ["dit.width: 96 -> 64"]
+  assert config_lib.flatten({"a": {"b": [1, 2]}}, prefix="") == {"a.b": [1, 2]}

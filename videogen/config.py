@@ -58,6 +58,26 @@ def jsonable(value: Any) -> Any:
   return json.loads(json.dumps(value, sort_keys=True, default=_dataclass_as_dict))
 
 
+def flatten(tree: Any, prefix: str = "config") -> dict[str, Any]:
+  """A JSON config's leaves by dotted path: {"dit": {"width": 96}} -> {"config.dit.width": 96}."""
+  if isinstance(tree, dict):
+    flat = {}
+    for key, value in tree.items():
+      flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+  return {prefix: tree}
+
+
+def differences(old: Any, new: Any, prefix: str = "config", *,
+                shared_only: bool = False) -> list[str]:
+  """"path: old -> new" for each leaf of two JSON configs that differs, sorted by path; a leaf
+  one side lacks reads "<absent>" there, or is left out with `shared_only`."""
+  old, new = flatten(old, prefix), flatten(new, prefix)
+  paths = set(old) & set(new) if shared_only else set(old) | set(new)
+  return [f"{path}: {old.get(path, '<absent>')!r} -> {new.get(path, '<absent>')!r}"
+          for path in sorted(paths) if old.get(path, "<absent>") != new.get(path, "<absent>")]
+
+
 def _dataclass_as_dict(value: Any) -> dict[str, Any]:
   """`json.dumps`'s fallback: dataclasses anywhere in the tree (`experiment.train` is a dict of
   them) become dicts."""

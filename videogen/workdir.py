@@ -352,14 +352,12 @@ def _unfit_checkpoint(workdir: str, stage: str, step: int, experiment: experimen
     saved = saved_config(workdir, stage, step)
   except checkpointing.RESTORE_ERRORS:
     saved = {}
-  differences = []
-  for name in MODEL_SECTIONS:
-    section = saved.get(name) if isinstance(saved, dict) else None
-    if not isinstance(section, dict) or not experiment.has(name):
-      continue
-    given = config_lib.jsonable(getattr(experiment, name))
-    differences += [f"config.{name}.{key}: {section[key]!r} -> {given[key]!r}"
-                    for key in sorted(set(section) & set(given)) if section[key] != given[key]]
+  # Only the settings both configs hold: a config saved by an older version lacks newer fields.
+  names = [name for name in MODEL_SECTIONS
+           if isinstance(saved, dict) and name in saved and experiment.has(name)]
+  differences = config_lib.differences(
+      {name: saved[name] for name in names},
+      {name: config_lib.jsonable(getattr(experiment, name)) for name in names}, shared_only=True)
   if differences:
     return WorkdirMismatchError(
         f"the checkpoint {where} was trained with other model settings than the config given "

@@ -35,15 +35,6 @@ def experiment_json(experiment: experiment_lib.Experiment) -> dict[str, Any]:
              for key, section in sorted(experiment.sections().items())}}
 
 
-def _flatten(tree: Any, prefix: str = "config") -> dict[str, Any]:
-  if isinstance(tree, dict):
-    flat = {}
-    for key, value in tree.items():
-      flat.update(_flatten(value, f"{prefix}.{key}"))
-    return flat
-  return {prefix: tree}
-
-
 def _schedule_ignores_num_steps(train_config: Any) -> bool:
   """True when the learning-rate schedule does not depend on num_steps (so it may grow): not
   when a phase takes the last steps, since num_steps places it."""
@@ -94,7 +85,7 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any],
   current = json.loads(json.dumps(current))
   stages = list(current.get("stages", ()))
   later = set(stages[stages.index(stage) + 1:]) - {stage} if stage in stages else set()
-  old, new = _flatten(_with_defaults(saved)), _flatten(current)
+  old, new = config_lib.flatten(_with_defaults(saved)), config_lib.flatten(current)
   differences = []
   for key in sorted(set(old) | set(new)):
     parts = key.split(".")

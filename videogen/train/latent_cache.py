@@ -99,18 +99,6 @@ class LatentCacheError(ValueError):
   """A cache that this run cannot use as it is; the message says how to rebuild it."""
 
 
-def _differences(saved: dict[str, Any], expected: dict[str, Any], prefix: str = "") -> list[str]:
-  """"path: saved -> expected" for each differing leaf of two fingerprints (nested dicts)."""
-  differences = []
-  for key in sorted(set(saved) | set(expected)):
-    old, new = saved.get(key, "<absent>"), expected.get(key, "<absent>")
-    if isinstance(old, dict) and isinstance(new, dict):
-      differences += _differences(old, new, f"{prefix}{key}.")
-    elif old != new:
-      differences.append(f"{prefix}{key}: {old!r} -> {new!r}")
-  return differences
-
-
 # ------------------------------------------------------------------------------------------------
 # Building.
 # ------------------------------------------------------------------------------------------------
@@ -455,9 +443,9 @@ def open_cache(experiment: experiment_lib.Experiment, workdir: str, *,
   """Opens the run's cache, refusing one built for other data, autoencoder or tokenizer."""
   directory = workdir_lib.latent_cache_dir(workdir, experiment)
   cache = LatentCache(directory)
-  differences = _differences(cache.meta.get("fingerprint", {}),
-                             expected_fingerprint(experiment, workdir, tokenizer=tokenizer,
-                                                  seed=seed))
+  differences = config_lib.differences(
+      cache.meta.get("fingerprint", {}),
+      expected_fingerprint(experiment, workdir, tokenizer=tokenizer, seed=seed), prefix="")
   if differences:
     listed = "; ".join(differences[:8]) + ("; ..." if len(differences) > 8 else "")
     raise LatentCacheError(
