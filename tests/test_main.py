@@ -11,6 +11,8 @@ import pytest
 
 from videogen import main
 
+from tests.helpers import command_line
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "--config=experiments/shapes.py:tiny"
 # An absl log line: "I1202 12:00:00.000000 1234 file.py:12] ...".
@@ -162,9 +164,7 @@ def test_help_lists_the_commands():
 def test_a_config_that_does_not_fit_the_checkpoint_names_the_settings(tiny_workdir, tmp_path,
                                                                       args, code, says):
   """One line, not orbax's error about `strict=False`, nor asyncio's log of each failed read."""
-  config_file = tmp_path / "tiny_workdir.py"
-  config_file.write_text("from tests import conftest\n\n\ndef get_config(variant=None):\n"
-                         "  return conftest._tiny_workdir_config()\n")
+  config_file = command_line.tiny_workdir_config_file(tmp_path)
   command, *rest = args
   result = _main(command, f"--workdir={tiny_workdir}", f"--config={config_file}",
                  *(arg.replace("{tmp}", str(tmp_path)) for arg in rest))

@@ -4,7 +4,6 @@ import json
 import os
 import pathlib
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -22,13 +21,9 @@ from videogen.provenance import manifest
 from videogen.provenance import watermark
 from videogen.provenance import writer
 
+from tests.helpers import command_line
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def test_gallery_shows_every_prompt_of_the_suite(tiny_workdir, tiny_workdir_config, tmp_path):
@@ -153,10 +148,8 @@ def test_two_processes_write_one_gallery(tiny_workdir, tmp_path):
   gallery, while both read the checkpoint (orbax reads collectively)."""
   workdir = tmp_path / "run"
   shutil.copytree(tiny_workdir, workdir)  # trained: both processes go straight to the gallery
-  config_file = tmp_path / "tiny_workdir.py"
-  config_file.write_text("from tests import conftest\n\n\ndef get_config(variant=None):\n"
-                         "  return conftest._tiny_workdir_config()\n")
-  port = _free_port()
+  config_file = command_line.tiny_workdir_config_file(tmp_path)
+  port = command_line.free_port()
   command = [sys.executable, "-m", "videogen.main", "run", f"--config={config_file}",
              f"--workdir={workdir}", "--config.sample.num_steps=2",
              f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]

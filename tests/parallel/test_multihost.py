@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
@@ -19,6 +18,7 @@ from videogen.train import metrics as metrics_lib
 from videogen.train import stages as stages_lib
 from videogen.train import trainer
 
+from tests.helpers import command_line
 from tests.standin import experiment as standin_experiment
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -49,12 +49,6 @@ def test_a_single_process_starts_nothing(devices):
   assert multihost.is_primary() and multihost.all_true(True) and not multihost.all_true(False)
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def _overrides():
   return {"standin.depth": 1, "standin.lengths": (8,), "mesh.data": 2, "mesh.fsdp": 2,
           "mesh.tensor": 2, "train.standin.num_steps": NUM_STEPS, "train.standin.log_every": 1,
@@ -64,7 +58,7 @@ def _overrides():
 @pytest.mark.slow
 def test_two_processes_of_four_devices_match_one_process(tmp_path):
   workdir = tmp_path / "two_processes"
-  port = _free_port()
+  port = command_line.free_port()
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
              JAX_PLATFORMS="cpu")
   command = [sys.executable, "-m", "videogen.main", "train",
