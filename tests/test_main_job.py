@@ -142,12 +142,10 @@ def test_run_resumes_under_a_changed_config_only_when_told(tiny_workdir, tiny_wo
   assert galleries == [workdir]
 
 
-@pytest.mark.slow
-def test_two_processes_write_one_gallery(tiny_workdir, tmp_path):
-  """`run` joins a multi-process run as `train` does; process 0 alone samples and writes the
-  gallery, while both read the checkpoint (orbax reads collectively)."""
-  workdir = tmp_path / "run"
-  shutil.copytree(tiny_workdir, workdir)  # trained: both processes go straight to the gallery
+def _run_two_processes(workdir: pathlib.Path, tmp_path: pathlib.Path):
+  """`run` on a trained copy of `tiny_workdir` (both processes go straight to the gallery) as
+  processes 0 and 1 of one run, 2 CPU devices each; returns both Popen objects and their
+  (stdout, stderr)."""
   config_file = command_line.tiny_workdir_config_file(tmp_path)
   port = command_line.free_port()
   command = [sys.executable, "-m", "videogen.main", "run", f"--config={config_file}",
@@ -165,6 +163,16 @@ def test_two_processes_write_one_gallery(tiny_workdir, tmp_path):
     except subprocess.TimeoutExpired:
       process.kill()
       outputs.append(process.communicate())
+  return processes, outputs
+
+
+@pytest.mark.slow
+def test_two_processes_write_one_gallery(tiny_workdir, tmp_path):
+  """`run` joins a multi-process run as `train` does; process 0 alone samples and writes the
+  gallery, while both read the checkpoint (orbax reads collectively)."""
+  workdir = tmp_path / "run"
+  shutil.copytree(tiny_workdir, workdir)
+  processes, outputs = _run_two_processes(workdir, tmp_path)
   assert [p.returncode for p in processes] == [0, 0], [err[-6000:] for _, err in outputs]
   (out_0, err_0), (out_1, err_1) = outputs
   rows = [json.loads(line) for line in open(workdir / main_job.GALLERY_DIR / "manifest.jsonl")]
@@ -173,3 +181,18 @@ def test_two_processes_write_one_gallery(tiny_workdir, tmp_path):
   assert "gallery" not in err_1 and "gallery" not in out_1
   for row in rows:
     assert (workdir / main_job.GALLERY_DIR / row["video"]).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_when_process_0_cannot_write_the_gallery_the_others_stop_too(tiny_workdir, tmp_path):
+  """Process 1 waits for process 0's gallery; when that fails (here: a file where the gallery's
+  folder goes), process 1 stops with one line at once, not after the coordinator's timeout."""
+  workdir = tmp_path / "run"
+  shutil.copytree(tiny_workdir, workdir)
+  (workdir / main_job.GALLERY_DIR).write_text("not a folder")
+  processes, outputs = _run_two_processes(workdir, tmp_path)
+  (_, err_0), (_, err_1) = outputs
+  assert processes[0].returncode == 1 and "Error" in err_0  # its own error, with its traceback
+  assert processes[1].returncode == 2, err_1[-3000:]
+  assert err_1.strip().splitlines()[-1] == ("error: another process failed writing the gallery: "
+                                            "its log says why")

@@ -117,10 +117,8 @@ def _process_local_generator(workdir: str,
   """The trained model on this process's devices alone, its weights split over them (FSDP): the
   training mesh spans every process, so its collectives would wait for processes that do not
   sample. Every process must call it: orbax reads a checkpoint collectively."""
-  gallery_mesh = mesh_lib.MeshConfig(data=1, fsdp=-1, rules=experiment.mesh.rules,
-                                     sequence_parallel=experiment.mesh.sequence_parallel)
   return pipeline.load(workdir, experiment,
-                       mesh=mesh_lib.create_mesh(gallery_mesh, jax.local_devices()))
+                       mesh=mesh_lib.process_local_mesh(experiment.mesh))
 
 
 def run(experiment: experiment_lib.Experiment, workdir: str | None, *, watermark: bool = True,
@@ -138,7 +136,7 @@ def run(experiment: experiment_lib.Experiment, workdir: str | None, *, watermark
     print("error: run needs --workdir=DIR (checkpoints, metrics and the gallery go there)",
           file=sys.stderr)
     return 2
-  failed = train_command.join_processes(coordinator_address, num_processes, process_id)
+  failed = multihost.join_processes(coordinator_address, num_processes, process_id)
   if failed is not None:
     return failed
   if watermark and key is not None:
@@ -161,12 +159,16 @@ def run(experiment: experiment_lib.Experiment, workdir: str | None, *, watermark
     # Every process opens the checkpoints (orbax syncs them); process 0 alone samples and writes.
     generator = _process_local_generator(workdir, experiment)
     step = workdir_lib.latest_step(workdir, workdir_lib.DIT_STAGE)
-    if not multihost.is_primary():
-      multihost.sync("gallery_written")
-      return 0
-  index = write_gallery(experiment, workdir, generator=generator, watermark=watermark,
-                        key_file=key, include_prompt=manifest_prompt, step=step)
-  multihost.sync("gallery_written")
+  try:
+    # The others wait for process 0's gallery, and stop at once if it fails.
+    index = multihost.run_together(
+        lambda: write_gallery(experiment, workdir, generator=generator, watermark=watermark,
+                              key_file=key, include_prompt=manifest_prompt, step=step)
+        if multihost.is_primary() else None, "writing the gallery")
+  except multihost.PeerFailedError as error:
+    return train_command.report(error)
+  if index is None:  # written by process 0
+    return 0
   done = time.time()
   print(f"trained in {(trained - start) / 60:.1f} min, gallery in {(done - trained) / 60:.1f} min")
   print(f"gallery: {index}")

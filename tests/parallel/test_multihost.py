@@ -49,6 +49,58 @@ def test_a_single_process_starts_nothing(devices):
   assert multihost.is_primary() and multihost.all_true(True) and not multihost.all_true(False)
 
 
+def test_work_done_together_on_a_single_process(devices):
+  assert multihost.run_together(lambda: 7, "adding") == 7
+  with pytest.raises(KeyError, match="own"):
+    multihost.run_together(lambda: {}["own"], "looking up")
+  assert len(multihost.shared_token()) == 32
+  np.testing.assert_array_equal(multihost.sum_over_processes(np.array([1.0, 2.0])), [1.0, 2.0])
+
+
+# Two processes do work together: process 1 fails the second step.
+_TOGETHER_SCRIPT = """
+import sys
+import numpy as np
+from videogen.parallel import multihost
+multihost.initialize("127.0.0.1:" + sys.argv[1], 2, int(sys.argv[2]))
+process = int(sys.argv[2])
+print("token", multihost.shared_token())
+total = multihost.sum_over_processes(np.array([1 + 2.0 ** -40, float(process)]))
+print("sum", total.tobytes().hex())
+print("first", multihost.run_together(lambda: process * 10, "counting"))
+def second():
+  if process == 1:
+    raise FileNotFoundError("process 1 misses its file")
+try:
+  multihost.run_together(second, "reading the files")
+except Exception as error:
+  print("second", type(error).__name__, error)
+"""
+
+
+@pytest.mark.slow
+def test_a_failure_on_one_process_stops_every_process(tmp_path):
+  """`run_together` raises on every process when one fails, so none waits for it at a later
+  barrier; the shared token and the float64 sum are the same on both."""
+  script = tmp_path / "together.py"
+  script.write_text(_TOGETHER_SCRIPT)
+  port = str(command_line.free_port())
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  processes = [subprocess.Popen([sys.executable, str(script), port, str(index)], env=env,
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for index in range(2)]
+  outputs = [process.communicate(timeout=120) for process in processes]
+  assert [p.returncode for p in processes] == [0, 0], [err[-3000:] for _, err in outputs]
+  lines = [dict(line.split(" ", 1) for line in out.splitlines()) for out, _ in outputs]
+  assert lines[0]["token"] == lines[1]["token"] and len(lines[0]["token"]) == 32
+  expected = np.array([2 + 2.0 ** -39, 1.0]).tobytes().hex()  # float32 would lose the 2**-39
+  assert lines[0]["sum"] == lines[1]["sum"] == expected
+  assert (lines[0]["first"], lines[1]["first"]) == ("0", "10")
+  assert lines[0]["second"] == ("PeerFailedError another process failed reading the files: its "
+                                "log says why")
+  assert lines[1]["second"] == "FileNotFoundError process 1 misses its file"
+
+
 def _overrides():
   return {"standin.depth": 1, "standin.lengths": (8,), "mesh.data": 2, "mesh.fsdp": 2,
           "mesh.tensor": 2, "train.standin.num_steps": NUM_STEPS, "train.standin.log_every": 1,

@@ -198,6 +198,16 @@ def create_mesh(config: MeshConfig,
                            axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
 
 
+def process_local_mesh(config: MeshConfig) -> jax.sharding.Mesh:
+  """A mesh of this process's devices alone, with `config`'s rules, the weights and the batch
+  split over them (FSDP): for work one process does on its own in a multi-process run (sampling
+  the gallery, encoding its steps of the latent cache), where a mesh over every process would
+  make its collectives wait for processes that do other work."""
+  local = MeshConfig(data=1, fsdp=-1, rules=config.rules,
+                     sequence_parallel=config.sequence_parallel)
+  return create_mesh(local, jax.local_devices())
+
+
 def describe(mesh: jax.sharding.Mesh) -> str:
   """"data=2 fsdp=4 sequence=1 tensor=1 (8 devices, 1 process)" for logs."""
   sizes = " ".join(f"{name}={size}" for name, size in mesh.shape.items())

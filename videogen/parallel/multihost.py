@@ -1,7 +1,8 @@
-"""Multi-host start-up and the process-0-only rules for logs and files.
+"""Multi-host start-up, the process-0-only rules for logs and files, and work done together.
 
     multihost.initialize(coordinator_address=..., num_processes=2, process_id=0)  # before jax ops
     if multihost.is_primary(): write_the_file()
+    token = multihost.run_together(make_shared_files, "staging the files")  # fails everywhere
 
 `initialize` calls `jax.distributed.initialize` only when the run asks for several processes:
 explicit coordinator flags, or a cluster environment that JAX detects by itself (a multi-host TPU
@@ -12,7 +13,9 @@ slice or Megascale job, SLURM with more than one task, Open MPI with more than o
 from __future__ import annotations
 
 import os
-from typing import Mapping
+import sys
+import uuid
+from typing import Callable, Mapping, TypeVar
 
 import jax
 import numpy as np
@@ -20,8 +23,15 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 
+T = TypeVar("T")
+
+
 class ProcessFlagsError(ValueError):
   """The multi-process flags are incomplete or out of range; the message says which."""
+
+
+class PeerFailedError(RuntimeError):
+  """Another process failed a step that every process does together; its own log says why."""
 
 
 def cluster_requested(environ: Mapping[str, str] | None = None) -> str | None:
@@ -78,6 +88,20 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   return True
 
 
+def join_processes(coordinator_address: str | None, num_processes: int | None,
+                   process_id: int | None) -> int | None:
+  """A command's start: joins a multi-process run as `initialize` does (before any JAX op) and
+  keeps the info logs of process 0 alone; returns None, or 2 after a one-line error on incomplete
+  flags."""
+  try:
+    initialize(coordinator_address, num_processes, process_id)
+  except ProcessFlagsError as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+  quiet_secondary_logging()
+  return None
+
+
 def is_primary() -> bool:
   """True on process 0, the one that writes logs, metrics and single-copy files."""
   return jax.process_index() == 0
@@ -101,3 +125,44 @@ def sync(name: str) -> None:
   """A barrier across processes (no-op on one process)."""
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
+
+
+def run_together(work: Callable[[], T], what: str) -> T:
+  """Runs `work()` on every process, then waits until all have finished it (collective).
+
+  A failure anywhere stops every process: the failing one raises its own error, the others
+  `PeerFailedError`, so that none waits at a later barrier for a process that has stopped.
+
+  Args:
+    work: this process's part (on process 0 alone, e.g., `lambda: ... if is_primary() else None`).
+    what: the step, for the others' message ("building the latent cache").
+  """
+  try:
+    result, error = work(), None
+  except Exception as caught:  # re-raised below, on every process
+    result, error = None, caught
+  if not all_true(error is None):
+    if error is not None:
+      raise error
+    raise PeerFailedError(f"another process failed {what}: its log says why")
+  return result
+
+
+def shared_token() -> str:
+  """A random hex token drawn by process 0, the same on every process (collective): a name for
+  files the processes write together."""
+  token = np.frombuffer(uuid.uuid4().bytes, np.uint8)
+  if jax.process_count() > 1:
+    token = np.asarray(multihost_utils.broadcast_one_to_all(token))
+  return bytes(token.astype(np.uint8)).hex()
+
+
+def sum_over_processes(values: np.ndarray) -> np.ndarray:
+  """The elementwise float64 sum of `values` over every process (collective), exact to float64:
+  the values travel as bytes, which JAX does not narrow to float32 as it would float64."""
+  values = np.ascontiguousarray(values, np.float64)
+  if jax.process_count() == 1:
+    return values
+  gathered = np.asarray(multihost_utils.process_allgather(values.view(np.uint8)), np.uint8)
+  return gathered.reshape(jax.process_count(), -1).view(np.float64).reshape(
+      (-1, *values.shape)).sum(axis=0)

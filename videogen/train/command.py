@@ -8,8 +8,8 @@ save: rerun to resume), 1 non-finite loss, 2 a mistake to fix before training: n
 config that differs from the checkpoints' (--allow_config_change resumes anyway), unreadable
 checkpoints, a missing input (the autoencoder's checkpoint for `--config.stages=dit`, a data
 set), a latent cache built for another run, an autoencoder checkpoint or tokenizer that does not
-fit the config, a mesh or batch sizes that do not fit the devices, incomplete multi-process flags.
-Each is one line on stderr.
+fit the config, a mesh or batch sizes that do not fit the devices, incomplete multi-process flags,
+another process's failure in a step the processes do together. Each is one line on stderr.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from videogen.train import trainer
 USER_ERRORS = (trainer.NonFiniteError, trainer.ConfigChangedError,
                checkpointing.CheckpointRestoreError, loader.BatchSplitError,
                mesh_lib.MeshShapeError, latent_cache.LatentCacheError,
-               workdir_lib.WorkdirMismatchError, FileNotFoundError)
+               workdir_lib.WorkdirMismatchError, multihost.PeerFailedError,
+               FileNotFoundError)
 
 
 def report(error: BaseException) -> int:
@@ -46,19 +47,6 @@ def report(error: BaseException) -> int:
   return 1 if isinstance(error, trainer.NonFiniteError) else 2
 
 
-def join_processes(coordinator_address: str | None, num_processes: int | None,
-                   process_id: int | None) -> int | None:
-  """Joins a multi-process run as `multihost.initialize` does (before any JAX op), and keeps the
-  info logs of process 0 alone; returns None, or 2 after a one-line error on incomplete flags."""
-  try:
-    multihost.initialize(coordinator_address, num_processes, process_id)
-  except multihost.ProcessFlagsError as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 2
-  multihost.quiet_secondary_logging()
-  return None
-
-
 def command(experiment: experiment_lib.Experiment, workdir: str | None, *,
             allow_config_change: bool = False, coordinator_address: str | None = None,
             num_processes: int | None = None, process_id: int | None = None) -> int:
@@ -66,7 +54,7 @@ def command(experiment: experiment_lib.Experiment, workdir: str | None, *,
   if not workdir:
     print("error: train needs --workdir=DIR (checkpoints and metrics go there)", file=sys.stderr)
     return 2
-  failed = join_processes(coordinator_address, num_processes, process_id)
+  failed = multihost.join_processes(coordinator_address, num_processes, process_id)
   if failed is not None:
     return failed
   try:
