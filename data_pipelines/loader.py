@@ -185,11 +185,12 @@ class StepBatches:
     # all buckets share one stream, so no two buckets show the same example at the same time.
     self._stream_per_bucket = _split_per_bucket(config)
 
-  def dataset(self, start: int, stop: int) -> grain.IterDataset:
-    """Steps start .. stop-1 in order, as a Grain dataset: built by `config.num_workers` worker
-    processes (each with `config.num_threads` threads), or by threads of this process with 0."""
+  def dataset(self, start: int, stop: int, stride: int = 1) -> grain.IterDataset:
+    """Steps start, start + stride, ... below stop in order, as a Grain dataset: built by
+    `config.num_workers` worker processes (each with `config.num_threads` threads), or by threads
+    of this process with 0."""
     config = self.config
-    dataset = grain.MapDataset.range(start, stop).map(self).to_iter_dataset(
+    dataset = grain.MapDataset.range(start, stop, stride).map(self).to_iter_dataset(
         grain.ReadOptions(num_threads=config.num_threads, prefetch_buffer_size=config.prefetch))
     if config.num_workers > 0:
       _allow_unparsed_grain_flags()

@@ -92,6 +92,8 @@ BAD_COMMAND_LINES = [
     (["run", TINY, "--workdir={tmp}", "--coordinator_address=127.0.0.1:1234",
       "--num_processes=2", "--process_id=2"],
      ["--process_id=2 with --num_processes=2", "number the processes 0 to 1"]),
+    (["cache_latents", TINY, "--workdir={tmp}", "--num_processes=2", "--process_id=0"],
+     ["needs all of --coordinator_address, --num_processes and --process_id"]),
     (["benchmark"], ["benchmark needs --config=experiments/<file>.py:<variant>"]),
     (["generate", "--workdir={tmp}", "--frm=3"],
      ["Unknown command line flag 'frm'", "python -m videogen.main generate --help"]),

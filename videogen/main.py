@@ -135,7 +135,8 @@ flags.DEFINE_integer("batch", None, "export: the example batch size parity is me
                      "batch axis stays dynamic; default 1).")
 
 
-# The flags that join a multi-process run (videogen.parallel.multihost), for `train` and `run`.
+# The flags that join a multi-process run (videogen.parallel.multihost), for `train`, `run` and
+# `cache_latents`.
 _PROCESS_FLAGS = ("coordinator_address", "num_processes", "process_id")
 # The flags of every command that writes generated videos (videogen.provenance.writer).
 _STAMP_FLAGS = ("watermark", "manifest_prompt", "key")
@@ -150,7 +151,7 @@ COMMANDS: dict[str, cli.Command] = {
                        (*_STAMP_FLAGS, "allow_config_change", *_PROCESS_FLAGS)),
     "train": cli.Command("videogen.train.command:command", True,
                          ("allow_config_change", *_PROCESS_FLAGS)),
-    "cache_latents": cli.Command("videogen.train.latent_cache:command", True),
+    "cache_latents": cli.Command("videogen.train.latent_cache:command", True, _PROCESS_FLAGS),
     "generate": cli.Command("videogen.generate.command:command", False, _GENERATE_FLAGS,
                             {"out": _GENERATE_OUT_HELP}),
     "evaluate": cli.Command("videogen.evaluate.command:evaluate", False,

@@ -7,8 +7,12 @@ stage's checkpoint; two buckets (5x16x16 clips and 1x16x16 images); a cache of 4
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import pathlib
 import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -32,15 +36,17 @@ from videogen.train import config as configs
 from videogen.train import dit_stage
 from videogen.train import latent_cache
 from videogen.train.config import TrainConfig
+from tests.helpers import command_line
 
 AUTOENCODER = AutoencoderConfig(
     base_channels=8, channel_multipliers=(1, 1), num_res_blocks=1, spatial_downsample=(True,),
     temporal_downsample=(True,), latent_channels=4, middle_attention=False, attention_heads=1)
 CACHE_STEPS = 4
 MAX_TOKENS = 24
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def make_experiment() -> experiment_lib.Experiment:
+def make_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.name = "latent_cache_test"
   config.seed = 0
@@ -60,7 +66,11 @@ def make_experiment() -> experiment_lib.Experiment:
   config.train = ml_collections.ConfigDict()
   config.train.autoencoder = to_config_dict(TrainConfig(num_steps=5))
   config.train.dit = to_config_dict(TrainConfig(num_steps=10))
-  return experiment_lib.validate(config)
+  return config
+
+
+def make_experiment() -> experiment_lib.Experiment:
+  return experiment_lib.validate(make_config())
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +149,18 @@ def test_the_command_needs_a_trained_autoencoder(tmp_path, capsys):
   assert err.startswith("error: ") and "train the autoencoder first" in err
 
 
+def _assert_same_cache(directory: pathlib.Path, reference: pathlib.Path) -> None:
+  """The same arrays; latents to 1e-5, since the reference was encoded over 8 devices."""
+  arrays = sorted(path.name for path in reference.glob("*.npy"))
+  assert len(arrays) >= 8 and arrays == sorted(p.name for p in directory.glob("*.npy"))
+  for name in arrays:
+    built_here, expected = np.load(directory / name), np.load(reference / name)
+    if "latents" in name:
+      np.testing.assert_allclose(built_here, expected, atol=1e-5, err_msg=name)
+    else:
+      np.testing.assert_array_equal(built_here, expected, err_msg=name)
+
+
 def test_worker_processes_build_the_same_cache(built, tmp_path):
   # With config.data.num_workers the cache is rendered as the loader renders, in processes.
   experiment = built["experiment"]
@@ -146,12 +168,51 @@ def test_worker_processes_build_the_same_cache(built, tmp_path):
   latent_cache.build(str(tmp_path / "cache"), autoencoder=built["autoencoder"],
                      data_config=with_workers, tokenizer=built["tokenizer"], data_seed=0,
                      num_steps=CACHE_STEPS, progress=False)
-  reference = pathlib.Path(workdir_lib.latent_cache_dir(built["workdir"], experiment))
-  arrays = sorted(path.name for path in reference.glob("*.npy"))
-  assert len(arrays) >= 8 and arrays == sorted(p.name for p in (tmp_path / "cache").glob("*.npy"))
-  for name in arrays:
-    built_here, expected = np.load(tmp_path / "cache" / name), np.load(reference / name)
-    if "latents" in name:  # the reference was encoded over 8 devices, this one on one
-      np.testing.assert_allclose(built_here, expected, atol=1e-5, err_msg=name)
-    else:
-      np.testing.assert_array_equal(built_here, expected, err_msg=name)
+  _assert_same_cache(tmp_path / "cache",
+                     pathlib.Path(workdir_lib.latent_cache_dir(built["workdir"], experiment)))
+
+
+@pytest.mark.slow
+def test_two_processes_build_the_same_cache_together(built, tmp_path):
+  """`cache_latents` joins a multi-process run: each process encodes its own steps on its own
+  devices into the files process 0 staged, and the cache equals the one-process build."""
+  workdir = tmp_path / "run"
+  shutil.copytree(built["workdir"], workdir,
+                  ignore=shutil.ignore_patterns(workdir_lib.LATENT_CACHE_DIR))
+  assert not latent_cache.has_cache(built["experiment"], str(workdir))
+  config_file = tmp_path / "experiment.py"
+  config_file.write_text("from tests.train import test_latent_cache\n\n\n"
+                         "def get_config(variant=None):\n"
+                         "  return test_latent_cache.make_config()\n")
+  port = command_line.free_port()
+  command = [sys.executable, "-m", "videogen.main", "cache_latents", f"--config={config_file}",
+             f"--workdir={workdir}", f"--coordinator_address=127.0.0.1:{port}",
+             "--num_processes=2"]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu")
+  processes = [subprocess.Popen([*command, f"--process_id={index}"], env=env, cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for index in range(2)]
+  outputs = []
+  for process in processes:
+    try:
+      outputs.append(process.communicate(timeout=300))
+    except subprocess.TimeoutExpired:
+      process.kill()
+      outputs.append(process.communicate())
+  assert [p.returncode for p in processes] == [0, 0], [err[-4000:] for _, err in outputs]
+  (out_0, _), (out_1, _) = outputs
+  # Gloo's connection lines aside, process 0 alone reports the cache.
+  assert out_0.splitlines()[-1].startswith(f"latent cache: {CACHE_STEPS} steps in ")
+  assert "latent cache" not in out_1
+  directory = pathlib.Path(workdir_lib.latent_cache_dir(str(workdir), built["experiment"]))
+  reference = pathlib.Path(workdir_lib.latent_cache_dir(built["workdir"], built["experiment"]))
+  _assert_same_cache(directory, reference)
+  meta, expected = (json.loads((d / latent_cache.META_FILE).read_text())
+                    for d in (directory, reference))
+  assert meta["fingerprint"] == expected["fingerprint"]
+  assert meta["buckets"] == expected["buckets"]
+  np.testing.assert_allclose(meta["latent_std"], expected["latent_std"], rtol=1e-5)
+  assert [p.name for p in workdir.iterdir() if ".tmp-" in p.name] == []  # no staging left
+  # Training reads it from every process as a cache of this run.
+  latent_cache.open_cache(built["experiment"], str(workdir), tokenizer=built["tokenizer"], seed=0)

@@ -23,7 +23,8 @@ The fingerprint (data config and seed, autoencoder config and checkpoint step, t
 S, dtype) is checked when a run opens the cache: a cache of another autoencoder or another data
 stream is refused with the command that rebuilds it. Arrays are read with memory mapping, each
 process reading only its own rows of each global batch, so any number of processes shares one
-cache on a shared file system. Building runs on one process.
+cache on a shared file system. In a multi-process run the processes build it together, each
+encoding its share of the steps on its own devices.
 
 The autoencoder that encodes the cache is the one the dit stage holds frozen: both restore it with
 `restore_autoencoder`.
@@ -38,7 +39,6 @@ import os
 import shutil
 import sys
 import time
-import uuid
 from typing import Any, Sequence
 
 import grain
@@ -57,6 +57,7 @@ from videogen import workdir as workdir_lib
 from videogen.models import autoencoder as autoencoder_lib
 from videogen.parallel import axes
 from videogen.parallel import mesh as mesh_lib
+from videogen.parallel import multihost
 from videogen.train import autoencoder_stage
 from videogen.train import train_state as train_state_lib
 
@@ -127,9 +128,15 @@ def build(directory: str, *, autoencoder: autoencoder_lib.VideoAutoencoder,
   The cache is written into a temporary sibling directory and renamed into place at the end, so
   an interrupted build leaves no half-written cache behind.
 
+  In a multi-process run every process calls it (it is collective), each with the autoencoder on
+  its own devices: process p of P encodes the steps p, p + P, p + 2P, ... into the files process
+  0 staged, and process 0 renames the cache into place once all are done. `directory` must be on
+  a file system every process sees, as for training from the cache.
+
   Args:
     directory: where the cache goes.
-    autoencoder: the frozen autoencoder (its parameters may be sharded over a mesh).
+    autoencoder: the frozen autoencoder (its parameters may be sharded over this process's
+      devices).
     data_config: the loader settings of the run.
     tokenizer: the run's tokenizer.
     data_seed: the loader's seed (`config.data.seed`, else the experiment's seed).
@@ -139,15 +146,14 @@ def build(directory: str, *, autoencoder: autoencoder_lib.VideoAutoencoder,
     fingerprint_values: stored in meta.json and checked by `open_cache`.
     batch_sharding: where each video batch goes for encoding (e.g. split over the mesh's batch
       axes); None leaves it to `jax.jit`'s default placement.
-    progress: show a progress bar.
+    progress: show a progress bar (process 0's, over its own steps).
 
   Returns:
     The cache's meta data (what meta.json holds).
+
+  Raises:
+    multihost.PeerFailedError: another process failed its part (its log says why).
   """
-  if jax.process_count() > 1:
-    raise LatentCacheError(
-        f"the latent cache is built by one process: run `{_BUILD_COMMAND}...` on a single host "
-        f"first; training then reads it from every process")
   if num_steps < 1:
     raise ValueError(f"num_steps = {num_steps} must be >= 1")
   step_batches = loader_lib.StepBatches(data_config, tokenizer=tokenizer, seed=data_seed)
@@ -155,42 +161,96 @@ def build(directory: str, *, autoencoder: autoencoder_lib.VideoAutoencoder,
   bucket_ids = step_batches.schedule.bucket_ids(np.arange(num_steps))
   counts = np.bincount(bucket_ids, minlength=len(buckets))
   latent_shapes = [autoencoder.latent_shape(*bucket.shape) for bucket in buckets]
+  # steps[s] = (bucket, first row); rows of a bucket are laid out in step order.
+  steps = np.zeros((num_steps, 2), np.int64)
+  next_row = np.zeros(len(buckets), np.int64)
+  for step, bucket_id in enumerate(bucket_ids):
+    steps[step] = (bucket_id, next_row[bucket_id])
+    next_row[bucket_id] += buckets[bucket_id].global_batch
+  files = []  # per bucket, key -> (shape, dtype) of its file
+  for bucket_id, (bucket, latent_shape) in enumerate(zip(buckets, latent_shapes)):
+    rows = int(counts[bucket_id]) * bucket.global_batch
+    files.append({"latents": ((rows, *latent_shape), dtype),
+                  "tokens": ((rows, tokenizer.max_length), "int32"),
+                  "token_mask": ((rows, tokenizer.max_length), "bool"),
+                  "index": ((rows,), "int32")})
+    if logvar:
+      files[-1]["logvar"] = ((rows, *latent_shape), dtype)
 
   parent = os.path.dirname(os.path.abspath(directory))
-  os.makedirs(parent, exist_ok=True)
-  staging = os.path.join(parent, f".{os.path.basename(directory)}.tmp-{uuid.uuid4().hex}")
-  os.makedirs(staging)
-  batches = None
-  try:
-    # steps[s] = (bucket, first row); rows of a bucket are laid out in step order.
-    steps = np.zeros((num_steps, 2), np.int64)
-    next_row = np.zeros(len(buckets), np.int64)
-    for step, bucket_id in enumerate(bucket_ids):
-      steps[step] = (bucket_id, next_row[bucket_id])
-      next_row[bucket_id] += buckets[bucket_id].global_batch
+  staging = os.path.join(parent, f".{os.path.basename(directory)}.tmp-{multihost.shared_token()}")
+  primary = multihost.is_primary()
+
+  def stage() -> None:  # process 0: the step table and the empty arrays
+    os.makedirs(parent, exist_ok=True)
+    os.makedirs(staging)
     np.save(os.path.join(staging, STEPS_FILE), steps)
+    for bucket_id, bucket_files in enumerate(files):
+      for key, (shape, array_dtype) in bucket_files.items():
+        np.lib.format.open_memmap(_bucket_file(staging, bucket_id, key), mode="w+",
+                                  dtype=np.dtype(array_dtype), shape=shape).flush()
 
-    arrays: list[dict[str, np.ndarray]] = []
-    for bucket_id, (bucket, latent_shape) in enumerate(zip(buckets, latent_shapes)):
-      rows = int(counts[bucket_id]) * bucket.global_batch
-      shapes = {"latents": ((rows, *latent_shape), dtype),
-                "tokens": ((rows, tokenizer.max_length), "int32"),
-                "token_mask": ((rows, tokenizer.max_length), "bool"),
-                "index": ((rows,), "int32")}
-      if logvar:
-        shapes["logvar"] = ((rows, *latent_shape), dtype)
-      arrays.append({key: np.lib.format.open_memmap(
-          _bucket_file(staging, bucket_id, key), mode="w+", dtype=np.dtype(array_dtype),
-          shape=shape) for key, (shape, array_dtype) in shapes.items()})
+  try:
+    multihost.run_together(lambda: stage() if primary else None, "staging the latent cache")
+    moments, seconds = multihost.run_together(
+        lambda: _encode_steps(staging, steps, files, autoencoder=autoencoder,
+                              step_batches=step_batches, dtype=dtype, logvar=logvar,
+                              batch_sharding=batch_sharding, progress=progress and primary),
+        "encoding its steps of the latent cache")
+    moments = multihost.sum_over_processes(moments)
+    latent_mean = moments[1] / moments[0]
+    latent_std = float(np.sqrt(max(moments[2] / moments[0] - latent_mean ** 2, 0.0)))
+    meta = {
+        "version": VERSION, "num_steps": num_steps, "dtype": dtype, "logvar": logvar,
+        "latent_mean": float(latent_mean), "latent_std": latent_std,
+        "buckets": [{"spec": str(bucket), "global_batch": bucket.global_batch,
+                     "latent_shape": list(shape), "steps": int(count)}
+                    for bucket, shape, count in zip(buckets, latent_shapes, counts)],
+        "fingerprint": fingerprint_values or {},
+        "seconds": seconds,
+    }
 
-    graphdef, state = nnx.split(autoencoder)
-    # Rendered as the loader renders: in `data_config.num_workers` processes where it has any
-    # (one H200 built its cache 12 times slower than its 12 workers rendered, in threads).
-    batches = iter(step_batches.dataset(0, num_steps))
-    start = time.perf_counter()
-    moments = np.zeros(3, np.float64)  # count, sum and sum of squares of the latents
-    for batch in tqdm.tqdm(batches, total=num_steps, desc="latent cache", unit="step",
-                           disable=not progress, dynamic_ncols=True, mininterval=1.0):
+    def finish() -> None:  # process 0: meta.json, then the cache into place
+      with open(os.path.join(staging, META_FILE), "w") as f:
+        json.dump(meta, f, indent=1, sort_keys=True)
+      if os.path.exists(directory):
+        shutil.rmtree(directory)
+      os.replace(staging, directory)
+
+    multihost.run_together(lambda: finish() if primary else None, "writing the latent cache")
+  finally:
+    if primary and os.path.exists(staging):
+      shutil.rmtree(staging)
+  logging.info("latent cache: %d steps (%s) written to %s in %.1fs, %.1f MiB", num_steps,
+               ", ".join(f"{b['spec']} x{b['steps']}" for b in meta["buckets"]), directory,
+               meta["seconds"], disk_bytes(directory) / 2**20)
+  _check_latent_scale(autoencoder.config, meta["latent_mean"], meta["latent_std"])
+  return meta
+
+
+def _encode_steps(staging: str, steps: np.ndarray, files: list[dict[str, Any]], *,
+                  autoencoder: autoencoder_lib.VideoAutoencoder,
+                  step_batches: loader_lib.StepBatches, dtype: str, logvar: bool,
+                  batch_sharding: jax.sharding.Sharding | None,
+                  progress: bool) -> tuple[np.ndarray, float]:
+  """This process's steps (p, p + P, ...) of the staged cache (`files`: per bucket, each array's
+  shape and dtype): renders, encodes and writes them in place. Returns the count, sum and sum of
+  squares of its latents, and the seconds taken."""
+  process, processes = jax.process_index(), jax.process_count()
+  num_steps = len(steps)
+  arrays = [{key: np.load(_bucket_file(staging, bucket_id, key), mmap_mode="r+")
+             for key, (shape, _) in bucket_files.items() if shape[0]}
+            for bucket_id, bucket_files in enumerate(files)]
+  graphdef, state = nnx.split(autoencoder)
+  # Rendered as the loader renders: in `data_config.num_workers` processes where it has any
+  # (one H200 built its cache 12 times slower than its 12 workers rendered, in threads).
+  batches = iter(step_batches.dataset(process, num_steps, stride=processes))
+  start = time.perf_counter()
+  moments = np.zeros(3, np.float64)  # count, sum and sum of squares of the latents
+  try:
+    for batch in tqdm.tqdm(batches, total=len(range(process, num_steps, processes)),
+                           desc="latent cache", unit="step", disable=not progress,
+                           dynamic_ncols=True, mininterval=1.0):
       step = int(batch["step"])
       bucket_id, first = (int(v) for v in steps[step])
       video = batch["video"]
@@ -206,36 +266,12 @@ def build(directory: str, *, autoencoder: autoencoder_lib.VideoAutoencoder,
         target["logvar"][rows] = np.asarray(log_variance).astype(dtype)
       for key in TEXT_KEYS:
         target[key][rows] = batch[key]
-    for bucket_arrays in arrays:
-      for array in bucket_arrays.values():
-        array.flush()
-    del arrays
-    latent_mean = moments[1] / moments[0]
-    latent_std = float(np.sqrt(max(moments[2] / moments[0] - latent_mean ** 2, 0.0)))
-    meta = {
-        "version": VERSION, "num_steps": num_steps, "dtype": dtype, "logvar": logvar,
-        "latent_mean": float(latent_mean), "latent_std": latent_std,
-        "buckets": [{"spec": str(bucket), "global_batch": bucket.global_batch,
-                     "latent_shape": list(shape), "steps": int(count)}
-                    for bucket, shape, count in zip(buckets, latent_shapes, counts)],
-        "fingerprint": fingerprint_values or {},
-        "seconds": time.perf_counter() - start,
-    }
-    with open(os.path.join(staging, META_FILE), "w") as f:
-      json.dump(meta, f, indent=1, sort_keys=True)
-    if os.path.exists(directory):
-      shutil.rmtree(directory)
-    os.replace(staging, directory)
   finally:
-    if batches is not None:  # stops the worker processes, also when the build failed
-      batches.close()
-    if os.path.exists(staging):
-      shutil.rmtree(staging)
-  logging.info("latent cache: %d steps (%s) written to %s in %.1fs, %.1f MiB", num_steps,
-               ", ".join(f"{b['spec']} x{b['steps']}" for b in meta["buckets"]), directory,
-               meta["seconds"], disk_bytes(directory) / 2**20)
-  _check_latent_scale(autoencoder.config, meta["latent_mean"], meta["latent_std"])
-  return meta
+    batches.close()  # stops the worker processes, also when the build failed
+  for bucket_arrays in arrays:
+    for array in bucket_arrays.values():
+      array.flush()
+  return moments, time.perf_counter() - start
 
 
 def _check_latent_scale(config: autoencoder_lib.AutoencoderConfig, mean: float,
@@ -419,10 +455,15 @@ def expected_fingerprint(experiment: experiment_lib.Experiment, workdir: str, *,
 def build_for_run(experiment: experiment_lib.Experiment, workdir: str, *,
                   tokenizer: tokenizer_lib.Tokenizer, mesh: jax.sharding.Mesh, seed: int,
                   progress: bool = True) -> dict[str, Any]:
-  """Builds the run's cache with the autoencoder stage's EMA parameters (replacing any)."""
+  """Builds the run's cache with the autoencoder stage's EMA parameters (replacing any).
+
+  Collective in a multi-process run: each process restores the autoencoder onto its own devices
+  (not `mesh`) and encodes its share of the steps (`build`)."""
   stage_config = experiment.dit_stage
   data_config = experiment.data
   rules = experiment.mesh.rules
+  if jax.process_count() > 1:
+    mesh = mesh_lib.process_local_mesh(experiment.mesh)
   autoencoder, _ = restore_autoencoder(experiment, workdir, mesh=mesh)
   batch_sharding = loader_lib.batch_sharding(mesh, tuple(rules[axes.ACT_BATCH]))
   shards = int(np.prod([mesh.shape[axis] for axis in batch_sharding.spec[0]]))
@@ -465,7 +506,8 @@ def open_or_build(experiment: experiment_lib.Experiment, workdir: str, *,
                   seed: int) -> CachedLatentIterator:
   """The dit stage's cached batches (which the text stage reads too); builds the cache first when
   it does not exist yet."""
-  if not has_cache(experiment, workdir):
+  # Decided together: the build is collective, so the processes must agree that it is needed.
+  if not multihost.all_true(has_cache(experiment, workdir)):
     logging.info("no latent cache yet in %s; building it",
                  workdir_lib.latent_cache_dir(workdir, experiment))
     build_for_run(experiment, workdir, tokenizer=tokenizer, mesh=mesh, seed=seed)
@@ -478,24 +520,31 @@ def open_or_build(experiment: experiment_lib.Experiment, workdir: str, *,
   return CachedLatentIterator(cache, mesh=mesh, batch_axes=tuple(rules[axes.ACT_BATCH]))
 
 
-def command(experiment: experiment_lib.Experiment, workdir: str | None) -> int:
+def command(experiment: experiment_lib.Experiment, workdir: str | None, *,
+            coordinator_address: str | None = None, num_processes: int | None = None,
+            process_id: int | None = None) -> int:
   """`python -m videogen.main cache_latents`: builds (or rebuilds) WORKDIR's latent cache from its
-  trained autoencoder. Exit code 0, or 2 after a one-line error (no --workdir, no trained
-  autoencoder, a mesh that does not fit the devices)."""
+  trained autoencoder, joining a multi-process run as `train` does (the processes build it
+  together). Exit code 0, or 2 after a one-line error (no --workdir, no trained autoencoder, a
+  mesh that does not fit the devices, incomplete multi-process flags, another process's
+  failure)."""
   if not workdir:
     print("error: the latent cache needs --workdir=DIR, a run whose autoencoder stage has "
           "trained", file=sys.stderr)
     return 2
+  failed = multihost.join_processes(coordinator_address, num_processes, process_id)
+  if failed is not None:
+    return failed
   seed = experiment.seed
   try:
     mesh = mesh_lib.create_mesh(experiment.mesh)
     tokenizer = workdir_lib.load_or_train_tokenizer(experiment, workdir)
     meta = build_for_run(experiment, workdir, tokenizer=tokenizer, mesh=mesh, seed=seed)
-  except (FileNotFoundError, mesh_lib.MeshShapeError) as error:
+  except (FileNotFoundError, mesh_lib.MeshShapeError, multihost.PeerFailedError) as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
-  directory = workdir_lib.latent_cache_dir(workdir, experiment)
-  print(f"latent cache: {meta['num_steps']} steps in {directory} "
-        f"({disk_bytes(directory) / 2**20:.1f} MiB, {meta['seconds']:.1f}s)")
+  if multihost.is_primary():
+    directory = workdir_lib.latent_cache_dir(workdir, experiment)
+    print(f"latent cache: {meta['num_steps']} steps in {directory} "
+          f"({disk_bytes(directory) / 2**20:.1f} MiB, {meta['seconds']:.1f}s)")
   return 0
-
