@@ -107,6 +107,17 @@ def _overrides():
           "train.standin.checkpoint_every": 2, "train.standin.progress_bar": False}
 
 
+def _experiment(num_steps: int) -> experiment_lib.Experiment:
+  config = standin_experiment.get_config("tiny")
+  for key, value in {**_overrides(), "train.standin.num_steps": num_steps}.items():
+    section, *rest = key.split(".")
+    target = config[section]
+    for part in rest[:-1]:
+      target = target[part]
+    target[rest[-1]] = value
+  return experiment_lib.validate(config)
+
+
 @pytest.mark.slow
 def test_two_processes_of_four_devices_match_one_process(tmp_path):
   workdir = tmp_path / "two_processes"
@@ -122,14 +133,7 @@ def test_two_processes_of_four_devices_match_one_process(tmp_path):
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                for index in range(2)]
   # The one-process reference trains here while the two processes run.
-  config = standin_experiment.get_config("tiny")
-  for key, value in _overrides().items():
-    section, *rest = key.split(".")
-    target = config[section]
-    for part in rest[:-1]:
-      target = target[part]
-    target[rest[-1]] = value
-  experiment = experiment_lib.validate(config)
+  experiment = _experiment(NUM_STEPS)
   mesh = mesh_lib.create_mesh(mesh_lib.MeshConfig(), jax.devices()[:1])
   reference_dir = tmp_path / "one_process"
   trainer.train_stage(stages_lib.make_stage("standin", experiment), experiment,
@@ -150,3 +154,14 @@ def test_two_processes_of_four_devices_match_one_process(tmp_path):
   # Each process saved its own data-iterator state; the arrays were written by both.
   data = workdir / "checkpoints" / "standin" / str(NUM_STEPS) / "data"
   assert sorted(os.listdir(data)) == ["process_0-of-2.json", "process_1-of-2.json"]
+
+  # Resumed by one process, as a preempted job restarted on fewer hosts: the two processes'
+  # equal data-iterator states are the stream's place, so both runs go on alike.
+  longer = _experiment(NUM_STEPS + 2)
+  for directory in (workdir, reference_dir):
+    trainer.train_stage(stages_lib.make_stage("standin", longer), longer, str(directory),
+                        mesh=mesh, allow_config_change=True)
+  losses = [row["loss"] for row in metrics_lib.read_metrics(str(workdir))]
+  expected = [row["loss"] for row in metrics_lib.read_metrics(str(reference_dir))]
+  assert len(losses) == NUM_STEPS + 2
+  np.testing.assert_allclose(losses, expected, rtol=0, atol=1e-5)

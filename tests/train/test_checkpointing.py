@@ -54,6 +54,25 @@ def test_round_trip_of_all_items_onto_another_mesh(tmp_path, devices):
   assert os.path.exists(tmp_path / "2" / "data" / "process_0-of-1.json")
 
 
+def test_a_checkpoint_of_another_process_count_resumes_when_its_states_agree(tmp_path, devices):
+  """The states of the two processes that wrote a checkpoint, read by one process: equal states
+  are the global stream's place; states that differ are refused, and nothing is set aside."""
+  _save_steps(tmp_path, [1])
+  data = tmp_path / "1" / "data"
+  (data / "process_0-of-1.json").rename(data / "process_0-of-2.json")
+  (data / "process_1-of-2.json").write_text((data / "process_0-of-2.json").read_text())
+  target = _target(_tree(0), _mesh(devices[:1]))
+  checkpointer = checkpointing.Checkpointer(str(tmp_path))
+  assert checkpointer.restore_latest(target).data == {"next_index": 10}
+  (data / "process_1-of-2.json").write_text('{"next_index": 11}')
+  with pytest.raises(checkpointing.CheckpointRestoreError,
+                     match=r"states of 2 processes, and they differ, so a run of 1 cannot "
+                           r"resume it: resume with 2 processes"):
+    checkpointer.restore_latest(target)
+  checkpointer.close()
+  assert sorted(os.listdir(tmp_path)) == ["1"]
+
+
 def _corrupt(step_dir):
   """Truncates every array data file of a checkpoint, as a crash mid-copy would."""
   damaged = 0

@@ -49,7 +49,12 @@ def _failed_reads_unlogged() -> Iterator[None]:
 
 
 class IteratorStateHandler(ocp.CheckpointHandler):
-  """Writes each process's iterator state to `process_<i>-of-<n>.json` in the item directory."""
+  """Writes each process's iterator state to `process_<i>-of-<n>.json` in the item directory.
+
+  A run resumed with another number of processes (a pod restarted on another slice) reads the
+  saved states when they are all equal: the project's iterators keep their place in the global
+  stream (a step), not in a process's share of it. States that differ between processes are
+  refused (`CheckpointRestoreError`), with the process count to resume with."""
 
   def save(self, directory: epath.Path, args: IteratorStateSave) -> None:
     path = epath.Path(directory) / _process_file()
@@ -58,13 +63,22 @@ class IteratorStateHandler(ocp.CheckpointHandler):
   def restore(self, directory: epath.Path, args: IteratorStateRestore | None = None) -> Any:
     del args
     path = epath.Path(directory) / _process_file()
-    if not path.exists():
-      saved = sorted(p.name for p in epath.Path(directory).iterdir())
-      raise FileNotFoundError(
-          f"{path} does not exist: the checkpoint holds data-iterator states {saved}, written by "
-          f"another number of processes; resume with {jax.process_count()} processes replaced by "
-          f"the saved count, or start a new --workdir")
-    return json.loads(path.read_text())
+    if path.exists():
+      return json.loads(path.read_text())
+    saved = sorted(epath.Path(directory).glob("process_*-of-*.json"))
+    if not saved:
+      raise FileNotFoundError(f"{directory} holds no data-iterator state ({_process_file()} or "
+                              f"another process count's)")
+    states = [json.loads(p.read_text()) for p in saved]
+    if any(state != states[0] for state in states[1:]):
+      # Not damage (every step of the run holds such states): refused, not set aside.
+      raise CheckpointRestoreError(
+          f"{directory} holds the data-iterator states of {len(saved)} processes, and they "
+          f"differ, so a run of {jax.process_count()} cannot resume it: resume with "
+          f"{len(saved)} processes, or start a new --workdir")
+    logging.info("data-iterator state written by %d process(es), read by %d", len(saved),
+                 jax.process_count())
+    return states[0]
 
   def metadata(self, directory: epath.Path) -> None:
     del directory
