@@ -4,8 +4,6 @@ import json
 import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import pytest
 
@@ -23,7 +21,6 @@ from videogen.provenance import writer
 
 from tests.helpers import command_line
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_gallery_shows_every_prompt_of_the_suite(tiny_workdir, tiny_workdir_config, tmp_path):
@@ -144,26 +141,11 @@ def test_run_resumes_under_a_changed_config_only_when_told(tiny_workdir, tiny_wo
 
 def _run_two_processes(workdir: pathlib.Path, tmp_path: pathlib.Path):
   """`run` on a trained copy of `tiny_workdir` (both processes go straight to the gallery) as
-  processes 0 and 1 of one run, 2 CPU devices each; returns both Popen objects and their
-  (stdout, stderr)."""
+  processes 0 and 1 of one run, 2 CPU devices each."""
   config_file = command_line.tiny_workdir_config_file(tmp_path)
-  port = command_line.free_port()
-  command = [sys.executable, "-m", "videogen.main", "run", f"--config={config_file}",
-             f"--workdir={workdir}", "--config.sample.num_steps=2",
-             f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu")
-  processes = [subprocess.Popen([*command, f"--process_id={index}"], env=env, cwd=ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for index in range(2)]
-  outputs = []
-  for process in processes:
-    try:
-      outputs.append(process.communicate(timeout=400))
-    except subprocess.TimeoutExpired:
-      process.kill()
-      outputs.append(process.communicate())
-  return processes, outputs
+  return command_line.finish(command_line.start_processes(
+      ["-m", "videogen.main", "run", f"--config={config_file}", f"--workdir={workdir}",
+       "--config.sample.num_steps=2"], devices_per_process=2))
 
 
 @pytest.mark.slow
@@ -172,9 +154,10 @@ def test_two_processes_write_one_gallery(tiny_workdir, tmp_path):
   gallery, while both read the checkpoint (orbax reads collectively)."""
   workdir = tmp_path / "run"
   shutil.copytree(tiny_workdir, workdir)
-  processes, outputs = _run_two_processes(workdir, tmp_path)
-  assert [p.returncode for p in processes] == [0, 0], [err[-6000:] for _, err in outputs]
-  (out_0, err_0), (out_1, err_1) = outputs
+  first, second = _run_two_processes(workdir, tmp_path)
+  assert [first.returncode, second.returncode] == [0, 0], [first.stderr[-6000:],
+                                                           second.stderr[-6000:]]
+  out_0, err_0, out_1, err_1 = first.stdout, first.stderr, second.stdout, second.stderr
   rows = [json.loads(line) for line in open(workdir / main_job.GALLERY_DIR / "manifest.jsonl")]
   assert f"gallery {len(rows)}/{len(rows)}" in err_0 and f"gallery: {workdir}" in out_0
   # Process 1 joined the run (its info logs dropped): it sampled and wrote nothing.
@@ -190,9 +173,8 @@ def test_when_process_0_cannot_write_the_gallery_the_others_stop_too(tiny_workdi
   workdir = tmp_path / "run"
   shutil.copytree(tiny_workdir, workdir)
   (workdir / main_job.GALLERY_DIR).write_text("not a folder")
-  processes, outputs = _run_two_processes(workdir, tmp_path)
-  (_, err_0), (_, err_1) = outputs
-  assert processes[0].returncode == 1 and "Error" in err_0  # its own error, with its traceback
-  assert processes[1].returncode == 2, err_1[-3000:]
-  assert err_1.strip().splitlines()[-1] == ("error: another process failed writing the gallery: "
-                                            "its log says why")
+  first, second = _run_two_processes(workdir, tmp_path)
+  assert first.returncode == 1 and "Error" in first.stderr  # its own error, with its traceback
+  assert second.returncode == 2, second.stderr[-3000:]
+  assert second.stderr.strip().splitlines()[-1] == (
+      "error: another process failed writing the gallery: its log says why")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -62,8 +60,9 @@ _TOGETHER_SCRIPT = """
 import sys
 import numpy as np
 from videogen.parallel import multihost
-multihost.initialize("127.0.0.1:" + sys.argv[1], 2, int(sys.argv[2]))
-process = int(sys.argv[2])
+flags = dict(arg[2:].split("=") for arg in sys.argv[1:])
+process = int(flags["process_id"])
+multihost.initialize(flags["coordinator_address"], int(flags["num_processes"]), process)
 print("token", multihost.shared_token())
 total = multihost.sum_over_processes(np.array([1 + 2.0 ** -40, float(process)]))
 print("sum", total.tobytes().hex())
@@ -84,14 +83,11 @@ def test_a_failure_on_one_process_stops_every_process(tmp_path):
   barrier; the shared token and the float64 sum are the same on both."""
   script = tmp_path / "together.py"
   script.write_text(_TOGETHER_SCRIPT)
-  port = str(command_line.free_port())
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  processes = [subprocess.Popen([sys.executable, str(script), port, str(index)], env=env,
-                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True) for index in range(2)]
-  outputs = [process.communicate(timeout=120) for process in processes]
-  assert [p.returncode for p in processes] == [0, 0], [err[-3000:] for _, err in outputs]
-  lines = [dict(line.split(" ", 1) for line in out.splitlines()) for out, _ in outputs]
+  outputs = command_line.finish(command_line.start_processes(
+      [str(script)], devices_per_process=1), timeout=120)
+  assert [o.returncode for o in outputs] == [0, 0], [o.stderr[-3000:] for o in outputs]
+  lines = [dict(line.split(" ", 1) for line in o.stdout.splitlines() if not line.startswith("["))
+           for o in outputs]  # Gloo's connection lines aside
   assert lines[0]["token"] == lines[1]["token"] and len(lines[0]["token"]) == 32
   expected = np.array([2 + 2.0 ** -39, 1.0]).tobytes().hex()  # float32 would lose the 2**-39
   assert lines[0]["sum"] == lines[1]["sum"] == expected
@@ -121,32 +117,19 @@ def _experiment(num_steps: int) -> experiment_lib.Experiment:
 @pytest.mark.slow
 def test_two_processes_of_four_devices_match_one_process(tmp_path):
   workdir = tmp_path / "two_processes"
-  port = command_line.free_port()
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
-  command = [sys.executable, "-m", "videogen.main", "train",
-             f"--config={ROOT / 'tests' / 'standin' / 'experiment.py'}:tiny",
-             f"--workdir={workdir}",
-             *(f"--config.{key}={value}" for key, value in _overrides().items()),
-             f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
-  processes = [subprocess.Popen([*command, f"--process_id={index}"], env=env, cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-               for index in range(2)]
+  processes = command_line.start_processes(
+      ["-m", "videogen.main", "train",
+       f"--config={ROOT / 'tests' / 'standin' / 'experiment.py'}:tiny", f"--workdir={workdir}",
+       *(f"--config.{key}={value}" for key, value in _overrides().items())],
+      devices_per_process=4)
   # The one-process reference trains here while the two processes run.
   experiment = _experiment(NUM_STEPS)
   mesh = mesh_lib.create_mesh(mesh_lib.MeshConfig(), jax.devices()[:1])
   reference_dir = tmp_path / "one_process"
   trainer.train_stage(stages_lib.make_stage("standin", experiment), experiment,
                       str(reference_dir), mesh=mesh)
-  errors = []
-  for process in processes:
-    try:
-      _, stderr = process.communicate(timeout=400)
-    except subprocess.TimeoutExpired:
-      process.kill()
-      _, stderr = process.communicate()
-    errors.append(stderr)
-  assert [p.returncode for p in processes] == [0, 0], errors[0][-3000:] + errors[1][-3000:]
+  outputs = command_line.finish(processes)
+  assert [o.returncode for o in outputs] == [0, 0], [o.stderr[-3000:] for o in outputs]
   losses = [row["loss"] for row in metrics_lib.read_metrics(str(workdir))]
   expected = [row["loss"] for row in metrics_lib.read_metrics(str(reference_dir))]
   assert len(losses) == NUM_STEPS  # written once, by process 0

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +40,6 @@ AUTOENCODER = AutoencoderConfig(
     temporal_downsample=(True,), latent_channels=4, middle_attention=False, attention_heads=1)
 CACHE_STEPS = 4
 MAX_TOKENS = 24
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def make_config() -> ml_collections.ConfigDict:
@@ -184,27 +180,14 @@ def test_two_processes_build_the_same_cache_together(built, tmp_path):
   config_file.write_text("from tests.train import test_latent_cache\n\n\n"
                          "def get_config(variant=None):\n"
                          "  return test_latent_cache.make_config()\n")
-  port = command_line.free_port()
-  command = [sys.executable, "-m", "videogen.main", "cache_latents", f"--config={config_file}",
-             f"--workdir={workdir}", f"--coordinator_address=127.0.0.1:{port}",
-             "--num_processes=2"]
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu")
-  processes = [subprocess.Popen([*command, f"--process_id={index}"], env=env, cwd=ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for index in range(2)]
-  outputs = []
-  for process in processes:
-    try:
-      outputs.append(process.communicate(timeout=300))
-    except subprocess.TimeoutExpired:
-      process.kill()
-      outputs.append(process.communicate())
-  assert [p.returncode for p in processes] == [0, 0], [err[-4000:] for _, err in outputs]
-  (out_0, _), (out_1, _) = outputs
+  first, second = command_line.finish(command_line.start_processes(
+      ["-m", "videogen.main", "cache_latents", f"--config={config_file}", f"--workdir={workdir}"],
+      devices_per_process=2), timeout=300)
+  assert [first.returncode, second.returncode] == [0, 0], [first.stderr[-4000:],
+                                                           second.stderr[-4000:]]
   # Gloo's connection lines aside, process 0 alone reports the cache.
-  assert out_0.splitlines()[-1].startswith(f"latent cache: {CACHE_STEPS} steps in ")
-  assert "latent cache" not in out_1
+  assert first.stdout.splitlines()[-1].startswith(f"latent cache: {CACHE_STEPS} steps in ")
+  assert "latent cache" not in second.stdout
   directory = pathlib.Path(workdir_lib.latent_cache_dir(str(workdir), built["experiment"]))
   reference = pathlib.Path(workdir_lib.latent_cache_dir(built["workdir"], built["experiment"]))
   _assert_same_cache(directory, reference)
