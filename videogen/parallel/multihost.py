@@ -2,7 +2,8 @@
 
     multihost.initialize(coordinator_address=..., num_processes=2, process_id=0)  # before jax ops
     if multihost.is_primary(): write_the_file()
-    token = multihost.run_together(make_shared_files, "staging the files")  # fails everywhere
+    multihost.run_together(lambda: stage_files() if multihost.is_primary() else None,
+                           "staging the files")  # the others wait; a failure stops them all
 
 `initialize` calls `jax.distributed.initialize` only when the run asks for several processes:
 explicit coordinator flags, or a cluster environment that JAX detects by itself (a multi-host TPU

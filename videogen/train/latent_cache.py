@@ -238,9 +238,9 @@ def _encode_steps(staging: str, steps: np.ndarray, files: list[dict[str, Any]], 
   squares of its latents, and the seconds taken."""
   process, processes = jax.process_index(), jax.process_count()
   num_steps = len(steps)
-  arrays = [{key: np.load(_bucket_file(staging, bucket_id, key), mmap_mode="r+")
-             for key, (shape, _) in bucket_files.items() if shape[0]}
-            for bucket_id, bucket_files in enumerate(files)]
+  writers = [{key: _RowWriter(_bucket_file(staging, bucket_id, key))
+              for key, (shape, _) in bucket_files.items() if shape[0]}
+             for bucket_id, bucket_files in enumerate(files)]
   graphdef, state = nnx.split(autoencoder)
   # Rendered as the loader renders: in `data_config.num_workers` processes where it has any
   # (one H200 built its cache 12 times slower than its 12 workers rendered, in threads).
@@ -257,21 +257,53 @@ def _encode_steps(staging: str, steps: np.ndarray, files: list[dict[str, Any]], 
       if batch_sharding is not None:
         video = jax.device_put(video, batch_sharding)
       mean, log_variance = _encode(graphdef, state, video)
-      rows = slice(first, first + len(batch["video"]))
-      target = arrays[bucket_id]
+      target = writers[bucket_id]
       mean = np.asarray(mean)
-      target["latents"][rows] = mean.astype(dtype)
+      target["latents"].write(first, mean)
       moments += (mean.size, mean.sum(dtype=np.float64), np.square(mean, dtype=np.float64).sum())
       if logvar:
-        target["logvar"][rows] = np.asarray(log_variance).astype(dtype)
+        target["logvar"].write(first, np.asarray(log_variance))
       for key in TEXT_KEYS:
-        target[key][rows] = batch[key]
+        target[key].write(first, batch[key])
   finally:
     batches.close()  # stops the worker processes, also when the build failed
-  for bucket_arrays in arrays:
-    for array in bucket_arrays.values():
-      array.flush()
+    for bucket_writers in writers:
+      for writer in bucket_writers.values():
+        writer.close()
   return moments, time.perf_counter() - start
+
+
+class _RowWriter:
+  """Writes rows of a staged .npy file at their byte offsets with `os.pwrite`.
+
+  Not through a memory map: its write-back is a whole page, so on a network file system a
+  process would write its neighbour's rows of a shared page back as they were when it read them.
+  """
+
+  def __init__(self, path: str):
+    with open(path, "rb") as f:
+      version = np.lib.format.read_magic(f)
+      read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                     else np.lib.format.read_array_header_2_0)
+      shape, fortran_order, self.dtype = read_header(f)
+      self.offset = f.tell()
+    if fortran_order:
+      raise ValueError(f"{path} is in Fortran order; the cache writes C-order rows")
+    self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * self.dtype.itemsize
+    self._fd = os.open(path, os.O_WRONLY)
+
+  def write(self, first: int, rows: np.ndarray) -> None:
+    """Writes `rows` as rows first, first + 1, ... (cast to the file's dtype)."""
+    data = memoryview(np.ascontiguousarray(rows, self.dtype).tobytes())
+    position, written = self.offset + first * self.row_bytes, 0
+    while written < len(data):  # pwrite may write less than it was given
+      written += os.pwrite(self._fd, data[written:], position + written)
+
+  def close(self) -> None:
+    if self._fd is not None:
+      os.fsync(self._fd)
+      os.close(self._fd)
+      self._fd = None
 
 
 def _check_latent_scale(config: autoencoder_lib.AutoencoderConfig, mean: float,
