@@ -22,7 +22,6 @@ from videogen.provenance import writer
 from tests.helpers import command_line
 
 
-
 def test_gallery_shows_every_prompt_of_the_suite(tiny_workdir, tiny_workdir_config, tmp_path):
   workdir = str(tmp_path / "run")
   shutil.copytree(tiny_workdir, workdir)  # the shared workdir is read-only
@@ -157,11 +156,11 @@ def test_two_processes_write_one_gallery(tiny_workdir, tmp_path):
   first, second = _run_two_processes(workdir, tmp_path)
   assert [first.returncode, second.returncode] == [0, 0], [first.stderr[-6000:],
                                                            second.stderr[-6000:]]
-  out_0, err_0, out_1, err_1 = first.stdout, first.stderr, second.stdout, second.stderr
   rows = [json.loads(line) for line in open(workdir / main_job.GALLERY_DIR / "manifest.jsonl")]
-  assert f"gallery {len(rows)}/{len(rows)}" in err_0 and f"gallery: {workdir}" in out_0
+  assert f"gallery {len(rows)}/{len(rows)}" in first.stderr
+  assert f"gallery: {workdir}" in first.stdout
   # Process 1 joined the run (its info logs dropped): it sampled and wrote nothing.
-  assert "gallery" not in err_1 and "gallery" not in out_1
+  assert "gallery" not in second.stderr and "gallery" not in second.stdout
   for row in rows:
     assert (workdir / main_job.GALLERY_DIR / row["video"]).stat().st_size > 0
 
