@@ -242,12 +242,13 @@ def _encode_steps(staging: str, steps: np.ndarray, files: list[dict[str, Any]], 
               for key, (shape, _) in bucket_files.items() if shape[0]}
              for bucket_id, bucket_files in enumerate(files)]
   graphdef, state = nnx.split(autoencoder)
-  # Rendered as the loader renders: in `data_config.num_workers` processes where it has any
-  # (one H200 built its cache 12 times slower than its 12 workers rendered, in threads).
-  batches = iter(step_batches.dataset(process, num_steps, stride=processes))
   start = time.perf_counter()
   moments = np.zeros(3, np.float64)  # count, sum and sum of squares of the latents
+  batches = None
   try:
+    # Rendered as the loader renders: in `data_config.num_workers` processes where it has any
+    # (one H200 built its cache 12 times slower than its 12 workers rendered, in threads).
+    batches = iter(step_batches.dataset(process, num_steps, stride=processes))
     for batch in tqdm.tqdm(batches, total=len(range(process, num_steps, processes)),
                            desc="latent cache", unit="step", disable=not progress,
                            dynamic_ncols=True, mininterval=1.0):
@@ -266,7 +267,8 @@ def _encode_steps(staging: str, steps: np.ndarray, files: list[dict[str, Any]], 
       for key in TEXT_KEYS:
         target[key].write(first, batch[key])
   finally:
-    batches.close()  # stops the worker processes, also when the build failed
+    if batches is not None:  # stops the worker processes, also when the build failed
+      batches.close()
     for bucket_writers in writers:
       for writer in bucket_writers.values():
         writer.close()
