@@ -8,7 +8,10 @@ import subprocess
 import sys
 
 import pytest
+from absl import flags as absl_flags
 
+from videogen import exit_codes
+from videogen import experiment as experiment_lib
 from videogen import main
 
 from tests.helpers import command_line
@@ -155,20 +158,63 @@ def test_help_lists_the_commands():
   assert "<command> --help" in result.stdout
 
 
-@pytest.mark.parametrize("args, code, says", [
-    (["evaluate", "--what=autoencoder", "--config.autoencoder.base_channels=16"], 2,
+@pytest.mark.parametrize("args, says", [
+    (["evaluate", "--what=autoencoder", "--config.autoencoder.base_channels=16"],
      "the checkpoint {workdir}/checkpoints/autoencoder/2 was trained with other model settings "
      "than the config given (config.autoencoder.base_channels: 8 -> 16)"),
-    (["generate", "--prompt=a red circle", "--out={tmp}/red.mp4", "--config.dit.width=64"], 1,
+    (["generate", "--prompt=a red circle", "--out={tmp}/red.mp4", "--config.dit.width=64"],
      "the checkpoint {workdir}/checkpoints/dit/2 was trained with other model settings than the "
      "config given (config.dit.width: 32 -> 64)"),
 ], ids=["evaluate", "generate"])
 def test_a_config_that_does_not_fit_the_checkpoint_names_the_settings(tiny_workdir, tmp_path,
-                                                                      args, code, says):
-  """One line, not orbax's error about `strict=False`, nor asyncio's log of each failed read."""
+                                                                      args, says):
+  """One line, not orbax's error about `strict=False`, nor asyncio's log of each failed read;
+  exit code 2 in either command."""
   config_file = command_line.tiny_workdir_config_file(tmp_path)
   command, *rest = args
   result = _main(command, f"--workdir={tiny_workdir}", f"--config={config_file}",
                  *(arg.replace("{tmp}", str(tmp_path)) for arg in rest))
-  assert result.returncode == code, result.stderr[-3000:]
+  assert result.returncode == exit_codes.REFUSED, result.stderr[-3000:]
   assert says.replace("{workdir}", tiny_workdir) in _one_line(result.stderr)
+
+
+# The same mistake in each command that can make it: (command, its flags, what the line says).
+# {tmp} is an empty workdir; each command is called in this process, as videogen.main calls it.
+# (export looks for the checkpoint before its --out: tests/export/test_command.py.)
+SAME_MISTAKES = [
+    ("no checkpoint", "generate", {"prompt": "a red circle", "out": "{tmp}/out/red.mp4"},
+     "no checkpoint of stage 'dit' in {tmp}"),
+    ("no checkpoint", "evaluate", {"what": "generation"}, "no checkpoint of stage 'dit' in {tmp}"),
+    ("no checkpoint", "evaluate", {"what": "autoencoder"},
+     "no checkpoint of stage 'autoencoder' in {tmp}"),
+    ("no checkpoint", "export", {"out": "{tmp}/out"}, "no checkpoint of stage 'dit' in {tmp}"),
+    ("a missing key file", "run", {"key": "{tmp}/missing.key"}, "missing.key does not exist"),
+    ("a missing key file", "generate",
+     {"prompt": "a red circle", "out": "{tmp}/out/red.mp4", "key": "{tmp}/missing.key"},
+     "missing.key does not exist"),
+    ("a missing key file", "detect", {"input": "{tmp}", "key": "{tmp}/missing.key"},
+     "missing.key does not exist"),
+    ("an output that is a file", "run", {}, "{tmp}/gallery is a file"),
+    ("an output that is a file", "generate",
+     {"prompt": "a red circle", "out": "{tmp}/gallery/red.mp4"}, "{tmp}/gallery is a file"),
+    ("an output that is a file", "evaluate", {"what": "generation", "out": "{tmp}/gallery"},
+     "{tmp}/gallery is a file"),
+]
+
+
+@pytest.mark.parametrize("mistake, name, flags, says", SAME_MISTAKES,
+                         ids=[f"{m}: {n}" for m, n, _, _ in SAME_MISTAKES])
+def test_the_same_mistake_gets_exit_code_2_in_every_command(tmp_path, capsys, tiny_workdir_config,
+                                                            mistake, name, flags, says):
+  """`videogen.exit_codes`: a mistake in what was asked is one line and exit code 2 whichever
+  command meets it, before any work (nothing is created but the folders of the outputs)."""
+  (tmp_path / "gallery").write_text("a file where a folder goes")
+  command = main.COMMANDS[name]
+  values = {flag: absl_flags.FLAGS[flag].default for flag in command.flags}
+  values.update({flag: value.replace("{tmp}", str(tmp_path)) for flag, value in flags.items()})
+  experiment = experiment_lib.validate(tiny_workdir_config)  # as --config gives it
+  assert command.load()(experiment, str(tmp_path), **values) == exit_codes.REFUSED
+  error = capsys.readouterr().err.strip()
+  assert error.count("\n") == 0 and error.startswith("error: "), error
+  assert says.replace("{tmp}", str(tmp_path)) in error
+  assert sorted(os.listdir(tmp_path)) in (["gallery"], ["gallery", "out"])

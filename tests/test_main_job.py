@@ -10,6 +10,7 @@ import pytest
 from data_pipelines import video_io
 from data_pipelines.shapes import world
 from videogen import api
+from videogen import exit_codes
 from videogen import experiment as experiment_lib
 from videogen import main_job
 from videogen.evaluate import suite as suite_lib
@@ -167,13 +168,17 @@ def test_two_processes_write_one_gallery(tiny_workdir, tmp_path):
 
 @pytest.mark.slow
 def test_when_process_0_cannot_write_the_gallery_the_others_stop_too(tiny_workdir, tmp_path):
-  """Process 1 waits for process 0's gallery; when that fails (here: a file where the gallery's
-  folder goes), process 1 stops with one line at once, not after the coordinator's timeout."""
+  """Process 0 alone writes the gallery, and checks its folder before any training; when that
+  fails (here: a file where the folder goes), process 0 refuses with one line and process 1
+  stops at once too, not after the coordinator's timeout (`multihost.run_together`)."""
   workdir = tmp_path / "run"
   shutil.copytree(tiny_workdir, workdir)
   (workdir / main_job.GALLERY_DIR).write_text("not a folder")
   first, second = _run_two_processes(workdir, tmp_path)
-  assert first.returncode == 1 and "Error" in first.stderr  # its own error, with its traceback
-  assert second.returncode == 2, second.stderr[-3000:]
+  assert first.returncode == exit_codes.REFUSED, first.stderr[-3000:]
+  assert first.stderr.strip().splitlines()[-1] == (
+      f"error: {workdir}/{main_job.GALLERY_DIR}/index.html: {workdir}/{main_job.GALLERY_DIR} is "
+      f"a file, not a folder: choose another path")
+  assert second.returncode == exit_codes.FAILED, second.stderr[-3000:]
   assert second.stderr.strip().splitlines()[-1] == (
-      "error: another process failed writing the gallery: its log says why")
+      "error: another process failed checking the gallery's folder: its log says why")

@@ -29,6 +29,7 @@ from absl import flags
 from absl import logging
 
 from videogen import config as config_lib
+from videogen import exit_codes
 from videogen import experiment as experiment_lib
 
 # Flags every command takes (--config and --workdir from videogen.main, absl's --verbosity), after
@@ -64,9 +65,8 @@ class CommandLineError(Exception):
 
 
 def fail(message: str) -> NoReturn:
-  """Reports a command-line mistake on one line of stderr and exits with code 2."""
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
+  """Reports a command-line mistake on one line of stderr and exits (`exit_codes.REFUSED`)."""
+  sys.exit(exit_codes.refuse(message))
 
 
 # ---------------------------------------------------------------------------------------------

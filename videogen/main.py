@@ -24,6 +24,11 @@ Any config field can be overridden with `--config.<path>=<value>`; an unknown ke
 wrong type stops the command before anything is built, with a message that says what to change.
 Every such mistake is one line on stderr and exit code 2.
 
+Exit codes, the same in every command (`videogen.exit_codes`): 0 done; 2 a mistake in what was
+asked (a flag, a config, a file it names, a size that does not fit), one line on stderr that says
+what to change; 1 the work ran and failed (a non-finite loss, items of a batch, another process,
+a bug with its traceback).
+
 Output: progress bars, videogen's own log lines and every library's warnings; `--verbosity=0`
 (info) or `--verbosity=1` (debug) shows every library's log lines too. Compiled programs are cached
 on disk (`~/.cache/videogen/jax`, under $XDG_CACHE_HOME when set), so a second command in a new

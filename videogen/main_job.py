@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 import time
 
 import jax
@@ -35,6 +34,7 @@ from absl import logging
 
 from data_pipelines import video_io
 from videogen import api
+from videogen import exit_codes
 from videogen import experiment as experiment_lib
 from videogen import workdir as workdir_lib
 from videogen.evaluate import suite as suite_lib
@@ -112,6 +112,15 @@ def write_gallery(experiment: experiment_lib.Experiment, workdir: str, *,
                              curves=[os.path.basename(path) for path in charts])
 
 
+def _check_outputs(workdir: str, *, watermark: bool, key_file: str | None) -> None:
+  """Raises, before any training, what would stop the gallery: a `--key` file that is not a
+  watermark key (`keys.KeyFileError`), a gallery folder that cannot be written
+  (`video_io.VideoWriteError`)."""
+  if watermark and key_file is not None:
+    keys.watermark_key(key_file=key_file)
+  video_io.check_writable(os.path.join(workdir, GALLERY_DIR, gallery.INDEX_FILE))
+
+
 def _process_local_generator(workdir: str,
                              experiment: experiment_lib.Experiment) -> pipeline.Generator:
   """The trained model on this process's devices alone, its weights split over them (FSDP): the
@@ -125,7 +134,8 @@ def run(experiment: experiment_lib.Experiment, workdir: str | None, *, watermark
         manifest_prompt: bool = True, key: str | None = None,
         allow_config_change: bool = False, coordinator_address: str | None = None,
         num_processes: int | None = None, process_id: int | None = None) -> int:
-  """`python -m videogen.main run`: train, then the gallery. Exit code as `train`'s.
+  """`python -m videogen.main run`: train, then the gallery. Exit codes as `train`'s; the key and
+  the gallery's folder are checked before the training (exit code 2).
 
   Args:
     watermark, manifest_prompt, key: how the gallery's videos are stamped (see `write_gallery`).
@@ -133,18 +143,19 @@ def run(experiment: experiment_lib.Experiment, workdir: str | None, *, watermark
     coordinator_address, num_processes, process_id: join a multi-process run, as `train`'s.
   """
   if not workdir:
-    print("error: run needs --workdir=DIR (checkpoints, metrics and the gallery go there)",
-          file=sys.stderr)
-    return 2
+    return exit_codes.refuse("run needs --workdir=DIR (checkpoints, metrics and the gallery go "
+                             "there)")
   failed = multihost.join_processes(coordinator_address, num_processes, process_id)
   if failed is not None:
     return failed
-  if watermark and key is not None:
-    try:  # a bad --key fails now, not after the training
-      keys.watermark_key(key_file=key)
-    except keys.KeyFileError as error:
-      print(f"error: {error}", file=sys.stderr)
-      return 1
+  try:
+    # A bad --key or a gallery that cannot be written fails now, not after the training.
+    multihost.run_together(lambda: _check_outputs(workdir, watermark=watermark, key_file=key)
+                           if multihost.is_primary() else None, "checking the gallery's folder")
+  except (keys.KeyFileError, video_io.VideoWriteError) as error:
+    return exit_codes.refuse(error)
+  except multihost.PeerFailedError as error:
+    return exit_codes.fail(error)
   start = time.time()
   try:
     results = trainer.train(experiment, workdir, allow_config_change=allow_config_change)
@@ -152,7 +163,7 @@ def run(experiment: experiment_lib.Experiment, workdir: str | None, *, watermark
     return train_command.report(error)
   if any(result.status == "preempted" for result in results):
     print("preempted after a checkpoint: run the same command again to resume")
-    return 0
+    return exit_codes.DONE
   trained = time.time()
   generator, step = None, None
   if jax.process_count() > 1:
@@ -168,9 +179,9 @@ def run(experiment: experiment_lib.Experiment, workdir: str | None, *, watermark
   except multihost.PeerFailedError as error:
     return train_command.report(error)
   if index is None:  # written by process 0
-    return 0
+    return exit_codes.DONE
   done = time.time()
   print(f"trained in {(trained - start) / 60:.1f} min, gallery in {(done - trained) / 60:.1f} min")
   print(f"gallery: {index}")
   print(f"score it: python -m videogen.main evaluate --workdir={workdir} --what=generation")
-  return 0
+  return exit_codes.DONE

@@ -29,7 +29,7 @@ def test_evaluate_command_errors_say_what_to_do(tmp_path, capsys):
   assert "choose one of: generation" in capsys.readouterr().err
   assert command.evaluate(None, None, what="generation") == 2
   assert "--workdir" in capsys.readouterr().err
-  assert command.evaluate(None, str(tmp_path), what="generation") == 1
+  assert command.evaluate(None, str(tmp_path), what="generation") == 2
   error = capsys.readouterr().err
   assert "checkpoints/dit" in error and "videogen.main train" in error
 
@@ -49,7 +49,7 @@ def test_long_video_takes_frames_and_the_others_refuse_it(tmp_path, capsys):
   assert "--frames applies to --what=long_video" in capsys.readouterr().err
   assert command.evaluate(None, str(tmp_path), what="long_video", frames=1) == 2
   assert "--frames=1: a long video needs at least 2 frames" in capsys.readouterr().err
-  assert command.evaluate(None, str(tmp_path), what="long_video", frames=480) == 1
+  assert command.evaluate(None, str(tmp_path), what="long_video", frames=480) == 2
   assert "checkpoints/dit" in capsys.readouterr().err
 
 
@@ -57,7 +57,7 @@ def test_main_wires_the_evaluate_command_and_its_what_flag(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "videogen.main", "evaluate", f"--workdir={tmp_path}",
        "--what=generation"], capture_output=True, text=True, timeout=120)
-  assert result.returncode == 1, result.stderr
+  assert result.returncode == 2, result.stderr
   assert "no checkpoint of stage 'dit'" in result.stderr
 
 
@@ -132,7 +132,7 @@ def test_saved_suite_videos_are_watermarked_and_signed(tmp_path):
 def test_noise_levels_command_errors_say_what_to_do(tmp_path, capsys):
   assert command.evaluate(None, None, what="noise_levels") == 2
   assert "--workdir" in capsys.readouterr().err
-  assert command.evaluate(None, str(tmp_path), what="noise_levels") == 1
+  assert command.evaluate(None, str(tmp_path), what="noise_levels") == 2
   assert "videogen.main train" in capsys.readouterr().err
 
 
@@ -153,7 +153,7 @@ def test_noise_levels_of_a_trained_workdir_gets_its_json(tiny_workdir, tmp_path,
 def test_caption_use_command_errors_say_what_to_do(tmp_path, capsys):
   assert command.evaluate(None, None, what="caption_use") == 2
   assert "--workdir" in capsys.readouterr().err
-  assert command.evaluate(None, str(tmp_path), what="caption_use") == 1
+  assert command.evaluate(None, str(tmp_path), what="caption_use") == 2
   assert "videogen.main train" in capsys.readouterr().err
 
 

@@ -191,7 +191,7 @@ def _two_checkpoints(tiny_workdir, tmp_path):
 def test_errors_say_what_is_missing(tmp_path, capsys):
   assert command.evaluate(None, None, what="learning_curve") == 2
   assert "--workdir" in capsys.readouterr().err
-  assert command.evaluate(None, str(tmp_path), what="learning_curve") == 1
+  assert command.evaluate(None, str(tmp_path), what="learning_curve") == 2
   error = capsys.readouterr().err
   assert error.count("\n") == 1 and "no checkpoint of stage 'dit'" in error
   assert "videogen.main train" in error
@@ -207,7 +207,7 @@ def test_main_wires_the_learning_curve_and_its_flags(tmp_path):
       [sys.executable, "-m", "videogen.main", "evaluate", f"--workdir={tmp_path}",
        "--what=learning_curve", "--checkpoint_steps=1500,3000", "--every=1500",
        "--compare=runs/a,runs/b"], capture_output=True, text=True, timeout=120)
-  assert result.returncode == 1, result.stderr
+  assert result.returncode == 2, result.stderr
   assert "no checkpoint of stage 'dit'" in result.stderr
 
 
@@ -266,10 +266,10 @@ def test_learning_curve_evaluates_each_checkpoint_once(tiny_workdir, tiny_workdi
 
   # Unknown steps and another suite are one line each; nothing is evaluated.
   assert learning_curve.command(experiment, workdir, checkpoint_steps=["3"],
-                                progress=False) == 1
+                                progress=False) == 2
   error = capsys.readouterr().err
   assert error.count("\n") == 1 and "at step 3" in error and "saved steps: 1, 2, 4" in error
-  assert learning_curve.command(experiment, workdir, scenes_per_group=2, progress=False) == 1
+  assert learning_curve.command(experiment, workdir, scenes_per_group=2, progress=False) == 2
   assert "--scenes_per_group=1 as before" in capsys.readouterr().err
   assert loaded == [4]
 

@@ -112,9 +112,10 @@ def test_summary_prints_a_table_then_the_json_line(capsys):
 
 def test_summary_refuses_what_it_cannot_measure(capsys):
   assert summary.summary(_experiment(), None) == 2
-  assert "summary needs a config.dit section" in capsys.readouterr().out
+  captured = capsys.readouterr()
+  assert captured.out == "" and captured.err.startswith("error: summary needs a config.dit section")
   mismatched = _experiment(dit=dit.DiTConfig.tiny(context_dim=64),
                            text_encoder=text_encoder.TextEncoderConfig.tiny())
   assert summary.summary(mismatched, None) == 2
   assert ("config.dit.context_dim (64) must equal config.text_encoder.width (128)"
-          in capsys.readouterr().out)
+          in capsys.readouterr().err)

@@ -77,6 +77,19 @@ def test_bad_command_lines_get_one_line_and_exit_code_2(tiny_workdir, tmp_path, 
   assert not os.path.exists(tmp_path / "out")  # refused before anything is written
 
 
+def test_an_out_that_cannot_be_written_is_refused_before_loading(tiny_workdir, tmp_path, capsys,
+                                                                  monkeypatch):
+  (tmp_path / "file").write_text("a file where a folder goes")
+
+  def load(*args, **kwargs):
+    raise AssertionError("loaded the models before checking --out")
+
+  monkeypatch.setattr(command.pipeline, "load", load)
+  assert command.command(None, tiny_workdir, out=str(tmp_path / "file" / "out")) == 2
+  error = capsys.readouterr().err
+  assert error.count("\n") == 1 and f"{tmp_path}/file is a file, not a folder" in error, error
+
+
 def test_a_format_without_its_packages_names_the_extra(tiny_workdir, tmp_path, capsys,
                                                        monkeypatch):
   monkeypatch.setitem(command.FORMATS, "onnx",
@@ -87,12 +100,12 @@ def test_a_format_without_its_packages_names_the_extra(tiny_workdir, tmp_path, c
       "pip install -e '.[export]'\n")
 
 
-def test_a_missing_workdir_or_stage_gets_one_line_and_exit_code_1(tmp_path, capsys):
-  assert command.command(None, str(tmp_path / "missing"), out=str(tmp_path / "out")) == 1
+def test_a_missing_workdir_or_stage_gets_one_line_and_exit_code_2(tmp_path, capsys):
+  assert command.command(None, str(tmp_path / "missing"), out=str(tmp_path / "out")) == 2
   error = capsys.readouterr().err
   assert error.startswith(f"error: workdir {tmp_path / 'missing'} does not exist")
   assert error.count("\n") == 1
-  assert command.command(None, str(tmp_path), out=str(tmp_path / "out")) == 1
+  assert command.command(None, str(tmp_path), out=str(tmp_path / "out")) == 2
   error = capsys.readouterr().err
   assert error.startswith("error: no checkpoint of stage 'dit'") and error.count("\n") == 1
 

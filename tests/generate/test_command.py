@@ -154,7 +154,7 @@ def test_command_usage_errors(tmp_path, capsys):
   assert command.command(None, None) == 2
   assert "generate needs --workdir" in capsys.readouterr().err
   assert command.command(None, str(tmp_path), prompt="a red circle", out=str(tmp_path / "x.mp4"),
-                         input=str(tmp_path / "missing.mp4"), mode="extend") == 1
+                         input=str(tmp_path / "missing.mp4"), mode="extend") == 2
   assert "missing.mp4 does not exist" in capsys.readouterr().err
 
 
@@ -163,7 +163,7 @@ def test_generate_without_a_checkpoint_names_the_path_and_the_command(tmp_path):
       [sys.executable, "-m", "videogen.main", "generate", f"--workdir={tmp_path}",
        "--prompt=a red circle", f"--out={tmp_path / 'x.mp4'}"],
       capture_output=True, text=True, timeout=300)
-  assert result.returncode == 1
+  assert result.returncode == 2
   assert f"no checkpoint of stage 'dit' in {tmp_path}" in result.stderr
   assert "python -m videogen.main train" in result.stderr
 
@@ -238,7 +238,7 @@ def test_refusals_are_one_line_before_loading(flags, message, tmp_path, tiny_exp
   values = dict(prompt="a red circle", out=str(tmp_path / "out" / "red.mp4"))
   values.update({k: v.replace("{tmp}", str(tmp_path)) if isinstance(v, str) else v
                  for k, v in flags.items()})
-  assert command.command(tiny_experiment, str(tmp_path), **values) == 1
+  assert command.command(tiny_experiment, str(tmp_path), **values) == 2
   captured = capsys.readouterr()
   assert re.fullmatch(message.replace("{tmp}", re.escape(str(tmp_path))),
                       _one_error_line(captured.err))
@@ -272,7 +272,7 @@ def test_prompts_file_refusals_name_the_file_and_line(content, message, tmp_path
   prompts = tmp_path / "prompts.jsonl"
   prompts.write_bytes(content)
   assert command.command(tiny_experiment, str(tmp_path), prompts_file=str(prompts),
-                         out=str(tmp_path / "out")) == 1
+                         out=str(tmp_path / "out")) == 2
   pattern = message.replace("{file}", re.escape(str(prompts))).replace(
       "{tmp}", re.escape(str(tmp_path)))
   assert re.fullmatch(pattern, _one_error_line(capsys.readouterr().err))
@@ -283,7 +283,7 @@ def test_an_output_folder_that_is_a_file_is_refused(tmp_path, tiny_experiment, n
   (tmp_path / "prompts.jsonl").write_text('{"prompt": "a red circle"}\n')
   assert command.command(tiny_experiment, str(tmp_path),
                          prompts_file=str(tmp_path / "prompts.jsonl"),
-                         out=str(tmp_path / "file.txt")) == 1
+                         out=str(tmp_path / "file.txt")) == 2
   assert _one_error_line(capsys.readouterr().err) == (
       f"--out={tmp_path}/file.txt (the output folder): {tmp_path}/file.txt is a file, not a "
       f"folder: choose another path")
@@ -301,7 +301,7 @@ def test_the_command_line_refuses_with_one_line(args, message, tmp_path):
       [sys.executable, "-m", "videogen.main", "generate", f"--workdir={tmp_path}",
        "--prompt=a red circle", *[a.replace("{tmp}", str(tmp_path)) for a in args]],
       capture_output=True, text=True, timeout=300)
-  assert result.returncode == 1
+  assert result.returncode == 2
   assert "Traceback" not in result.stderr and "Error opening" not in result.stderr
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == 1 and re.fullmatch(message, errors[0]), result.stderr
@@ -318,7 +318,7 @@ def test_a_failed_write_is_an_error_not_a_success(generator, tiny_experiment, mo
 
   monkeypatch.setattr(video_io, "write_video", write_video)
   assert command.command(tiny_experiment, str(tmp_path), prompt="a red circle", frames=9,
-                         out=str(tmp_path / "red.mp4")) == 1
+                         out=str(tmp_path / "red.mp4")) == 2
   captured = capsys.readouterr()
   assert _one_error_line(captured.err) == (
       f"{tmp_path}/red.mp4: ffmpeg could not write it (No space left on device)")
@@ -500,6 +500,6 @@ def test_a_prompts_file_records_each_videos_payload(trained_workdir, world_video
 
 def test_a_bad_key_file_is_refused_before_loading(tiny_experiment, no_load, tmp_path, capsys):
   assert command.command(tiny_experiment, str(tmp_path), prompt="a red circle",
-                         out=str(tmp_path / "red.mp4"), key=str(tmp_path / "missing.key")) == 1
+                         out=str(tmp_path / "red.mp4"), key=str(tmp_path / "missing.key")) == 2
   assert "missing.key does not exist" in _one_error_line(capsys.readouterr().err)
   assert not (tmp_path / "provenance").exists()

@@ -70,7 +70,6 @@ import dataclasses
 import json
 import os
 import secrets
-import sys
 import tempfile
 import time
 from typing import Any, Callable, Optional, Sequence
@@ -88,6 +87,7 @@ from data_pipelines import benchmark as loader_benchmark
 from data_pipelines import loader
 from data_pipelines import tokenizer as tokenizer_lib
 from data_pipelines.shapes import world
+from videogen import exit_codes
 from videogen import experiment as experiment_lib
 from videogen import workdir as workdir_lib
 from videogen.evaluate import autoencoder_throughput
@@ -712,9 +712,7 @@ def watermark_command(experiment: experiment_lib.Experiment, workdir: str | None
   workdir, also writes them to WORKDIR/benchmark_watermark.json. Exit code 2 for videos < 1."""
   videos = WATERMARK_VIDEOS if videos is None else videos
   if videos < 1:
-    print(f"error: --watermark_videos={videos}: measure at least 1 video per set",
-          file=sys.stderr)
-    return 2
+    return exit_codes.refuse(f"--watermark_videos={videos}: measure at least 1 video per set")
   results = watermark_figures(experiment, workdir, videos=videos)
   print(watermark_benchmark.format_table(results))
   print(json.dumps({"what": WATERMARK, "sets": results}))
@@ -722,7 +720,7 @@ def watermark_command(experiment: experiment_lib.Experiment, workdir: str | None
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "benchmark_watermark.json"), "w") as f:
       json.dump(results, f, indent=2)
-  return 0
+  return exit_codes.DONE
 
 
 def sequence_parallel_command(experiment: experiment_lib.Experiment) -> int:
@@ -732,7 +730,7 @@ def sequence_parallel_command(experiment: experiment_lib.Experiment) -> int:
   result = sequence_benchmark.figures(heads, head_dim)
   print(sequence_benchmark.format_table(result))
   print(json.dumps({"what": SEQUENCE_PARALLEL, **result}))
-  return 0
+  return exit_codes.DONE
 
 
 def command(experiment: experiment_lib.Experiment, workdir: str | None, *,
@@ -758,16 +756,14 @@ def command(experiment: experiment_lib.Experiment, workdir: str | None, *,
   try:
     check_options(experiment, what=what, layouts=layouts, stage=stage)
   except ValueError as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 2
+    return exit_codes.refuse(error)
   if what == WATERMARK:
     return watermark_command(experiment, workdir, videos=watermark_videos)
   if what == SEQUENCE_PARALLEL and watermark_videos is None:
     return sequence_parallel_command(experiment)
   if watermark_videos is not None:
-    print(f"error: --watermark_videos applies to --what={WATERMARK}, not --what={what}",
-          file=sys.stderr)
-    return 2
+    return exit_codes.refuse(f"--watermark_videos applies to --what={WATERMARK}, not "
+                             f"--what={what}")
   result = run_benchmark(experiment, what=what, layouts=layouts, stage=stage)
   print(format_table(result))
   print(json.dumps(result))
@@ -775,4 +771,4 @@ def command(experiment: experiment_lib.Experiment, workdir: str | None, *,
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "benchmark.json"), "w") as f:
       json.dump(result, f, indent=2)
-  return 0
+  return exit_codes.DONE

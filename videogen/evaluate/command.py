@@ -23,8 +23,9 @@ records `steps` and `student`.
 The suite's videos are scored, then watermarked and signed as they are saved
 (`videogen.provenance.writer`; `--watermark=false`, `--key=FILE`, `--manifest_prompt=false` as for
 `generate`): the metrics are those of the generator's own frames. Without --config, the experiment
-saved with the workdir's checkpoint is used. Exit codes: 0 done, 1 a checkpoint is missing (or a
-watermark key), 2 a usage error (no --workdir, unknown --what, an option --what does not take).
+saved with the workdir's checkpoint is used. Exit codes (`videogen.exit_codes`): 0 done; 2 one
+line on stderr says what to change: no --workdir, an unknown --what or an option it does not
+take, a missing checkpoint or watermark key, a config the checkpoint was not trained with.
 """
 
 from __future__ import annotations
@@ -33,13 +34,14 @@ import dataclasses
 import functools
 import json
 import os
-import sys
 from typing import Any, Callable, Sequence
 
 import numpy as np
 from absl import logging
 
+from data_pipelines import video_io
 from data_pipelines.shapes import world
+from videogen import exit_codes
 from videogen import experiment as experiment_lib
 from videogen import workdir as workdir_lib
 from videogen.evaluate import caption_use
@@ -226,23 +228,18 @@ def run_long_video(experiment: experiment_lib.Experiment | None, workdir: str, *
 def report_command(what: str, workdir: str | None, run: Callable[[str], Any],
                    table: Callable[[Any], str], metrics: Callable[[Any], Any]) -> int:
   """An `evaluate --what=<what>` command: runs `run(workdir)`, prints `table(report)`, then
-  `metrics(report)` as JSON on the last line. Exit code 2 without a workdir or when the config
-  does not fit the checkpoint, 1 when a checkpoint is missing."""
+  `metrics(report)` as JSON on the last line. Exit code 2 without a workdir, when a checkpoint
+  or the key is missing, or when the config does not fit the checkpoint."""
   if not workdir:
-    print(f"evaluate needs --workdir=DIR, a trained run (python -m videogen.main evaluate "
-          f"--workdir=runs/tiny --what={what})", file=sys.stderr)
-    return 2
+    return exit_codes.refuse(f"evaluate needs --workdir=DIR, a trained run (python -m "
+                             f"videogen.main evaluate --workdir=runs/tiny --what={what})")
   try:
     report = run(workdir)
-  except (FileNotFoundError, keys.KeyFileError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 1
-  except workdir_lib.WorkdirMismatchError as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 2
+  except (FileNotFoundError, keys.KeyFileError, workdir_lib.WorkdirMismatchError) as error:
+    return exit_codes.refuse(error)
   print(table(report))
   print(json.dumps(metrics(report), sort_keys=False))
-  return 0
+  return exit_codes.DONE
 
 
 def generation_command(experiment: experiment_lib.Experiment | None, workdir: str | None, *,
@@ -290,9 +287,8 @@ def long_video_command(experiment: experiment_lib.Experiment | None, workdir: st
   """`evaluate --what=long_video`: prints the table, then the summaries as JSON on the last
   line."""
   if frames is not None and frames < 2:
-    print(f"error: --frames={frames}: a long video needs at least 2 frames (e.g. 480)",
-          file=sys.stderr)
-    return 2
+    return exit_codes.refuse(f"--frames={frames}: a long video needs at least 2 frames (e.g. "
+                             f"480)")
   return report_command("long_video", workdir,
                         lambda w: run_long_video(experiment, w, frames=frames, out=out),
                         long_video.format_table, long_video.metrics)
@@ -308,36 +304,29 @@ def stage_command(stage_name: str, experiment: experiment_lib.Experiment | None,
   OUT is `out`, by default the workdir.
   """
   if not workdir:
-    print(f"evaluate needs --workdir=DIR, a run that trained stage {stage_name!r}",
-          file=sys.stderr)
-    return 2
+    return exit_codes.refuse(f"evaluate needs --workdir=DIR, a run that trained stage "
+                             f"{stage_name!r}")
   try:
     if experiment is None:
       experiment = workdir_lib.saved_experiment(workdir, stage_name)
     stage = stages_lib.make_stage(stage_name, experiment)
     model, step = trainer.load_model(experiment, workdir, stage_name)
-  except FileNotFoundError as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 1
-  except workdir_lib.WorkdirMismatchError as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 2
+  except (FileNotFoundError, workdir_lib.WorkdirMismatchError) as error:
+    return exit_codes.refuse(error)
   except ModuleNotFoundError as error:
-    print(f"--what={stage_name} is not available in this version of videogen: its stage does not "
-          f"import ({error})", file=sys.stderr)
-    return 2
+    return exit_codes.refuse(f"--what={stage_name} is not available in this version of "
+                             f"videogen: its stage does not import ({error})")
   out = workdir if out is None else out
   scores = {name: float(value) for name, value in stage.evaluate(model, step, out).items()}
-  if not scores:
-    print(f"stage {stage_name!r} measures nothing in its evaluate(); nothing to report",
-          file=sys.stderr)
-    return 1
+  if not scores:  # a stage's bug, not the command line's
+    return exit_codes.fail(f"stage {stage_name!r} measures nothing in its evaluate(); nothing "
+                           f"to report")
   result = {"stage": stage_name, "step": int(step), **scores, **stage.evaluation_context()}
   write_report(out, f"eval_{stage_name}.json", result)
   for name, value in result.items():
     print(f"{name:28} {generation.format_value(value)}")
   print(json.dumps(result))
-  return 0
+  return exit_codes.DONE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -400,9 +389,8 @@ def evaluate(experiment: experiment_lib.Experiment | None, workdir: str | None, 
   """
   what = DEFAULT_EVALUATION if what is None else what
   if what not in EVALUATIONS:
-    print(f"unknown --what={what!r}; choose one of: "
-          + "; ".join(f"{k} ({v.about})" for k, v in EVALUATIONS.items()), file=sys.stderr)
-    return 2
+    return exit_codes.refuse(f"unknown --what={what!r}; choose one of: "
+                             + "; ".join(f"{k} ({v.about})" for k, v in EVALUATIONS.items()))
   evaluation = EVALUATIONS[what]
   # Only options set away from their defaults are passed (and checked against `what`).
   given = {"scenes_per_group": scenes_per_group, "watermark": None if watermark else False,
@@ -413,14 +401,16 @@ def evaluate(experiment: experiment_lib.Experiment | None, workdir: str | None, 
   for name in options:
     if name not in evaluation.options:
       takers = [k for k, v in EVALUATIONS.items() if name in v.options]
-      print(f"error: --{name} applies to --what={' or --what='.join(takers)}, not --what={what}",
-            file=sys.stderr)
-      return 2
+      return exit_codes.refuse(f"--{name} applies to --what={' or --what='.join(takers)}, not "
+                               f"--what={what}")
   if scenes_per_group is not None and scenes_per_group < 1:
-    print(f"error: --scenes_per_group={scenes_per_group}: give at least 1 (N scenes of each "
-          f"group give 4N prompts)", file=sys.stderr)
-    return 2
+    return exit_codes.refuse(f"--scenes_per_group={scenes_per_group}: give at least 1 (N scenes "
+                             f"of each group give 4N prompts)")
   if steps is not None and steps < 1:
-    print(f"error: --steps={steps}: give at least 1 sampler step", file=sys.stderr)
-    return 2
+    return exit_codes.refuse(f"--steps={steps}: give at least 1 sampler step")
+  if out is not None:  # before minutes of measuring; the workdir itself is not created here
+    try:
+      video_io.check_writable(os.path.join(out, f"eval_{what}.json"))
+    except video_io.VideoWriteError as error:
+      return exit_codes.refuse(f"--out={out}: {error.message}")
   return evaluation.command(experiment, workdir, out=out, **options)

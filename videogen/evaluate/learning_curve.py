@@ -63,7 +63,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 import time
 from typing import Any, Optional, Sequence
 
@@ -74,6 +73,7 @@ from absl import logging
 from matplotlib import figure
 from matplotlib import ticker
 
+from videogen import exit_codes
 from videogen import experiment as experiment_lib
 from videogen import workdir as workdir_lib
 from videogen.diffusion import flow
@@ -567,18 +567,17 @@ def command(experiment: experiment_lib.Experiment | None, workdir: str | None, *
             checkpoint_steps: Sequence[Any] = (), every: Optional[int] = None,
             compare: Sequence[str] = (), progress: bool = True) -> int:
   """`evaluate --what=learning_curve`: measures, prints the markdown table, then the rows'
-  curves as JSON on the last line. Exit codes: 0 done, 1 no dit checkpoint or an unknown step
-  (or another suite, a compared run not measured), 2 no --workdir or a malformed flag."""
+  curves as JSON on the last line. Exit codes (`videogen.exit_codes`): 0 done; 2 one line on
+  stderr says what to change: no --workdir, a malformed flag, no dit checkpoint, an unknown
+  step, another suite or a compared run not measured."""
   if not workdir:
-    print("evaluate needs --workdir=DIR, a trained run (python -m videogen.main evaluate "
-          "--workdir=runs/tiny --what=learning_curve)", file=sys.stderr)
-    return 2
+    return exit_codes.refuse("evaluate needs --workdir=DIR, a trained run (python -m "
+                             "videogen.main evaluate --workdir=runs/tiny --what=learning_curve)")
   out = workdir if out is None else out
   try:
     steps = _steps(checkpoint_steps)
   except LearningCurveError as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 2
+    return exit_codes.refuse(error)
   try:
     report = measure(workdir, experiment, steps=steps, every=every, out=out, progress=progress,
                      scenes_per_group=scenes_per_group or DEFAULT_SCENES_PER_GROUP)
@@ -589,13 +588,12 @@ def command(experiment: experiment_lib.Experiment | None, workdir: str | None, *
       logging.info("learning curves compared in %s and %s", plot_path, table_path)
     else:
       table = format_table(reports)
-  except (FileNotFoundError, LearningCurveError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 1
+  except (FileNotFoundError, LearningCurveError, workdir_lib.WorkdirMismatchError) as error:
+    return exit_codes.refuse(error)
   print(table)
   print(json.dumps([{"step": row["step"], "loss": row["loss"],
                      "train_minutes": row["train_minutes"],
                      "train_cpu_minutes": row.get("train_cpu_minutes"),
                      "train_flops": row["train_flops"],
                      **{key: row[key] for key in CURVE}} for row in report["rows"]]))
-  return 0
+  return exit_codes.DONE

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from videogen import exit_codes
 from videogen import experiment as experiment_lib
 from videogen.models import dit as dit_lib
 from videogen.models import text_encoder as text_encoder_lib
@@ -202,19 +203,19 @@ def format_table(costs: list[Cost], dit_config: dit_lib.DiTConfig) -> str:
 
 
 def summary(experiment: experiment_lib.Experiment, workdir: str | None) -> int:
-  """The `summary` command: prints the table, then the JSON object as the last line."""
+  """The `summary` command: prints the table, then the JSON object as the last line; exit code 2
+  (`videogen.exit_codes`) with one line on stderr for an experiment it cannot measure."""
   del workdir  # the summary reads only the config.
   if not experiment.has("dit"):
-    print("summary needs a config.dit section (the diffusion transformer to measure); this "
-          f"experiment has: {', '.join(sorted(experiment.sections())) or 'no sections'}")
-    return 2
+    return exit_codes.refuse(
+        f"summary needs a config.dit section (the diffusion transformer to measure); this "
+        f"experiment has: {', '.join(sorted(experiment.sections())) or 'no sections'}")
   dit_config = experiment.dit
   text_config = experiment.text_encoder if experiment.has("text_encoder") else None
   try:
     costs = measure(dit_config, text_config)
   except ValueError as error:
-    print(f"cannot summarise this experiment: {error}")
-    return 2
+    return exit_codes.refuse(f"cannot summarise this experiment: {error}")
   print(format_table(costs, dit_config))
   print(json.dumps(totals(costs)))
-  return 0
+  return exit_codes.DONE

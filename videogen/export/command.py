@@ -24,8 +24,10 @@ Formats are a table (`FORMATS`: name -> the packages it needs and its writer
 anything is loaded. The weights are restored onto one device and each format holds one
 component's serialised copy at a time beside them.
 
-Exit codes: 0 written; 1 a workdir problem (missing, untrained); 2 a usage error (a missing
-flag, an unknown format, a format's packages not installed, a shape the models cannot take).
+Exit codes (`videogen.exit_codes`): 0 written; 2 one line on stderr says what to change (a missing
+flag, an unknown format, a format's packages not installed, a shape the models cannot take, a
+missing or untrained workdir, a config the checkpoint was not trained with, an --out that cannot
+be written); 1 a format failed while writing or measuring its parity.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import sys
 import time
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -41,6 +42,8 @@ import jax
 import numpy as np
 from absl import logging
 
+from data_pipelines import video_io
+from videogen import exit_codes
 from videogen import experiment as experiment_lib
 from videogen import workdir as workdir_lib
 from videogen.export import components as components_lib
@@ -69,7 +72,7 @@ FORMATS: dict[str, Format] = {
 
 
 class UsageError(ValueError):
-  """A command line the command cannot run (exit code 2)."""
+  """A command line the command cannot run (`exit_codes.REFUSED`)."""
 
 
 def parse_formats(formats: str | Sequence[str] | None) -> list[str]:
@@ -110,6 +113,7 @@ def export(experiment: experiment_lib.Experiment | None, workdir: str, out: str,
   Raises:
     FileNotFoundError: the workdir, its diffusion stage's checkpoint or its tokenizer is missing.
     UsageError: a shape the models cannot take.
+    video_io.VideoWriteError: `out` cannot be written.
   """
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f"workdir {workdir} does not exist: give a trained run's directory "
@@ -121,6 +125,7 @@ def export(experiment: experiment_lib.Experiment | None, workdir: str, out: str,
     shape = components_lib.check_shape(experiment, frames, height, width)
   except ValueError as error:
     raise UsageError(str(error)) from error
+  video_io.check_writable(os.path.join(out, report_lib.FILE))  # creates the folder
   generator = pipeline.load(workdir, experiment, mesh=one_device_mesh(), step=step,
                             progress=False)
   job = components_lib.Job(
@@ -187,12 +192,11 @@ def command(experiment: experiment_lib.Experiment | None, workdir: str | None, *
     names = parse_formats(formats)
     report = export(experiment, workdir, out, formats=names, frames=frames, height=height,
                     width=width, batch=batch)
-  except UsageError as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 2
-  except (FileNotFoundError, ValueError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 1
+  except (UsageError, FileNotFoundError, workdir_lib.WorkdirMismatchError,
+          video_io.VideoWriteError) as error:
+    return exit_codes.refuse(error)
+  except ValueError as error:  # a format's writer or its parity check
+    return exit_codes.fail(error)
   print("\n".join(_summary(report)))
   print(f"wrote {os.path.join(out, report_lib.FILE)}")
-  return 0
+  return exit_codes.DONE

@@ -27,9 +27,11 @@ mode, seed, checkpoint hash and prompt; `--manifest_prompt=false` leaves the pro
 
 Everything that can be checked before the model is loaded is: values out of range, missing inputs,
 outputs that cannot be written (their folder is created), sizes that cannot fit in memory
-(`pipeline.estimate_memory`). Each failure is one line on stderr that says what to do, with exit
-code 1 (2 for a usage error); a prompt with words no training caption holds gets a one-line
-warning and is generated anyway.
+(`pipeline.estimate_memory`). Each such mistake, and any other that stops the one video (a missing
+checkpoint, an input that cannot be decoded, a file that cannot be written), is one line on
+stderr that says what to do, with exit code 2 (`videogen.exit_codes`); with --prompts_file, a
+line that fails is listed in the manifest and the others still run, with exit code 1. A prompt
+with words no training caption holds gets a one-line warning and is generated anyway.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ import numpy as np
 import sentencepiece as spm
 
 from data_pipelines import video_io
+from videogen import exit_codes
 from videogen import experiment as experiment_lib
 from videogen import workdir as workdir_lib
 from videogen.generate import gallery
@@ -512,21 +515,19 @@ def command(experiment: experiment_lib.Experiment | None, workdir: str | None, *
     key: a watermark key file instead of WORKDIR/provenance/watermark.key.
     **flags: the command line's request fields (`Request`'s names); None where not given.
 
-  Exit codes: 0 written, 1 a request or a workdir problem (message on stderr), 2 a usage error.
+  Exit codes (`videogen.exit_codes`): 0 written; 2 nothing written, one line on stderr says
+  what to change; 1 some lines of the prompts file failed (the others are written).
   """
   if not workdir:
-    print("generate needs --workdir=DIR (a trained run: its checkpoints and tokenizer)",
-          file=sys.stderr)
-    return 2
+    return exit_codes.refuse("generate needs --workdir=DIR (a trained run: its checkpoints and "
+                             "tokenizer)")
   defaults = {f.name: flags[f.name] for f in dataclasses.fields(Request)
               if flags.get(f.name) is not None}
   if not prompts_file and not defaults.get("prompt"):
-    print("generate needs --prompt='a red circle moving right' (or --prompts_file=FILE.jsonl)",
-          file=sys.stderr)
-    return 2
+    return exit_codes.refuse("generate needs --prompt='a red circle moving right' (or "
+                             "--prompts_file=FILE.jsonl)")
   if not prompts_file and not defaults.get("out"):
-    print("generate needs --out=FILE.mp4 (a .gif is written beside it)", file=sys.stderr)
-    return 2
+    return exit_codes.refuse("generate needs --out=FILE.mp4 (a .gif is written beside it)")
   try:
     # Everything that can fail without the model fails here, before it is loaded.
     if prompts_file:
@@ -560,10 +561,9 @@ def command(experiment: experiment_lib.Experiment | None, workdir: str | None, *
     if prompts_file:
       _, failed = generate_many(generator, [request for _, request in requests], out_dir,
                                 stamp)
-      return 1 if failed else 0
+      return exit_codes.FAILED if failed else exit_codes.DONE
     (_, request), = requests
     generate_one(generator, request, request.out, stamp)
-    return 0
+    return exit_codes.DONE
   except (OSError, ValueError, TypeError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 1
+    return exit_codes.refuse(error)

@@ -14,6 +14,8 @@ import html
 import os
 from typing import Sequence
 
+# The gallery page's file name inside its folder.
+INDEX_FILE = "index.html"
 # Files shown with <video>; anything else (.png, .gif) is shown with <img>.
 _VIDEO_KINDS = ("mp4", "webm")
 
@@ -86,7 +88,7 @@ figcaption {{ font-size: 0.9em; margin-top: 0.3em; }}
 {charts}
 </body></html>
 """
-  path = os.path.join(out_dir, "index.html")
+  path = os.path.join(out_dir, INDEX_FILE)
   with open(path, "w", encoding="utf-8") as f:
     f.write(page)
   return path

@@ -14,7 +14,6 @@ slice or Megascale job, SLURM with more than one task, Open MPI with more than o
 from __future__ import annotations
 
 import os
-import sys
 import uuid
 from typing import Callable, Mapping, TypeVar
 
@@ -23,6 +22,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from videogen import exit_codes
 
 T = TypeVar("T")
 
@@ -92,13 +92,12 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 def join_processes(coordinator_address: str | None, num_processes: int | None,
                    process_id: int | None) -> int | None:
   """A command's start: joins a multi-process run as `initialize` does (before any JAX op) and
-  keeps the info logs of process 0 alone; returns None, or 2 after a one-line error on incomplete
-  flags."""
+  keeps the info logs of process 0 alone; returns None, or `exit_codes.REFUSED` after a one-line
+  error on incomplete flags."""
   try:
     initialize(coordinator_address, num_processes, process_id)
   except ProcessFlagsError as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 2
+    return exit_codes.refuse(error)
   quiet_secondary_logging()
   return None
 

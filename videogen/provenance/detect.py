@@ -23,7 +23,7 @@ detecting never creates one. Prints one JSON line per file:
 
 A file that cannot be read gets a line with `path` and `error`, and the command ends with exit
 code 1; a missing key or input, or a folder without videos or images, is one line on stderr and
-exit code 2.
+exit code 2 (`videogen.exit_codes`).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from typing import Any
 
 
 from data_pipelines import video_io
+from videogen import exit_codes
 from videogen import experiment as experiment_lib
 from videogen.provenance import keys
 from videogen.provenance import manifest
@@ -74,11 +75,6 @@ def check_file(path: pathlib.Path, key: bytes, trust_anchor: pathlib.Path | None
   return line
 
 
-def _usage_error(message: str) -> int:
-  print(f"error: {message}", file=sys.stderr)
-  return 2
-
-
 def command(experiment: experiment_lib.Experiment | None, workdir: str | None, *,
             input: str | None = None, key: str | None = None) -> int:
   """`python -m videogen.main detect`: see the module docstring.
@@ -94,22 +90,23 @@ def command(experiment: experiment_lib.Experiment | None, workdir: str | None, *
   """
   del experiment
   if not input:
-    return _usage_error("detect needs --input=PATH: a video, an image or a folder of them")
+    return exit_codes.refuse("detect needs --input=PATH: a video, an image or a folder of them")
   if workdir is None and key is None:
-    return _usage_error("detect needs the watermark key: pass --workdir=DIR (the run that made "
-                        "the videos) or --key=FILE")
+    return exit_codes.refuse("detect needs the watermark key: pass --workdir=DIR (the run that "
+                             "made the videos) or --key=FILE")
   try:
     secret = keys.watermark_key(workdir, key_file=key, create=False)
   except keys.KeyFileError as error:
-    return _usage_error(str(error))
+    return exit_codes.refuse(error)
   trust_anchor = keys.trust_anchor_file(workdir) if workdir is not None else None
   path = pathlib.Path(input)
   if not path.exists():
-    return _usage_error(f"--input={input} does not exist: pass a video, an image or a folder")
+    return exit_codes.refuse(f"--input={input} does not exist: pass a video, an image or a "
+                             f"folder")
   files = find_files(path)
   if not files:
-    return _usage_error(f"--input={input} holds no videos or images (any of "
-                        f"{', '.join(VIDEO_SUFFIXES + IMAGE_SUFFIXES)})")
+    return exit_codes.refuse(f"--input={input} holds no videos or images (any of "
+                             f"{', '.join(VIDEO_SUFFIXES + IMAGE_SUFFIXES)})")
   failed = 0
   for file in files:
     try:
@@ -120,4 +117,4 @@ def command(experiment: experiment_lib.Experiment | None, workdir: str | None, *
     print(json.dumps(line), flush=True)
   if failed:
     print(f"error: {failed} of {len(files)} files could not be read", file=sys.stderr)
-  return 1 if failed else 0
+  return exit_codes.FAILED if failed else exit_codes.DONE

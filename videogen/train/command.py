@@ -3,22 +3,22 @@
     python -m videogen.main train --config=experiments/shapes.py:tiny --workdir=runs/tiny
 
 Trains each stage of `config.stages` in order, resuming from the workdir's newest checkpoints; a
-stage already trained to its `num_steps` is skipped. Exit codes: 0 trained (or preempted after a
-save: rerun to resume), 1 non-finite loss, 2 a mistake to fix before training: no --workdir, a
-config that differs from the checkpoints' (--allow_config_change resumes anyway), unreadable
-checkpoints, a missing input (the autoencoder's checkpoint for `--config.stages=dit`, a data
-set), a latent cache built for another run, an autoencoder checkpoint or tokenizer that does not
-fit the config, a mesh or batch sizes that do not fit the devices, incomplete multi-process flags,
-another process's failure in a step the processes do together. Each is one line on stderr.
+stage already trained to its `num_steps` is skipped. Exit codes (`videogen.exit_codes`): 0
+trained (or preempted after a save: rerun to resume); 2 a mistake to fix before training: no
+--workdir, a config that differs from the checkpoints' (--allow_config_change resumes anyway),
+unreadable checkpoints, a missing input (the autoencoder's checkpoint for
+`--config.stages=dit`, a data set), a latent cache built for another run, an autoencoder
+checkpoint or tokenizer that does not fit the config, a mesh or batch sizes that do not fit the
+devices, incomplete multi-process flags; 1 a non-finite loss, or another process's failure in
+a step the processes do together. Each is one line on stderr.
 """
 
 from __future__ import annotations
 
-import sys
-
 from absl import logging
 
 from data_pipelines import loader
+from videogen import exit_codes
 from videogen import experiment as experiment_lib
 from videogen import workdir as workdir_lib
 from videogen.parallel import mesh as mesh_lib
@@ -37,14 +37,16 @@ USER_ERRORS = (trainer.NonFiniteError, trainer.ConfigChangedError,
 
 
 def report(error: BaseException) -> int:
-  """Prints one of `USER_ERRORS` on stderr; returns the exit code (1 non-finite loss, else 2)."""
+  """Prints one of `USER_ERRORS` on one line of stderr; returns its exit code: `FAILED` for a
+  non-finite loss or another process's failure (the run failed), else `REFUSED`."""
   hint = ""
   if isinstance(error, loader.BatchSplitError):
     hint = (" in the bucket's GLOBAL_BATCH (FRAMESxHEIGHTxWIDTH:GLOBAL_BATCH) of "
             "config.data.buckets (the autoencoder stage's own: config.autoencoder_loss.buckets), "
             "or use fewer devices")
-  print(f"error: {error}{hint}", file=sys.stderr)
-  return 1 if isinstance(error, trainer.NonFiniteError) else 2
+  if isinstance(error, (trainer.NonFiniteError, multihost.PeerFailedError)):
+    return exit_codes.fail(f"{error}{hint}")
+  return exit_codes.refuse(f"{error}{hint}")
 
 
 def command(experiment: experiment_lib.Experiment, workdir: str | None, *,
@@ -52,8 +54,7 @@ def command(experiment: experiment_lib.Experiment, workdir: str | None, *,
             num_processes: int | None = None, process_id: int | None = None) -> int:
   """Trains `experiment` in `workdir`; returns the exit code (see the module docstring)."""
   if not workdir:
-    print("error: train needs --workdir=DIR (checkpoints and metrics go there)", file=sys.stderr)
-    return 2
+    return exit_codes.refuse("train needs --workdir=DIR (checkpoints and metrics go there)")
   failed = multihost.join_processes(coordinator_address, num_processes, process_id)
   if failed is not None:
     return failed
@@ -63,4 +64,4 @@ def command(experiment: experiment_lib.Experiment, workdir: str | None, *,
     return report(error)
   for result in results:
     logging.info("stage %s: %s at step %d", result.name, result.status, result.step)
-  return 0
+  return exit_codes.DONE

@@ -37,7 +37,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 from typing import Any, Sequence
 
@@ -51,6 +50,7 @@ from flax import nnx
 from data_pipelines import loader as loader_lib
 from data_pipelines import tokenizer as tokenizer_lib
 from videogen import config as config_lib
+from videogen import exit_codes
 from videogen import experiment as experiment_lib
 from videogen import pixels
 from videogen import workdir as workdir_lib
@@ -559,13 +559,12 @@ def command(experiment: experiment_lib.Experiment, workdir: str | None, *,
             process_id: int | None = None) -> int:
   """`python -m videogen.main cache_latents`: builds (or rebuilds) WORKDIR's latent cache from its
   trained autoencoder, joining a multi-process run as `train` does (the processes build it
-  together). Exit code 0, or 2 after a one-line error (no --workdir, no trained autoencoder, a
-  mesh that does not fit the devices, incomplete multi-process flags, another process's
-  failure)."""
+  together). Exit codes (`videogen.exit_codes`): 0 built; 2 a one-line error to fix first (no
+  --workdir, no trained autoencoder, a mesh that does not fit the devices, incomplete
+  multi-process flags); 1 another process failed (its log says why)."""
   if not workdir:
-    print("error: the latent cache needs --workdir=DIR, a run whose autoencoder stage has "
-          "trained", file=sys.stderr)
-    return 2
+    return exit_codes.refuse("the latent cache needs --workdir=DIR, a run whose autoencoder "
+                             "stage has trained")
   failed = multihost.join_processes(coordinator_address, num_processes, process_id)
   if failed is not None:
     return failed
@@ -574,11 +573,13 @@ def command(experiment: experiment_lib.Experiment, workdir: str | None, *,
     mesh = mesh_lib.create_mesh(experiment.mesh)
     tokenizer = workdir_lib.load_or_train_tokenizer(experiment, workdir)
     meta = build_for_run(experiment, workdir, tokenizer=tokenizer, mesh=mesh, seed=seed)
-  except (FileNotFoundError, mesh_lib.MeshShapeError, multihost.PeerFailedError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 2
+  except (FileNotFoundError, mesh_lib.MeshShapeError, LatentCacheError,
+          workdir_lib.WorkdirMismatchError) as error:
+    return exit_codes.refuse(error)
+  except multihost.PeerFailedError as error:
+    return exit_codes.fail(error)
   if multihost.is_primary():
     directory = workdir_lib.latent_cache_dir(workdir, experiment)
     print(f"latent cache: {meta['num_steps']} steps in {directory} "
           f"({disk_bytes(directory) / 2**20:.1f} MiB, {meta['seconds']:.1f}s)")
-  return 0
+  return exit_codes.DONE
