@@ -79,3 +79,22 @@ def test_an_explicit_jax_cache_folder_is_kept(monkeypatch):
   finally:
     jax.config.update("jax_compilation_cache_dir", before[0])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
+
+
+@pytest.mark.parametrize("workdir, says", [
+    ("gs://bucket/runs/tiny", "--workdir=gs://bucket/runs/tiny: a workdir is a folder of the "
+                              "local file system, not a URL"),
+    ("{tmp}/file.txt", "--workdir={tmp}/file.txt is a file, not a folder"),
+])
+def test_a_workdir_no_command_can_use_is_refused(tmp_path, capsys, workdir, says):
+  (tmp_path / "file.txt").write_text("not a run")
+  with pytest.raises(SystemExit) as exit_info:
+    cli.check_workdir(workdir.replace("{tmp}", str(tmp_path)))
+  assert exit_info.value.code == 2
+  error = capsys.readouterr().err
+  assert error.count("\n") == 1
+  assert error.startswith(f"error: {says.replace('{tmp}', str(tmp_path))}"), error
+  cli.check_workdir(str(tmp_path))  # a folder, or none, is left to the command
+  cli.check_workdir(str(tmp_path / "new"))
+  cli.check_workdir(None)
+

@@ -288,6 +288,20 @@ def chosen_command(argv: list[str], commands: Mapping[str, Command]) -> str:
   return name
 
 
+def check_workdir(workdir: str | None) -> None:
+  """Exits with 2 on a --workdir no command can use: a URL (gs://, s3://: a workdir is written
+  with local file operations) or a file. A missing folder is each command's to judge."""
+  if workdir is None:
+    return
+  if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", workdir):
+    fail(f"--workdir={workdir}: a workdir is a folder of the local file system, not a URL: on a "
+         f"pod give every process one shared folder (NFS, Filestore, or the bucket mounted with "
+         f"gcsfuse)")
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    fail(f"--workdir={workdir} is a file, not a folder: give a run's folder (a new one is "
+         f"created by train)")
+
+
 def validated_experiment(name: str,
                          config: ml_collections.ConfigDict | None) -> experiment_lib.Experiment:
   """The experiment of --config (`config`) for command `name`; exits with 2 on none or a bad one."""

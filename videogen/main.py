@@ -183,6 +183,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> int | None:
   name = cli.chosen_command(argv, COMMANDS)
   command = COMMANDS[name]
+  cli.check_workdir(_WORKDIR.value)
   cli.set_up_logging()
   cli.enable_compilation_cache()
   function = command.load()
