@@ -85,14 +85,21 @@ def _temporary_beside(path: pathlib.Path) -> pathlib.Path:
   return path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex}{path.suffix}")
 
 
-def _make_folder(path: pathlib.Path) -> None:
-  """Creates the folder of `path`, raising `VideoWriteError` when it cannot be."""
+def _nearest_folder(path: pathlib.Path) -> pathlib.Path:
+  """The nearest existing folder above `path`, raising `VideoWriteError` when a file stands
+  there instead."""
   for folder in (path.parent, *path.parent.parents):
     if folder.exists():
       if not folder.is_dir():
         raise VideoWriteError(path, f"{os.path.normpath(folder)} is a file, not a folder: "
                                     f"choose another path")
-      break
+      return folder
+  return pathlib.Path(path.anchor or ".")
+
+
+def _make_folder(path: pathlib.Path) -> None:
+  """Creates the folder of `path`, raising `VideoWriteError` when it cannot be."""
+  _nearest_folder(path)
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
   except OSError as error:
@@ -100,10 +107,12 @@ def _make_folder(path: pathlib.Path) -> None:
                                 f"choose a folder you can write to") from error
 
 
-def check_writable(path: str | pathlib.Path) -> None:
+def check_writable(path: str | pathlib.Path, *, create_folder: bool = True) -> None:
   """Checks, before any work is done, that a file can be written at `path`.
 
-  Creates its folder, then creates and removes an empty file beside it.
+  Creates its folder (with `create_folder`; else, when the folder is missing, checks that the
+  nearest existing folder above it can be written to), then creates and removes an empty file
+  beside it.
 
   Raises:
     VideoWriteError: `path` is a folder, a parent is a file, or the folder cannot be created or
@@ -113,7 +122,14 @@ def check_writable(path: str | pathlib.Path) -> None:
   if path.is_dir():
     raise VideoWriteError(path, "is a folder: name a file inside it, e.g. "
                                 f"{path / ('video' + (path.suffix or '.mp4'))}")
-  _make_folder(path)
+  if create_folder:
+    _make_folder(path)
+  elif not path.parent.is_dir():
+    folder = _nearest_folder(path)
+    if not os.access(folder, os.W_OK | os.X_OK):
+      raise VideoWriteError(path, f"cannot create its folder in {folder} (Permission denied): "
+                                  f"choose a folder you can write to")
+    return
   temporary = _temporary_beside(path)
   try:
     temporary.touch(exist_ok=False)

@@ -181,4 +181,4 @@ def test_when_process_0_cannot_write_the_gallery_the_others_stop_too(tiny_workdi
       f"a file, not a folder: choose another path")
   assert second.returncode == exit_codes.FAILED, second.stderr[-3000:]
   assert second.stderr.strip().splitlines()[-1] == (
-      "error: another process failed checking the gallery's folder: its log says why")
+      "error: another process failed checking the gallery's key and folder: its log says why")

@@ -118,7 +118,9 @@ def _check_outputs(workdir: str, *, watermark: bool, key_file: str | None) -> No
   (`video_io.VideoWriteError`)."""
   if watermark and key_file is not None:
     keys.watermark_key(key_file=key_file)
-  video_io.check_writable(os.path.join(workdir, GALLERY_DIR, gallery.INDEX_FILE))
+  # Without creating the folder: a run refused later, by the training, leaves no gallery.
+  video_io.check_writable(os.path.join(workdir, GALLERY_DIR, gallery.INDEX_FILE),
+                          create_folder=False)
 
 
 def _process_local_generator(workdir: str,
@@ -150,8 +152,9 @@ def run(experiment: experiment_lib.Experiment, workdir: str | None, *, watermark
     return failed
   try:
     # A bad --key or a gallery that cannot be written fails now, not after the training.
-    multihost.run_together(lambda: _check_outputs(workdir, watermark=watermark, key_file=key)
-                           if multihost.is_primary() else None, "checking the gallery's folder")
+    multihost.run_together(
+        lambda: _check_outputs(workdir, watermark=watermark, key_file=key)
+        if multihost.is_primary() else None, "checking the gallery's key and folder")
   except (keys.KeyFileError, video_io.VideoWriteError) as error:
     return exit_codes.refuse(error)
   except multihost.PeerFailedError as error:

@@ -254,6 +254,15 @@ def test_check_writable_creates_the_folder_and_leaves_nothing_else(tmp_path):
   assert not list((tmp_path / "new" / "deeper").iterdir())
 
 
+def test_check_writable_without_creating_the_folder_creates_nothing(tmp_path):
+  (tmp_path / "file.txt").write_text("x")
+  video_io.check_writable(tmp_path / "new" / "deeper" / "clip.mp4", create_folder=False)
+  video_io.check_writable(tmp_path / "clip.mp4", create_folder=False)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+  with pytest.raises(video_io.VideoWriteError, match="file.txt is a file, not a folder"):
+    video_io.check_writable(tmp_path / "file.txt" / "new" / "clip.mp4", create_folder=False)
+
+
 def test_write_image_round_trip_and_errors(tmp_path):
   rgb = _clip(frames=1, height=10, width=12)[0]
   video_io.write_image(tmp_path / "sub" / "frame.png", rgb)

@@ -408,9 +408,9 @@ def evaluate(experiment: experiment_lib.Experiment | None, workdir: str | None, 
                              f"of each group give 4N prompts)")
   if steps is not None and steps < 1:
     return exit_codes.refuse(f"--steps={steps}: give at least 1 sampler step")
-  if out is not None:  # before minutes of measuring; the workdir itself is not created here
+  if out is not None:  # before minutes of measuring; created when there is something to write
     try:
-      video_io.check_writable(os.path.join(out, f"eval_{what}.json"))
+      video_io.check_writable(os.path.join(out, f"eval_{what}.json"), create_folder=False)
     except video_io.VideoWriteError as error:
       return exit_codes.refuse(f"--out={out}: {error.message}")
   return evaluation.command(experiment, workdir, out=out, **options)
