@@ -498,6 +498,19 @@ def test_a_prompts_file_records_each_videos_payload(trained_workdir, world_video
   assert len({entry["watermark"] for entry in entries}) == 2
 
 
+def test_a_bug_keeps_its_traceback(tiny_experiment, monkeypatch, tmp_path, capsys):
+  """Only mistakes the user fixes are one line (`videogen.exit_codes`): a TypeError raised
+  while generating is the code's, and is not reported as a refusal."""
+  def load(*args, **kwargs):
+    raise TypeError("a bug")
+
+  monkeypatch.setattr(pipeline, "load", load)
+  with pytest.raises(TypeError, match="a bug"):
+    command.command(tiny_experiment, str(tmp_path), prompt="a red circle",
+                    out=str(tmp_path / "red.mp4"))
+  assert "error:" not in capsys.readouterr().err
+
+
 def test_a_bad_key_file_is_refused_before_loading(tiny_experiment, no_load, tmp_path, capsys):
   assert command.command(tiny_experiment, str(tmp_path), prompt="a red circle",
                          out=str(tmp_path / "red.mp4"), key=str(tmp_path / "missing.key")) == 2

@@ -565,5 +565,5 @@ def command(experiment: experiment_lib.Experiment | None, workdir: str | None, *
     (_, request), = requests
     generate_one(generator, request, request.out, stamp)
     return exit_codes.DONE
-  except (OSError, ValueError, TypeError) as error:
+  except (OSError, ValueError) as error:  # anything else is a bug: it keeps its traceback
     return exit_codes.refuse(error)
