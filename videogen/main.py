@@ -56,7 +56,8 @@ flags.DEFINE_bool("allow_config_change", False,
 flags.DEFINE_string("coordinator_address", None,
                     "host:port of process 0 for a multi-process run (with --num_processes and "
                     "--process_id); TPU pods and SLURM are detected without it.")
-flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
+flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run (1 alone: "
+                     "this process runs by itself, whatever a launcher's environment says).")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 # Used by `generate` (videogen.generate.command); a prompts file's lines default to these.
 flags.DEFINE_string("prompt", None, "generate: what the video shows, e.g. 'a red circle'.")

@@ -8,6 +8,8 @@ import pathlib
 import jax
 import numpy as np
 import pytest
+from jax._src.clusters import ompi_cluster
+from jax._src.clusters import slurm_cluster
 
 from videogen import experiment as experiment_lib
 from videogen.parallel import mesh as mesh_lib
@@ -23,11 +25,21 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 NUM_STEPS = 4
 
 
+# What srun sets for each task of a job step (besides SLURM_NTASKS).
+SLURM_STEP = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node[001-002]", "SLURM_PROCID": "0",
+              "SLURM_LOCALID": "0"}
+
+
 @pytest.mark.parametrize("environ, expected", [
     ({}, None),
-    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}, None),
-    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}, "SLURM"),
-    ({"OMPI_COMM_WORLD_SIZE": "2"}, "Open MPI"),
+    ({**SLURM_STEP, "SLURM_NTASKS": "1"}, None),
+    ({**SLURM_STEP, "SLURM_NTASKS": "4"}, "SLURM"),
+    # A shell on a node of a 4-task allocation, not one of its launched tasks: JAX could not
+    # start there, so the command runs as one process.
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}, None),
+    ({"OMPI_COMM_WORLD_SIZE": "2", "OMPI_MCA_orte_hnp_uri": "1234.0;tcp://10.0.0.1:5000"},
+     "Open MPI"),
+    ({"OMPI_COMM_WORLD_SIZE": "2"}, None),
     ({"TPU_WORKER_HOSTNAMES": "host-0"}, None),
     ({"TPU_WORKER_HOSTNAMES": "host-0,host-1"}, "TPU pod"),
     ({"MEGASCALE_COORDINATOR_ADDRESS": "10.0.0.1"}, "TPU multi-slice"),
@@ -37,13 +49,35 @@ def test_cluster_detection(environ, expected):
   assert multihost.cluster_requested(environ) == expected
 
 
+@pytest.mark.parametrize("cluster, name, environ", [
+    (slurm_cluster.SlurmCluster, "SLURM", {**SLURM_STEP, "SLURM_NTASKS": "4"}),
+    (slurm_cluster.SlurmCluster, "SLURM", {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}),
+    (ompi_cluster.OmpiCluster, "Open MPI",
+     {"OMPI_COMM_WORLD_SIZE": "2", "OMPI_MCA_orte_hnp_uri": "1234.0;tcp://10.0.0.1:5000"}),
+    (ompi_cluster.OmpiCluster, "Open MPI", {"OMPI_COMM_WORLD_SIZE": "2"}),
+])
+def test_detection_agrees_with_jax(monkeypatch, cluster, name, environ):
+  """A cluster is named exactly where `jax.distributed.initialize()` finds it too: where JAX
+  would not, the command ran into its error instead of running as one process."""
+  for variable in list(os.environ):
+    if variable.startswith(("SLURM_", "OMPI_")):
+      monkeypatch.delenv(variable)
+  for variable, value in environ.items():
+    monkeypatch.setenv(variable, value)
+  assert (multihost.cluster_requested(environ) == name) == cluster.is_env_present()
+
+
 def test_incomplete_coordinator_flags_name_the_missing_ones():
   with pytest.raises(ValueError, match=r"needs all of --coordinator_address.*process_id=None"):
     multihost.initialize("127.0.0.1:1234", 2, None)
 
 
-def test_a_single_process_starts_nothing(devices):
+def test_a_single_process_starts_nothing(devices, monkeypatch):
   assert multihost.initialize() is False
+  # --num_processes=1 alone runs one process even where a launcher's variables say otherwise.
+  for variable, value in {**SLURM_STEP, "SLURM_NTASKS": "4"}.items():
+    monkeypatch.setenv(variable, value)
+  assert multihost.initialize(None, 1, None) is False
   assert multihost.is_primary() and multihost.all_true(True) and not multihost.all_true(False)
 
 

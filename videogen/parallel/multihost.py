@@ -35,14 +35,23 @@ class PeerFailedError(RuntimeError):
   """Another process failed a step that every process does together; its own log says why."""
 
 
+# What JAX's cluster detection reads (jax._src.clusters): with only part of it set (a shell opened
+# on a node of a SLURM allocation, say), `jax.distributed.initialize()` cannot start, so the
+# process runs alone.
+_SLURM_VARIABLES = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_PROCID", "SLURM_LOCALID")
+_OPEN_MPI_VARIABLES = ("OMPI_MCA_orte_hnp_uri",)
+
+
 def cluster_requested(environ: Mapping[str, str] | None = None) -> str | None:
   """Names the multi-process environment found in `environ`, or None for a single process."""
   environ = os.environ if environ is None else environ
   if environ.get("JAX_COORDINATOR_ADDRESS"):
     return "JAX_COORDINATOR_ADDRESS"
-  if int(environ.get("SLURM_NTASKS", "1") or 1) > 1 and environ.get("SLURM_JOB_ID"):
+  if (int(environ.get("SLURM_NTASKS", "1") or 1) > 1
+      and all(name in environ for name in _SLURM_VARIABLES)):
     return "SLURM"
-  if int(environ.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1:
+  if (int(environ.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1
+      and all(name in environ for name in _OPEN_MPI_VARIABLES)):
     return "Open MPI"
   if environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
     return "TPU multi-slice"
@@ -56,7 +65,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   """Joins the processes of a multi-host run; returns whether `jax.distributed` was started.
 
   Must run before anything touches a JAX backend. With a coordinator address all three arguments
-  are needed (a local CPU test: "127.0.0.1:12345", 2, 0/1); without one, the environment decides.
+  are needed (a local CPU test: "127.0.0.1:12345", 2, 0/1); `num_processes=1` alone runs this
+  process by itself whatever the environment says; without any, the environment decides.
 
   Raises:
     ProcessFlagsError: the coordinator flags are incomplete or out of range.
@@ -64,6 +74,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   if jax.distributed.is_initialized():
     return True
   explicit = (coordinator_address, num_processes, process_id)
+  if num_processes == 1 and coordinator_address is None and process_id in (None, 0):
+    return False  # one process, asked for by name: no coordinator to name
   if any(value is not None for value in explicit):
     if any(value is None for value in explicit):
       raise ProcessFlagsError(
@@ -84,7 +96,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   found = cluster_requested()
   if found is None:
     return False
-  logging.info("multi-process environment detected (%s): starting jax.distributed", found)
+  logging.info("multi-process environment detected (%s): joining the other processes (a process "
+               "started alone there waits for them; --num_processes=1 runs it by itself)", found)
   jax.distributed.initialize()
   return True
 
