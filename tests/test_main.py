@@ -188,6 +188,7 @@ SAME_MISTAKES = [
     ("no checkpoint", "evaluate", {"what": "autoencoder"},
      "no checkpoint of stage 'autoencoder' in {tmp}"),
     ("no checkpoint", "export", {"out": "{tmp}/out"}, "no checkpoint of stage 'dit' in {tmp}"),
+    ("no checkpoint", "cache_latents", {}, "no checkpoint of stage 'autoencoder' in {tmp}"),
     ("a missing key file", "run", {"key": "{tmp}/missing.key"}, "missing.key does not exist"),
     ("a missing key file", "generate",
      {"prompt": "a red circle", "out": "{tmp}/out/red.mp4", "key": "{tmp}/missing.key"},

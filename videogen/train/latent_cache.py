@@ -570,6 +570,7 @@ def command(experiment: experiment_lib.Experiment, workdir: str | None, *,
     return failed
   seed = experiment.seed
   try:
+    workdir_lib.autoencoder_checkpoint_step(workdir)  # before a tokenizer is trained for nothing
     mesh = mesh_lib.create_mesh(experiment.mesh)
     tokenizer = workdir_lib.load_or_train_tokenizer(experiment, workdir)
     meta = build_for_run(experiment, workdir, tokenizer=tokenizer, mesh=mesh, seed=seed)
