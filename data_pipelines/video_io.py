@@ -636,6 +636,20 @@ def read_frames(path: str | pathlib.Path) -> np.ndarray:
   return read_video(path)[0]
 
 
+def check_frames_file(path: str | pathlib.Path) -> None:
+  """Checks that `read_frames` can read a video or image file, without decoding all of it: an
+  image is read (it is one frame), a video probed (`probe_video`: its header and first frame).
+
+  Raises:
+    VideoDecodeError: the file is missing, empty or cannot be decoded.
+  """
+  path = pathlib.Path(path)
+  if path.suffix.lower() in IMAGE_SUFFIXES:
+    read_image(path)
+  else:
+    probe_video(path)
+
+
 def _sample_indices(length: int, count: int) -> np.ndarray:
   """`count` indices spread evenly over [0, length), first and last included."""
   if length <= count:

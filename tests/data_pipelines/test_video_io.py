@@ -421,7 +421,7 @@ def test_an_old_style_rotate_tag_turns_the_frames_too(tmp_path):
   assert video_io.probe_video(path)["rotation"] == 270
 
 
-def test_read_frames_reads_videos_and_images_and_names_bad_files(tmp_path):
+def test_read_frames_and_check_frames_file_read_videos_and_images_and_name_bad_files(tmp_path):
   clip = np.zeros((3, 16, 16, 3), np.uint8)
   clip[:, 4:12, 4:12] = (220, 40, 40)
   video_io.write_video(tmp_path / "clip.gif", clip, fps=8)
@@ -433,3 +433,11 @@ def test_read_frames_reads_videos_and_images_and_names_bad_files(tmp_path):
   (tmp_path / "broken.mp4").write_bytes(b"not a video at all")
   with pytest.raises(video_io.VideoDecodeError):
     video_io.read_frames(str(tmp_path / "broken.mp4"))
+  for name in ("clip.gif", "frame.png"):
+    video_io.check_frames_file(tmp_path / name)  # what read_frames reads, check_frames_file passes
+  (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+  for name, reason in (("broken.mp4", "undecodable"), ("broken.png", "undecodable"),
+                       ("nothing.gif", "missing")):
+    with pytest.raises(video_io.VideoDecodeError) as raised:
+      video_io.check_frames_file(tmp_path / name)
+    assert raised.value.reason == reason

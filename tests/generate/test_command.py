@@ -208,6 +208,10 @@ _REFUSALS = [
     (dict(mode="extend", input="{tmp}/missing.mp4"),
      r"--input={tmp}/missing.mp4 does not exist: pass an existing video \(.mp4, .gif, .webm, "
      r".mov\) or image \(.png, .jpg\)"),
+    (dict(mode="extend", input="{tmp}/file.txt"),
+     r"--input={tmp}/file.txt: FFmpeg cannot open it \(.*\): convert it with .*"),
+    (dict(mode="i2v", input="{tmp}/broken.png"),
+     r"--input={tmp}/broken.png: not a readable image \(.*\): pass a PNG or JPEG file"),
     (dict(mode="connect", input="{tmp}/file.txt"),
      r"flags: mode 'connect' \(.*\) takes --input and --input2; got --input"),
     # Sizes that cannot fit in memory.
@@ -234,6 +238,7 @@ def _one_error_line(err: str) -> str:
 def test_refusals_are_one_line_before_loading(flags, message, tmp_path, tiny_experiment, no_load,
                                               capsys):
   (tmp_path / "file.txt").write_text("not a video")
+  (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
   (tmp_path / "folder.mp4").mkdir()
   values = dict(prompt="a red circle", out=str(tmp_path / "out" / "red.mp4"))
   values.update({k: v.replace("{tmp}", str(tmp_path)) if isinstance(v, str) else v

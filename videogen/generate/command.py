@@ -188,7 +188,9 @@ class Request:
     return [out]
 
   def check_files(self, where: str, out_dir: str | None = None) -> None:
-    """Checks, before any model is loaded, that the inputs exist and the outputs can be written.
+    """Checks, before any model is loaded, that the inputs can be read (an image is read, a video
+    probed: a file cut short after its header is found only when it is read) and the outputs
+    can be written.
 
     Creates the output's folder (a file in the way, an unwritable folder or a wrong suffix is an
     error).
@@ -198,9 +200,15 @@ class Request:
     """
     for name in ("input", "input2"):
       path = getattr(self, name)
-      if path and not os.path.exists(path):
+      if not path:
+        continue
+      if not os.path.exists(path):
         raise FileNotFoundError(f"{_named(where, name, path)} does not exist: pass an existing "
                                 f"video (.mp4, .gif, .webm, .mov) or image (.png, .jpg)")
+      try:
+        video_io.check_frames_file(path)
+      except video_io.VideoDecodeError as error:
+        raise ValueError(f"{_named(where, name, path)}: {error.message}") from error
     if not self.out:
       return
     suffix = pathlib.Path(self.out).suffix.lower()
