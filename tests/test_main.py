@@ -195,6 +195,11 @@ SAME_MISTAKES = [
      "missing.key does not exist"),
     ("a missing key file", "detect", {"input": "{tmp}", "key": "{tmp}/missing.key"},
      "missing.key does not exist"),
+    ("an input that cannot be read", "generate",
+     {"prompt": "a red circle", "mode": "extend", "input": "{tmp}/broken.mp4",
+      "out": "{tmp}/out/red.mp4"}, "--input={tmp}/broken.mp4: FFmpeg cannot open it"),
+    ("an input that cannot be read", "detect", {"input": "{tmp}/broken.mp4", "key": "{tmp}/k"},
+     "{tmp}/broken.mp4: FFmpeg cannot open it"),
     ("an output that is a file", "run", {}, "{tmp}/gallery is a file"),
     ("an output that is a file", "generate",
      {"prompt": "a red circle", "out": "{tmp}/gallery/red.mp4"}, "{tmp}/gallery is a file"),
@@ -210,6 +215,9 @@ def test_the_same_mistake_gets_exit_code_2_in_every_command(tmp_path, capsys, ti
   """`videogen.exit_codes`: a mistake in what was asked is one line and exit code 2 whichever
   command meets it, before any work (nothing is created but the folders of the outputs)."""
   (tmp_path / "gallery").write_text("a file where a folder goes")
+  (tmp_path / "broken.mp4").write_text("not a video")
+  (tmp_path / "k").write_text("00" * 32)  # a valid watermark key, private
+  (tmp_path / "k").chmod(0o600)
   command = main.COMMANDS[name]
   values = {flag: absl_flags.FLAGS[flag].default for flag in command.flags}
   values.update({flag: value.replace("{tmp}", str(tmp_path)) for flag, value in flags.items()})
@@ -218,4 +226,5 @@ def test_the_same_mistake_gets_exit_code_2_in_every_command(tmp_path, capsys, ti
   error = capsys.readouterr().err.strip()
   assert error.count("\n") == 0 and error.startswith("error: "), error
   assert says.replace("{tmp}", str(tmp_path)) in error
-  assert sorted(os.listdir(tmp_path)) in (["gallery"], ["gallery", "out"])
+  assert sorted(os.listdir(tmp_path)) in (["broken.mp4", "gallery", "k"],
+                                          ["broken.mp4", "gallery", "k", "out"])

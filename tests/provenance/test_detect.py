@@ -106,6 +106,17 @@ def test_an_unreadable_file_gets_an_error_line_and_exit_code_1(folder, capsys):
   assert captured.err.strip() == "error: 1 of 5 files could not be read"
 
 
+def test_an_unreadable_input_file_is_exit_code_2(folder, capsys):
+  """The one file asked about cannot be read: a mistake in what was asked (`videogen.exit_codes`),
+  still with its JSON line."""
+  broken = folder / "broken.mp4"
+  broken.write_bytes(b"not an mp4 at all")
+  assert detect.command(None, str(folder / "run"), input=str(broken)) == 2
+  captured = capsys.readouterr()
+  assert set(_lines(captured.out)["broken.mp4"]) == {"path", "error"}
+  assert captured.err.count("\n") == 1 and captured.err.startswith(f"error: {broken}: FFmpeg")
+
+
 @pytest.mark.parametrize("workdir, key, says", [
     (None, None, "pass --workdir=DIR (the run that made the videos) or --key=FILE"),
     ("{tmp}/fresh", None, "has no watermark key"),

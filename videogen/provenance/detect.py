@@ -21,9 +21,10 @@ detecting never creates one. Prints one JSON line per file:
   trusted      with --workdir (when it holds its signing CA): whether the manifest's signer is
                that workdir's.
 
-A file that cannot be read gets a line with `path` and `error`, and the command ends with exit
-code 1; a missing key or input, or a folder without videos or images, is one line on stderr and
-exit code 2 (`videogen.exit_codes`).
+A file that cannot be read gets a line with `path` and `error`; in a folder, the others are still
+read and the command ends with exit code 1. A missing key or input, an `--input` file that
+cannot be read, or a folder without videos or images, is one line on stderr and exit code 2
+(`videogen.exit_codes`).
 """
 
 from __future__ import annotations
@@ -115,6 +116,8 @@ def command(experiment: experiment_lib.Experiment | None, workdir: str | None, *
       line = {"path": str(file), "error": str(error)}
       failed += 1
     print(json.dumps(line), flush=True)
+  if failed and path.is_file():  # the one file asked about: a mistake in what was asked
+    return exit_codes.refuse(line["error"])
   if failed:
     print(f"error: {failed} of {len(files)} files could not be read", file=sys.stderr)
   return exit_codes.FAILED if failed else exit_codes.DONE
