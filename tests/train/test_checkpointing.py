@@ -165,3 +165,24 @@ def test_read_only_opens_nothing_new(tmp_path):
   assert checkpointer.latest_step() is None
   checkpointer.close()
   assert not (tmp_path / "absent").exists()
+
+
+def test_only_large_replicated_arrays_are_split_among_their_replicas(tmp_path, devices,
+                                                                     monkeypatch):
+  """Orbax writes a replicated array in slices, one per replica, each cut by a program compiled
+  for its shape: only worth it from `MIN_REPLICA_SLICE_BYTES` per slice. Both arrays restore."""
+  sliced = []
+  slice_in_dim = jax.lax.slice_in_dim
+  monkeypatch.setattr(jax.lax, "slice_in_dim",
+                      lambda array, *args, **kwargs: sliced.append(array.shape)
+                      or slice_in_dim(array, *args, **kwargs))
+  mesh = _mesh(devices, (8,))
+  large_shape = (8, checkpointing.MIN_REPLICA_SLICE_BYTES // 4)  # float32: 1 slice per row
+  state = {"small": jnp.ones((8, 4)), "large": jnp.ones(large_shape)}
+  state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))  # replicated over 8
+  checkpointer = checkpointing.Checkpointer(str(tmp_path), async_save=False)
+  checkpointer.save(1, state, {}, {})
+  assert sliced == [large_shape] * 8
+  restored = checkpointer.restore_latest(_target(state, mesh))
+  checkpointer.close()
+  jax.tree.map(np.testing.assert_array_equal, restored.state, state)
