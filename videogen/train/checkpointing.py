@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging as std_logging
 import os
@@ -28,8 +29,9 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
-# The store orbax's own jax.Array handler keeps its per-array metadata in (not exported).
+# Not exported: the store of orbax's own jax.Array handler, and the registry's quiet override.
 from orbax.checkpoint._src.metadata import array_metadata_store
+from orbax.checkpoint._src.serialization import type_handler_registry
 
 from videogen.parallel import multihost
 
@@ -41,15 +43,17 @@ STATE, DATA, CONFIG = "state", "data", "config"
 MIN_REPLICA_SLICE_BYTES = 1 << 20
 
 
+@functools.cache
 def _register_array_handler() -> None:
   """Orbax's `jax.Array` handler, as it registers it, with replica-parallel writes only for slices
-  of `MIN_REPLICA_SLICE_BYTES` or more. Orbax reads its handlers from one global registry."""
-  ocp.type_handlers.register_type_handler(
+  of `MIN_REPLICA_SLICE_BYTES` or more. Orbax reads its handlers from one global registry; this
+  replaces its entry once per process, without the warning each override logs."""
+  type_handler_registry.GLOBAL_TYPE_HANDLER_REGISTRY.add(
       jax.Array,
       ocp.type_handlers.ArrayHandler(
           array_metadata_store=array_metadata_store.Store(),
           min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES),
-      override=True)
+      override=True, ignore_warnings=True)
 
 
 @contextlib.contextmanager
