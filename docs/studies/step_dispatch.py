@@ -6,7 +6,7 @@
 For each stage of the preset, the step is the identity on the donated state (one increment, no
 other arithmetic), so a call's time is what the host spends on it: the TrainState's nnx
 Variables flattened and rebuilt by Python, or the flat leaves the trainer's loop passes
-(`trainer._StepCompiler`). Three runs of 300 calls each.
+(`trainer.StepCompiler`). Three runs of 300 calls each.
 """
 import sys
 import time
@@ -46,7 +46,7 @@ for name in experiment.stages:
   state, shardings = train_state_lib.init_sharded_train_state(stage, tx, experiment.seed, mesh,
                                                               rules)
   with_state = jax.jit(identity_step, donate_argnums=(0,)).lower(state, batch).compile()
-  compiler = trainer._StepCompiler(identity_step, state, shardings, mesh, name)
+  compiler = trainer.StepCompiler(identity_step, state, shardings, mesh, name)
   leaves = compiler.flatten(jax.tree.map(jnp.copy, state))
   with_leaves = compiler(leaves, batch)
   for _ in range(3):

@@ -252,7 +252,7 @@ def test_the_loops_step_on_the_states_leaves_computes_the_pure_step(devices):
   batch = next(stage.make_iterator(mesh=mesh, seed=experiment.seed, workdir=""))
   expected, expected_metrics = jax.jit(step_fn, out_shardings=(shardings, None))(state, batch)
 
-  compiler = trainer._StepCompiler(step_fn, state, shardings, mesh, "standin")
+  compiler = trainer.StepCompiler(step_fn, state, shardings, mesh, "standin")
   leaves = compiler.flatten(state)
   assert len(leaves) == len(jax.tree.leaves(state))
   leaves, metrics = compiler(leaves, batch)(leaves, batch)

@@ -212,8 +212,10 @@ def train_step_figures(experiment: experiment_lib.Experiment, stage_name: str, *
                        ) -> tuple[dict[str, Any], nnx.Module]:
   """Compiles the stage's train step as the trainer does and times it on one fixed batch.
 
-  The batch is the stage's first (its bucket is the one the loader draws for step 0); the
-  parameters are freshly initialised (the frozen ones too: their values do not change the cost).
+  The program is the trainer's (`trainer.StepCompiler`): where the stage has trained in this
+  process or into the compilation cache, compiling it is a cache hit. The batch is the stage's
+  first (its bucket is the one the loader draws for step 0); the parameters are the stage's
+  initial ones (the frozen ones too: their values do not change the cost).
 
   Args:
     experiment: the validated experiment.
@@ -244,7 +246,7 @@ def train_step_figures(experiment: experiment_lib.Experiment, stage_name: str, *
   config = experiment.train[stage_name]
   tx = train_state_lib.make_optimizer(config)
   state, state_shardings = train_state_lib.init_sharded_train_state(
-      stage, tx, experiment.seed, mesh, mesh_config.rules)
+      stage, tx, experiment.seed, mesh, mesh_config.rules, salt=trainer_lib.stage_salt(stage_name))
   graphdef, _, _ = train_state_lib.abstract_model(stage)
   # Read before the first step: the compiled step donates the state.
   resident_bytes = (sharding_lib.bytes_per_device(state.params)
@@ -261,12 +263,11 @@ def train_step_figures(experiment: experiment_lib.Experiment, stage_name: str, *
   step_fn = train_state_lib.make_train_step(stage, graphdef, tx, config, mesh=mesh,
                                             rules=mesh_config.rules,
                                             sequence_parallel=mesh_config.sequence_parallel)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  # The trainer's own program: after the stage trained, its compilation is a cache hit.
+  compiler = trainer_lib.StepCompiler(step_fn, state, state_shardings, mesh, stage_name)
+  leaves = compiler.flatten(state)
   start = time.perf_counter()
-  lowered = jax.jit(step_fn, in_shardings=(state_shardings,
-                                           {k: v.sharding for k, v in batch.items()}),
-                    out_shardings=(state_shardings, replicated),
-                    donate_argnums=(0,)).lower(state, batch)
+  lowered = compiler.lower(leaves, batch)
   compiled = lowered.compile()
   compile_seconds = time.perf_counter() - start
   memory_lib.check_fits(
@@ -287,15 +288,15 @@ def train_step_figures(experiment: experiment_lib.Experiment, stage_name: str, *
     model_flops = unrolled_flops
 
   for _ in range(warmup):
-    state, _ = compiled(state, batch)
-  jax.block_until_ready(state)
+    leaves, _ = compiled(leaves, batch)
+  jax.block_until_ready(leaves)
 
   # Steps dispatched back to back, as the trainer runs them, and waited for once per run: waiting
   # for each step would add the host's dispatch of the whole state to every step's time.
   def steps_in_a_row():
-    nonlocal state
+    nonlocal leaves
     for _ in range(steps):
-      state, step_metrics = compiled(state, batch)
+      leaves, step_metrics = compiled(leaves, batch)
     return step_metrics
 
   runs = _timed_runs(steps_in_a_row, min_runs=3, min_seconds=min_seconds)
@@ -310,6 +311,7 @@ def train_step_figures(experiment: experiment_lib.Experiment, stage_name: str, *
       "ema_bytes_per_device": ema_bytes,
       "batch": {k: list(v.shape) for k, v in sorted(batch.items())},
   }
+  state = compiler.unflatten(leaves)
   model = nnx.merge(graphdef, state.params, state.frozen)
   return figures, model
 

@@ -114,7 +114,13 @@ MEMORY_REMEDY = ("Use smaller batches (the per-bucket batch sizes of config.data
                  "(config.dit.remat, config.autoencoder.remat), or more devices.")
 
 
-class _StepCompiler:
+def stage_salt(name: str) -> int:
+  """What makes a stage's keys its own: the initial state's and the steps' keys are derived, inside
+  the jitted init, from the experiment seed and this."""
+  return zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+
+class StepCompiler:
   """Compiles the train step once per distinct batch signature, ahead of running it.
 
   The state crosses the jit boundary as its flat list of leaves (`flatten`, `unflatten`): the
@@ -147,17 +153,22 @@ class _StepCompiler:
   def unflatten(self, leaves: list[jax.Array]) -> TrainState:
     return self._treedef.unflatten(leaves)
 
+  def lower(self, leaves: list[jax.Array], batch: dict[str, jax.Array]) -> jax.stages.Lowered:
+    """The step for `batch`'s shapes, lowered: the program `__call__` compiles (and the
+    benchmark times, `videogen.evaluate.benchmark.train_step_figures`)."""
+    batch_shardings = {name: value.sharding for name, value in batch.items()}
+    jitted = jax.jit(self._flat_step, in_shardings=(self._leaf_shardings, batch_shardings),
+                     out_shardings=(self._leaf_shardings, self._replicated),
+                     donate_argnums=(0,))
+    # The step traces itself inside `activation_sharding` (`make_train_step`).
+    return jitted.lower(leaves, batch)
+
   def __call__(self, leaves: list[jax.Array], batch: dict[str, jax.Array]) -> Any:
     """The compiled step for `batch`'s shapes: `(leaves, batch) -> (leaves, metrics)`."""
     signature = _batch_signature(batch)
     if signature not in self._compiled:
       start = time.perf_counter()
-      batch_shardings = {name: value.sharding for name, value in batch.items()}
-      jitted = jax.jit(self._flat_step, in_shardings=(self._leaf_shardings, batch_shardings),
-                       out_shardings=(self._leaf_shardings, self._replicated),
-                       donate_argnums=(0,))
-      # The step traces itself inside `activation_sharding` (`make_train_step`).
-      compiled = jitted.lower(leaves, batch).compile()
+      compiled = self.lower(leaves, batch).compile()
       shapes = describe_batch(batch)
       _log_memory(compiled, shapes, time.perf_counter() - start)
       memory_lib.check_fits(compiled, devices=self._local_devices,
@@ -286,10 +297,8 @@ def train_stage(stage: stage_lib.Stage, experiment: experiment_lib.Experiment, w
     graphdef, _, _ = train_state_lib.abstract_model(stage)
 
     # == Shard: the state initialised directly into its shardings ===============================
-    # Keys distinct per stage and fixed by the experiment seed, derived inside the jitted init.
-    stage_salt = zlib.crc32(name.encode()) & 0x7FFFFFFF
     state, state_shardings = train_state_lib.init_sharded_train_state(
-        stage, tx, experiment.seed, mesh, rules, salt=stage_salt)
+        stage, tx, experiment.seed, mesh, rules, salt=stage_salt(name))
     full = stage.load_frozen(nnx.merge_state(state.params, state.frozen), workdir)
     _, frozen = nnx.split_state(full, stage.trainable, ...)
     state = state.replace(frozen=frozen)
@@ -322,7 +331,7 @@ def train_stage(stage: stage_lib.Stage, experiment: experiment_lib.Experiment, w
     step_fn = train_state_lib.make_train_step(
         stage, graphdef, tx, config, mesh=mesh, rules=rules,
         sequence_parallel=experiment.mesh.sequence_parallel)
-    compiler = _StepCompiler(step_fn, state, state_shardings, mesh, stage.name)
+    compiler = StepCompiler(step_fn, state, state_shardings, mesh, stage.name)
 
     # == Evals ==================================================================================
     def evaluate(at_step: int, trained: TrainState) -> None:
