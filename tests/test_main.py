@@ -158,6 +158,30 @@ def test_help_lists_the_commands():
   assert "<command> --help" in result.stdout
 
 
+# Loaded only by the commands that use them: the Python API (with the generation pipeline and the
+# watermark), scipy, and the command modules.
+HEAVY = ("videogen.api", "videogen.generate.pipeline", "videogen.provenance.watermark",
+         "videogen.train.trainer", "videogen.export.command", "scipy")
+
+
+def test_the_entry_point_loads_only_what_a_command_needs():
+  """Every command, and every refusal of a flag, starts by importing videogen.main: it loads none
+  of HEAVY; the watermark then loads neither scipy.signal nor scipy.stats (about 2 s apart)."""
+  script = ("import json, sys\n"
+            "import videogen.main\n"
+            f"entry = [name for name in {HEAVY!r} if name in sys.modules]\n"
+            "import videogen.provenance.watermark\n"
+            "watermark = [name for name in ('scipy.signal', 'scipy.stats')\n"
+            "             if name in sys.modules]\n"
+            "import videogen\n"
+            "api = videogen.load.__module__\n"
+            "print(json.dumps([entry, watermark, api]))\n")
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.splitlines()[-1] == '[[], [], "videogen.api"]'
+
+
 @pytest.mark.parametrize("args, says", [
     (["evaluate", "--what=autoencoder", "--config.autoencoder.base_channels=16"],
      "the checkpoint {workdir}/checkpoints/autoencoder/2 was trained with other model settings "

@@ -68,8 +68,7 @@ from typing import Callable
 import numpy as np
 from absl import logging
 from scipy import ndimage
-from scipy import signal
-from scipy import stats
+from scipy import special
 
 from data_pipelines import video_io
 
@@ -496,6 +495,13 @@ def _native_correlations(grid: np.ndarray, layout: _Layout) -> np.ndarray:
   return np.divide(numerator, np.sqrt(energy), out=np.zeros(CODE_BITS), where=energy > 0)
 
 
+def _convolve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """The full linear convolution of two 1-D arrays, through real FFTs of a power-of-two size."""
+  size = len(a) + len(b) - 1
+  n = 1 << (size - 1).bit_length()
+  return np.fft.irfft(np.fft.rfft(a, n) * np.fft.rfft(b, n), n)[:size]
+
+
 def _abs_sum_tail(grid: np.ndarray, layout: _Layout, observed: float) -> float:
   """P(sum_i |c_i| >= observed) over the keyed signs, for the cells' values of this video.
 
@@ -514,7 +520,7 @@ def _abs_sum_tail(grid: np.ndarray, layout: _Layout, observed: float) -> float:
     count = len(weights)
     signs = 1 - 2 * ((np.arange(2 ** count)[:, None] >> np.arange(count)) & 1)  # [2^k, k]
     levels = np.ceil(np.abs(signs @ (weights / norm)) / _TAIL_STEP - 1e-9).astype(np.int64)
-    distribution = signal.fftconvolve(distribution, np.bincount(levels) / 2 ** count)
+    distribution = _convolve(distribution, np.bincount(levels) / 2 ** count)
     distribution = np.maximum(distribution, 0.0)  # FFT round-off around exact zeros
   start = max(0, math.ceil(observed / _TAIL_STEP - 1e-6))
   return float(min(1.0, np.sum(distribution[start:])))
@@ -590,6 +596,6 @@ def detect(frames: np.ndarray, key: bytes) -> Detection:
   offset = (-(phase_y + roll_y * cell) % tile, -(phase_x + roll_x * cell) % tile)
   watermarked = p_value < P_THRESHOLD
   return Detection(watermarked=watermarked, p_value=p_value,
-                   score=float(np.clip(stats.norm.isf(p_value), _MIN_SCORE, None)),
+                   score=float(np.clip(-special.ndtri(p_value), _MIN_SCORE, None)),
                    payload=decoded if watermarked else None,
                    bits=tuple(int(b) for b in code[:PAYLOAD_BITS]), cell=cell, offset=offset)
