@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -186,3 +188,28 @@ def test_only_large_replicated_arrays_are_split_among_their_replicas(tmp_path, d
   restored = checkpointer.restore_latest(_target(state, mesh))
   checkpointer.close()
   jax.tree.map(np.testing.assert_array_equal, restored.state, state)
+
+
+def test_saving_and_restoring_prints_no_array(tmp_path, devices, monkeypatch):
+  """Orbax's `asyncio.run` on the main thread, with SIGINT at Python's default handler, made
+  Python before 3.13 format the restored tree (each array copied to the host and printed) for a
+  message it throws away. Nothing is printed; SIGINT's handler is the default again afterwards."""
+  assert threading.current_thread() is threading.main_thread()  # where asyncio wraps SIGINT
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  printed = []
+  array_type = type(jnp.zeros(1))
+  array_repr = array_type.__repr__
+  monkeypatch.setattr(array_type, "__repr__",
+                      lambda array: printed.append(array.shape) or array_repr(array))
+  try:
+    checkpointer = checkpointing.Checkpointer(str(tmp_path), async_save=False)
+    checkpointer.save(3, _tree(3), {"next_index": 30}, {"seed": 0})
+    target = _target(_tree(0), _mesh(devices[:1]))
+    restored = checkpointer.restore_latest(target)
+    params = checkpointer.restore_subtree(3, "params", target["params"])
+    checkpointer.close()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  assert printed == []
+  np.testing.assert_array_equal(restored.state["params"]["w"], params["w"])

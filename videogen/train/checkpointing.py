@@ -23,6 +23,8 @@ import functools
 import json
 import logging as std_logging
 import os
+import signal
+import threading
 from typing import Any, Iterator
 
 import jax
@@ -54,6 +56,34 @@ def _register_array_handler() -> None:
           array_metadata_store=array_metadata_store.Store(),
           min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES),
       override=True, ignore_warnings=True)
+
+
+def _keyboard_interrupt(signum, frame) -> None:
+  """SIGINT's default behaviour under another name (see `_sigint_left_alone`)."""
+  del signum, frame
+  raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigint_left_alone() -> Iterator[None]:
+  """Keeps asyncio from printing every array that orbax saves or restores.
+
+  Orbax runs each save and restore with `asyncio.run`. On the main thread, with SIGINT at Python's
+  default handler, asyncio wraps SIGINT around the call; on the way out, Python before 3.13 looks
+  the handler up through `signal.getsignal`, which formats the finished task, its result included,
+  into an error message that it throws away. For an `nnx.State` that is the repr of every restored
+  array: on an accelerator, each is copied to the host (and the copy kept while the array lives).
+  With an equivalent handler of our own in place for the call, asyncio leaves SIGINT alone.
+  """
+  if (threading.current_thread() is not threading.main_thread()
+      or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    yield
+    return
+  signal.signal(signal.SIGINT, _keyboard_interrupt)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @contextlib.contextmanager
@@ -181,21 +211,23 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, data: dict[str, Any], config: dict[str, Any]) -> None:
     """Starts saving (async: returns once the arrays are copied off the devices)."""
-    self._manager.save(step, args=ocp.args.Composite(**{
-        STATE: ocp.args.StandardSave(state),
-        DATA: IteratorStateSave(data),
-        CONFIG: ocp.args.JsonSave(config),
-    }), force=True)
+    with _sigint_left_alone():
+      self._manager.save(step, args=ocp.args.Composite(**{
+          STATE: ocp.args.StandardSave(state),
+          DATA: IteratorStateSave(data),
+          CONFIG: ocp.args.JsonSave(config),
+      }), force=True)
 
   def read_config(self, step: int) -> dict[str, Any]:
     """The config saved with checkpoint `step`."""
-    restored = self._manager.restore(step, args=ocp.args.Composite(**{
-        CONFIG: ocp.args.JsonRestore()}))
+    with _sigint_left_alone():
+      restored = self._manager.restore(step, args=ocp.args.Composite(**{
+          CONFIG: ocp.args.JsonRestore()}))
     return restored[CONFIG]
 
   def restore(self, step: int, target: Any) -> Restored:
     """Restores checkpoint `step` onto `target` (a tree of `ShapeDtypeStruct`s with shardings)."""
-    with _failed_reads_unlogged():
+    with _sigint_left_alone(), _failed_reads_unlogged():
       restored = self._manager.restore(step, args=ocp.args.Composite(**{
           STATE: ocp.args.StandardRestore(target),
           DATA: IteratorStateRestore(),
@@ -212,7 +244,8 @@ class Checkpointer:
     """
     handler = ocp.PyTreeCheckpointHandler()
     restore_args = ocp.checkpoint_utils.construct_restore_args(targets)
-    with ocp.Checkpointer(handler) as checkpointer, _failed_reads_unlogged():
+    with (ocp.Checkpointer(handler) as checkpointer, _sigint_left_alone(),
+          _failed_reads_unlogged()):
       return checkpointer.restore(
           self.directory / str(step) / STATE,
           args=ocp.args.PyTreeRestore(item=targets, restore_args=restore_args,
