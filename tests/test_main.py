@@ -98,6 +98,8 @@ BAD_COMMAND_LINES = [
     (["cache_latents", TINY, "--workdir={tmp}", "--num_processes=2", "--process_id=0"],
      ["needs all of --coordinator_address, --num_processes and --process_id"]),
     (["benchmark"], ["benchmark needs --config=experiments/<file>.py:<variant>"]),
+    (["train", TINY, "--workdir=gs://bucket/run"],
+     ["--workdir=gs://bucket/run: a workdir is a folder of the local file system, not a URL"]),
     (["generate", "--workdir={tmp}", "--frm=3"],
      ["Unknown command line flag 'frm'", "python -m videogen.main generate --help"]),
     (["evaluate", "--workdir={tmp}", "--what=autoencoder", "--scenes_per_group=1"],

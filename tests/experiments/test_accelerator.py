@@ -59,8 +59,8 @@ def with_dependencies(names) -> set[str]:
   return found
 
 
-# Minutes on a loaded 2-core machine: about 12 compilations (each stage's step twice, the cache's
-# encoder, the sampler's programs) dominate.
+# About 90 s on a loaded 2-core machine with a warm cache, minutes without: compiling (each stage's
+# step, which its timing reads back from the cache; the cache's encoder; the sampler) dominates.
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory):
   """The driver's CPU mode, shrunk, in a fresh process (its imports are what it needs)."""
