@@ -66,7 +66,7 @@ def _keyboard_interrupt(signum, frame) -> None:
 
 @contextlib.contextmanager
 def _sigint_left_alone() -> Iterator[None]:
-  """Keeps asyncio from printing every array that orbax saves or restores.
+  """Keeps asyncio from formatting every array that orbax restores into a string.
 
   Orbax runs each save and restore with `asyncio.run`. On the main thread, with SIGINT at Python's
   default handler, asyncio wraps SIGINT around the call; on the way out, Python before 3.13 looks
@@ -83,7 +83,8 @@ def _sigint_left_alone() -> Iterator[None]:
   try:
     yield
   finally:
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGINT) is _keyboard_interrupt:  # unless the call replaced it
+      signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @contextlib.contextmanager
