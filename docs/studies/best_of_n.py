@@ -48,17 +48,27 @@ def accuracies(scores: list[scoring.VideoScore]) -> dict[str, float]:
   return {key.removesuffix("_accuracy"): pooled[key] for key in KEYS}
 
 
+def sample(suite: suite_lib.Suite, generator: pipeline.Generator, index: int,
+           candidates: int) -> tuple[list[scoring.VideoScore], list]:
+  """Prompt `index` of the suite sampled with `candidates` seeds, the suite's own first: the
+  analyzer's scores and the videos."""
+  prompt = suite.prompts[index]
+  scores, videos = [], []
+  for k in range(candidates):
+    # The suite numbers its text-to-video seeds from suite.seed in prompt order.
+    video = generator.generate(prompt.text, frames=suite.frames, height=suite.height,
+                               width=suite.width, seed=suite.seed + index + 1000 * k)
+    scores.append(scoring.score_video(video, prompt.expected, prompt.background))
+    videos.append(video)
+  return scores, videos
+
+
 def main(workdir: str, scenes: int, candidates: int) -> None:
   suite, generator = load(workdir, scenes)
   first, best = [], []
   shapes = collections.Counter()
   for index, prompt in enumerate(suite.prompts):
-    scores = []
-    for k in range(candidates):
-      # The suite numbers its text-to-video seeds from suite.seed in prompt order.
-      video = generator.generate(prompt.text, frames=suite.frames, height=suite.height,
-                                 width=suite.width, seed=suite.seed + index + 1000 * k)
-      scores.append(scoring.score_video(video, prompt.expected, prompt.background))
+    scores, _ = sample(suite, generator, index, candidates)
     first.append(scores[0])
     best.append(max(scores, key=right))
     # The prompt states the scene's objects in order, and the readings follow the prompt.

@@ -108,13 +108,8 @@ def auc(margins: list[float], correct: list[bool]) -> float:
 first, picked, oracle = [], [], []
 margins, count_right = [], []
 for index, prompt in enumerate(suite.prompts):
-  scores, latents = [], []
-  for c in range(candidates):
-    # The suite numbers its text-to-video seeds from suite.seed in prompt order.
-    video = generator.generate(prompt.text, frames=suite.frames, height=suite.height,
-                               width=suite.width, seed=suite.seed + index + 1000 * c)
-    scores.append(scoring.score_video(video, prompt.expected, prompt.background))
-    latents.append(generator.encode(video))
+  scores, videos = best_of_n.sample(suite, generator, index, candidates)
+  latents = [generator.encode(video) for video in videos]
   donor = suite.prompts[(index + 2) % len(suite.prompts)].text  # the same caption style
   ids, mask = generator.tokenizer.encode(captions_to_rank(prompt.text, donor,
                                                           np.random.default_rng(index)))

@@ -66,13 +66,8 @@ def caption_scores(latents: jax.Array, cond: dict, key: jax.Array) -> np.ndarray
 
 first, picked, oracle = [], [], []
 for index, prompt in enumerate(suite.prompts):
-  scores, latents = [], []
-  for c in range(candidates):
-    # The suite numbers its text-to-video seeds from suite.seed in prompt order.
-    video = generator.generate(prompt.text, frames=suite.frames, height=suite.height,
-                               width=suite.width, seed=suite.seed + index + 1000 * c)
-    scores.append(scoring.score_video(video, prompt.expected, prompt.background))
-    latents.append(generator.encode(video))
+  scores, videos = best_of_n.sample(suite, generator, index, candidates)
+  latents = [generator.encode(video) for video in videos]
   self_scores = caption_scores(jnp.concatenate(latents), generator.encode_prompt(prompt.text),
                                jax.random.key(index))
   first.append(scores[0])
