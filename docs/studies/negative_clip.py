@@ -108,12 +108,19 @@ def perturb(caption: str, kind: str, donor: str, rng: np.random.Generator) -> st
       new = phrase.replace("staying still", "moving " + rng.choice(DIRECTIONS))
     elif rng.random() < 0.2:
       new = re.sub(r"moving \S+( that bounces.*)?$", "staying still", phrase)
-    else:  # a bounce off an edge would tell the new direction's negative apart by itself
-      new = _swap(re.sub(r" that bounces.*$", "", phrase), DIRECTIONS, rng,
-                  r"moving ({})(?![\w-])")
+    else:  # keeps the bounce clause, so another direction that could bounce off those edges
+      edges = re.findall(r"the (top|bottom|left|right) edge", phrase)
+      new = _swap(phrase, tuple(d for d in DIRECTIONS if all(_heads_to(d, e) for e in edges)),
+                  rng, r"moving ({})(?![\w-])")
   if new is None or new == phrase:
     return None
   return join_caption(objects[:j] + [new] + objects[j + 1:], background, descriptive)
+
+
+def _heads_to(direction: str, edge: str) -> bool:
+  """Whether an object moving in `direction` can reach `edge` first."""
+  dx, dy = vocabulary.DIRECTIONS[direction]
+  return {"left": dx < 0, "right": dx > 0, "top": dy < 0, "bottom": dy > 0}[edge]
 
 
 KINDS = ("colour", "shape", "size", "direction", "count")
@@ -203,7 +210,8 @@ def win_rates(workdir: str, experiment, tokenizer, model, clips: int = 256) -> d
   """Per kind of change, how often a test-split clip's own caption is more similar to it than
   the caption with that change (chance 0.5): what the model reads from real clips, on scenes
   it never saw (the first `clips` of the world's test split, captions brief and descriptive in
-  turn)."""
+  turn). `direction_word`: the same as `direction` with every bounce clause taken out of both
+  captions."""
   _, generator = best_of_n.load(workdir, 1)
   world_config = experiment.data.world
   rng = np.random.default_rng(1)
@@ -213,17 +221,20 @@ def win_rates(workdir: str, experiment, tokenizer, model, clips: int = 256) -> d
   captions = [s["caption"] if i % 2 else s["description"] for i, s in enumerate(samples)]
   for i, (sample, caption) in enumerate(zip(samples, captions)):
     latents = generator.encode(sample["video"])
-    texts = [caption]
-    for kind in KINDS:
-      new = perturb(caption, kind, captions[(i + 2) % clips], rng)
-      texts.append(new if new and new != caption else caption)
+    pairs = [(kind, caption, perturb(caption, kind, captions[(i + 2) % clips], rng))
+             for kind in KINDS]
+    # Neither caption says how anything bounces: only the direction word differs (a bounce
+    # clause narrows the directions down by itself).
+    plain = re.sub(r" that bounces[^;]*", "", caption)
+    pairs.append(("direction_word", plain, perturb(plain, "direction", caption, rng)))
+    pairs = [(kind, own, new) for kind, own, new in pairs if new and new != own]
+    texts = [text for _, own, new in pairs for text in (own, new)]
     ids, mask = tokenizer.encode(texts)
     text, clip = model(jnp.asarray(ids), jnp.asarray(mask),
                        jnp.repeat(latents, len(texts), axis=0))
-    sims = np.asarray(text @ clip[0])
-    for kind, new, sim in zip(KINDS, texts[1:], sims[1:]):
-      if new != caption:
-        wins[kind].append(float(sims[0] > sim))
+    sims = np.asarray(text @ clip[0]).reshape(-1, 2)
+    for (kind, _, _), (own_sim, new_sim) in zip(pairs, sims):
+      wins[kind].append(float(own_sim > new_sim))
   return {kind: round(float(np.mean(v)), 3) for kind, v in wins.items()} | {
       f"{kind}_pairs": len(v) for kind, v in wins.items()}
 
