@@ -91,10 +91,10 @@ def count_variants(prompt: str, donor: str) -> list[str]:
   objects, background, descriptive = negative_clip.split_caption(prompt)
   dropped = [negative_clip.join_caption(objects[:j] + objects[j + 1:], background, descriptive)
              for j in range(len(objects))] if len(objects) > 1 else []
-  colours = {negative_clip._colour(o) for o in objects}
+  colours = {negative_clip.colour_word(o) for o in objects}
   added = [negative_clip.join_caption(objects + [extra], background, descriptive)
            for extra in negative_clip.split_caption(donor)[0]
-           if negative_clip._colour(extra) not in colours]
+           if negative_clip.colour_word(extra) not in colours]
   return dropped + added
 
 
@@ -129,13 +129,11 @@ for index, prompt in enumerate(suite.prompts):
   first.append(scores[0])
   picked.append(scores[int(np.argmax(sims))])
   oracle.append(max(scores, key=right))
-  print(index, [right(s) for s in scores], [s.found for s in scores], np.round(sims, 3).tolist(),
-        prompt.text, flush=True)
+  print(index, [right(s) for s in scores], np.round(sims, 3).tolist(), prompt.text, flush=True)
 
 print(json.dumps({"pick": "seed 1", "candidates": candidates, **accuracies(first)}))
 print(json.dumps({"pick": "caption-clip", "candidates": candidates, "step": clip_step,
-                  "negatives": NEGATIVES,
-                  **accuracies(picked)}))
+                  "negatives": NEGATIVES, **accuracies(picked)}))
 print(json.dumps({"pick": "analyzer", "candidates": candidates, **accuracies(oracle)}))
 # Does the caption-clip model read counts on generated videos as the analyzer does? 0.5: no.
 print(json.dumps({"count_margin_auc": round(auc(margins, count_right), 3),

@@ -77,7 +77,8 @@ def _article(phrase: str) -> str:
   return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
-def _colour(phrase: str) -> str | None:
+def colour_word(phrase: str) -> str | None:
+  """The colour an object phrase names (None if it names none)."""
   match = re.search(r"\b({})\b".format("|".join(COLORS)), phrase)
   return match.group(1) if match else None
 
@@ -94,7 +95,7 @@ def perturb(caption: str, kind: str, donor: str, rng: np.random.Generator) -> st
     extra = extra[int(rng.integers(len(extra)))]
     # The world gives every object of a scene its own colour.
     if (("moving" in extra or "staying" in extra) != descriptive
-        or _colour(extra) in {_colour(o) for o in objects}):
+        or colour_word(extra) in {colour_word(o) for o in objects}):
       return None
     return join_caption(objects[:j] + [extra] + objects[j:], background, descriptive)
   if kind == "colour":
