@@ -94,6 +94,12 @@ def test_schedule_warms_up_then_decays_to_the_final_fraction():
   assert float(schedule(110)) == pytest.approx(0.1)
   constant = train_state_lib.make_schedule(dataclasses.replace(config, schedule="constant"))
   assert float(constant(100)) == pytest.approx(1.0)
+  linear = train_state_lib.make_schedule(dataclasses.replace(
+      config, schedule="linear", final_learning_rate_fraction=0.0))
+  assert float(linear(10)) == pytest.approx(1.0)
+  assert float(linear(35)) == pytest.approx(0.75)
+  assert float(linear(60)) == pytest.approx(0.5)
+  assert float(linear(110)) == 0.0
 
 
 def test_a_phase_takes_the_last_steps_at_its_own_constant_rate():

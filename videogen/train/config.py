@@ -26,7 +26,8 @@ class TrainConfig:
       weight decay trains the other weights).
     learning_rate: peak learning rate, reached after `warmup_steps` of linear warm-up.
     schedule: "cosine" decays to `final_learning_rate_fraction * learning_rate` at
-      `decay_steps` (default `num_steps - phase_steps`); "constant" stays at the peak.
+      `decay_steps` (default `num_steps - phase_steps`) along a half cosine, "linear" along a
+      straight line; "constant" stays at the peak.
     phase_steps: the last `phase_steps` of `num_steps` are a second phase at the constant
       `phase_learning_rate`; the warm-up and the schedule above span the steps before it. The
       optimizer, its moments and the EMA carry on; a stage may change its objective there too
@@ -54,7 +55,7 @@ class TrainConfig:
   optimizer: Literal["adamw", "adafactor", "muon"] = "adamw"
   learning_rate: float = 1e-3
   warmup_steps: int = 100
-  schedule: Literal["cosine", "constant"] = "cosine"
+  schedule: Literal["cosine", "linear", "constant"] = "cosine"
   decay_steps: Optional[int] = None
   final_learning_rate_fraction: float = 0.1
   phase_steps: int = 0

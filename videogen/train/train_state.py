@@ -64,8 +64,8 @@ class TrainState:
 
 
 def make_schedule(config: Any) -> optax.Schedule:
-  """Linear warm-up from 0 to `learning_rate`, then cosine decay (or constant), then the phase's
-  constant `phase_learning_rate` over the last `phase_steps`.
+  """Linear warm-up from 0 to `learning_rate`, then cosine or linear decay (or constant), then the
+  phase's constant `phase_learning_rate` over the last `phase_steps`.
 
   Args:
     config: a `videogen.train.config.TrainConfig`.
@@ -81,9 +81,10 @@ def make_schedule(config: Any) -> optax.Schedule:
     after = optax.constant_schedule(peak)
   else:
     decay_steps = config.decay_steps if config.decay_steps is not None else config.num_steps
-    after = optax.cosine_decay_schedule(
-        peak, decay_steps=max(decay_steps - warmup, 1),
-        alpha=config.final_learning_rate_fraction)
+    decay_steps = max(decay_steps - warmup, 1)
+    final = config.final_learning_rate_fraction
+    after = (optax.linear_schedule(peak, final * peak, decay_steps) if config.schedule == "linear"
+             else optax.cosine_decay_schedule(peak, decay_steps=decay_steps, alpha=final))
   if warmup == 0:
     return after
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
