@@ -1,7 +1,7 @@
 r"""The main experiment: text-to-video on the procedural world of moving, bouncing shapes.
 
 The main job (train the autoencoder, then the diffusion transformer and its text encoder, then a
-sample gallery) on the tiny variant, 11 to 23 minutes on a 2-core CPU by the machine
+sample gallery) on the tiny variant, 10 to 23 minutes on a 2-core CPU by the machine
 (docs/tiny_run.md):
 
     python -m videogen.main run --config=experiments/shapes.py:tiny --workdir=runs/tiny
