@@ -80,11 +80,10 @@ def make_schedule(config: Any) -> optax.Schedule:
   if config.schedule == "constant":
     after = optax.constant_schedule(peak)
   else:
-    decay_steps = config.decay_steps if config.decay_steps is not None else config.num_steps
-    decay_steps = max(decay_steps - warmup, 1)
-    final = config.final_learning_rate_fraction
-    after = (optax.linear_schedule(peak, final * peak, decay_steps) if config.schedule == "linear"
-             else optax.cosine_decay_schedule(peak, decay_steps=decay_steps, alpha=final))
+    end = config.decay_steps if config.decay_steps is not None else config.num_steps
+    length, final = max(end - warmup, 1), config.final_learning_rate_fraction
+    after = (optax.linear_schedule(peak, final * peak, length) if config.schedule == "linear"
+             else optax.cosine_decay_schedule(peak, decay_steps=length, alpha=final))
   if warmup == 0:
     return after
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
