@@ -34,6 +34,15 @@ def test_a_mesh_that_does_not_fit_the_devices(devices, tiny_workdir_config, tmp_
   assert "multiply to 3 but there are 8" in error and "change config.mesh" in error
 
 
+def test_a_learning_rate_scale_for_a_part_the_stage_does_not_train(devices, tiny_workdir_config,
+                                                                    tmp_path, capsys):
+  tiny_workdir_config.train.autoencoder.learning_rate_scales = ("text_encoder=0.5",)
+  assert command.command(experiment_lib.validate(tiny_workdir_config), str(tmp_path)) == 2
+  error = _one_line(capsys)
+  assert ("config.train.autoencoder.learning_rate_scales names 'text_encoder', which the "
+          "autoencoder stage does not train: name one of [" in error)
+
+
 def test_the_dit_stage_alone_needs_the_autoencoder_first(devices, tiny_workdir_config, tmp_path,
                                                          capsys):
   tiny_workdir_config.stages = ("dit",)

@@ -137,6 +137,46 @@ def test_weight_decay_skips_vectors():
   np.testing.assert_allclose(updates["b"], 0.0)
 
 
+def test_a_learning_rate_scale_scales_only_its_parts_update():
+  config = TrainConfig(learning_rate=1e-2, warmup_steps=0, schedule="constant", weight_decay=0.1,
+                       learning_rate_scales=("encoder=0.25",))
+  params = {"encoder": {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}, "head": {"w": jnp.ones((2, 2))}}
+  gradients = jax.tree.map(lambda p: jnp.full_like(p, 0.3), params)
+  plain = train_state_lib.make_optimizer(dataclasses.replace(config, learning_rate_scales=()))
+  scaled = train_state_lib.make_optimizer(config)
+  expected, _ = plain.update(gradients, plain.init(params), params)
+  updates, _ = scaled.update(gradients, scaled.init(params), params)
+  for name in ("w", "b"):
+    np.testing.assert_allclose(updates["encoder"][name], 0.25 * expected["encoder"][name],
+                               rtol=1e-6)
+  np.testing.assert_array_equal(updates["head"]["w"], expected["head"]["w"])
+  assert float(jnp.abs(updates["head"]["w"]).min()) > 0
+
+
+def test_a_learning_rate_scale_for_a_part_the_stage_lacks_is_refused():
+  config = TrainConfig(learning_rate_scales=("text=0.5",))
+  with pytest.raises(train_state_lib.LearningRateScaleError,
+                     match=r"config.train.dit.learning_rate_scales names 'text', which the dit "
+                           r"stage does not train: name one of \['head'\]"):
+    train_state_lib.check_learning_rate_scales(config, {"head": jnp.ones((2, 2))}, "dit")
+  tx = train_state_lib.make_optimizer(config)
+  with pytest.raises(train_state_lib.LearningRateScaleError, match="names 'text'"):
+    tx.init({"head": jnp.ones((2, 2))})
+
+
+@pytest.mark.parametrize("entries, match", [
+    (("text_encoder",), "must be 'PART=SCALE'"),
+    (("text_encoder=0",), "with a scale > 0"),
+    (("text_encoder=fast",), "must be 'PART=SCALE'"),
+    (("=0.5",), "must be 'PART=SCALE'"),
+    (("a=0.5", "a=2"), "names 'a' twice"),
+    ("text_encoder=0.3", "must be a tuple of 'PART=SCALE' strings"),
+])
+def test_a_malformed_learning_rate_scale_is_refused(entries, match):
+  with pytest.raises(ValueError, match=match):
+    TrainConfig(learning_rate_scales=entries)
+
+
 def test_a_step_updates_params_ema_and_step_but_not_frozen(devices):
   state, step = _setup(devices)
   new, metrics = step(state, _batch())

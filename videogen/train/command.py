@@ -8,9 +8,10 @@ trained (or preempted after a save: rerun to resume); 2 a mistake to fix before 
 --workdir, a config that differs from the checkpoints' (--allow_config_change resumes anyway),
 unreadable checkpoints, a missing input (the autoencoder's checkpoint for
 `--config.stages=dit`, a data set), a latent cache built for another run, an autoencoder
-checkpoint or tokenizer that does not fit the config, a mesh or batch sizes that do not fit the
-devices, incomplete multi-process flags; 1 a non-finite loss, or another process's failure in
-a step the processes do together. Each is one line on stderr.
+checkpoint or tokenizer that does not fit the config, a learning-rate scale for a part the stage
+does not train, a mesh or batch sizes that do not fit the devices, incomplete multi-process
+flags; 1 a non-finite loss, or another process's failure in a step the processes do together.
+Each is one line on stderr.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from videogen.parallel import mesh as mesh_lib
 from videogen.parallel import multihost
 from videogen.train import checkpointing
 from videogen.train import latent_cache
+from videogen.train import train_state as train_state_lib
 from videogen.train import trainer
 
 # What `trainer.train` raises for a mistake the user fixes (each message says how): reported in
@@ -33,7 +35,7 @@ USER_ERRORS = (trainer.NonFiniteError, trainer.ConfigChangedError,
                checkpointing.CheckpointRestoreError, loader.BatchSplitError,
                mesh_lib.MeshShapeError, latent_cache.LatentCacheError,
                workdir_lib.WorkdirMismatchError, multihost.PeerFailedError,
-               FileNotFoundError)
+               train_state_lib.LearningRateScaleError, FileNotFoundError)
 
 
 def report(error: BaseException) -> int:

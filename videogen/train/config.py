@@ -9,7 +9,7 @@ They live apart from the trainer and the stages so that the experiment schema
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence
 
 from data_pipelines import buckets as buckets_lib
 from videogen.diffusion import distillation
@@ -33,6 +33,9 @@ class TrainConfig:
       optimizer, its moments and the EMA carry on; a stage may change its objective there too
       (the dit stage gives first frames at high noise: `config.dit_stage.phase_*`). 0 = none.
     phase_learning_rate: the learning rate of the phase (required when `phase_steps` > 0).
+    learning_rate_scales: "PART=SCALE" entries, e.g. ("text_encoder=0.3",): the updates of that
+      top-level part of the stage's trainable variables are scaled by SCALE, which scales its
+      learning rate (and weight decay) throughout the schedule; unnamed parts take the schedule.
     b1, b2, eps: Adam moments.
     muon_momentum: Muon's momentum (optimizer "muon").
     weight_decay: decoupled weight decay of matrices (norm scales and biases are not decayed).
@@ -60,6 +63,7 @@ class TrainConfig:
   final_learning_rate_fraction: float = 0.1
   phase_steps: int = 0
   phase_learning_rate: Optional[float] = None
+  learning_rate_scales: tuple[str, ...] = ()
   b1: float = 0.9
   b2: float = 0.999
   eps: float = 1e-8
@@ -86,6 +90,7 @@ class TrainConfig:
     if self.phase_steps and (self.phase_learning_rate is None or self.phase_learning_rate <= 0):
       raise ValueError(f"phase_learning_rate = {self.phase_learning_rate} must be > 0 when "
                        f"phase_steps = {self.phase_steps} (e.g. half of learning_rate)")
+    parse_learning_rate_scales(self.learning_rate_scales)
     if not 0.0 <= self.ema_decay < 1.0:
       raise ValueError(f"ema_decay = {self.ema_decay} must be in [0, 1)")
     if not 0.0 <= self.muon_momentum < 1.0:
@@ -94,6 +99,27 @@ class TrainConfig:
                                or not 1 <= self.profile_steps[0] <= self.profile_steps[1]):
       raise ValueError(f"profile_steps = {self.profile_steps} must be (first, last) with "
                        f"1 <= first <= last, e.g. (10, 12), or () for no profile")
+
+
+def parse_learning_rate_scales(entries: Sequence[str]) -> dict[str, float]:
+  """`TrainConfig.learning_rate_scales` as {part: scale}; ValueError naming a malformed entry."""
+  if isinstance(entries, str):
+    raise ValueError(f"learning_rate_scales = {entries!r} must be a tuple of 'PART=SCALE' "
+                     f"strings, e.g. ('text_encoder=0.3',)")
+  scales = {}
+  for entry in entries:
+    part, separator, value = str(entry).partition("=")
+    try:
+      scale = float(value)
+    except ValueError:
+      scale = None
+    if not separator or not part.strip() or scale is None or not scale > 0:
+      raise ValueError(f"learning_rate_scales entry {entry!r} must be 'PART=SCALE' with a "
+                       f"scale > 0, e.g. 'text_encoder=0.3'")
+    if part.strip() in scales:
+      raise ValueError(f"learning_rate_scales names {part.strip()!r} twice")
+    scales[part.strip()] = scale
+  return scales
 
 
 @dataclasses.dataclass(frozen=True)

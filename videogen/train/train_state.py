@@ -24,6 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from videogen.parallel import axes
 from videogen.parallel import sharding as sharding_lib
+from videogen.train import config as config_lib
 from videogen.train import stage as stage_lib
 
 Batch = dict[str, jax.Array]
@@ -125,8 +126,34 @@ def muon_dimensions(params: Any) -> Any:
       for_variable, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
+class LearningRateScaleError(ValueError):
+  """`TrainConfig.learning_rate_scales` names a part that the stage does not train."""
+
+
+def check_learning_rate_scales(config: Any, params: Any, stage_name: str = "") -> None:
+  """Raises `LearningRateScaleError` unless each part that `config.learning_rate_scales` names is
+  a top-level key of the trainable variables `params` (an `nnx.State`, possibly abstract)."""
+  parts = sorted(params.keys())
+  where = f"config.train.{stage_name}." if stage_name else ""
+  for part in config_lib.parse_learning_rate_scales(config.learning_rate_scales):
+    if part not in parts:
+      raise LearningRateScaleError(
+          f"{where}learning_rate_scales names {part!r}, which the {stage_name or 'this'} stage "
+          f"does not train: name one of {parts}")
+
+
+def _part_mask(config: Any, part: str) -> Callable[[Any], Any]:
+  """The optax mask of the variables under the top-level key `part` of the trainable ones."""
+  def mask(params: Any) -> Any:
+    check_learning_rate_scales(config, params)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: getattr(path[0], "key", None) == part, params)
+  return mask
+
+
 def make_optimizer(config: Any) -> optax.GradientTransformation:
-  """The optimizer of a `TrainConfig`: global-norm clipping, then AdamW, Adafactor or Muon."""
+  """The optimizer of a `TrainConfig`: global-norm clipping, then AdamW, Adafactor or Muon, then
+  the `learning_rate_scales` of named parts."""
   schedule = make_schedule(config)
   if config.optimizer == "adamw":
     optimizer = optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
@@ -144,9 +171,12 @@ def make_optimizer(config: Any) -> optax.GradientTransformation:
   else:
     raise ValueError(f"unknown optimizer {config.optimizer!r}; choose 'adamw', 'adafactor' or "
                      f"'muon'")
+  scales = config_lib.parse_learning_rate_scales(config.learning_rate_scales)
+  transforms = [optimizer] + [optax.masked(optax.scale(scale), _part_mask(config, part))
+                              for part, scale in scales.items()]
   if config.clip_grad_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(config.clip_grad_norm), optimizer)
-  return optimizer
+    transforms.insert(0, optax.clip_by_global_norm(config.clip_grad_norm))
+  return optax.chain(*transforms) if len(transforms) > 1 else optimizer
 
 
 # XLA options for compiling the initialisation, per platform. On a CPU, LLVM's optimisations of

@@ -294,7 +294,8 @@ def train_stage(stage: stage_lib.Stage, experiment: experiment_lib.Experiment, w
 
     # == Model ==================================================================================
     tx = train_state_lib.make_optimizer(config)
-    graphdef, _, _ = train_state_lib.abstract_model(stage)
+    graphdef, abstract_params, _ = train_state_lib.abstract_model(stage)
+    train_state_lib.check_learning_rate_scales(config, abstract_params, name)
 
     # == Shard: the state initialised directly into its shardings ===============================
     state, state_shardings = train_state_lib.init_sharded_train_state(
