@@ -178,10 +178,42 @@ def test_the_training_measurement_reads_each_setting_at_its_own_level(monkeypatc
   monkeypatch.setattr(pipeline, "Generator", lambda **kwargs: None)
   monkeypatch.setattr(caption_use, "generator_loss_fn", lambda generator: None)
   monkeypatch.setattr(caption_use, "measure_gaps", fake_measure)
+  ranked = []
+  monkeypatch.setattr(caption_use, "token_rank",
+                      lambda encoder, tokenizer, captions: ranked.append(captions) or 5.5)
   scores = caption_use.stage_scores(None, None, None, None, None, shape=(9, 32, 32),
                                     world_config=world.WorldConfig(), clips=4)
   assert calls == [((0.9,), ("t2v",), 4), ((1.0,), ("first",), 4)]
-  assert scores == {"caption_win_t2v_color": 0.75, "caption_win_first_color": 0.75,
+  [captions] = ranked
+  assert len(captions) == caption_use.RANK_CAPTIONS == len(set(captions))
+  assert all(caption.endswith("background") for caption in captions)
+  assert scores == {"text_token_rank": 5.5,
+                    "caption_win_t2v_color": 0.75, "caption_win_first_color": 0.75,
                     "caption_win_first_direction": 0.5,
                     "caption_gap_t2v_color": pytest.approx(0.225),
                     "caption_gap_first_color": 0.25, "caption_gap_first_direction": 0.001}
+
+
+def test_the_effective_rank_counts_the_directions_tokens_differ_along():
+  rng = np.random.default_rng(0)
+  along_one = rng.normal(size=(50, 1)) * rng.normal(size=(1, 16)) + 3.0  # a shared offset too
+  assert caption_use.effective_rank(along_one) == pytest.approx(1.0)
+  even = np.concatenate([np.eye(8), -np.eye(8)]) * 2.0  # 8 directions, equal energy
+  assert caption_use.effective_rank(even) == pytest.approx(8.0)
+  assert caption_use.effective_rank(np.ones((4, 3))) == 0.0  # no differences at all
+
+
+def test_the_token_rank_reads_only_the_captions_tokens():
+  class Tokenizer:
+    def encode(self, captions):
+      ids = np.array([[1, 2, 0], [3, 0, 0]], np.int32)[:len(captions)]
+      return ids, ids > 0
+
+  def encoder(ids, mask):
+    table = np.array([[9.0, 9.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])  # padding far away
+    return jnp.asarray(table[np.asarray(ids)]), None
+
+  # Tokens (1, 0), (0, 1), (-1, 0) about their mean differ along two directions, unevenly.
+  expected = caption_use.effective_rank(np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]))
+  assert 1.0 < expected < 2.0
+  assert caption_use.token_rank(encoder, Tokenizer(), ["a b", "c"]) == pytest.approx(expected)

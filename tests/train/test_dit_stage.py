@@ -369,6 +369,7 @@ def test_trains_with_the_trainer_from_a_frozen_autoencoder(tmp_path, devices,
   gaps = {k: v for k, v in evaluation.items() if k.startswith("eval/caption_gap_")}
   assert {k.replace("_gap_", "_win_") for k in gaps} == set(wins)
   assert all(np.isfinite(v) for v in gaps.values()), gaps
+  assert 1.0 <= evaluation["eval/text_token_rank"] <= TEXT_WIDTH
   samples = os.path.join(workdir, "samples", "dit_000002")
   assert sorted(os.listdir(samples)) == ["00.gif", "00.mp4", "01.gif", "01.mp4",
                                           "contact_sheet.png", "prompts.txt"]

@@ -50,6 +50,8 @@ GIVEN: tuple[str, ...] = ("t2v", "first")
 # which ignores motion words, against 0.91 for one trained on given frames near t = 1; at 0.9,
 # 0.58 against 0.80).
 STAGE_LEVELS: dict[str, float] = {"t2v": 0.9, "first": 1.0}
+# Test-split captions whose tokens `token_rank` reads in the dit stage's measurement.
+RANK_CAPTIONS = 64
 # Speed of an object that a "motion" counterfactual sets moving: the default world's middle one.
 _COUNTERFACTUAL_SPEED = 0.45
 
@@ -226,6 +228,28 @@ def generator_loss_fn(generator: Any) -> LossFn:
   return loss_fn
 
 
+def effective_rank(tokens: np.ndarray) -> float:
+  """exp(entropy) of the energy shares of the singular values of `tokens` [N, D] about their
+  mean: 1 when they differ along one direction only, D when they spread evenly over D."""
+  tokens = np.asarray(tokens, np.float64)
+  values = np.linalg.svd(tokens - tokens.mean(axis=0), compute_uv=False)
+  shares = np.square(values) / max(float(np.sum(np.square(values))), np.finfo(np.float64).tiny)
+  shares = shares[shares > 0]
+  return float(np.exp(-np.sum(shares * np.log(shares)))) if shares.size else 0.0
+
+
+def token_rank(text_encoder: Any, tokenizer: Any, captions: Sequence[str]) -> float:
+  """The effective rank of the text encoder's outputs at the captions' tokens (padding left out).
+
+  A jointly trained encoder can collapse: one direction then carries almost all of the
+  difference between caption tokens, and the transformer reads colour and count worse (the main
+  job's weak runs read 1.3-2.4, the others 5-8: docs/learning_curve.md, "What makes a run weak").
+  """
+  ids, mask = tokenizer.encode(list(captions))
+  embeddings, _ = text_encoder(jnp.asarray(ids), jnp.asarray(mask))
+  return effective_rank(np.asarray(embeddings, np.float32)[np.asarray(mask, bool)])
+
+
 def stage_scores(autoencoder: Any, text_encoder: Any, dit: Any, tokenizer: Any, flow_config: Any,
                  *, shape: tuple[int, int, int], world_config: world.WorldConfig,
                  clips: int) -> dict[str, float]:
@@ -236,7 +260,8 @@ def stage_scores(autoencoder: Any, text_encoder: Any, dit: Any, tokenizer: Any, 
 
   Returns:
     {"caption_gap_<given>_<attribute>": mean loss increase, "caption_win_<given>_<attribute>":
-    win rate} for every given setting and every attribute that applies to at least one clip.
+    win rate} for every given setting and every attribute that applies to at least one clip, and
+    "text_token_rank": `token_rank` on the captions of `RANK_CAPTIONS` test-split scenes.
   """
   generator = pipeline.Generator(autoencoder=autoencoder, text_encoder=text_encoder, dit=dit,
                                  tokenizer=tokenizer, flow_config=flow_config,
@@ -252,4 +277,8 @@ def stage_scores(autoencoder: Any, text_encoder: Any, dit: Any, tokenizer: Any, 
     for metric, name in (("gap", "gap"), ("win_rate", "win")):
       scores.update({f"caption_{name}_{setting}_{attribute}": value
                      for attribute, value in measured[metric].items() if value is not None})
+  captions = [world.describe(world.sample_scene(index, seed=0, split="test", config=world_config),
+                             frames=frames, height=height, width=width, fps=world_config.fps)
+              for index in range(RANK_CAPTIONS)]
+  scores["text_token_rank"] = token_rank(text_encoder, tokenizer, captions)
   return scores
