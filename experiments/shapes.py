@@ -112,9 +112,12 @@ def _tiny(config: ml_collections.ConfigDict) -> DiTStageConfig:
       num_steps=4500, learning_rate=3e-3, warmup_steps=50, final_learning_rate_fraction=0.02,
       ema_decay=0.99, log_every=100, checkpoint_every=2250, keep_checkpoints=1, eval_every=4500))
   # About 6.5 CPU minutes; a short run wants EMA over its last ~50 steps, not the last 1000.
+  # The text encoder at 0.3 of the rate: at the full rate its tokens can collapse onto one
+  # direction, a weak run (docs/learning_curve.md, "What makes a run weak").
   config.train.dit = to_config_dict(TrainConfig(
       num_steps=3000, learning_rate=1e-3, warmup_steps=50, ema_decay=0.98, log_every=50,
-      checkpoint_every=1500, keep_checkpoints=1, eval_every=3000))
+      checkpoint_every=1500, keep_checkpoints=1, eval_every=3000,
+      learning_rate_scales=("text_encoder=0.3",)))
   # Caption-clip pre-training of the text encoder (docs/learning_curve.md); not in config.stages
   # by default.
   config.train.text = to_config_dict(TrainConfig(
@@ -134,8 +137,10 @@ def _long(config: ml_collections.ConfigDict) -> DiTStageConfig:
   stage_settings = _tiny(config)
   # Muon draws shapes at 12,000 steps that AdamW draws at 30,000; at 30,000 it draws them best.
   # Its last 3,000 steps give first frames at high noise: only then does the caption steer motion.
+  # Its figures were measured with the text encoder at the transformer's rate.
   config.train.dit.update(num_steps=33_000, optimizer="muon", phase_steps=3000,
-                          phase_learning_rate=5e-4, checkpoint_every=3000, keep_checkpoints=0)
+                          phase_learning_rate=5e-4, checkpoint_every=3000, keep_checkpoints=0,
+                          learning_rate_scales=())
   # The phase's objects move as prompted only when the first frame is drawn before the rest.
   config.sample.frame_schedule = "image_first"
   return stage_settings
