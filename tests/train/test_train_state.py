@@ -160,7 +160,8 @@ def test_a_learning_rate_scale_for_a_part_the_stage_lacks_is_refused():
                            r"stage does not train: name one of \['head'\]"):
     train_state_lib.check_learning_rate_scales(config, {"head": jnp.ones((2, 2))}, "dit")
   tx = train_state_lib.make_optimizer(config)
-  with pytest.raises(train_state_lib.LearningRateScaleError, match="names 'text'"):
+  with pytest.raises(train_state_lib.LearningRateScaleError,
+                     match="names 'text', which this stage does not train"):
     tx.init({"head": jnp.ones((2, 2))})
 
 

@@ -242,8 +242,9 @@ def token_rank(text_encoder: Any, tokenizer: Any, captions: Sequence[str]) -> fl
   """The effective rank of the text encoder's outputs at the captions' tokens (padding left out).
 
   A jointly trained encoder can collapse: one direction then carries almost all of the
-  difference between caption tokens, and the transformer reads colour and count worse (the main
-  job's weak runs read 1.3-2.4, the others 5-8: docs/learning_curve.md, "What makes a run weak").
+  difference between caption tokens, and the transformer reads colour and count worse (in the
+  tiny preset's runs, 1.3-2.4 in the weak ones and 4.5 or more in the others:
+  docs/learning_curve.md, "What makes a run weak").
   """
   ids, mask = tokenizer.encode(list(captions))
   embeddings, _ = text_encoder(jnp.asarray(ids), jnp.asarray(mask))

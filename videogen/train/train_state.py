@@ -135,11 +135,11 @@ def check_learning_rate_scales(config: Any, params: Any, stage_name: str = "") -
   a top-level key of the trainable variables `params` (an `nnx.State`, possibly abstract)."""
   parts = sorted(params.keys())
   where = f"config.train.{stage_name}." if stage_name else ""
+  stage = f"the {stage_name} stage" if stage_name else "this stage"
   for part in config_lib.parse_learning_rate_scales(config.learning_rate_scales):
     if part not in parts:
-      raise LearningRateScaleError(
-          f"{where}learning_rate_scales names {part!r}, which the {stage_name or 'this'} stage "
-          f"does not train: name one of {parts}")
+      raise LearningRateScaleError(f"{where}learning_rate_scales names {part!r}, which {stage} "
+                                   f"does not train: name one of {parts}")
 
 
 def _part_mask(config: Any, part: str) -> Callable[[Any], Any]:
