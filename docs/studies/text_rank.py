@@ -33,6 +33,9 @@ def places(encoder, ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
     x = block(x, attention_mask)
     found[f"block {index + 1}"] = np.asarray(x)
   found["final norm"] = np.asarray(encoder.final_norm(x))
+  # The pass above is the encoder's own, read in parts: its end must be what the encoder returns.
+  np.testing.assert_allclose(found["final norm"][mask], np.asarray(encoder(ids, mask)[0])[mask],
+                             rtol=1e-4, atol=1e-4)
   return {name: value[mask] for name, value in found.items()}
 
 

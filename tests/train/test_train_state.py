@@ -167,7 +167,9 @@ def test_a_learning_rate_scale_for_a_part_the_stage_lacks_is_refused():
 
 @pytest.mark.parametrize("entries, match", [
     (("text_encoder",), "must be 'PART=SCALE'"),
-    (("text_encoder=0",), "with a scale > 0"),
+    (("text_encoder=0",), "with a finite scale > 0"),
+    (("text_encoder=inf",), "with a finite scale > 0"),
+    (("text_encoder=nan",), "with a finite scale > 0"),
     (("text_encoder=fast",), "must be 'PART=SCALE'"),
     (("=0.5",), "must be 'PART=SCALE'"),
     (("a=0.5", "a=2"), "names 'a' twice"),

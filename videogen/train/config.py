@@ -9,6 +9,7 @@ They live apart from the trainer and the stages so that the experiment schema
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal, Optional, Sequence
 
 from data_pipelines import buckets as buckets_lib
@@ -113,9 +114,9 @@ def parse_learning_rate_scales(entries: Sequence[str]) -> dict[str, float]:
       scale = float(value)
     except ValueError:
       scale = None
-    if not separator or not part.strip() or scale is None or not scale > 0:
+    if not separator or not part.strip() or scale is None or not 0 < scale < math.inf:
       raise ValueError(f"learning_rate_scales entry {entry!r} must be 'PART=SCALE' with a "
-                       f"scale > 0, e.g. 'text_encoder=0.3'")
+                       f"finite scale > 0, e.g. 'text_encoder=0.3'")
     if part.strip() in scales:
       raise ValueError(f"learning_rate_scales names {part.strip()!r} twice")
     scales[part.strip()] = scale
