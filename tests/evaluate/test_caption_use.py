@@ -217,3 +217,11 @@ def test_the_token_rank_reads_only_the_captions_tokens():
   expected = caption_use.effective_rank(np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]))
   assert 1.0 < expected < 2.0
   assert caption_use.token_rank(encoder, Tokenizer(), ["a b", "c"]) == pytest.approx(expected)
+
+
+def test_a_collapsed_token_rank_is_told_with_what_to_do():
+  assert caption_use.collapse_warning(caption_use.COLLAPSED_RANK) is None
+  assert caption_use.collapse_warning(7.0) is None
+  warning = caption_use.collapse_warning(1.3)
+  assert warning.startswith("the text encoder's caption tokens span 1.3 effective directions")
+  assert "learning_rate_scales" in warning and "\n" not in warning

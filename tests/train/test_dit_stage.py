@@ -8,6 +8,7 @@ stage's checkpoint is written directly from a randomly initialised model (no aut
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 
@@ -27,6 +28,7 @@ from videogen import workdir as workdir_lib
 from videogen.config import to_config_dict
 from videogen.diffusion.flow import FlowConfig
 from videogen.diffusion.samplers import SamplerConfig
+from videogen.evaluate import caption_use
 from videogen.models.autoencoder import AutoencoderConfig
 from videogen.generate import pipeline
 from videogen.models import layers
@@ -322,6 +324,23 @@ def test_evaluation_samples_what_the_generation_pipeline_gives(tmp_path, tokeniz
                                   steps=config.eval_steps)
     np.testing.assert_array_equal(written[f"{index:02d}.mp4"], expected)
   assert os.path.exists(tmp_path / "samples" / "dit_000003" / "contact_sheet.png")
+
+
+@pytest.mark.parametrize("rank, warned", [(1.2, True), (6.0, False)])
+def test_the_evaluation_warns_of_a_collapsed_text_encoder(tmp_path, tokenizer, monkeypatch,
+                                                         caplog, rank, warned):
+  stage = dit_stage.DiTStage(make_experiment())
+  model = eager_model(stage, seed=1)
+  tokenizer.save(workdir_lib.tokenizer_path(str(tmp_path)))
+  monkeypatch.setattr(dit_stage.caption_use, "stage_scores",
+                      lambda *args, **kwargs: {"text_token_rank": rank})
+  with caplog.at_level(logging.WARNING):
+    scores = stage.evaluate(model, 7, str(tmp_path))
+  assert scores["text_token_rank"] == rank
+  messages = [record.getMessage() for record in caplog.records
+              if "caption tokens span" in record.getMessage()]
+  expected = [f"dit stage, step 7: {caption_use.collapse_warning(rank)}"] if warned else []
+  assert messages == expected
 
 
 def test_an_autoencoder_checkpoint_lacking_parameters_is_refused(

@@ -52,6 +52,9 @@ GIVEN: tuple[str, ...] = ("t2v", "first")
 STAGE_LEVELS: dict[str, float] = {"t2v": 0.9, "first": 1.0}
 # Test-split captions whose tokens `token_rank` reads in the dit stage's measurement.
 RANK_CAPTIONS = 64
+# A `token_rank` below this is a collapsed text encoder: every weak run of the tiny preset read
+# 1.3-1.8 at step 1,500 and every other run 2.2 or more (docs/learning_curve.md).
+COLLAPSED_RANK = 2.0
 # Speed of an object that a "motion" counterfactual sets moving: the default world's middle one.
 _COUNTERFACTUAL_SPEED = 0.45
 
@@ -249,6 +252,17 @@ def token_rank(text_encoder: Any, tokenizer: Any, captions: Sequence[str]) -> fl
   ids, mask = tokenizer.encode(list(captions))
   embeddings, _ = text_encoder(jnp.asarray(ids), jnp.asarray(mask))
   return effective_rank(np.asarray(embeddings, np.float32)[np.asarray(mask, bool)])
+
+
+def collapse_warning(rank: float) -> str | None:
+  """The warning for a text encoder whose `token_rank` is `rank`; None when it has not collapsed."""
+  if rank >= COLLAPSED_RANK:
+    return None
+  return (f"the text encoder's caption tokens span {rank:.1f} effective directions "
+          f"(text_token_rank below {COLLAPSED_RANK:g}): they have collapsed, and the transformer "
+          "will follow colour and count weakly; train the text encoder more slowly, e.g. "
+          "--config.train.dit.learning_rate_scales='(\"text_encoder=0.3\",)' "
+          "(docs/learning_curve.md, \"What makes a run weak\")")
 
 
 def stage_scores(autoencoder: Any, text_encoder: Any, dit: Any, tokenizer: Any, flow_config: Any,

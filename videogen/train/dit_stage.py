@@ -538,5 +538,8 @@ class DiTStage(stage_lib.Stage):
           model.autoencoder, model.text_encoder, model.dit, tokenizer, self.flow_config,
           shape=self.sample_shape(), world_config=self.data_config.world,
           clips=self.config.eval_caption_clips))
+      warning = caption_use.collapse_warning(scores["text_token_rank"])
+      if warning and multihost.is_primary():
+        logging.warning("dit stage, step %d: %s", step, warning)
     return scores
 
