@@ -260,9 +260,9 @@ def collapse_warning(rank: float) -> str | None:
     return None
   return (f"the text encoder's caption tokens span {rank:.1f} effective directions "
           f"(text_token_rank below {COLLAPSED_RANK:g}): they have collapsed, and the transformer "
-          "will follow colour and count weakly; train the text encoder more slowly, e.g. "
-          "--config.train.dit.learning_rate_scales='(\"text_encoder=0.3\",)' "
-          "(docs/learning_curve.md, \"What makes a run weak\")")
+          "will follow colour and count weakly; train the text encoder more slowly, with a "
+          "smaller text_encoder entry in --config.train.dit.learning_rate_scales (the tiny preset "
+          "sets '(\"text_encoder=0.3\",)'; docs/learning_curve.md, \"What makes a run weak\")")
 
 
 def stage_scores(autoencoder: Any, text_encoder: Any, dit: Any, tokenizer: Any, flow_config: Any,
