@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ from data_pipelines import loader as loader_lib
 from experiments import shapes
 from videogen import experiment as experiment_lib
 from videogen import workdir as workdir_lib
+from videogen.evaluate import caption_use
 from videogen.evaluate import command
 from videogen.evaluate import learning_curve
 from videogen.evaluate import summary
@@ -213,7 +215,7 @@ def test_main_wires_the_learning_curve_and_its_flags(tmp_path):
 
 @pytest.mark.slow  # ~20-30 s: 4 prompts sampled in 2 steps at each of 2 checkpoints
 def test_learning_curve_evaluates_each_checkpoint_once(tiny_workdir, tiny_workdir_config,
-                                                       tmp_path, capsys, monkeypatch):
+                                                       tmp_path, capsys, monkeypatch, caplog):
   workdir = _two_checkpoints(tiny_workdir, tmp_path)
   tiny_workdir_config.sample.num_steps = 2
   experiment = experiment_lib.validate(tiny_workdir_config)
@@ -246,6 +248,13 @@ def test_learning_curve_evaluates_each_checkpoint_once(tiny_workdir, tiny_workdi
       assert row[key] is None or 0.0 <= row[key] <= 1.0
   assert rows[1]["train_minutes"] > rows[0]["train_minutes"]
   assert rows[0]["color_accuracy"] == rows[1]["color_accuracy"]  # the same weights, prompts, seeds
+  # The text encoder's rank is the dit stage's measurement of the checkpoint's encoder.
+  generator = real_load(workdir, experiment, step=2, progress=False)
+  assert rows[1]["text_token_rank"] == pytest.approx(caption_use.text_token_rank(
+      generator.text_encoder, generator.tokenizer,
+      shape=tuple(report["suite"][key] for key in ("frames", "height", "width")),
+      world_config=experiment.data.world), rel=1e-5)
+  assert rows[0]["text_token_rank"] == rows[1]["text_token_rank"] > caption_use.COLLAPSED_RANK
   plot = os.path.join(workdir, learning_curve.CURVES_DIR, learning_curve.PLOT_FILE)
   with open(plot, "rb") as f:
     assert f.read(8) == PNG_SIGNATURE
@@ -256,12 +265,16 @@ def test_learning_curve_evaluates_each_checkpoint_once(tiny_workdir, tiny_workdi
   assert loaded == []
   with open(os.path.join(workdir, learning_curve.LEARNING_CURVE_FILE)) as f:
     assert json.load(f)["rows"] == rows
-  # A new checkpoint is the only one evaluated.
+  # A new checkpoint is the only one evaluated; a collapsed text encoder is warned of, once.
   dit = workdir_lib.checkpoint_dir(workdir, workdir_lib.DIT_STAGE)
   shutil.copytree(os.path.join(dit, "2"), os.path.join(dit, "4"))
-  assert learning_curve.command(experiment, workdir, scenes_per_group=1, progress=False,
-                                every=4) == 0
+  monkeypatch.setattr(learning_curve.caption_use, "text_token_rank", lambda *a, **k: 1.2)
+  with caplog.at_level(logging.WARNING):
+    assert learning_curve.command(experiment, workdir, scenes_per_group=1, progress=False,
+                                  every=4) == 0
   assert loaded == [4]
+  assert [record.getMessage() for record in caplog.records if "caption tokens" in
+          record.getMessage()] == [f"learning curve, step 4: {caption_use.collapse_warning(1.2)}"]
   capsys.readouterr()
 
   # Unknown steps and another suite are one line each; nothing is evaluated.
@@ -283,7 +296,9 @@ def test_learning_curve_evaluates_each_checkpoint_once(tiny_workdir, tiny_workdi
     table = f.read().splitlines()
   assert table[0].startswith("| run | experiment | step | train minutes | train CPU minutes | "
                             "train FLOPs |")
+  assert table[0].endswith(" | count stability | text token rank |")
   assert len(table) == 2 + 2 * 3
+  assert table[-1].endswith(" | 1.2 |")  # step 4's rank
   assert sum(line.startswith(f"| {other} |") for line in table) == 3
   compare_plot = os.path.join(workdir, learning_curve.CURVES_DIR,
                               learning_curve.COMPARE_PLOT_FILE)

@@ -254,6 +254,18 @@ def token_rank(text_encoder: Any, tokenizer: Any, captions: Sequence[str]) -> fl
   return effective_rank(np.asarray(embeddings, np.float32)[np.asarray(mask, bool)])
 
 
+def text_token_rank(text_encoder: Any, tokenizer: Any, *, shape: tuple[int, int, int],
+                    world_config: world.WorldConfig) -> float:
+  """`token_rank` on the descriptive captions of `RANK_CAPTIONS` test-split scenes of the
+  procedural world (seed 0) at `shape` (frames, height, width): the dit stage's
+  eval/text_token_rank and the learning curve's text_token_rank."""
+  frames, height, width = shape
+  captions = [world.describe(world.sample_scene(index, seed=0, split="test", config=world_config),
+                             frames=frames, height=height, width=width, fps=world_config.fps)
+              for index in range(RANK_CAPTIONS)]
+  return token_rank(text_encoder, tokenizer, captions)
+
+
 def collapse_warning(rank: float) -> str | None:
   """The warning for a text encoder whose `token_rank` is `rank`; None when it has not collapsed."""
   if rank >= COLLAPSED_RANK:
@@ -276,7 +288,7 @@ def stage_scores(autoencoder: Any, text_encoder: Any, dit: Any, tokenizer: Any, 
   Returns:
     {"caption_gap_<given>_<attribute>": mean loss increase, "caption_win_<given>_<attribute>":
     win rate} for every given setting and every attribute that applies to at least one clip, and
-    "text_token_rank": `token_rank` on the captions of `RANK_CAPTIONS` test-split scenes.
+    "text_token_rank": `text_token_rank` at `shape`.
   """
   generator = pipeline.Generator(autoencoder=autoencoder, text_encoder=text_encoder, dit=dit,
                                  tokenizer=tokenizer, flow_config=flow_config,
@@ -292,8 +304,6 @@ def stage_scores(autoencoder: Any, text_encoder: Any, dit: Any, tokenizer: Any, 
     for metric, name in (("gap", "gap"), ("win_rate", "win")):
       scores.update({f"caption_{name}_{setting}_{attribute}": value
                      for attribute, value in measured[metric].items() if value is not None})
-  captions = [world.describe(world.sample_scene(index, seed=0, split="test", config=world_config),
-                             frames=frames, height=height, width=width, fps=world_config.fps)
-              for index in range(RANK_CAPTIONS)]
-  scores["text_token_rank"] = token_rank(text_encoder, tokenizer, captions)
+  scores["text_token_rank"] = text_token_rank(text_encoder, tokenizer, shape=shape,
+                                              world_config=world_config)
   return scores

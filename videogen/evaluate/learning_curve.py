@@ -42,12 +42,17 @@ Each checkpoint gives one row of OUT/learning_curve.json (OUT: --out, default th
                               it); also direction split into objects prompted to move and to
                               stay still, bounces, background, the same by caption kind and
                               group, and the confusion tables.
+  text_token_rank             on the procedural world, how many directions the checkpoint's text
+                              encoder spreads caption tokens over (`caption_use.text_token_rank`,
+                              the dit stage's eval/text_token_rank at the suite's shape): below
+                              `caption_use.COLLAPSED_RANK` it has collapsed, and the command warns.
+                              None on other data.
 The file also records the suite (its size and a digest of its prompts: a file is only added to
 with the same suite), the FLOPs per step of each interval between checkpoints (`flops_schedule`)
 and the autoencoder stage's wall-clock minutes. Rows are written as each checkpoint finishes, and
 a checkpoint already in the file is not evaluated again: re-running after more training evaluates
 only the new checkpoints. The curves are drawn into OUT/curves/learning_curve.png: accuracy per
-attribute against steps, train minutes and FLOPs, and the loss.
+attribute against steps, train minutes and FLOPs, and the loss with the text token rank.
 
 `--compare=W2,W3,...` then reads the learning_curve.json of each of those runs too (evaluate them
 first) and writes OUT/curves/learning_curve_compare.png (each attribute against train minutes and
@@ -77,6 +82,7 @@ from videogen import exit_codes
 from videogen import experiment as experiment_lib
 from videogen import workdir as workdir_lib
 from videogen.diffusion import flow
+from videogen.evaluate import caption_use
 from videogen.evaluate import generation
 from videogen.evaluate import suite as suite_lib
 from videogen.evaluate import summary
@@ -301,12 +307,17 @@ def describe_suite(suite: suite_lib.Suite, scenes_per_group: int) -> dict[str, A
 def evaluate_checkpoint(workdir: str, experiment: experiment_lib.Experiment, step: int,
                         suite: suite_lib.Suite, *, mesh: Any = None) -> dict[str, Any]:
   """The suite's metrics of checkpoint `step` (EMA weights): the curves first, then the details,
-  and eval_seconds (loading and generating)."""
+  text_token_rank (None off the procedural world) and eval_seconds (loading and generating)."""
   start = time.perf_counter()
   generator = pipeline.load(workdir, experiment, mesh=mesh, step=step, progress=False)
   report = generation.evaluate_generation(generation.generator_fn(generator), suite,
                                           progress=False)
   row = {key: report.metrics[key] for key in (*CURVE, *_DETAIL_METRICS)}
+  row["text_token_rank"] = None
+  if experiment.data.source == "shapes":
+    row["text_token_rank"] = caption_use.text_token_rank(
+        generator.text_encoder, generator.tokenizer,
+        shape=(suite.frames, suite.height, suite.width), world_config=experiment.data.world)
   row["eval_seconds"] = round(time.perf_counter() - start, 2)
   return row
 
@@ -410,8 +421,13 @@ def measure(workdir: str, experiment: experiment_lib.Experiment | None = None, *
            "train_cpu_minutes": at_step(cpu_timeline, step)[0],
            "train_flops": train_flops(schedule, step),
            **evaluate_checkpoint(workdir, experiment, step, suite, mesh=mesh)}
-    logging.info("learning curve: step %d: %s", step, ", ".join(
-        f"{name} {generation.format_value(row[key])}" for key, name in CURVE.items()))
+    logging.info("learning curve: step %d: %s, text token rank %s", step, ", ".join(
+        f"{name} {generation.format_value(row[key])}" for key, name in CURVE.items()),
+        generation.format_value(row["text_token_rank"]))
+    warning = (None if row["text_token_rank"] is None
+               else caption_use.collapse_warning(row["text_token_rank"]))
+    if warning:
+      logging.warning("learning curve, step %d: %s", step, warning)
     report["rows"] = sorted([*report["rows"], row], key=lambda r: r["step"])
     _write_json(path, report)  # after every checkpoint: an interrupted run keeps what it measured
   write_plot(report, os.path.join(out, CURVES_DIR, PLOT_FILE))
@@ -440,8 +456,9 @@ def _log_x(axes: Any) -> None:
 
 def write_plot(report: dict[str, Any], path: str) -> str:
   """OUT/curves/learning_curve.png: each attribute's accuracy against steps, train CPU minutes
-  (wall minutes for a run that logged no CPU time) and FLOPs, and the loss against steps. Drawn
-  by matplotlib's object API (no pyplot state)."""
+  (wall minutes for a run that logged no CPU time) and FLOPs, and the loss against steps with
+  the text token rank on a second axis (a dashed line at the rank below which the encoder has
+  collapsed). Drawn by matplotlib's object API (no pyplot state)."""
   rows = report["rows"]
   with matplotlib.rc_context(_PLOT_STYLE):
     fig = figure.Figure(figsize=(11, 7), layout="constrained")
@@ -466,6 +483,15 @@ def write_plot(report: dict[str, Any], path: str) -> str:
     loss_axes.set_xlabel("dit step")
     loss_axes.set_ylabel("train loss")
     loss_axes.grid(True, which="major", color="#eee")
+    xs, ys = _points(rows, "step", "text_token_rank")
+    if xs:
+      rank_axes = loss_axes.twinx()
+      rank_axes.plot(xs, ys, color="#ff7f0e", marker=".", linewidth=1.5, label="text token rank")
+      rank_axes.axhline(caption_use.COLLAPSED_RANK, color="#ff7f0e", linestyle="--", linewidth=1,
+                        label="collapsed below")
+      rank_axes.set_ylabel("text token rank")
+      rank_axes.set_ylim(bottom=0)
+      rank_axes.legend(loc="upper right", frameon=False)
     fig.suptitle(f"learning curve: {report.get('workdir')} ({report['suite']['prompts']} prompts "
                  f"per checkpoint)", x=0.01, horizontalalignment="left")
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -476,8 +502,7 @@ def write_plot(report: dict[str, Any], path: str) -> str:
 def format_table(reports: Sequence[tuple[str, dict[str, Any]]]) -> str:
   """A markdown table of every row of every (run name, report): for docs/learning_curve.md."""
   header = ["run", "experiment", "step", "train minutes", "train CPU minutes", "train FLOPs",
-            "loss",
-            *CURVE.values()]
+            "loss", *CURVE.values(), "text token rank"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for name, report in reports:
     for row in report["rows"]:
@@ -486,7 +511,8 @@ def format_table(reports: Sequence[tuple[str, dict[str, Any]]]) -> str:
                generation.format_value(row.get("train_cpu_minutes")),
                "n/a" if row.get("train_flops") is None else f"{row['train_flops']:.3g}",
                generation.format_value(row.get("loss")),
-               *(generation.format_value(row.get(key)) for key in CURVE)]
+               *(generation.format_value(row.get(key)) for key in CURVE),
+               generation.format_value(row.get("text_token_rank"))]
       lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
