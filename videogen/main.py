@@ -127,6 +127,9 @@ flags.DEFINE_integer("every", None, "evaluate --what=learning_curve: evaluate th
 flags.DEFINE_list("compare", [], "evaluate --what=learning_curve: other runs whose "
                   "learning_curve.json to compare with, e.g. runs/a,runs/b: writes "
                   "curves/learning_curve_compare.png and learning_curve_compare.md.")
+flags.DEFINE_boolean("compare_mean", False, "evaluate --what=learning_curve with --compare: the "
+                     "runs are draws of one recipe (e.g. seeds); the table adds their mean ± sd "
+                     "at each step they all measured.")
 flags.DEFINE_list("layouts", [], "benchmark: also time the train step on these meshes, "
                   "DEVICES:DATAxFSDPxTENSOR each, e.g. 1:1x1x1,8:8x1x1,8:1x8x1.")
 flags.DEFINE_string("stage", None, "benchmark: the stage whose train step is timed (default: "
@@ -162,7 +165,7 @@ COMMANDS: dict[str, cli.Command] = {
                             {"out": _GENERATE_OUT_HELP}),
     "evaluate": cli.Command("videogen.evaluate.command:evaluate", False,
                             ("what", "out", "scenes_per_group", "steps", *_STAMP_FLAGS,
-                             "checkpoint_steps", "every", "compare", "frames"),
+                             "checkpoint_steps", "every", "compare", "compare_mean", "frames"),
                             {"what": _EVALUATE_WHAT_HELP, "out": _EVALUATE_OUT_HELP}),
     "summary": cli.Command("videogen.evaluate.summary:summary", True),
     "benchmark": cli.Command("videogen.evaluate.benchmark:command", True,

@@ -190,6 +190,53 @@ def _two_checkpoints(tiny_workdir, tmp_path):
   return workdir
 
 
+# ---------------------------------------------------------------------------------------------
+# The compare table.
+
+
+def _report(experiment: str, rows: list[dict]) -> dict:
+  return {"experiment": experiment, "rows": rows}
+
+
+def test_compare_mean_adds_mean_and_sample_sd_at_the_steps_every_run_measured():
+  def row(step, shape, motion=None, minutes=10.0):
+    return {"step": step, "loss": 1.0, "train_minutes": minutes, "train_cpu_minutes": None,
+            "train_flops": 3.84e9 * step, "color_accuracy": 0.9, "shape_accuracy": shape,
+            "size_accuracy": 0.6, "direction_accuracy": 0.1, "motion_accuracy": motion,
+            "still_accuracy": 0.5, "count_accuracy": 0.6, "count_stability": 0.5,
+            "text_token_rank": None}
+
+  reports = [("runs/s0", _report("tiny", [row(1500, 0.2), row(3000, 0.3, motion=0.2)])),
+             ("runs/s1", _report("tiny", [row(3000, 0.5, minutes=12.0), row(4500, 0.6)]))]
+  table = learning_curve.format_table(reports, mean=True).splitlines()
+  header = [cell.strip() for cell in table[0].strip("|").split("|")]
+  assert header[7:] == ["colour", "shape", "size", "direction", "motion", "still", "count",
+                        "count stability", "text token rank"]
+  assert len(table) == 2 + 4 + 1  # every run's rows, then the one step both measured
+  mean = dict(zip(header, (cell.strip() for cell in table[-1].strip("|").split("|"))))
+  assert mean["run"] == "mean ± sd of 2 runs" and mean["experiment"] == "tiny"
+  assert mean["step"] == "3000"
+  assert mean["shape"] == "0.4 ± 0.14"  # 0.3 and 0.5: the sample sd, sqrt(0.02)
+  assert mean["train minutes"] == "11 ± 1.4"
+  assert mean["colour"] == "0.9 ± 0"
+  assert mean["motion"] == "0.2"  # one run measured it: its value, no spread
+  assert mean["train CPU minutes"] == mean["text token rank"] == "n/a"
+  assert mean["train FLOPs"] == "1.15e+13"
+  # Without `mean`, no such row; runs that share no step add none.
+  assert len(learning_curve.format_table(reports).splitlines()) == 2 + 4
+  apart = [reports[0], ("runs/s2", _report("tiny", [row(6000, 0.5)]))]
+  assert not any("mean" in line for line in
+                 learning_curve.format_table(apart, mean=True).splitlines())
+
+
+def test_compare_mean_needs_runs_to_average(tmp_path, capsys):
+  assert command.evaluate(None, str(tmp_path), what="learning_curve", compare_mean=True) == 2
+  error = capsys.readouterr().err
+  assert error.count("\n") == 1 and "--compare=" in error
+  assert command.evaluate(None, str(tmp_path), what="generation", compare_mean=True) == 2
+  assert "--compare_mean applies to --what=learning_curve" in capsys.readouterr().err
+
+
 def test_errors_say_what_is_missing(tmp_path, capsys):
   assert command.evaluate(None, None, what="learning_curve") == 2
   assert "--workdir" in capsys.readouterr().err
@@ -208,7 +255,7 @@ def test_main_wires_the_learning_curve_and_its_flags(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "videogen.main", "evaluate", f"--workdir={tmp_path}",
        "--what=learning_curve", "--checkpoint_steps=1500,3000", "--every=1500",
-       "--compare=runs/a,runs/b"], capture_output=True, text=True, timeout=120)
+       "--compare=runs/a,runs/b", "--compare_mean"], capture_output=True, text=True, timeout=120)
   assert result.returncode == 2, result.stderr
   assert "no checkpoint of stage 'dit'" in result.stderr
 
@@ -286,20 +333,23 @@ def test_learning_curve_evaluates_each_checkpoint_once(tiny_workdir, tiny_workdi
   assert "--scenes_per_group=1 as before" in capsys.readouterr().err
   assert loaded == [4]
 
-  # Two runs side by side: a plot and a markdown table with every row of each.
+  # Two runs side by side: a plot and a markdown table with every row of each, then (as draws
+  # of one recipe) their mean at each step.
   other = str(tmp_path / "other")
   os.makedirs(other)
   shutil.copy(os.path.join(workdir, learning_curve.LEARNING_CURVE_FILE), other)
   assert learning_curve.command(experiment, workdir, scenes_per_group=1, progress=False,
-                                compare=[other]) == 0
+                                compare=[other], compare_mean=True) == 0
   with open(os.path.join(workdir, learning_curve.COMPARE_TABLE_FILE)) as f:
     table = f.read().splitlines()
   assert table[0].startswith("| run | experiment | step | train minutes | train CPU minutes | "
                             "train FLOPs |")
   assert table[0].endswith(" | count stability | text token rank |")
-  assert len(table) == 2 + 2 * 3
-  assert table[-1].endswith(" | 1.2 |")  # step 4's rank
+  assert len(table) == 2 + 2 * 3 + 3
+  assert table[-4].endswith(" | 1.2 |")  # step 4's rank
   assert sum(line.startswith(f"| {other} |") for line in table) == 3
+  assert [line.split(" | ")[2] for line in table[-3:]] == ["1", "2", "4"]
+  assert table[-1].startswith("| mean ± sd of 2 runs | ") and table[-1].endswith(" | 1.2 ± 0 |")
   compare_plot = os.path.join(workdir, learning_curve.CURVES_DIR,
                               learning_curve.COMPARE_PLOT_FILE)
   with open(compare_plot, "rb") as f:

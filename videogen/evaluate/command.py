@@ -355,7 +355,7 @@ EVALUATIONS: dict[str, Evaluation] = {
         learning_curve.command,
         "every saved dit checkpoint on the generation suite: per-attribute accuracy against "
         "steps, train minutes and FLOPs (videogen.evaluate.learning_curve)",
-        options=("scenes_per_group", "checkpoint_steps", "every", "compare")),
+        options=("scenes_per_group", "checkpoint_steps", "every", "compare", "compare_mean")),
     "long_video": Evaluation(
         long_video_command, "identity drift per window, seams at every window boundary, peak "
         "memory and speed of long videos (--frames, default 480)", options=("frames",)),
@@ -369,8 +369,8 @@ def evaluate(experiment: experiment_lib.Experiment | None, workdir: str | None, 
              scenes_per_group: int | None = None, watermark: bool = True,
              manifest_prompt: bool = True, key: str | None = None,
              checkpoint_steps: Sequence[str] | None = None, every: int | None = None,
-             compare: Sequence[str] | None = None, frames: int | None = None,
-             steps: int | None = None) -> int:
+             compare: Sequence[str] | None = None, compare_mean: bool = False,
+             frames: int | None = None, steps: int | None = None) -> int:
   """`python -m videogen.main evaluate --workdir=DIR --what=...`: runs one evaluation.
 
   Args:
@@ -382,8 +382,9 @@ def evaluate(experiment: experiment_lib.Experiment | None, workdir: str | None, 
       experiment's.
     watermark, manifest_prompt, key: how the generation suite's videos are stamped
       (--what=generation only; `run_generation`).
-    checkpoint_steps, every, compare: which checkpoints, and which other runs to compare with
-      (--what=learning_curve only; `videogen.evaluate.learning_curve.command`).
+    checkpoint_steps, every, compare, compare_mean: which checkpoints, which other runs to
+      compare with, and whether to average them as draws of one recipe (--what=learning_curve
+      only; `videogen.evaluate.learning_curve.command`).
     frames: the long clips' length (--what=long_video only); None: 480.
     steps: sampler steps (--what=generation only); None: the experiment's.
   """
@@ -396,7 +397,8 @@ def evaluate(experiment: experiment_lib.Experiment | None, workdir: str | None, 
   given = {"scenes_per_group": scenes_per_group, "watermark": None if watermark else False,
            "manifest_prompt": None if manifest_prompt else False, "key": key,
            "checkpoint_steps": checkpoint_steps or None, "every": every,
-           "compare": compare or None, "frames": frames, "steps": steps}
+           "compare": compare or None, "compare_mean": True if compare_mean else None,
+           "frames": frames, "steps": steps}
   options = {name: value for name, value in given.items() if value is not None}
   for name in options:
     if name not in evaluation.options:

@@ -57,8 +57,16 @@ attribute against steps, train minutes and FLOPs, and the loss with the text tok
 `--compare=W2,W3,...` then reads the learning_curve.json of each of those runs too (evaluate them
 first) and writes OUT/curves/learning_curve_compare.png (each attribute against train minutes and
 against FLOPs, one line per run) and OUT/learning_curve_compare.md, a table of every row of every
-run (run, experiment, step, train minutes, FLOPs, loss, each attribute) for docs/learning_curve.md.
-Only runs measured on the same suite are compared.
+run (run, experiment, step, train minutes, FLOPs, loss, each attribute with direction's two parts,
+the text token rank) for docs/learning_curve.md.
+Only runs measured on the same suite are compared. With `--compare_mean` the runs are draws of
+one recipe (seeds of the transformer, say): the table adds a "mean ± sd of N runs" row at each
+step they all measured (the sample standard deviation), e.g. for five seeds evaluated at 192
+prompts into each run's eval192/:
+
+    python -m videogen.main evaluate --workdir=runs/s0 --out=runs/s0/eval192 \
+        --what=learning_curve --scenes_per_group=48 --checkpoint_steps=3000 \
+        --compare=runs/s1/eval192,runs/s2/eval192,runs/s3/eval192,runs/s4/eval192 --compare_mean
 """
 
 from __future__ import annotations
@@ -103,6 +111,13 @@ CURVE: dict[str, str] = {
     "color_accuracy": "colour", "shape_accuracy": "shape", "size_accuracy": "size",
     "direction_accuracy": "direction", "count_accuracy": "count",
     "count_stability": "count stability"}
+# The columns of the markdown table: the curves, with direction's two parts beside it (objects
+# prompted to move that move the prompted way; objects prompted to stay still that do).
+TABLE_METRICS: dict[str, str] = {
+    **{key: CURVE[key] for key in ("color_accuracy", "shape_accuracy", "size_accuracy",
+                                   "direction_accuracy")},
+    "motion_accuracy": "motion", "still_accuracy": "still",
+    **{key: CURVE[key] for key in ("count_accuracy", "count_stability")}}
 # Also kept in each row, besides the curves.
 _DETAIL_METRICS = ("motion_accuracy", "still_accuracy", "bounce_accuracy", "background_accuracy",
                    "by_caption", "by_group", "confusion", "seconds_per_video")
@@ -499,21 +514,61 @@ def write_plot(report: dict[str, Any], path: str) -> str:
   return path
 
 
-def format_table(reports: Sequence[tuple[str, dict[str, Any]]]) -> str:
-  """A markdown table of every row of every (run name, report): for docs/learning_curve.md."""
+def _format_flops(value: Optional[float]) -> str:
+  return "n/a" if value is None else f"{value:.3g}"
+
+
+def _mean_and_sd(values: Sequence[Any]) -> str:
+  """ "mean ± sd" of the values given (None left out): the sample standard deviation (n - 1),
+  the spread of one more run drawn the same way; the mean alone for one value."""
+  present = [float(value) for value in values if value is not None]
+  if not present:
+    return "n/a"
+  mean = float(np.mean(present))
+  if len(present) == 1:
+    return f"{mean:.3g}"
+  return f"{mean:.3g} ± {float(np.std(present, ddof=1)):.2g}"
+
+
+def mean_rows(reports: Sequence[tuple[str, dict[str, Any]]]) -> list[list[str]]:
+  """The table's cells of a "mean ± sd" row at each step that every report measured: the runs
+  taken as draws of one recipe (seeds, machines). A column averages the runs that have it."""
+  common = set.intersection(*({row["step"] for row in report["rows"]} for _, report in reports))
+  experiments = sorted({str(report.get("experiment")) for _, report in reports})
+  rows = []
+  for step in sorted(common):
+    at_step = [next(row for row in report["rows"] if row["step"] == step)
+               for _, report in reports]
+    flops = [row.get("train_flops") for row in at_step if row.get("train_flops") is not None]
+    rows.append([f"mean ± sd of {len(reports)} runs", ", ".join(experiments), str(step),
+                 *(_mean_and_sd([row.get(key) for row in at_step])
+                   for key in ("train_minutes", "train_cpu_minutes")),
+                 _format_flops(float(np.mean(flops)) if flops else None),
+                 *(_mean_and_sd([row.get(key) for row in at_step])
+                   for key in ("loss", *TABLE_METRICS, "text_token_rank"))])
+  return rows
+
+
+def format_table(reports: Sequence[tuple[str, dict[str, Any]]], *, mean: bool = False) -> str:
+  """A markdown table of every row of every (run name, report): for docs/learning_curve.md.
+
+  With `mean`, the reports are draws of one recipe: a "mean ± sd" row follows at each step
+  they all measured (`mean_rows`)."""
   header = ["run", "experiment", "step", "train minutes", "train CPU minutes", "train FLOPs",
-            "loss", *CURVE.values(), "text token rank"]
+            "loss", *TABLE_METRICS.values(), "text token rank"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for name, report in reports:
     for row in report["rows"]:
       cells = [name, str(report.get("experiment")), str(row["step"]),
                generation.format_value(row.get("train_minutes")),
                generation.format_value(row.get("train_cpu_minutes")),
-               "n/a" if row.get("train_flops") is None else f"{row['train_flops']:.3g}",
+               _format_flops(row.get("train_flops")),
                generation.format_value(row.get("loss")),
-               *(generation.format_value(row.get(key)) for key in CURVE),
+               *(generation.format_value(row.get(key)) for key in TABLE_METRICS),
                generation.format_value(row.get("text_token_rank"))]
       lines.append("| " + " | ".join(cells) + " |")
+  if mean:
+    lines.extend("| " + " | ".join(cells) + " |" for cells in mean_rows(reports))
   return "\n".join(lines)
 
 
@@ -542,8 +597,8 @@ def write_compare_plot(reports: Sequence[tuple[str, dict[str, Any]]], path: str)
   return path
 
 
-def compare_runs(runs: Sequence[str], out: str, *, labels: Sequence[str] | None = None
-            ) -> tuple[str, str, str]:
+def compare_runs(runs: Sequence[str], out: str, *, labels: Sequence[str] | None = None,
+                 mean: bool = False) -> tuple[str, str, str]:
   """Reads each run's learning_curve.json; writes OUT/curves/learning_curve_compare.png and
   OUT/learning_curve_compare.md.
 
@@ -551,6 +606,8 @@ def compare_runs(runs: Sequence[str], out: str, *, labels: Sequence[str] | None 
     runs: the runs' folders (or their learning_curve.json files).
     out: where the plot and the table go.
     labels: the runs' names in the plot and table; default: `runs` as given.
+    mean: the runs are draws of one recipe: the table adds their mean ± sd at each step they all
+      measured (`format_table`).
 
   Returns:
     (the plot's path, the table's path, the table).
@@ -567,7 +624,7 @@ def compare_runs(runs: Sequence[str], out: str, *, labels: Sequence[str] | None 
         "the runs were measured on different suites (" + "; ".join(
             f"{name}: {report.get('suite')}" for name, report in reports)
         + "): measure them with the same --scenes_per_group")
-  table = format_table(reports)
+  table = format_table(reports, mean=mean)
   table_path = os.path.join(out, COMPARE_TABLE_FILE)
   os.makedirs(out, exist_ok=True)
   with open(table_path, "w") as f:
@@ -591,7 +648,8 @@ def _steps(values: Sequence[Any]) -> list[int]:
 def command(experiment: experiment_lib.Experiment | None, workdir: str | None, *,
             out: str | None = None, scenes_per_group: int | None = None,
             checkpoint_steps: Sequence[Any] = (), every: Optional[int] = None,
-            compare: Sequence[str] = (), progress: bool = True) -> int:
+            compare: Sequence[str] = (), compare_mean: bool = False,
+            progress: bool = True) -> int:
   """`evaluate --what=learning_curve`: measures, prints the markdown table, then the rows'
   curves as JSON on the last line. Exit codes (`videogen.exit_codes`): 0 done; 2 one line on
   stderr says what to change: no --workdir, a malformed flag, no dit checkpoint, an unknown
@@ -599,6 +657,9 @@ def command(experiment: experiment_lib.Experiment | None, workdir: str | None, *
   if not workdir:
     return exit_codes.refuse("evaluate needs --workdir=DIR, a trained run (python -m "
                              "videogen.main evaluate --workdir=runs/tiny --what=learning_curve)")
+  if compare_mean and not compare:
+    return exit_codes.refuse("--compare_mean averages the runs of --compare with this one: "
+                             "name them, e.g. --compare=runs/seed1/eval192,runs/seed2/eval192")
   out = workdir if out is None else out
   try:
     steps = _steps(checkpoint_steps)
@@ -610,7 +671,7 @@ def command(experiment: experiment_lib.Experiment | None, workdir: str | None, *
     reports = [(workdir.rstrip("/"), report)]
     if compare:
       plot_path, table_path, table = compare_runs(
-          [out, *compare], out, labels=[workdir.rstrip("/"), *compare])
+          [out, *compare], out, labels=[workdir.rstrip("/"), *compare], mean=compare_mean)
       logging.info("learning curves compared in %s and %s", plot_path, table_path)
     else:
       table = format_table(reports)
