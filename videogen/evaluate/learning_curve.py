@@ -514,8 +514,17 @@ def write_plot(report: dict[str, Any], path: str) -> str:
   return path
 
 
-def _format_flops(value: Optional[float]) -> str:
-  return "n/a" if value is None else f"{value:.3g}"
+# The figures of a table row after its run, experiment and step, in the header's order.
+_TABLE_VALUES = ("train_minutes", "train_cpu_minutes", "train_flops", "loss", *TABLE_METRICS,
+                 "text_token_rank")
+_TABLE_HEADER = ("run", "experiment", "step", "train minutes", "train CPU minutes", "train FLOPs",
+                 "loss", *TABLE_METRICS.values(), "text token rank")
+
+
+def _format_cell(key: str, value: Any) -> str:
+  if key == "train_flops" and value is not None:
+    return f"{value:.3g}"
+  return generation.format_value(value)
 
 
 def _mean_and_sd(values: Sequence[Any]) -> str:
@@ -530,22 +539,25 @@ def _mean_and_sd(values: Sequence[Any]) -> str:
   return f"{mean:.3g} ± {float(np.std(present, ddof=1)):.2g}"
 
 
+def _mean_cell(key: str, values: Sequence[Any]) -> str:
+  """A mean row's cell: FLOPs as their mean (the same recipe costs the same), else mean ± sd."""
+  if key == "train_flops":
+    present = [value for value in values if value is not None]
+    return _format_cell(key, float(np.mean(present)) if present else None)
+  return _mean_and_sd(values)
+
+
 def mean_rows(reports: Sequence[tuple[str, dict[str, Any]]]) -> list[list[str]]:
   """The table's cells of a "mean ± sd" row at each step that every report measured: the runs
   taken as draws of one recipe (seeds, machines). A column averages the runs that have it."""
   common = set.intersection(*({row["step"] for row in report["rows"]} for _, report in reports))
-  experiments = sorted({str(report.get("experiment")) for _, report in reports})
+  experiments = ", ".join(sorted({str(report.get("experiment")) for _, report in reports}))
   rows = []
   for step in sorted(common):
     at_step = [next(row for row in report["rows"] if row["step"] == step)
                for _, report in reports]
-    flops = [row.get("train_flops") for row in at_step if row.get("train_flops") is not None]
-    rows.append([f"mean ± sd of {len(reports)} runs", ", ".join(experiments), str(step),
-                 *(_mean_and_sd([row.get(key) for row in at_step])
-                   for key in ("train_minutes", "train_cpu_minutes")),
-                 _format_flops(float(np.mean(flops)) if flops else None),
-                 *(_mean_and_sd([row.get(key) for row in at_step])
-                   for key in ("loss", *TABLE_METRICS, "text_token_rank"))])
+    rows.append([f"mean ± sd of {len(reports)} runs", experiments, str(step),
+                 *(_mean_cell(key, [row.get(key) for row in at_step]) for key in _TABLE_VALUES)])
   return rows
 
 
@@ -554,21 +566,13 @@ def format_table(reports: Sequence[tuple[str, dict[str, Any]]], *, mean: bool = 
 
   With `mean`, the reports are draws of one recipe: a "mean ± sd" row follows at each step
   they all measured (`mean_rows`)."""
-  header = ["run", "experiment", "step", "train minutes", "train CPU minutes", "train FLOPs",
-            "loss", *TABLE_METRICS.values(), "text token rank"]
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  for name, report in reports:
-    for row in report["rows"]:
-      cells = [name, str(report.get("experiment")), str(row["step"]),
-               generation.format_value(row.get("train_minutes")),
-               generation.format_value(row.get("train_cpu_minutes")),
-               _format_flops(row.get("train_flops")),
-               generation.format_value(row.get("loss")),
-               *(generation.format_value(row.get(key)) for key in TABLE_METRICS),
-               generation.format_value(row.get("text_token_rank"))]
-      lines.append("| " + " | ".join(cells) + " |")
+  lines = ["| " + " | ".join(_TABLE_HEADER) + " |", "|" + "---|" * len(_TABLE_HEADER)]
+  rows = [[name, str(report.get("experiment")), str(row["step"]),
+           *(_format_cell(key, row.get(key)) for key in _TABLE_VALUES)]
+          for name, report in reports for row in report["rows"]]
   if mean:
-    lines.extend("| " + " | ".join(cells) + " |" for cells in mean_rows(reports))
+    rows.extend(mean_rows(reports))
+  lines.extend("| " + " | ".join(cells) + " |" for cells in rows)
   return "\n".join(lines)
 
 
