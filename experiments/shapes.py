@@ -48,7 +48,7 @@ Variants (`arg`):
   long   the tiny variant trained 11 times longer, with Muon, its last 3,000 transformer steps
          in the given-frame phase (`config.train.dit.phase_steps`), sampled image first: the
          recipe that draws shapes and moves objects as prompted (docs/learning_curve.md),
-         about 150 CPU minutes on top of the tiny autoencoder's. Only the transformer's
+         80 to 150 CPU minutes on top of the tiny autoencoder's. Only the transformer's
          settings differ from tiny's: copy a tiny run's checkpoints/autoencoder, tokenizer.*
          and latent_cache into its workdir and `run` trains the transformer alone.
   gpu    the tiny variant's world, clip shape and autoencoder, with a width-384, depth-8
