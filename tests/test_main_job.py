@@ -155,8 +155,8 @@ def test_two_processes_write_one_gallery(tiny_workdir, tmp_path):
   workdir = tmp_path / "run"
   shutil.copytree(tiny_workdir, workdir)
   first, second = _run_two_processes(workdir, tmp_path)
-  assert [first.returncode, second.returncode] == [0, 0], [first.stderr[-6000:],
-                                                           second.stderr[-6000:]]
+  assert [first.returncode, second.returncode] == [0, 0], command_line.describe(
+      [first, second], tail=6000)
   rows = [json.loads(line) for line in open(workdir / main_job.GALLERY_DIR / "manifest.jsonl")]
   assert f"gallery {len(rows)}/{len(rows)}" in first.stderr
   assert f"gallery: {workdir}" in first.stdout

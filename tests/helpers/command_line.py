@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
@@ -26,7 +27,8 @@ def start_processes(argv: Sequence[str], *, devices_per_process: int,
   """Starts `python ARGV --coordinator_address=127.0.0.1:PORT --num_processes=N --process_id=i`
   for i = 0 .. N-1 from the repository root: the processes of one run, each with its own
   `devices_per_process` CPU devices. `finish` collects them."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
+  # Faulthandler on from the start: a process that `finish` stops prints every thread's stack.
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONFAULTHANDLER="1",
              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
   coordinator = [f"--coordinator_address=127.0.0.1:{free_port()}",
                  f"--num_processes={num_processes}"]
@@ -41,19 +43,39 @@ class Finished:
   returncode: int
   stdout: str
   stderr: str
+  timed_out: bool = False
 
 
 def finish(processes: Sequence[subprocess.Popen], timeout: float = 400) -> list[Finished]:
-  """Waits for each process (killing one that runs past `timeout` seconds); their outcomes."""
+  """Waits for each process; their outcomes. One that runs past `timeout` seconds is aborted
+  (SIGABRT), so that its stderr ends with the Python stack of each of its threads, where it
+  hung; one that outlives the abort by 30 seconds is killed."""
   finished = []
   for process in processes:
+    timed_out = False
     try:
       stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-      process.kill()
-      stdout, stderr = process.communicate()
-    finished.append(Finished(process.returncode, stdout, stderr))
+      timed_out = True
+      process.send_signal(signal.SIGABRT)
+      try:
+        stdout, stderr = process.communicate(timeout=30)
+      except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate()
+    finished.append(Finished(process.returncode, stdout, stderr, timed_out))
   return finished
+
+
+def describe(outcomes: Sequence[Finished], tail: int = 4000) -> str:
+  """A failed test's message: each process's exit code and the end of its stderr, in full (a
+  list of the logs would reach pytest as a repr cut to a few hundred characters)."""
+  parts = []
+  for index, outcome in enumerate(outcomes):
+    stopped = ", aborted after running past the timeout" if outcome.timed_out else ""
+    parts.append(f"--- process {index}: exit code {outcome.returncode}{stopped}; its stderr "
+                 f"ends:\n{outcome.stderr[-tail:]}")
+  return "\n".join(parts)
 
 
 def tiny_workdir_config_file(directory: pathlib.Path) -> pathlib.Path:

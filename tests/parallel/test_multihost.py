@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import signal
 
 import jax
 import numpy as np
@@ -119,7 +120,7 @@ def test_a_failure_on_one_process_stops_every_process(tmp_path):
   script.write_text(_TOGETHER_SCRIPT)
   outputs = command_line.finish(command_line.start_processes(
       [str(script)], devices_per_process=1), timeout=120)
-  assert [o.returncode for o in outputs] == [0, 0], [o.stderr[-3000:] for o in outputs]
+  assert [o.returncode for o in outputs] == [0, 0], command_line.describe(outputs)
   lines = [dict(line.split(" ", 1) for line in o.stdout.splitlines() if not line.startswith("["))
            for o in outputs]  # Gloo's connection lines aside
   assert lines[0]["token"] == lines[1]["token"] and len(lines[0]["token"]) == 32
@@ -129,6 +130,20 @@ def test_a_failure_on_one_process_stops_every_process(tmp_path):
   assert lines[0]["second"] == ("PeerFailedError another process failed reading the files: its "
                                 "log says why")
   assert lines[1]["second"] == "FileNotFoundError process 1 misses its file"
+
+
+def test_a_process_past_the_timeout_is_aborted_with_its_stacks():
+  """`command_line.finish` aborts a process that hangs, so that a failed multi-process test
+  shows where it hung (each thread's Python stack) instead of a bare kill."""
+  hung = command_line.start_processes(["-c", "import time\ntime.sleep(600)"],
+                                      devices_per_process=1, num_processes=1)
+  [outcome] = command_line.finish(hung, timeout=2)
+  assert outcome.timed_out and outcome.returncode == -signal.SIGABRT
+  assert "Fatal Python error: Aborted" in outcome.stderr
+  assert 'File "<string>", line 2 in <module>' in outcome.stderr  # the sleep
+  message = command_line.describe([outcome])
+  assert message.startswith(f"--- process 0: exit code {-signal.SIGABRT}, aborted after running "
+                            "past the timeout; its stderr ends:\nFatal Python error: Aborted")
 
 
 def _overrides():
@@ -163,7 +178,7 @@ def test_two_processes_of_four_devices_match_one_process(tmp_path):
   trainer.train_stage(stages_lib.make_stage("standin", experiment), experiment,
                       str(reference_dir), mesh=mesh)
   outputs = command_line.finish(processes)
-  assert [o.returncode for o in outputs] == [0, 0], [o.stderr[-3000:] for o in outputs]
+  assert [o.returncode for o in outputs] == [0, 0], command_line.describe(outputs)
   losses = [row["loss"] for row in metrics_lib.read_metrics(str(workdir))]
   expected = [row["loss"] for row in metrics_lib.read_metrics(str(reference_dir))]
   assert len(losses) == NUM_STEPS  # written once, by process 0
