@@ -3,9 +3,11 @@ multi-process run on this machine's CPU, and the `tiny_workdir` config as an exp
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pathlib
+import resource
 import signal
 import socket
 import subprocess
@@ -57,6 +59,8 @@ def finish(processes: Sequence[subprocess.Popen], timeout: float = 400) -> list[
       stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
       timed_out = True
+      with contextlib.suppress(ProcessLookupError):  # no core file in the repository
+        resource.prlimit(process.pid, resource.RLIMIT_CORE, (0, 0))
       process.send_signal(signal.SIGABRT)
       try:
         stdout, stderr = process.communicate(timeout=30)
