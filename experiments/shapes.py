@@ -49,8 +49,8 @@ Variants (`arg`):
          in the given-frame phase (`config.train.dit.phase_steps`), sampled image first: the
          recipe that draws shapes and moves objects as prompted (docs/learning_curve.md),
          80 to 150 CPU minutes on top of the tiny autoencoder's. Only the transformer's
-         settings differ from tiny's: copy a tiny run's checkpoints/autoencoder, tokenizer.*
-         and latent_cache into its workdir and `run` trains the transformer alone.
+         settings differ from tiny's: `--autoencoder_from=runs/tiny` takes a tiny run's
+         autoencoder, tokenizer and latent cache, and `run` trains the transformer alone.
   gpu    the tiny variant's world, clip shape and autoencoder, with a width-384, depth-8
          transformer in bfloat16 (cuDNN flash attention on a GPU) and batches of 256 clips and
          512 images: sized for a few minutes of one H200 (experiments/accelerator/run.sh), so

@@ -132,9 +132,10 @@ def test_a_bug_keeps_its_traceback(tmp_path):
      ["--layouts", "--what"]),
     ("evaluate", "-h", ["--what", "--out", "--scenes_per_group", "4N text-to-video prompts",
                         "OUT/eval_<what>.json"], ["--prompt\n", "--layouts"]),
-    ("train", "--helpshort", ["--allow_config_change", "--num_processes"],
+    ("train", "--helpshort", ["--allow_config_change", "--autoencoder_from", "--num_processes"],
      ["--prompt\n", "--what"]),
-    ("run", "--helpshort", ["--allow_config_change", "--watermark", "--num_processes"],
+    ("run", "--helpshort", ["--allow_config_change", "--autoencoder_from", "--watermark",
+                            "--num_processes"],
      ["--prompt\n", "--layouts"]),
 ])
 def test_help_of_a_command_is_its_usage_and_its_own_flags(capsys, command, asking, takes,

@@ -144,6 +144,11 @@ flags.DEFINE_integer("batch", None, "export: the example batch size parity is me
                      "batch axis stays dynamic; default 1).")
 
 
+flags.DEFINE_string("autoencoder_from", None, "train, run: start --workdir from another run's "
+                    "trained autoencoder: its checkpoint, tokenizer and (where it fits) latent "
+                    "cache are copied in first, so that only the later stages train, e.g. "
+                    "--autoencoder_from=runs/tiny.")
+
 # The flags that join a multi-process run (videogen.parallel.multihost), for `train`, `run` and
 # `cache_latents`.
 _PROCESS_FLAGS = ("coordinator_address", "num_processes", "process_id")
@@ -157,9 +162,10 @@ _GENERATE_FLAGS = ("prompt", "negative_prompt", "out", "mode", "frames", "height
 # videogen.cli.Command); its module's docstring is its `--help`.
 COMMANDS: dict[str, cli.Command] = {
     "run": cli.Command("videogen.main_job:run", True,
-                       (*_STAMP_FLAGS, "allow_config_change", *_PROCESS_FLAGS)),
+                       (*_STAMP_FLAGS, "allow_config_change", "autoencoder_from",
+                        *_PROCESS_FLAGS)),
     "train": cli.Command("videogen.train.command:command", True,
-                         ("allow_config_change", *_PROCESS_FLAGS)),
+                         ("allow_config_change", "autoencoder_from", *_PROCESS_FLAGS)),
     "cache_latents": cli.Command("videogen.train.latent_cache:command", True, _PROCESS_FLAGS),
     "generate": cli.Command("videogen.generate.command:command", False, _GENERATE_FLAGS,
                             {"out": _GENERATE_OUT_HELP}),

@@ -44,6 +44,7 @@ from videogen.parallel import mesh as mesh_lib
 from videogen.parallel import multihost
 from videogen.provenance import keys
 from videogen.provenance import writer
+from videogen.train import autoencoder_from as autoencoder_from_lib
 from videogen.train import command as train_command
 from videogen.train import curves
 from videogen.train import trainer
@@ -134,14 +135,17 @@ def _process_local_generator(workdir: str,
 
 def run(experiment: experiment_lib.Experiment, workdir: str | None, *, watermark: bool = True,
         manifest_prompt: bool = True, key: str | None = None,
-        allow_config_change: bool = False, coordinator_address: str | None = None,
-        num_processes: int | None = None, process_id: int | None = None) -> int:
+        allow_config_change: bool = False, autoencoder_from: str | None = None,
+        coordinator_address: str | None = None, num_processes: int | None = None,
+        process_id: int | None = None) -> int:
   """`python -m videogen.main run`: train, then the gallery. Exit codes as `train`'s; the key and
   the gallery's folder are checked before the training (exit code 2).
 
   Args:
     watermark, manifest_prompt, key: how the gallery's videos are stamped (see `write_gallery`).
     allow_config_change: resume checkpoints written under a different config, as `train`'s.
+    autoencoder_from: another run's workdir whose trained autoencoder to start from, as
+      `train`'s.
     coordinator_address, num_processes, process_id: join a multi-process run, as `train`'s.
   """
   if not workdir:
@@ -159,6 +163,9 @@ def run(experiment: experiment_lib.Experiment, workdir: str | None, *, watermark
     return exit_codes.refuse(error)
   except multihost.PeerFailedError as error:
     return exit_codes.fail(error)
+  refused = autoencoder_from_lib.take_for_command(experiment, workdir, autoencoder_from)
+  if refused is not None:
+    return refused
   start = time.time()
   try:
     results = trainer.train(experiment, workdir, allow_config_change=allow_config_change)

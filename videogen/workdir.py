@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import unicodedata
 import uuid
 from typing import Any, Iterable
@@ -181,6 +182,51 @@ def read_tokenizer_words(workdir: str, experiment: experiment_lib.Experiment | N
     logging.warning("cannot read the tokenizer's caption words %s (%s): prompt words are not "
                     "checked", path, error)
     return None
+
+
+def copy_tokenizer(source: str, workdir: str, experiment: experiment_lib.Experiment, *,
+                   option: str) -> bool:
+  """Makes the run's tokenizer `source`'s, where the run has none: a text encoder's ids and a
+  latent cache's tokens must mean the same pieces in both runs.
+
+  Copied with its caption words; one set by config.tokenizer.model_path is both runs'. Every
+  host of a multi-host run may copy: each renames its own temporary file.
+
+  Args:
+    option: what named `source`, for the messages (e.g. "config.dit_stage.init_from=runs/a").
+
+  Returns:
+    Whether it copied (not when the run already has it, or both runs read one file).
+
+  Raises:
+    FileNotFoundError: `source` has no tokenizer.
+    WorkdirMismatchError: the run already has a different one.
+  """
+  theirs = tokenizer_path(source, experiment)
+  ours = tokenizer_path(workdir, experiment)
+  if os.path.abspath(theirs) == os.path.abspath(ours):
+    return False
+  if not os.path.exists(theirs):
+    raise FileNotFoundError(f"{option} has no tokenizer {theirs}: its text encoder's ids cannot "
+                            f"be read without it")
+  with open(theirs, "rb") as file:
+    wanted = file.read()
+  if os.path.exists(ours):
+    with open(ours, "rb") as file:
+      if file.read() != wanted:
+        raise WorkdirMismatchError(
+            f"this run's tokenizer {ours} is not that of {option}: start in a fresh workdir (or "
+            f"delete it and its latent cache) so that run's is copied in")
+    return False
+  for source_file, target in ((theirs, ours),
+                              (tokenizer_words_path(theirs), tokenizer_words_path(ours))):
+    if os.path.exists(source_file):
+      os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+      temporary = f"{target}.tmp-{uuid.uuid4().hex}"
+      shutil.copyfile(source_file, temporary)
+      os.replace(temporary, target)
+  logging.info("tokenizer %s copied from %s (%s)", ours, theirs, option)
+  return True
 
 
 def latent_cache_dir(workdir: str, experiment: experiment_lib.Experiment) -> str:

@@ -50,9 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import time
-import uuid
 
 import jax
 import jax.numpy as jnp
@@ -101,43 +99,6 @@ def num_tokens(latent_shape: tuple[int, ...], patch_size: tuple[int, int, int]) 
   """Tokens of a latent (t, h, w, ...) cut into patches (pt, ph, pw)."""
   t, h, w = latent_shape[:3]
   return -(-t // patch_size[0]) * (h // patch_size[1]) * (w // patch_size[2])
-
-
-def _take_tokenizer(source: str, workdir: str, experiment: experiment_lib.Experiment) -> None:
-  """Makes the run's tokenizer `source`'s: the text encoder's ids must mean the same pieces.
-
-  Copied (with its caption words) where the run has none; one set by config.tokenizer.model_path
-  is both runs'.
-
-  Raises:
-    FileNotFoundError: `source` has no tokenizer.
-    ValueError: the run already has a different one.
-  """
-  theirs = workdir_lib.tokenizer_path(source, experiment)
-  ours = workdir_lib.tokenizer_path(workdir, experiment)
-  if os.path.abspath(theirs) == os.path.abspath(ours):
-    return
-  if not os.path.exists(theirs):
-    raise FileNotFoundError(f"config.dit_stage.init_from={source} has no tokenizer {theirs}: "
-                            f"its text encoder's ids cannot be read without it")
-  with open(theirs, "rb") as file:
-    wanted = file.read()
-  if os.path.exists(ours):
-    with open(ours, "rb") as file:
-      if file.read() != wanted:
-        raise ValueError(f"this run's tokenizer {ours} is not that of config.dit_stage.init_from="
-                         f"{source}: start in a fresh workdir (or delete it and its latent "
-                         f"cache) so that run's is copied in")
-    return
-  for source_file, target in ((theirs, ours),
-                              (workdir_lib.tokenizer_words_path(theirs),
-                               workdir_lib.tokenizer_words_path(ours))):
-    if os.path.exists(source_file):
-      os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-      temporary = f"{target}.tmp-{uuid.uuid4().hex}"  # every host of a multi-host run copies
-      shutil.copyfile(source_file, temporary)
-      os.replace(temporary, target)
-  logging.info("dit stage: tokenizer %s copied from %s", ours, theirs)
 
 
 def mesh_of(state: nnx.State) -> jax.sharding.Mesh:
@@ -269,7 +230,8 @@ class DiTStage(stage_lib.Stage):
     run's tokenizer becomes that run's."""
     source = self.config.init_from
     step = self._source_step()
-    _take_tokenizer(source, workdir, self.experiment)
+    workdir_lib.copy_tokenizer(source, workdir, self.experiment,
+                               option=f"config.dit_stage.init_from={source}")
     _, abstract, _ = text_to_video.abstract_model(self.autoencoder_config, self.text_config,
                                                   self.dit_config)
     try:
