@@ -91,7 +91,7 @@ def test_a_latent_cache_that_does_not_fit_the_run_is_left_behind(
   assert sorted(os.path.relpath(path, workdir) for path in copied) == [
       "checkpoints/autoencoder/2", "tokenizer.model"]
   assert not os.path.exists(os.path.join(workdir, "latent_cache"))
-  assert any("latent cache is not copied" in record.getMessage() and why in record.getMessage()
+  assert any("the latent cache is not copied" in record.getMessage() and why in record.getMessage()
              for record in caplog.records)
 
 

@@ -90,14 +90,14 @@ def _cache_fits(experiment: experiment_lib.Experiment, source: str, workdir: str
   """Why the source's latent cache cannot serve this run, or None when it can."""
   meta_file = os.path.join(workdir_lib.latent_cache_dir(source, experiment), latent_cache.META_FILE)
   if not os.path.exists(meta_file):
-    return "it has none"
+    return "there is none"
   stage = workdir_lib.AUTOENCODER_STAGE
   if stage in experiment.stages:
     wanted = experiment.train[stage].num_steps
     if workdir_lib.latest_step(workdir, stage) < wanted:
       return f"the autoencoder trains on to step {wanted} first"
   if not os.path.exists(workdir_lib.tokenizer_path(workdir, experiment)):
-    return "it has no tokenizer"
+    return "the run has no tokenizer"
   cache = latent_cache.LatentCache(workdir_lib.latent_cache_dir(source, experiment))
   tokenizer = workdir_lib.load_tokenizer(workdir, experiment)
   differences = config_lib.differences(
@@ -105,7 +105,7 @@ def _cache_fits(experiment: experiment_lib.Experiment, source: str, workdir: str
       latent_cache.expected_fingerprint(experiment, workdir, tokenizer=tokenizer,
                                         seed=experiment.seed), prefix="")
   if differences:
-    return f"it was built for other data ({'; '.join(differences[:3])})"
+    return f"it was built for other data: {'; '.join(differences[:3])}"
   return None
 
 
@@ -138,11 +138,12 @@ def take(experiment: experiment_lib.Experiment, workdir: str, source: str) -> li
   if os.path.abspath(cache) != os.path.abspath(workdir_lib.latent_cache_dir(source, experiment)):
     unfit = _cache_fits(experiment, source, workdir)
     if unfit is not None:
-      logging.info("%s: its latent cache is not copied (%s); the dit stage encodes its own",
+      logging.info("%s: the latent cache is not copied, %s; the dit stage encodes its own",
                    option, unfit)
     elif not latent_cache.has_cache(experiment, workdir):
       _copy_tree(workdir_lib.latent_cache_dir(source, experiment), cache)
       copied.append(cache)
+  copied = [os.path.abspath(path) for path in copied]
   for path in copied:
     logging.info("%s: copied %s", option, path)
   return copied
