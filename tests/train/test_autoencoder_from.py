@@ -11,6 +11,7 @@ import shutil
 import pytest
 
 from videogen import exit_codes
+from videogen import main_job
 from videogen import experiment as experiment_lib
 from videogen import workdir as workdir_lib
 from videogen.train import autoencoder_from
@@ -156,12 +157,14 @@ def test_the_train_command_trains_only_the_transformer_on_the_copied_autoencoder
                    os.path.join(workdir, "latent_cache"))
 
 
-def test_the_train_command_refuses_a_source_without_an_autoencoder_in_one_line(
-    tmp_path, capsys, tiny_workdir_config):
+@pytest.mark.parametrize("command", [train_command.command, main_job.run],
+                         ids=["train", "run"])
+def test_a_source_without_an_autoencoder_is_refused_in_one_line(
+    tmp_path, capsys, tiny_workdir_config, command):
   experiment = experiment_of(tiny_workdir_config)
   for source, says in ((str(tmp_path / "nowhere"), "no checkpoint of stage 'autoencoder' in"),
                        (" ", "--autoencoder_from is empty")):
-    code = train_command.command(experiment, str(tmp_path / "run"), autoencoder_from=source)
+    code = command(experiment, str(tmp_path / "run"), autoencoder_from=source)
     assert code == exit_codes.REFUSED
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and error.startswith("error: ") and says in error, error
