@@ -138,6 +138,14 @@ def test_a_source_the_workdir_cannot_take_is_refused_before_anything_is_copied(
   assert listing(tmp_path) == before
 
 
+def test_an_autoencoder_of_another_architecture_is_refused_before_anything_is_copied(
+    tmp_path, tiny_workdir, tiny_workdir_config):
+  experiment = experiment_of(tiny_workdir_config, **{"autoencoder.base_channels": 16})
+  with pytest.raises(workdir_lib.AutoencoderMismatchError, match="another architecture"):
+    autoencoder_from.take(experiment, str(tmp_path / "run"), tiny_workdir)
+  assert os.listdir(tmp_path) == []
+
+
 def test_the_train_command_trains_only_the_transformer_on_the_copied_autoencoder(
     tmp_path, capsys, tiny_workdir, tiny_workdir_config):
   """`train --autoencoder_from=DIR` with both stages in config.stages: the autoencoder stage

@@ -15,8 +15,9 @@ WORKDIR what DIR holds of it:
   otherwise the dit stage encodes its own, as in any new run.
 
 Copies, not links: the workdir stays whole when DIR is deleted. The same command run again (to
-resume) finds them in place and copies nothing; a workdir that already holds another autoencoder
-or tokenizer is refused, before anything is copied.
+resume) finds them in place and copies nothing. An autoencoder of another architecture than
+config.autoencoder, and a workdir that already holds another autoencoder or tokenizer, are
+refused before anything is copied.
 """
 
 from __future__ import annotations
@@ -61,11 +62,14 @@ def _copy_tree(source: str, target: str) -> None:
   os.replace(staging, target)
 
 
-def _check_autoencoder(source: str, workdir: str, option: str) -> tuple[str, str]:
+def _check_autoencoder(experiment: experiment_lib.Experiment, source: str, workdir: str,
+                       option: str) -> tuple[str, str]:
   """The source's newest autoencoder checkpoint and where its copy goes.
 
   Raises:
     AutoencoderFromError: the source has none, or the workdir holds another.
+    workdir.AutoencoderMismatchError: it was trained with another architecture than
+      config.autoencoder.
   """
   stage = workdir_lib.AUTOENCODER_STAGE
   step = workdir_lib.latest_step(source, stage)
@@ -76,6 +80,8 @@ def _check_autoencoder(source: str, workdir: str, option: str) -> tuple[str, str
         f"has trained (runs/tiny after the README's main job)")
   # Orbax keeps each step in a folder named after it (`checkpointing.Checkpointer`).
   theirs = os.path.join(workdir_lib.checkpoint_dir(source, stage), str(step))
+  workdir_lib.check_autoencoder_architecture(workdir_lib.saved_config(source, stage, step),
+                                             experiment, theirs)
   ours = os.path.join(workdir_lib.checkpoint_dir(workdir, stage), str(step))
   own_step = workdir_lib.latest_step(workdir, stage)
   if own_step is not None and not (own_step == step and _same_files(theirs, ours)):
@@ -119,13 +125,14 @@ def take(experiment: experiment_lib.Experiment, workdir: str, source: str) -> li
   Raises:
     AutoencoderFromError: `source` is `workdir` or has no autoencoder checkpoint, or `workdir`
       holds another autoencoder.
-    workdir.WorkdirMismatchError: `workdir` holds another tokenizer.
+    workdir.WorkdirMismatchError: the source's autoencoder does not fit config.autoencoder, or
+      `workdir` holds another tokenizer.
   """
   option = f"--autoencoder_from={source}"
   if os.path.abspath(source) == os.path.abspath(workdir):
     raise AutoencoderFromError(f"{option} is this run's own --workdir: name another run's "
                                f"workdir, or drop the flag")
-  theirs, ours = _check_autoencoder(source, workdir, option)
+  theirs, ours = _check_autoencoder(experiment, source, workdir, option)
   copied = []
   has_tokenizer = os.path.exists(workdir_lib.tokenizer_path(source, experiment))
   # Checked before the checkpoint is copied: a refused run is left as it was.
