@@ -163,7 +163,8 @@ def run(experiment: experiment_lib.Experiment, workdir: str | None, *, watermark
     return exit_codes.refuse(error)
   except multihost.PeerFailedError as error:
     return exit_codes.fail(error)
-  refused = autoencoder_from_lib.take_for_command(experiment, workdir, autoencoder_from)
+  refused = autoencoder_from_lib.take_for_command(
+      experiment, workdir, autoencoder_from, allow_config_change=allow_config_change)
   if refused is not None:
     return refused
   start = time.time()

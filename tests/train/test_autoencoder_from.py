@@ -83,12 +83,13 @@ def test_a_new_workdir_gets_the_autoencoder_the_tokenizer_and_the_latent_cache(
 ])
 def test_a_latent_cache_that_does_not_fit_the_run_is_left_behind(
     tmp_path, tiny_workdir, tiny_workdir_config, caplog, change, why):
-  """Another data seed draws other clips; an autoencoder that trains on changes the latents:
-  either way the dit stage encodes its own cache, as in a new run."""
+  """Another data seed draws other clips; an autoencoder that trains on (a longer schedule:
+  --allow_config_change) changes the latents: either way the dit stage encodes its own cache,
+  as in a new run."""
   experiment = experiment_of(tiny_workdir_config, **change)
   workdir = str(tmp_path / "run")
   with caplog.at_level("INFO"):
-    copied = autoencoder_from.take(experiment, workdir, tiny_workdir)
+    copied = autoencoder_from.take(experiment, workdir, tiny_workdir, allow_config_change=True)
   assert sorted(os.path.relpath(path, workdir) for path in copied) == [
       "checkpoints/autoencoder/2", "tokenizer.model"]
   assert not os.path.exists(os.path.join(workdir, "latent_cache"))
@@ -144,6 +145,32 @@ def test_an_autoencoder_of_another_architecture_is_refused_before_anything_is_co
   with pytest.raises(workdir_lib.AutoencoderMismatchError, match="another architecture"):
     autoencoder_from.take(experiment, str(tmp_path / "run"), tiny_workdir)
   assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("stages, allow_config_change, refused", [
+    (("autoencoder", "dit"), False, True),
+    (("autoencoder", "dit"), True, False),
+    (("dit",), False, False),
+], ids=["refused", "allowed", "autoencoder stage not run"])
+def test_an_autoencoder_trained_under_another_config_is_refused_where_its_stage_would_refuse_it(
+    tmp_path, tiny_workdir, tiny_workdir_config, stages, allow_config_change, refused):
+  """Another learning rate for the autoencoder stage: the stage would not resume the copy, so it
+  is not made, unless the run allows the change or leaves that stage out (the dit stage only
+  needs the architecture)."""
+  experiment = experiment_of(tiny_workdir_config, **{"train.autoencoder.learning_rate": 0.5,
+                                                     "stages": stages})
+  workdir = str(tmp_path / "run")
+  if refused:
+    with pytest.raises(autoencoder_from.AutoencoderFromError,
+                       match=r"trained under another config than this run's autoencoder stage "
+                             r"\(config.train.autoencoder.learning_rate: .* -> 0.5\): leave "
+                             r"'autoencoder' out of config.stages"):
+      autoencoder_from.take(experiment, workdir, tiny_workdir)
+    assert os.listdir(tmp_path) == []
+  else:
+    copied = autoencoder_from.take(experiment, workdir, tiny_workdir,
+                                   allow_config_change=allow_config_change)
+    assert os.path.join(workdir, "checkpoints", "autoencoder", "2") in copied
 
 
 def test_the_train_command_trains_only_the_transformer_on_the_copied_autoencoder(

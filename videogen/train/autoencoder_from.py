@@ -16,7 +16,8 @@ WORKDIR what DIR holds of it:
 
 Copies, not links: the workdir stays whole when DIR is deleted. The same command run again (to
 resume) finds them in place and copies nothing. An autoencoder of another architecture than
-config.autoencoder, and a workdir that already holds another autoencoder or tokenizer, are
+config.autoencoder, one whose config the run's autoencoder stage would refuse to resume (unless
+--allow_config_change), and a workdir that already holds another autoencoder or tokenizer, are
 refused before anything is copied.
 """
 
@@ -34,6 +35,7 @@ from videogen import exit_codes
 from videogen import experiment as experiment_lib
 from videogen import workdir as workdir_lib
 from videogen.parallel import multihost
+from videogen.train import config_changes
 from videogen.train import latent_cache
 
 
@@ -63,11 +65,13 @@ def _copy_tree(source: str, target: str) -> None:
 
 
 def _check_autoencoder(experiment: experiment_lib.Experiment, source: str, workdir: str,
-                       option: str) -> tuple[str, str]:
+                       option: str, allow_config_change: bool) -> tuple[str, str]:
   """The source's newest autoencoder checkpoint and where its copy goes.
 
   Raises:
-    AutoencoderFromError: the source has none, or the workdir holds another.
+    AutoencoderFromError: the source has none, or the workdir holds another, or the run's
+      autoencoder stage would refuse to resume it (its config differs, unless
+      `allow_config_change`).
     workdir.AutoencoderMismatchError: it was trained with another architecture than
       config.autoencoder.
   """
@@ -80,8 +84,18 @@ def _check_autoencoder(experiment: experiment_lib.Experiment, source: str, workd
         f"has trained (runs/tiny after the README's main job)")
   # Orbax keeps each step in a folder named after it (`checkpointing.Checkpointer`).
   theirs = os.path.join(workdir_lib.checkpoint_dir(source, stage), str(step))
-  workdir_lib.check_autoencoder_architecture(workdir_lib.saved_config(source, stage, step),
-                                             experiment, theirs)
+  saved = workdir_lib.saved_config(source, stage, step)
+  workdir_lib.check_autoencoder_architecture(saved, experiment, theirs)
+  if stage in experiment.stages and not allow_config_change:
+    # The check the autoencoder stage makes when it finds the copy, made before copying.
+    differences = config_changes.config_differences(
+        saved, config_changes.experiment_json(experiment), stage=stage)
+    if differences:
+      listed = "; ".join(differences[:6]) + ("; ..." if len(differences) > 6 else "")
+      raise AutoencoderFromError(
+          f"{option}: its autoencoder was trained under another config than this run's "
+          f"autoencoder stage ({listed}): leave 'autoencoder' out of config.stages to train only "
+          f"the later stages on it, or pass --allow_config_change")
   ours = os.path.join(workdir_lib.checkpoint_dir(workdir, stage), str(step))
   own_step = workdir_lib.latest_step(workdir, stage)
   if own_step is not None and not (own_step == step and _same_files(theirs, ours)):
@@ -115,16 +129,22 @@ def _cache_fits(experiment: experiment_lib.Experiment, source: str, workdir: str
   return None
 
 
-def take(experiment: experiment_lib.Experiment, workdir: str, source: str) -> list[str]:
+def take(experiment: experiment_lib.Experiment, workdir: str, source: str, *,
+         allow_config_change: bool = False) -> list[str]:
   """Copies `source`'s autoencoder checkpoint, tokenizer and fitting latent cache into
   `workdir` (see the module docstring).
+
+  Args:
+    allow_config_change: copy an autoencoder trained under another config than this run's
+      autoencoder stage (its architecture must still be config.autoencoder's), as the trainer
+      resumes one.
 
   Returns:
     What it copied, as paths in `workdir` (empty when everything was in place).
 
   Raises:
-    AutoencoderFromError: `source` is `workdir` or has no autoencoder checkpoint, or `workdir`
-      holds another autoencoder.
+    AutoencoderFromError: `source` is `workdir` or has no autoencoder checkpoint, `workdir`
+      holds another autoencoder, or the autoencoder stage would refuse the copy's config.
     workdir.WorkdirMismatchError: the source's autoencoder does not fit config.autoencoder, or
       `workdir` holds another tokenizer.
   """
@@ -132,7 +152,7 @@ def take(experiment: experiment_lib.Experiment, workdir: str, source: str) -> li
   if os.path.abspath(source) == os.path.abspath(workdir):
     raise AutoencoderFromError(f"{option} is this run's own --workdir: name another run's "
                                f"workdir, or drop the flag")
-  theirs, ours = _check_autoencoder(experiment, source, workdir, option)
+  theirs, ours = _check_autoencoder(experiment, source, workdir, option, allow_config_change)
   copied = []
   has_tokenizer = os.path.exists(workdir_lib.tokenizer_path(source, experiment))
   # Checked before the checkpoint is copied: a refused run is left as it was.
@@ -156,8 +176,8 @@ def take(experiment: experiment_lib.Experiment, workdir: str, source: str) -> li
   return copied
 
 
-def take_for_command(experiment: experiment_lib.Experiment, workdir: str,
-                     source: str | None) -> int | None:
+def take_for_command(experiment: experiment_lib.Experiment, workdir: str, source: str | None, *,
+                     allow_config_change: bool = False) -> int | None:
   """`take` on process 0 while the others wait; the exit code of a refusal, else None."""
   if source is None:
     return None
@@ -166,7 +186,8 @@ def take_for_command(experiment: experiment_lib.Experiment, workdir: str,
                              "autoencoder stage has trained, e.g. --autoencoder_from=runs/tiny")
   try:
     multihost.run_together(
-        lambda: take(experiment, workdir, source) if multihost.is_primary() else None,
+        lambda: take(experiment, workdir, source, allow_config_change=allow_config_change)
+        if multihost.is_primary() else None,
         "copying --autoencoder_from")
   except (AutoencoderFromError, workdir_lib.WorkdirMismatchError) as error:
     return exit_codes.refuse(error)

@@ -66,7 +66,8 @@ def command(experiment: experiment_lib.Experiment, workdir: str | None, *,
   failed = multihost.join_processes(coordinator_address, num_processes, process_id)
   if failed is not None:
     return failed
-  refused = autoencoder_from_lib.take_for_command(experiment, workdir, autoencoder_from)
+  refused = autoencoder_from_lib.take_for_command(
+      experiment, workdir, autoencoder_from, allow_config_change=allow_config_change)
   if refused is not None:
     return refused
   try:
