@@ -91,3 +91,9 @@ def test_differences_name_each_differing_leaf_by_its_path():
       "config.gone: 1 -> '<absent>'"]
   assert config_lib.differences(old, new, prefix="", shared_only=True) == ["dit.width: 96 -> 64"]
   assert config_lib.flatten({"a": {"b": [1, 2]}}, prefix="") == {"a.b": [1, 2]}
+
+
+def test_listed_differences_end_with_an_ellipsis_only_when_some_are_left_out():
+  assert config_lib.listed(["a: 1 -> 2", "b: 3 -> 4"], 2) == "a: 1 -> 2; b: 3 -> 4"
+  three = ["a: 1 -> 2", "b: 3 -> 4", "c: 5 -> 6"]
+  assert config_lib.listed(three, 2) == "a: 1 -> 2; b: 3 -> 4; ..."

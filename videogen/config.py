@@ -78,6 +78,11 @@ def differences(old: Any, new: Any, prefix: str = "config", *,
           for path in sorted(paths) if old.get(path, "<absent>") != new.get(path, "<absent>")]
 
 
+def listed(differences: list[str], limit: int) -> str:
+  """The first `limit` of `differences` joined by "; ", ending "; ..." when there are more."""
+  return "; ".join(differences[:limit]) + ("; ..." if len(differences) > limit else "")
+
+
 def _dataclass_as_dict(value: Any) -> dict[str, Any]:
   """`json.dumps`'s fallback: dataclasses anywhere in the tree (`experiment.train` is a dict of
   them) become dicts."""

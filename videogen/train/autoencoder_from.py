@@ -91,7 +91,7 @@ def _check_autoencoder(experiment: experiment_lib.Experiment, source: str, workd
     differences = config_changes.config_differences(
         saved, config_changes.experiment_json(experiment), stage=stage)
     if differences:
-      listed = "; ".join(differences[:6]) + ("; ..." if len(differences) > 6 else "")
+      listed = config_lib.listed(differences, 6)
       raise AutoencoderFromError(
           f"{option}: its autoencoder was trained under another config than this run's "
           f"autoencoder stage ({listed}): leave 'autoencoder' out of config.stages to train only "
@@ -125,7 +125,7 @@ def _cache_fits(experiment: experiment_lib.Experiment, source: str, workdir: str
       latent_cache.expected_fingerprint(experiment, workdir, tokenizer=tokenizer,
                                         seed=experiment.seed), prefix="")
   if differences:
-    return f"it was built for other data: {'; '.join(differences[:3])}"
+    return f"it was built for other data: {config_lib.listed(differences, 3)}"
   return None
 
 

@@ -522,7 +522,7 @@ def open_cache(experiment: experiment_lib.Experiment, workdir: str, *,
       cache.meta.get("fingerprint", {}),
       expected_fingerprint(experiment, workdir, tokenizer=tokenizer, seed=seed), prefix="")
   if differences:
-    listed = "; ".join(differences[:8]) + ("; ..." if len(differences) > 8 else "")
+    listed = config_lib.listed(differences, 8)
     raise LatentCacheError(
         f"the latent cache {directory} was built for another run ({listed}): rebuild it with "
         f"`{_BUILD_COMMAND}{workdir}`, or set "

@@ -46,6 +46,7 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from videogen import config as config_lib
 from videogen import experiment as experiment_lib
 from videogen import workdir as workdir_lib
 from videogen.parallel import memory as memory_lib
@@ -230,7 +231,7 @@ def _check_config(saved: dict[str, Any], current: dict[str, Any], *, name: str, 
   differences = config_changes.config_differences(saved, current, stage=name)
   if not differences:
     return
-  listed = "; ".join(differences[:12]) + ("; ..." if len(differences) > 12 else "")
+  listed = config_lib.listed(differences, 12)
   if allow_config_change:
     logging.warning("stage %s: resuming under a changed config (--allow_config_change): %s",
                     name, listed)
