@@ -65,8 +65,8 @@ def _copy_tree(source: str, target: str) -> None:
 
 
 def _check_autoencoder(experiment: experiment_lib.Experiment, source: str, workdir: str,
-                       option: str, allow_config_change: bool) -> tuple[str, str]:
-  """The source's newest autoencoder checkpoint and where its copy goes.
+                       option: str, allow_config_change: bool) -> tuple[int, str, str]:
+  """The step of the source's newest autoencoder checkpoint, its folder and where its copy goes.
 
   Raises:
     AutoencoderFromError: the source has none, or the workdir holds another, or the run's
@@ -103,27 +103,24 @@ def _check_autoencoder(experiment: experiment_lib.Experiment, source: str, workd
         f"{option}: {workdir} already holds an autoencoder of its own (step {own_step}), not "
         f"the newest of {source} (step {step}): use a new --workdir, or drop --autoencoder_from "
         f"to train on the one it has")
-  return theirs, ours
+  return step, theirs, ours
 
 
-def _cache_fits(experiment: experiment_lib.Experiment, source: str, workdir: str) -> str | None:
-  """Why the source's latent cache cannot serve this run, or None when it can."""
-  meta_file = os.path.join(workdir_lib.latent_cache_dir(source, experiment), latent_cache.META_FILE)
-  if not os.path.exists(meta_file):
+def _cache_fits(experiment: experiment_lib.Experiment, source: str, workdir: str,
+                step: int) -> str | None:
+  """Why the source's latent cache cannot serve this run (whose autoencoder checkpoint, copied
+  in, is at `step`), or None when it can."""
+  if not latent_cache.has_cache(experiment, source):
     return "there is none"
   stage = workdir_lib.AUTOENCODER_STAGE
-  if stage in experiment.stages:
-    wanted = experiment.train[stage].num_steps
-    if workdir_lib.latest_step(workdir, stage) < wanted:
-      return f"the autoencoder trains on to step {wanted} first"
+  if stage in experiment.stages and step < experiment.train[stage].num_steps:
+    return f"the autoencoder trains on to step {experiment.train[stage].num_steps} first"
   if not os.path.exists(workdir_lib.tokenizer_path(workdir, experiment)):
     return "the run has no tokenizer"
   cache = latent_cache.LatentCache(workdir_lib.latent_cache_dir(source, experiment))
-  tokenizer = workdir_lib.load_tokenizer(workdir, experiment)
-  differences = config_lib.differences(
-      cache.meta.get("fingerprint", {}),
-      latent_cache.expected_fingerprint(experiment, workdir, tokenizer=tokenizer,
-                                        seed=experiment.seed), prefix="")
+  differences = latent_cache.fingerprint_differences(
+      cache, experiment, workdir, tokenizer=workdir_lib.load_tokenizer(workdir, experiment),
+      seed=experiment.seed)
   if differences:
     return f"it was built for other data: {config_lib.listed(differences, 3)}"
   return None
@@ -152,7 +149,8 @@ def take(experiment: experiment_lib.Experiment, workdir: str, source: str, *,
   if os.path.abspath(source) == os.path.abspath(workdir):
     raise AutoencoderFromError(f"{option} is this run's own --workdir: name another run's "
                                f"workdir, or drop the flag")
-  theirs, ours = _check_autoencoder(experiment, source, workdir, option, allow_config_change)
+  step, theirs, ours = _check_autoencoder(experiment, source, workdir, option,
+                                          allow_config_change)
   copied = []
   has_tokenizer = os.path.exists(workdir_lib.tokenizer_path(source, experiment))
   # Checked before the checkpoint is copied: a refused run is left as it was.
@@ -162,13 +160,14 @@ def take(experiment: experiment_lib.Experiment, workdir: str, source: str, *,
     _copy_tree(theirs, ours)
     copied.append(ours)
   cache = workdir_lib.latent_cache_dir(workdir, experiment)
-  if os.path.abspath(cache) != os.path.abspath(workdir_lib.latent_cache_dir(source, experiment)):
-    unfit = _cache_fits(experiment, source, workdir)
+  source_cache = workdir_lib.latent_cache_dir(source, experiment)
+  if os.path.abspath(cache) != os.path.abspath(source_cache):
+    unfit = _cache_fits(experiment, source, workdir, step)
     if unfit is not None:
       logging.info("%s: the latent cache is not copied, %s; the dit stage encodes its own",
                    option, unfit)
     elif not latent_cache.has_cache(experiment, workdir):
-      _copy_tree(workdir_lib.latent_cache_dir(source, experiment), cache)
+      _copy_tree(source_cache, cache)
       copied.append(cache)
   copied = [os.path.abspath(path) for path in copied]
   for path in copied:

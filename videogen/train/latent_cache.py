@@ -513,14 +513,23 @@ def build_for_run(experiment: experiment_lib.Experiment, workdir: str, *,
       batch_sharding=batch_sharding, progress=progress)
 
 
+def fingerprint_differences(cache: LatentCache, experiment: experiment_lib.Experiment,
+                            workdir: str, *, tokenizer: tokenizer_lib.Tokenizer,
+                            seed: int) -> list[str]:
+  """How `cache` differs from what this run and workdir need ("data_seed: 0 -> 2"); empty when
+  it can serve them."""
+  return config_lib.differences(
+      cache.meta.get("fingerprint", {}),
+      expected_fingerprint(experiment, workdir, tokenizer=tokenizer, seed=seed), prefix="")
+
+
 def open_cache(experiment: experiment_lib.Experiment, workdir: str, *,
                tokenizer: tokenizer_lib.Tokenizer, seed: int) -> LatentCache:
   """Opens the run's cache, refusing one built for other data, autoencoder or tokenizer."""
   directory = workdir_lib.latent_cache_dir(workdir, experiment)
   cache = LatentCache(directory)
-  differences = config_lib.differences(
-      cache.meta.get("fingerprint", {}),
-      expected_fingerprint(experiment, workdir, tokenizer=tokenizer, seed=seed), prefix="")
+  differences = fingerprint_differences(cache, experiment, workdir, tokenizer=tokenizer,
+                                        seed=seed)
   if differences:
     listed = config_lib.listed(differences, 8)
     raise LatentCacheError(
