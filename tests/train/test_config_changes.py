@@ -106,3 +106,17 @@ def test_a_field_added_since_at_its_default_is_no_difference():
   student["dit"]["step_size_embedding"] = True
   assert config_changes.config_differences(before, student) == [
       "config.dit.step_size_embedding: False -> True"]
+
+
+def test_the_layout_of_the_transformers_blocks_may_change_but_not_their_number():
+  """A checkpoint of stacked blocks restores into unrolled ones and back (`layer_layout`)."""
+  def snapshot(**dit):
+    config = shapes.get_config("tiny")
+    config.dit.update(dit)
+    return json.loads(json.dumps(config_changes.experiment_json(experiment_lib.validate(config))))
+
+  stacked = snapshot(scan_layers=True)
+  assert config_changes.config_differences(stacked, snapshot(scan_layers=False)) == []
+  assert config_changes.config_differences(stacked, snapshot(scan_layers=True, scan_unroll=2)) == []
+  assert config_changes.config_differences(stacked, snapshot(scan_layers=True, depth=2)) == [
+      "config.dit.depth: 4 -> 2"]

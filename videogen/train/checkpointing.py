@@ -36,6 +36,7 @@ from orbax.checkpoint._src.metadata import array_metadata_store
 from orbax.checkpoint._src.serialization import type_handler_registry
 
 from videogen.parallel import multihost
+from videogen.train import layer_layout
 
 STATE, DATA, CONFIG = "state", "data", "config"
 
@@ -226,31 +227,37 @@ class Checkpointer:
           CONFIG: ocp.args.JsonRestore()}))
     return restored[CONFIG]
 
-  def restore(self, step: int, target: Any) -> Restored:
-    """Restores checkpoint `step` onto `target` (a tree of `ShapeDtypeStruct`s with shardings)."""
+  def restore(self, step: int, target: Any, config: dict[str, Any] | None = None) -> Restored:
+    """Restores checkpoint `step` onto `target` (a tree of `ShapeDtypeStruct`s with shardings),
+    in `target`'s layout of the transformer's blocks whichever the checkpoint holds
+    (`layer_layout`). `config`: the checkpoint's saved config, where it was read already."""
+    config = self.read_config(step) if config is None else config
+    source = layer_layout.source_tree(target, config)
     with _sigint_left_alone(), _failed_reads_unlogged():
       restored = self._manager.restore(step, args=ocp.args.Composite(**{
-          STATE: ocp.args.StandardRestore(target),
+          STATE: ocp.args.StandardRestore(source),
           DATA: IteratorStateRestore(),
           CONFIG: ocp.args.JsonRestore(),
       }))
-    return Restored(step=step, state=restored[STATE], data=restored[DATA],
-                    config=restored[CONFIG])
+    return Restored(step=step, state=layer_layout.into_target(restored[STATE], target),
+                    data=restored[DATA], config=restored[CONFIG])
 
   def restore_subtrees(self, step: int, targets: dict[str, Any]) -> dict[str, Any]:
     """Restores only the named parts of `state` (e.g. {"ema_params": ..., "frozen": ...}).
 
-    Reads just those parts of checkpoint `step`, onto the shardings the targets carry: a model
-    for sampling needs no optimizer state.
+    Reads just those parts of checkpoint `step`, onto the shardings the targets carry (a model
+    for sampling needs no optimizer state), in the targets' layout of the transformer's blocks.
     """
+    source = layer_layout.source_tree(targets, self.read_config(step))
     handler = ocp.PyTreeCheckpointHandler()
-    restore_args = ocp.checkpoint_utils.construct_restore_args(targets)
+    restore_args = ocp.checkpoint_utils.construct_restore_args(source)
     with (ocp.Checkpointer(handler) as checkpointer, _sigint_left_alone(),
           _failed_reads_unlogged()):
-      return checkpointer.restore(
+      restored = checkpointer.restore(
           self.directory / str(step) / STATE,
-          args=ocp.args.PyTreeRestore(item=targets, restore_args=restore_args,
+          args=ocp.args.PyTreeRestore(item=source, restore_args=restore_args,
                                       partial_restore=True))
+    return layer_layout.into_target(restored, targets)
 
   def restore_subtree(self, step: int, key: str, target: Any) -> Any:
     """Restores only `state[key]` (e.g. "ema_params") of checkpoint `step` onto `target`."""
@@ -282,7 +289,7 @@ class Checkpointer:
         if check_config is not None:
           check_config(config)
         try:
-          restored = self.restore(step, target)
+          restored = self.restore(step, target, config)
         except RESTORE_ERRORS as error:
           problem = _describe(error)
       if multihost.all_true(restored is not None):

@@ -4,11 +4,12 @@
     config_differences(saved, experiment_json(new))  # ["config.train.dit.learning_rate: ..."]
 
 A resumed run must compute what the interrupted one would have. Bookkeeping, the mesh (restoring
-onto another mesh is supported) and the sampler settings (generation only) may change; so may a
-stage's num_steps when its learning-rate schedule does not depend on it, and the settings of the
-stages trained after it (experiments/shapes.py:long is the tiny run with a longer dit stage, so
-it takes the tiny run's autoencoder). Anything else is a difference the trainer refuses unless
-told `--allow_config_change`.
+onto another mesh is supported), how the transformer's blocks are laid out and run (a checkpoint of
+stacked blocks restores into unrolled ones and back: `layer_layout`) and the sampler settings
+(generation only) may change; so may a stage's num_steps when its learning-rate schedule does not
+depend on it, and the settings of the stages trained after it (experiments/shapes.py:long is the
+tiny run with a longer dit stage, so it takes the tiny run's autoencoder). Anything else is a
+difference the trainer refuses unless told `--allow_config_change`.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from videogen import experiment as experiment_lib
 from videogen import workdir as workdir_lib
 
 # Config keys that may change between a run and its resumption: bookkeeping that does not change
-# what is computed, the mesh and the sampler settings. A name matches a top-level section or a
-# last key.
+# what is computed, the mesh, the layout of the transformer's blocks and the sampler settings. A
+# name matches a top-level section or a last key.
 RESUMABLE_CHANGES = ("name", "mesh", "sample", "log_every", "checkpoint_every",
                      "keep_checkpoints", "eval_every", "async_checkpoints", "progress_bar",
-                     "profile_steps")
+                     "profile_steps", "scan_layers", "scan_unroll")
 
 
 def experiment_json(experiment: experiment_lib.Experiment) -> dict[str, Any]:
