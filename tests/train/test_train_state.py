@@ -12,6 +12,7 @@ import optax
 import pytest
 from flax import nnx
 
+from videogen.models import dit as dit_lib
 from videogen.parallel import mesh as mesh_lib
 from videogen.parallel import sharding as sharding_lib
 from videogen.train import stage as stage_lib
@@ -313,6 +314,32 @@ def test_muon_orthogonalises_each_layers_hidden_kernel_and_adam_trains_the_rest(
   for leaf in (updates["blocks"]["mlp"]["bias"], updates["head"]["kernel"]):
     magnitude = np.abs(np.asarray(leaf[...]))
     np.testing.assert_allclose(magnitude, magnitude.flat[0], rtol=1e-4)
+
+
+def test_muon_treats_each_block_alike_whether_the_blocks_are_stacked_or_not():
+  """`DiTConfig.scan_layers` changes the layout, not the optimizer: a stacked kernel's layer axis
+  is a batch of the same matrices that the unrolled blocks hold one by one."""
+  def dimensions(scan_layers):
+    config = dit_lib.DiTConfig.tiny(depth=2, scan_layers=scan_layers)
+    with nnx.use_eager_sharding(False):
+      model = nnx.eval_shape(lambda: dit_lib.DiT(config, rngs=nnx.Rngs(0)))
+    dims = train_state_lib.muon_dimensions(nnx.state(model, nnx.Param))
+    return {jax.tree_util.keystr(path): dim for path, dim in jax.tree_util.tree_leaves_with_path(
+        dims, is_leaf=lambda x: isinstance(x, optax.contrib.MuonDimensionNumbers))}
+
+  stacked, unrolled = dimensions(True), dimensions(False)
+  block_kernels = 0
+  for path, dim in unrolled.items():
+    if path.startswith("['blocks']["):
+      block = path.split("]")[1] + "]"  # "[0]" or "[1]"
+      shifted = stacked[path.replace(block, "", 1)]
+      assert dim == optax.contrib.MuonDimensionNumbers(
+          tuple(a - 1 for a in shifted.reduction_axis),
+          tuple(a - 1 for a in shifted.output_axis)), path
+      block_kernels += 1
+    else:
+      assert dim == stacked[path], path
+  assert block_kernels == 2 * sum(path.startswith("['blocks']") for path in stacked) > 0
 
 
 class Wide(nnx.Module):
