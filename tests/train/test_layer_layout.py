@@ -28,25 +28,37 @@ DIT = workdir_lib.DIT_STAGE
 DEPTH = 2
 
 
-def _experiment(config, *, scan_layers: bool, num_steps: int = 2) -> experiment_lib.Experiment:
+def _experiment(config, *, scan_layers: bool, num_steps: int = 2,
+                optimizer: str = "adamw") -> experiment_lib.Experiment:
   """The tiny workdir's config, the dit stage alone with two blocks, a constant learning rate
   (so that a run may be resumed for more steps) and its blocks stacked or not."""
   config.stages = (DIT,)
   config.dit.update(depth=DEPTH, scan_layers=scan_layers)
-  config.train.dit.update(num_steps=num_steps, schedule="constant")
+  config.train.dit.update(num_steps=num_steps, schedule="constant", optimizer=optimizer)
   config.dit_stage.cache_steps = 3  # one latent cache for the 2 steps and their resumption
   return experiment_lib.validate(config)
 
 
-@pytest.fixture(scope="module")
-def stacked_run(tmp_path_factory, tiny_workdir):
+def _stacked_run(root, tiny_workdir: str, optimizer: str) -> str:
   """A workdir whose dit stage trained 2 steps with its blocks stacked."""
-  workdir = str(tmp_path_factory.mktemp("layout") / "stacked")
-  experiment = _experiment(conftest._tiny_workdir_config(), scan_layers=True)
+  workdir = str(root / f"stacked_{optimizer}")
+  experiment = _experiment(conftest._tiny_workdir_config(), scan_layers=True, optimizer=optimizer)
   autoencoder_from.take(experiment, workdir, tiny_workdir)
   results = trainer.train(experiment, workdir)
   assert [r.status for r in results] == ["done"]
   return workdir
+
+
+@pytest.fixture(scope="module")
+def stacked_run(tmp_path_factory, tiny_workdir):
+  return _stacked_run(tmp_path_factory.mktemp("layout"), tiny_workdir, "adamw")
+
+
+@pytest.fixture(scope="module")
+def stacked_muon_run(tmp_path_factory, tiny_workdir):
+  """Muon's state: a momentum for the hidden kernels, Adam's two moments for the rest, and an
+  empty place for each weight in the other optimizer's part."""
+  return _stacked_run(tmp_path_factory.mktemp("layout"), tiny_workdir, "muon")
 
 
 def _target(experiment: experiment_lib.Experiment, mesh) -> dict:
@@ -62,11 +74,15 @@ def _flat(tree) -> dict:
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def test_a_stacked_checkpoint_restores_one_block_at_a_time_and_back(
-    stacked_run, tiny_workdir_config, tmp_path, devices):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_a_stacked_checkpoint_restores_one_block_at_a_time_and_back(optimizer, request, tmp_path,
+                                                                    devices):
+  stacked_run = request.getfixturevalue("stacked_run" if optimizer == "adamw"
+                                        else "stacked_muon_run")
   mesh = mesh_lib.create_mesh(mesh_lib.MeshConfig(fsdp=8))
-  stacked_experiment = _experiment(tiny_workdir_config, scan_layers=True)
-  unrolled_experiment = _experiment(tiny_workdir_config, scan_layers=False)
+  config = conftest._tiny_workdir_config()
+  stacked_experiment = _experiment(config, scan_layers=True, optimizer=optimizer)
+  unrolled_experiment = _experiment(config, scan_layers=False, optimizer=optimizer)
   stacked_target = _target(stacked_experiment, mesh)
   unrolled_target = _target(unrolled_experiment, mesh)
   assert layer_layout.is_stacked(stacked_target) is True
@@ -79,8 +95,8 @@ def test_a_stacked_checkpoint_restores_one_block_at_a_time_and_back(
   checkpointer.close()
   assert jax.tree.structure(unrolled) == jax.tree.structure(unrolled_target)
   saved, converted, wanted = _flat(as_saved), _flat(unrolled), _flat(unrolled_target)
-  # Every block array of the parameters, the EMA and Adam's two moments is block i of the stack;
-  # the rest is read as it is.
+  # Every block array of the parameters, the EMA and the optimizer's moments is block i of the
+  # stack; the rest is read as it is.
   block_arrays = 0
   for path, array in converted.items():
     assert array.sharding == wanted[path].sharding, path
@@ -91,8 +107,12 @@ def test_a_stacked_checkpoint_restores_one_block_at_a_time_and_back(
       block_arrays += 1
     else:
       np.testing.assert_array_equal(array, saved[path], path)
-  per_block = sum("['params']['dit']['blocks'][0]" in path for path in converted)
-  assert per_block > 10 and block_arrays == DEPTH * per_block * 4  # params, EMA, mu, nu
+  def in_block(part):
+    return sum(part in path and "['dit']['blocks'][0]" in path for path in converted)
+  # The parameters, the EMA and the moments: Adam's two, or for Muon's kernels its one.
+  params, muon = in_block("['params']"), in_block("['muon']")
+  assert params > 10 and in_block("") == 4 * params - muon
+  assert block_arrays == DEPTH * in_block("") and (muon > 0) == (optimizer == "muon")
 
   # Written one block at a time, the state reads back stacked as it was.
   unrolled_dir = str(tmp_path / "unrolled")

@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
+import optax
 
 Path = tuple[Any, ...]
 
@@ -35,9 +36,15 @@ def _name(entry: Any) -> Any:
   raise TypeError(f"unknown key path entry {entry!r}")
 
 
+def _empty(node: Any) -> bool:
+  """A place in an optimizer state that holds nothing (a weight another optimizer trains), which
+  orbax writes down as such: kept as a leaf, so that each block keeps it."""
+  return node is None or isinstance(node, optax.MaskedNode)
+
+
 def _flat(tree: Any) -> dict[Path, Any]:
   return {tuple(_name(entry) for entry in path): leaf
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_empty)[0]}
 
 
 def _blocks_at(path: Path) -> Optional[int]:
@@ -66,6 +73,20 @@ def _with_spec(sharding: Any, spec: tuple[Any, ...]) -> Any:
   if isinstance(sharding, jax.sharding.NamedSharding):
     return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec))
   return sharding
+
+
+def _stacked(leaf: jax.ShapeDtypeStruct, depth: int) -> jax.ShapeDtypeStruct:
+  """One block's array as a stack of `depth` of them, sharded alike along the other axes."""
+  spec = _spec(leaf.sharding)
+  sharding = leaf.sharding if spec is None else _with_spec(leaf.sharding, (None, *spec))
+  return jax.ShapeDtypeStruct((depth, *leaf.shape), leaf.dtype, sharding=sharding)
+
+
+def _one_block(leaf: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
+  """One block's array of a stack, sharded as the stack is along the other axes."""
+  spec = _spec(leaf.sharding)
+  sharding = leaf.sharding if spec is None else _with_spec(leaf.sharding, tuple(spec)[1:])
+  return jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype, sharding=sharding)
 
 
 def _nested(flat: dict[Path, Any]) -> dict[Any, Any]:
@@ -125,17 +146,11 @@ def source_tree(target: Any, saved_config: Mapping[str, Any]) -> Any:
   def blocks(stack: Any) -> dict[Any, Any]:
     source: dict[Path, Any] = {}
     for path, leaf in _flat(stack).items():
-      spec = _spec(leaf.sharding)
       if stacked:  # the target's block i, at index i of the checkpoint's stack
-        if path[1:] not in source:
-          sharding = leaf.sharding if spec is None else _with_spec(leaf.sharding, (None, *spec))
-          source[path[1:]] = jax.ShapeDtypeStruct((depth, *leaf.shape), leaf.dtype,
-                                                  sharding=sharding)
+        source[path[1:]] = leaf if _empty(leaf) else _stacked(leaf, depth)
       else:  # the target's stack, from the checkpoint's blocks one by one
-        sharding = leaf.sharding if spec is None else _with_spec(leaf.sharding, tuple(spec)[1:])
         for block in range(depth):
-          source[(block, *path)] = jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype,
-                                                        sharding=sharding)
+          source[(block, *path)] = leaf if _empty(leaf) else _one_block(leaf)
     return _nested(source)
 
   return _with_blocks(target, blocks)
@@ -145,25 +160,31 @@ def into_target(restored: Any, target: Any) -> Any:
   """`restored` (read into `source_tree(target, ...)`) in `target`'s layout and tree structure,
   the converted arrays on the target's shardings. `restored` itself where it already is in
   that layout."""
-  if restored is target or is_stacked(restored) in (None, is_stacked(target)):
+  if is_stacked(restored) in (None, is_stacked(target)):
     return restored
   source, wanted = _flat(restored), _flat(target)
-  blocks = [path for path in wanted if _blocks_at(path) is not None]
+  blocks = [path for path, leaf in wanted.items()
+            if _blocks_at(path) is not None and not _empty(leaf)]
+  inputs = [path for path, leaf in source.items()
+            if _blocks_at(path) is not None and not _empty(leaf)]
 
-  def convert(arrays: dict[Path, jax.Array]) -> list[jax.Array]:
+  def convert(arrays: list[jax.Array]) -> list[jax.Array]:
+    read = dict(zip(inputs, arrays))
     converted = []
     for path in blocks:
       position = _blocks_at(path)
-      if position + 1 < len(path) and isinstance(path[position + 1], int):
-        converted.append(arrays[path[:position + 1] + path[position + 2:]][path[position + 1]])
-      else:
-        converted.append(jnp.stack([arrays[path[:position + 1] + (i,) + path[position + 1:]]
+      if isinstance(path[position + 1], int):  # block i of the checkpoint's stack
+        converted.append(read[path[:position + 1] + path[position + 2:]][path[position + 1]])
+      else:  # the checkpoint's blocks, stacked
+        converted.append(jnp.stack([read[path[:position + 1] + (i,) + path[position + 1:]]
                                     for i in range(wanted[path].shape[0])]))
     return converted
 
-  inputs = {path: leaf for path, leaf in source.items() if _blocks_at(path) is not None}
-  # One program for every block array; the other arrays are passed through as they were read.
+  # One program for every block array; the other arrays are passed on as they were read, and the
+  # empty places are the target's own.
   converted = dict(zip(blocks, jax.jit(convert, out_shardings=[
-      getattr(wanted[path], "sharding", None) for path in blocks])(inputs)))
-  leaves = [converted[path] if path in converted else source[path] for path in wanted]
-  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(target), leaves)
+      getattr(wanted[path], "sharding", None) for path in blocks])([source[p] for p in inputs])))
+  leaves = [leaf if _empty(leaf) else converted.get(path, source.get(path))
+            for path, leaf in wanted.items()]
+  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(target, is_leaf=_empty),
+                                      leaves)
