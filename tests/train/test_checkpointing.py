@@ -155,6 +155,23 @@ def test_restore_subtree_reads_one_part(tmp_path, devices):
   assert params["w"].sharding.spec == PartitionSpec("fsdp")
 
 
+def test_restore_subtree_reads_the_state_without_its_config(tmp_path, devices):
+  """The config says how the transformer's blocks are laid out; without it (damaged) the state
+  is read in the layout it was written in, as sampling read it before."""
+  _save_steps(tmp_path, [3])
+  for root, _, files in os.walk(tmp_path / "3" / "config"):
+    for name in files:
+      with open(os.path.join(root, name), "w") as f:
+        f.write("{not json")
+  checkpointer = checkpointing.Checkpointer(str(tmp_path), read_only=True)
+  with pytest.raises(checkpointing.RESTORE_ERRORS):
+    checkpointer.read_config(3)
+  params = checkpointer.restore_subtree(3, "params", _target(_tree(0)["params"],
+                                                             _mesh(devices[:1])))
+  checkpointer.close()
+  np.testing.assert_array_equal(params["b"], np.ones(4) * 3)
+
+
 def test_empty_directory_restores_nothing(tmp_path, devices):
   checkpointer = checkpointing.Checkpointer(str(tmp_path / "none"))
   assert checkpointer.latest_step() is None

@@ -237,10 +237,9 @@ class Checkpointer:
       restored = self._manager.restore(step, args=ocp.args.Composite(**{
           STATE: ocp.args.StandardRestore(source),
           DATA: IteratorStateRestore(),
-          CONFIG: ocp.args.JsonRestore(),
       }))
     return Restored(step=step, state=layer_layout.into_target(restored[STATE], target),
-                    data=restored[DATA], config=restored[CONFIG])
+                    data=restored[DATA], config=config)
 
   def restore_subtrees(self, step: int, targets: dict[str, Any]) -> dict[str, Any]:
     """Restores only the named parts of `state` (e.g. {"ema_params": ..., "frozen": ...}).
@@ -248,7 +247,11 @@ class Checkpointer:
     Reads just those parts of checkpoint `step`, onto the shardings the targets carry (a model
     for sampling needs no optimizer state), in the targets' layout of the transformer's blocks.
     """
-    source = layer_layout.source_tree(targets, self.read_config(step))
+    try:
+      config = self.read_config(step)
+    except RESTORE_ERRORS:  # the state may still read back, in the layout it was written in
+      config = {}
+    source = layer_layout.source_tree(targets, config)
     handler = ocp.PyTreeCheckpointHandler()
     restore_args = ocp.checkpoint_utils.construct_restore_args(source)
     with (ocp.Checkpointer(handler) as checkpointer, _sigint_left_alone(),
