@@ -142,26 +142,28 @@ def test_the_trainer_resumes_a_stacked_run_with_its_blocks_unrolled(stacked_run,
     assert result.status == "done" and result.step == 3
     rows = [row for row in metrics_lib.read_metrics(workdir, DIT) if "loss" in row]
     assert [row["step"] for row in rows] == [1, 2, 3]  # resumed, not started over
-    results[scan_layers] = (rows[-1]["loss"],
-                            workdir_lib.restore_model(workdir, DIT, *train_state_lib.abstract_model(
-                                stages_lib.make_stage(DIT, experiment)), experiment=experiment)[0])
+    results[scan_layers] = rows[-1]["loss"], _trained_model(workdir, experiment)
   (stacked_loss, stacked_model), (unrolled_loss, unrolled_model) = results[True], results[False]
   np.testing.assert_allclose(unrolled_loss, stacked_loss, rtol=1e-5)
-  np.testing.assert_allclose(unrolled_model.dit.blocks[1].mlp.up.kernel.get_value(),
-                             stacked_model.dit.blocks.mlp.up.kernel.get_value()[1], atol=1e-6)
+  for block in range(DEPTH):
+    np.testing.assert_allclose(unrolled_model.dit.blocks[block].mlp.up.kernel.get_value(),
+                               stacked_model.dit.blocks.mlp.up.kernel.get_value()[block],
+                               atol=1e-6)
+
+
+def _trained_model(workdir: str, experiment: experiment_lib.Experiment):
+  """The EMA model of the workdir's dit stage, its blocks laid out as `experiment` says."""
+  graphdef, params, frozen = train_state_lib.abstract_model(stages_lib.make_stage(DIT, experiment))
+  return workdir_lib.restore_model(workdir, DIT, graphdef, params, frozen,
+                                   experiment=experiment)[0]
 
 
 def test_sampling_reads_a_stacked_checkpoint_into_unrolled_blocks(stacked_run,
                                                                   tiny_workdir_config):
-  experiment = _experiment(tiny_workdir_config, scan_layers=False)
-  graphdef, params, frozen = train_state_lib.abstract_model(stages_lib.make_stage(DIT, experiment))
-  model, step = workdir_lib.restore_model(stacked_run, DIT, graphdef, params, frozen,
-                                          experiment=experiment)
+  model = _trained_model(stacked_run, _experiment(tiny_workdir_config, scan_layers=False))
   saved = workdir_lib.saved_experiment(stacked_run, DIT)
-  assert step == 2 and saved.dit.scan_layers and not model.dit.config.scan_layers
-  stacked, _ = workdir_lib.restore_model(
-      stacked_run, DIT, *train_state_lib.abstract_model(stages_lib.make_stage(DIT, saved)),
-      experiment=saved)
+  assert saved.dit.scan_layers and not model.dit.config.scan_layers
+  stacked = _trained_model(stacked_run, saved)
   for block in range(DEPTH):
     np.testing.assert_array_equal(
         model.dit.blocks[block].self_attention.query.kernel.get_value(),
