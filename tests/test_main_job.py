@@ -19,6 +19,7 @@ from videogen.provenance import keys
 from videogen.provenance import manifest
 from videogen.provenance import watermark
 from videogen.provenance import writer
+from videogen.train import trainer
 
 from tests.helpers import command_line
 
@@ -137,6 +138,22 @@ def test_run_resumes_under_a_changed_config_only_when_told(tiny_workdir, tiny_wo
 
   assert main_job.run(experiment, workdir, allow_config_change=True) == 0
   assert galleries == [workdir]
+
+
+def test_a_preempted_run_writes_no_gallery_and_exits_as_preempted(devices, tiny_workdir_config,
+                                                                   tmp_path, capsys,
+                                                                   monkeypatch):
+  """SIGTERM mid-training: the stage saved and stopped. `run` says so in one line and exits 143,
+  so that a scheduler restarts it; there is no gallery of an unfinished model."""
+  stopped = [trainer.StageResult("autoencoder", "done", 2),
+             trainer.StageResult("dit", "preempted", 1)]
+  monkeypatch.setattr(trainer, "train", lambda experiment, workdir, **kwargs: stopped)
+  monkeypatch.setattr(main_job, "write_gallery", lambda *args, **kwargs: pytest.fail("a gallery"))
+  experiment = experiment_lib.validate(tiny_workdir_config)
+  assert main_job.run(experiment, str(tmp_path)) == exit_codes.PREEMPTED == 143
+  err = capsys.readouterr().err
+  assert err == ("preempted: stage dit saved its checkpoint at step 1 on SIGTERM and stopped; "
+                 "run the same command to resume\n")
 
 
 def _run_two_processes(workdir: pathlib.Path, tmp_path: pathlib.Path):

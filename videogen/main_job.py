@@ -172,9 +172,9 @@ def run(experiment: experiment_lib.Experiment, workdir: str | None, *, watermark
     results = trainer.train(experiment, workdir, allow_config_change=allow_config_change)
   except train_command.USER_ERRORS as error:
     return train_command.report(error)
-  if any(result.status == "preempted" for result in results):
-    print("preempted after a checkpoint: run the same command again to resume")
-    return exit_codes.DONE
+  preempted = train_command.stopped_early(results)
+  if preempted is not None:
+    return preempted  # no gallery of a model that has not finished training
   trained = time.time()
   generator, step = None, None
   if jax.process_count() > 1:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from videogen import exit_codes
 from videogen.train import metrics as metrics_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -107,7 +109,7 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bitwise_identical(tmp_path, e
   _assert_same_run(workdir, uninterrupted)
 
 
-def test_sigterm_saves_then_exits_cleanly_and_resumes_identically(tmp_path, environment,
+def test_sigterm_saves_then_exits_as_preempted_and_resumes_identically(tmp_path, environment,
                                                                   uninterrupted):
   workdir = tmp_path / "preempted"
   # No periodic checkpoints: the only one before the end is the one SIGTERM asks for.
@@ -118,8 +120,11 @@ def test_sigterm_saves_then_exits_cleanly_and_resumes_identically(tmp_path, envi
             "three logged steps")
   process.send_signal(signal.SIGTERM)
   _, stderr = process.communicate(timeout=120)
-  assert process.returncode == 0, stderr[-3000:]
+  # Not 0: a scheduler restarts the job, and `train && evaluate` does not go on to evaluate.
+  assert process.returncode == exit_codes.PREEMPTED == 143, stderr[-3000:]
   assert "stopped by preemption" in stderr
+  assert re.search(r"preempted: stage standin saved its checkpoint at step \d+ on SIGTERM and "
+                   r"stopped; run the same command to resume", stderr)
   saved = sorted(int(p.name) for p in (workdir / "checkpoints" / "standin").iterdir()
                  if p.name.isdigit())
   assert len(saved) == 1 and 3 <= saved[0] < NUM_STEPS

@@ -5,15 +5,15 @@
 Trains each stage of `config.stages` in order, resuming from the workdir's newest checkpoints; a
 stage already trained to its `num_steps` is skipped. `--autoencoder_from=DIR` first copies in
 another run's trained autoencoder, so that a new transformer recipe trains on it
-(`videogen.train.autoencoder_from`). Exit codes (`videogen.exit_codes`): 0 trained (or
-preempted after a save: rerun to resume); 2 a mistake to fix before training: no --workdir, an
---autoencoder_from without a trained autoencoder or with another than the workdir's, a config
-that differs from the checkpoints' (--allow_config_change resumes anyway), unreadable
-checkpoints, a missing input (the autoencoder's checkpoint for `--config.stages=dit`, a data
-set), a latent cache built for another run, an autoencoder checkpoint or tokenizer that does not
-fit the config, a learning-rate scale for a part the stage does not train, a mesh or batch sizes
-that do not fit the devices, incomplete multi-process flags; 1 a non-finite loss, or another
-process's failure in a step the processes do together.
+(`videogen.train.autoencoder_from`). Exit codes (`videogen.exit_codes`): 0 trained; 143 preempted
+(SIGTERM) after saving a checkpoint: rerun to resume; 2 a mistake to fix before training: no
+--workdir, an --autoencoder_from without a trained autoencoder or with another than the workdir's, a
+config that differs from the checkpoints' (--allow_config_change resumes anyway), unreadable
+checkpoints, a missing input (the autoencoder's checkpoint for `--config.stages=dit`, a data set), a
+latent cache built for another run, an autoencoder checkpoint or tokenizer that does not fit the
+config, a learning-rate scale for a part the stage does not train, a mesh or batch sizes that do not
+fit the devices, incomplete multi-process flags; 1 a non-finite loss, or another process's failure
+in a step the processes do together.
 Each is one line on stderr.
 """
 
@@ -76,4 +76,14 @@ def command(experiment: experiment_lib.Experiment, workdir: str | None, *,
     return report(error)
   for result in results:
     logging.info("stage %s: %s at step %d", result.name, result.status, result.step)
-  return exit_codes.DONE
+  return stopped_early(results) or exit_codes.DONE
+
+
+def stopped_early(results: list[trainer.StageResult]) -> int | None:
+  """`exit_codes.PREEMPTED`, with its line on stderr, where a stage was preempted; else None."""
+  for result in results:
+    if result.status == "preempted":
+      return exit_codes.preempted(
+          f"stage {result.name} saved its checkpoint at step {result.step} on SIGTERM and "
+          f"stopped; run the same command to resume")
+  return None
