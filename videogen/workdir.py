@@ -39,6 +39,7 @@ from videogen.models import autoencoder as autoencoder_lib
 from videogen.parallel import mesh as mesh_lib
 from videogen.parallel import sharding as sharding_lib
 from videogen.train import checkpointing
+from videogen.train import layer_layout
 
 CHECKPOINTS_DIR = "checkpoints"
 TOKENIZER_FILE = "tokenizer.model"
@@ -404,6 +405,9 @@ def _unfit_checkpoint(workdir: str, stage: str, step: int, experiment: experimen
   differences = config_lib.differences(
       {name: saved[name] for name in names},
       {name: config_lib.jsonable(getattr(experiment, name)) for name in names}, shared_only=True)
+  # How the transformer's blocks are laid out does not stop a restore (`layer_layout`).
+  differences = [difference for difference in differences
+                 if difference.split(":")[0].rsplit(".", 1)[-1] not in layer_layout.LAYOUT_SETTINGS]
   if differences:
     return WorkdirMismatchError(
         f"the checkpoint {where} was trained with other model settings than the config given "

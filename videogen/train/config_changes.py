@@ -20,13 +20,14 @@ from typing import Any
 from videogen import config as config_lib
 from videogen import experiment as experiment_lib
 from videogen import workdir as workdir_lib
+from videogen.train import layer_layout
 
 # Config keys that may change between a run and its resumption: bookkeeping that does not change
 # what is computed, the mesh, the layout of the transformer's blocks and the sampler settings. A
 # name matches a top-level section or a last key.
 RESUMABLE_CHANGES = ("name", "mesh", "sample", "log_every", "checkpoint_every",
                      "keep_checkpoints", "eval_every", "async_checkpoints", "progress_bar",
-                     "profile_steps", "scan_layers", "scan_unroll")
+                     "profile_steps", *layer_layout.LAYOUT_SETTINGS)
 
 
 def experiment_json(experiment: experiment_lib.Experiment) -> dict[str, Any]:

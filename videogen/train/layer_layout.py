@@ -26,6 +26,9 @@ import optax
 Path = tuple[Any, ...]
 
 TRANSFORMER, BLOCKS = "dit", "blocks"
+# The `DiTConfig` fields that say how the blocks are laid out and run, not what they compute: a
+# run may change them between a checkpoint and its restore.
+LAYOUT_SETTINGS = ("scan_layers", "scan_unroll")
 
 
 def _name(entry: Any) -> Any:
