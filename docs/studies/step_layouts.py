@@ -23,12 +23,12 @@ from videogen.train import train_state as train_state_lib
 from videogen.train import trainer
 
 ROUNDS, STEPS, WARMUP = 6, 30, 3
-base = experiment_lib.validate(cli.load_config_file(sys.argv[1]))
-workdir = sys.argv[2]
-layouts = {}
-for scan_layers in (True, False):
-  experiment = dataclasses.replace(base, dit=dataclasses.replace(base.dit,
-                                                                 scan_layers=scan_layers))
+
+
+def compiled_steps(experiment: experiment_lib.Experiment, workdir: str):
+  """The dit stage's train step compiled as the trainer compiles it, for each bucket, on
+  WORKDIR's first batch of that bucket: ({bucket: program}, {bucket: batch}, the state's leaves).
+  """
   mesh = mesh_lib.create_mesh(experiment.mesh)
   stage = stages_lib.make_stage("dit", experiment)
   config = experiment.train["dit"]
@@ -46,25 +46,39 @@ for scan_layers in (True, False):
       sequence_parallel=experiment.mesh.sequence_parallel)
   compiler = trainer.StepCompiler(step, state, shardings, mesh, "dit")
   leaves = compiler.flatten(state)
-  start = time.perf_counter()
   compiled = {name: compiler.lower(leaves, batch).compile() for name, batch in batches.items()}
-  name = "scanned" if scan_layers else "unrolled"
-  print(f"{name}: compiled {len(compiled)} steps in {time.perf_counter() - start:.1f} s")
-  layouts[name] = [compiled, batches, leaves]
+  return compiled, batches, leaves
 
-for round_ in range(ROUNDS):
-  for name, layout in layouts.items():
-    compiled, batches, leaves = layout
-    timings = []
-    for bucket, batch in batches.items():
-      for _ in range(WARMUP):
-        leaves, _ = compiled[bucket](leaves, batch)
-      jax.block_until_ready(leaves)
-      wall, cpu = time.perf_counter(), time.process_time()
-      for _ in range(STEPS):
-        leaves, _ = compiled[bucket](leaves, batch)
-      jax.block_until_ready(leaves)
-      timings.append(f"{bucket}: {(time.perf_counter() - wall) / STEPS * 1e3:.1f} ms "
-                     f"({(time.process_time() - cpu) / STEPS * 1e3:.1f} CPU ms)")
-    layout[2] = leaves
-    print(f"round {round_} {name:8s} " + "; ".join(timings), flush=True)
+
+def main() -> None:
+  base = experiment_lib.validate(cli.load_config_file(sys.argv[1]))
+  layouts = {}
+  for scan_layers in (True, False):
+    experiment = dataclasses.replace(base, dit=dataclasses.replace(base.dit,
+                                                                   scan_layers=scan_layers))
+    start = time.perf_counter()
+    layout = list(compiled_steps(experiment, sys.argv[2]))
+    name = "scanned" if scan_layers else "unrolled"
+    print(f"{name}: compiled {len(layout[0])} steps in {time.perf_counter() - start:.1f} s")
+    layouts[name] = layout
+
+  for round_ in range(ROUNDS):
+    for name, layout in layouts.items():
+      compiled, batches, leaves = layout
+      timings = []
+      for bucket, batch in batches.items():
+        for _ in range(WARMUP):
+          leaves, _ = compiled[bucket](leaves, batch)
+        jax.block_until_ready(leaves)
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(STEPS):
+          leaves, _ = compiled[bucket](leaves, batch)
+        jax.block_until_ready(leaves)
+        timings.append(f"{bucket}: {(time.perf_counter() - wall) / STEPS * 1e3:.1f} ms "
+                       f"({(time.process_time() - cpu) / STEPS * 1e3:.1f} CPU ms)")
+      layout[2] = leaves
+      print(f"round {round_} {name:8s} " + "; ".join(timings), flush=True)
+
+
+if __name__ == "__main__":
+  main()

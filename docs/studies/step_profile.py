@@ -2,12 +2,13 @@
 
     python docs/studies/step_profile.py experiments/shapes.py:tiny WORKDIR [dit.scan_layers=False]
 
-Compiles the dit stage's train step as the trainer does, on WORKDIR's first batch (a workdir with
-a trained autoencoder and latent cache, e.g. runs/tiny, times the step the dit stage runs: on
-cached latents), then records 10 steps with `jax.profiler` and sums each operation's time per
-step, the operations grouped by name without their numbers (`copy.12` counts as `copy`). The
-sums are over both cores' threads, so they exceed the wall time. KEY=VALUE arguments override the
-experiment's config, e.g. `dit.scan_layers=False`.
+Compiles the dit stage's train step as the trainer does (`step_layouts.compiled_steps`), on the
+batch of WORKDIR's loader step 0 (8 video clips in the tiny and long presets; a workdir with a
+trained autoencoder and latent cache, e.g. runs/tiny, times the step the dit stage runs: on cached
+latents), then records 10 steps with `jax.profiler` and sums each operation's time per step, the
+operations grouped by name without their numbers (`copy.12` counts as `copy`). The sums are over
+both cores' threads, so they exceed the wall time. KEY=VALUE arguments override the experiment's
+config, e.g. `dit.scan_layers=False`.
 """
 import collections
 import glob
@@ -20,12 +21,9 @@ import time
 
 import jax
 
+import step_layouts  # beside this file
 from videogen import cli
 from videogen import experiment as experiment_lib
-from videogen.parallel import mesh as mesh_lib
-from videogen.train import stages as stages_lib
-from videogen.train import train_state as train_state_lib
-from videogen.train import trainer
 
 STEPS = 10
 config = cli.load_config_file(sys.argv[1])
@@ -38,20 +36,9 @@ for override in sys.argv[3:]:
     section = section[parent]
   section[name] = value if isinstance(section[name], str) else type(section[name])(eval(value))
 experiment = experiment_lib.validate(config)
-mesh = mesh_lib.create_mesh(experiment.mesh)
-stage = stages_lib.make_stage("dit", experiment)
-train_config = experiment.train["dit"]
-tx = train_state_lib.make_optimizer(train_config)
-state, shardings = train_state_lib.init_sharded_train_state(
-    stage, tx, experiment.seed, mesh, experiment.mesh.rules, salt=trainer.stage_salt("dit"))
-graphdef, _, _ = train_state_lib.abstract_model(stage)
-batch = next(stage.make_iterator(mesh=mesh, seed=experiment.seed, workdir=workdir))
-step = train_state_lib.make_train_step(stage, graphdef, tx, train_config, mesh=mesh,
-                                       rules=experiment.mesh.rules,
-                                       sequence_parallel=experiment.mesh.sequence_parallel)
-compiler = trainer.StepCompiler(step, state, shardings, mesh, "dit")
-leaves = compiler.flatten(state)
-compiled = compiler.lower(leaves, batch).compile()
+compiled_by_bucket, batches, leaves = step_layouts.compiled_steps(experiment, workdir)
+bucket = next(iter(batches))  # loader step 0's
+compiled, batch = compiled_by_bucket[bucket], batches[bucket]
 for _ in range(5):
   leaves, _ = compiled(leaves, batch)
 jax.block_until_ready(leaves)
