@@ -402,12 +402,16 @@ def _unfit_checkpoint(workdir: str, stage: str, step: int, experiment: experimen
   # Only the settings both configs hold: a config saved by an older version lacks newer fields.
   names = [name for name in MODEL_SECTIONS
            if isinstance(saved, dict) and name in saved and experiment.has(name)]
+
+  def settings(section: Any) -> Any:
+    # How the transformer's blocks are laid out does not stop a restore (`layer_layout`).
+    return ({key: value for key, value in section.items()
+             if key not in layer_layout.LAYOUT_SETTINGS} if isinstance(section, dict) else section)
+
   differences = config_lib.differences(
-      {name: saved[name] for name in names},
-      {name: config_lib.jsonable(getattr(experiment, name)) for name in names}, shared_only=True)
-  # How the transformer's blocks are laid out does not stop a restore (`layer_layout`).
-  differences = [difference for difference in differences
-                 if difference.split(":")[0].rsplit(".", 1)[-1] not in layer_layout.LAYOUT_SETTINGS]
+      {name: settings(saved[name]) for name in names},
+      {name: settings(config_lib.jsonable(getattr(experiment, name))) for name in names},
+      shared_only=True)
   if differences:
     return WorkdirMismatchError(
         f"the checkpoint {where} was trained with other model settings than the config given "

@@ -238,8 +238,9 @@ class Checkpointer:
           STATE: ocp.args.StandardRestore(source),
           DATA: IteratorStateRestore(),
       }))
-    return Restored(step=step, state=layer_layout.into_target(restored[STATE], target),
-                    data=restored[DATA], config=config)
+    state = restored[STATE] if source is target else layer_layout.into_target(restored[STATE],
+                                                                              target)
+    return Restored(step=step, state=state, data=restored[DATA], config=config)
 
   def restore_subtrees(self, step: int, targets: dict[str, Any]) -> dict[str, Any]:
     """Restores only the named parts of `state` (e.g. {"ema_params": ..., "frozen": ...}).
@@ -260,7 +261,7 @@ class Checkpointer:
           self.directory / str(step) / STATE,
           args=ocp.args.PyTreeRestore(item=source, restore_args=restore_args,
                                       partial_restore=True))
-    return layer_layout.into_target(restored, targets)
+    return restored if source is targets else layer_layout.into_target(restored, targets)
 
   def restore_subtree(self, step: int, key: str, target: Any) -> Any:
     """Restores only `state[key]` (e.g. "ema_params") of checkpoint `step` onto `target`."""

@@ -8,7 +8,9 @@ the layout of the weights, of their EMA and of the optimizer state that mirrors 
 a checkpoint is read in the layout it was written in and converted to the one asked for:
 
     source = layer_layout.source_tree(target, saved_config)   # the checkpoint's config
-    state = layer_layout.into_target(restored_from(source), target)
+    state = restored_from(source)
+    if source is not target:
+      state = layer_layout.into_target(state, target)
 
 Every subtree reached by the key `dit` whose child is `blocks` is a transformer's block stack
 (the dit stage's model and the distill stage's student, in the parameters, the EMA and each
@@ -160,11 +162,8 @@ def source_tree(target: Any, saved_config: Mapping[str, Any]) -> Any:
 
 
 def into_target(restored: Any, target: Any) -> Any:
-  """`restored` (read into `source_tree(target, ...)`) in `target`'s layout and tree structure,
-  the converted arrays on the target's shardings. `restored` itself where it already is in
-  that layout."""
-  if is_stacked(restored) in (None, is_stacked(target)):
-    return restored
+  """`restored`, read into a `source_tree(target, ...)` that is not `target` itself, in
+  `target`'s layout and tree structure, the converted arrays on the target's shardings."""
   source, wanted = _flat(restored), _flat(target)
   blocks = [path for path, leaf in wanted.items()
             if _blocks_at(path) is not None and not _empty(leaf)]
