@@ -415,7 +415,7 @@ def _unfit_checkpoint(workdir: str, stage: str, step: int, experiment: experimen
   if differences:
     return WorkdirMismatchError(
         f"the checkpoint {where} was trained with other model settings than the config given "
-        f"({'; '.join(differences[:6])}): set them back, or leave out --config where the command "
+        f"({config_lib.listed(differences, 6)}): set them back, or leave out --config where the command "
         f"reads the config saved with the checkpoint")
   brief = " ".join(str(error).split())[:300]
   return WorkdirMismatchError(
