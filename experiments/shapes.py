@@ -104,8 +104,10 @@ def _tiny(config: ml_collections.ConfigDict) -> DiTStageConfig:
                                                               max_length=56))
   # Width 96, not 128: at this budget more steps of a smaller transformer beat fewer of a larger.
   # Its 4 blocks unrolled, not scanned: a CPU step costs 14% less (docs/tiny_run.md).
+  # Absolute positions beside the rotary ones: at frame sizes it never trained on, the object
+  # count holds (docs/learning_curve.md, "Absolute positions beside the rotary ones").
   config.dit = to_config_dict(DiTConfig.tiny(in_channels=8, input_size=(5, 8, 8), width=96,
-                                             scan_layers=False))
+                                             scan_layers=False, position_embedding="rope+sincos"))
   # Time shift 3: more of a short run goes to high noise, where layout, colour and count are set.
   config.diffusion = to_config_dict(FlowConfig(min_shift=3.0))
   config.sample = to_config_dict(SamplerConfig(method="heun", num_steps=20, guidance_scale=4.0))
@@ -139,7 +141,9 @@ def _long(config: ml_collections.ConfigDict) -> DiTStageConfig:
   stage_settings = _tiny(config)
   # Muon draws shapes at 12,000 steps that AdamW draws at 30,000; at 30,000 it draws them best.
   # Its last 3,000 steps give first frames at high noise: only then does the caption steer motion.
-  # Its figures were measured with the text encoder at the transformer's rate.
+  # Its figures were measured with the text encoder at the transformer's rate, and with rotary
+  # positions alone.
+  config.dit.position_embedding = "rope"
   config.train.dit.update(num_steps=33_000, optimizer="muon", phase_steps=3000,
                           phase_learning_rate=5e-4, checkpoint_every=3000, keep_checkpoints=0,
                           learning_rate_scales=())
