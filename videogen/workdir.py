@@ -415,8 +415,8 @@ def _unfit_checkpoint(workdir: str, stage: str, step: int, experiment: experimen
   if differences:
     return WorkdirMismatchError(
         f"the checkpoint {where} was trained with other model settings than the config given "
-        f"({config_lib.listed(differences, 6)}): set them back, or leave out --config where the command "
-        f"reads the config saved with the checkpoint")
+        f"({config_lib.listed(differences, 6)}): set them back, or leave out --config where the "
+        f"command reads the config saved with the checkpoint")
   brief = " ".join(str(error).split())[:300]
   return WorkdirMismatchError(
       f"cannot read the checkpoint {where} into this config's models ({type(error).__name__}: "
