@@ -7,8 +7,9 @@ A resumed run must compute what the interrupted one would have. Bookkeeping, the
 onto another mesh is supported), how the transformer's blocks are laid out and run (a checkpoint of
 stacked blocks restores into unrolled ones and back: `layer_layout`) and the sampler settings
 (generation only) may change; so may a stage's num_steps when its learning-rate schedule does not
-depend on it, and the settings of the stages trained after it (experiments/shapes.py:long is the
-tiny run with a longer dit stage, so it takes the tiny run's autoencoder). Anything else is a
+depend on it, and the settings of the stages trained after it, the transformer's `config.dit` among
+the dit stage's (experiments/shapes.py:long is the tiny run with another dit stage, so it takes the
+tiny run's autoencoder). Anything else is a
 difference the trainer refuses unless told `--allow_config_change`.
 """
 
@@ -56,11 +57,14 @@ def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
 
 
 def _own_settings_stage(parts: list[str]) -> str | None:
-  """The stage whose own settings (config.train.<stage>, config.<stage>_stage) a key is, if any."""
+  """The stage whose own settings (config.train.<stage>, config.<stage>_stage, and config.dit, the
+  transformer only the dit stage and those after it build) a key is, if any."""
   if len(parts) > 2 and parts[1] == "train":
     return parts[2]
   if parts[1].endswith("_stage"):
     return parts[1][:-len("_stage")]
+  if parts[1] == "dit":
+    return "dit"
   return None
 
 
