@@ -9,8 +9,8 @@ stacked blocks restores into unrolled ones and back: `layer_layout`) and the sam
 (generation only) may change; so may a stage's num_steps when its learning-rate schedule does not
 depend on it, and the settings of the stages trained after it, the transformer's `config.dit` among
 the dit stage's (experiments/shapes.py:long is the tiny run with another dit stage, so it takes the
-tiny run's autoencoder). Anything else is a
-difference the trainer refuses unless told `--allow_config_change`.
+tiny run's autoencoder). Anything else is a difference the trainer refuses unless told
+`--allow_config_change`.
 """
 
 from __future__ import annotations
