@@ -172,7 +172,7 @@ def run(experiment: experiment_lib.Experiment, workdir: str | None, *, watermark
     results = trainer.train(experiment, workdir, allow_config_change=allow_config_change)
   except train_command.USER_ERRORS as error:
     return train_command.report(error)
-  preempted = train_command.stopped_early(results)
+  preempted = train_command.report_preemption(results)
   if preempted is not None:
     return preempted  # no gallery of a model that has not finished training
   trained = time.time()

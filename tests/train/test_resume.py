@@ -110,7 +110,7 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bitwise_identical(tmp_path, e
 
 
 def test_sigterm_saves_then_exits_as_preempted_and_resumes_identically(tmp_path, environment,
-                                                                  uninterrupted):
+                                                                       uninterrupted):
   workdir = tmp_path / "preempted"
   # No periodic checkpoints: the only one before the end is the one SIGTERM asks for.
   command = _command(workdir, checkpoint_every=1000)

@@ -76,10 +76,10 @@ def command(experiment: experiment_lib.Experiment, workdir: str | None, *,
     return report(error)
   for result in results:
     logging.info("stage %s: %s at step %d", result.name, result.status, result.step)
-  return stopped_early(results) or exit_codes.DONE
+  return report_preemption(results) or exit_codes.DONE
 
 
-def stopped_early(results: list[trainer.StageResult]) -> int | None:
+def report_preemption(results: list[trainer.StageResult]) -> int | None:
   """`exit_codes.PREEMPTED`, with its line on stderr, where a stage was preempted; else None."""
   for result in results:
     if result.status == "preempted":
