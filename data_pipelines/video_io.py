@@ -196,11 +196,13 @@ def _display_matrix(frame: av.VideoFrame | None) -> np.ndarray | None:
   """int32 [9]: the display matrix (16.16 fixed point) of a decoded frame, or None.
 
   PyAV shows a stream's display matrix only on its decoded frames, which carry a copy of it.
+  Looked up by its type: iterating the side data gives the entries up to PyAV 18.1.0 and their
+  types from 18.1.1 on.
   """
-  for side_data in frame.side_data if frame is not None else ():
-    if side_data.type == av.sidedata.sidedata.Type.DISPLAYMATRIX:
-      return np.frombuffer(bytes(side_data), dtype=np.int32)
-  return None
+  if frame is None:
+    return None
+  side_data = frame.side_data.get(av.sidedata.sidedata.Type.DISPLAYMATRIX)
+  return None if side_data is None else np.frombuffer(bytes(side_data), dtype=np.int32)
 
 
 def _orientation(matrix: np.ndarray | None, tags: dict[str, str]) -> tuple[int, list[str]]:
