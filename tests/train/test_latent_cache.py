@@ -168,6 +168,24 @@ def test_worker_processes_build_the_same_cache(built, tmp_path):
                      pathlib.Path(workdir_lib.latent_cache_dir(built["workdir"], experiment)))
 
 
+def test_a_build_removes_what_an_interrupted_build_left(built, tmp_path):
+  """A run killed while encoding leaves its staging directory; the next build removes it and
+  leaves other files alone."""
+  left = tmp_path / ".cache.tmp-0123abcd"
+  left.mkdir()
+  np.save(left / "bucket0_latents.npy", np.zeros((4, 3)))
+  (tmp_path / ".other.tmp-0123abcd").mkdir()  # another cache's
+  (tmp_path / "notes.txt").write_text("kept")
+  latent_cache.build(str(tmp_path / "cache"), autoencoder=built["autoencoder"],
+                     data_config=built["experiment"].data, tokenizer=built["tokenizer"],
+                     data_seed=0, num_steps=CACHE_STEPS, progress=False)
+  assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-0123abcd", "cache",
+                                                        "notes.txt"]
+  _assert_same_cache(tmp_path / "cache",
+                     pathlib.Path(workdir_lib.latent_cache_dir(built["workdir"],
+                                                               built["experiment"])))
+
+
 @pytest.mark.slow
 def test_two_processes_build_the_same_cache_together(built, tmp_path):
   """`cache_latents` joins a multi-process run: each process encodes its own steps on its own

@@ -126,7 +126,8 @@ def build(directory: str, *, autoencoder: autoencoder_lib.VideoAutoencoder,
   """Encodes loader steps 0 .. num_steps-1 and writes the cache (replacing one that exists).
 
   The cache is written into a temporary sibling directory and renamed into place at the end, so
-  an interrupted build leaves no half-written cache behind.
+  an interrupted build leaves no half-written cache behind; the next build removes what it left.
+  One build at a time writes a cache directory (as Orbax assumes of a checkpoint directory).
 
   In a multi-process run every process calls it (it is collective), each with the autoencoder on
   its own devices: process p of P encodes the steps p, p + P, p + 2P, ... into the files process
@@ -178,11 +179,13 @@ def build(directory: str, *, autoencoder: autoencoder_lib.VideoAutoencoder,
       files[-1]["logvar"] = ((rows, *latent_shape), dtype)
 
   parent = os.path.dirname(os.path.abspath(directory))
-  staging = os.path.join(parent, f".{os.path.basename(directory)}.tmp-{multihost.shared_token()}")
+  staging_prefix = f".{os.path.basename(directory)}.tmp-"
+  staging = os.path.join(parent, staging_prefix + multihost.shared_token())
   primary = multihost.is_primary()
 
   def stage() -> None:  # process 0: the step table and the empty arrays
     os.makedirs(parent, exist_ok=True)
+    _remove_interrupted_builds(parent, staging_prefix)
     os.makedirs(staging)
     np.save(os.path.join(staging, STEPS_FILE), steps)
     for bucket_id, bucket_files in enumerate(files):
@@ -323,6 +326,17 @@ def _check_latent_scale(config: autoencoder_lib.AutoencoderConfig, mean: float,
         "the normalised latents have mean %.3g and standard deviation %.3g, far from the 0 and 1 "
         "the diffusion objective assumes: set config.autoencoder.shift_factor=%.4g and "
         "scale_factor=%.4g", normalised_mean, normalised_std, mean, 1.0 / max(std, 1e-6))
+
+
+def _remove_interrupted_builds(parent: str, staging_prefix: str) -> None:
+  """Removes the staging directories that builds cut short (a run preempted or killed while
+  encoding) left in `parent`: nothing else would, and each is as large as the cache."""
+  for name in sorted(os.listdir(parent)):
+    path = os.path.join(parent, name)
+    if name.startswith(staging_prefix) and os.path.isdir(path):
+      logging.warning("removing %s (%.1f MiB), left by a latent cache build that was cut short",
+                      path, disk_bytes(path) / 2**20)
+      shutil.rmtree(path)
 
 
 def disk_bytes(directory: str) -> int:
