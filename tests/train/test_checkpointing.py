@@ -155,6 +155,29 @@ def test_restore_subtree_reads_one_part(tmp_path, devices):
   assert params["w"].sharding.spec == PartitionSpec("fsdp")
 
 
+def test_a_target_of_other_shapes_is_refused_before_anything_is_read(tmp_path, devices,
+                                                                      monkeypatch):
+  """The misfit is named from the saved metadata: orbax finding it mid-read would cancel its
+  other reads, and one finishing late printed a stray traceback beside the one-line error."""
+  _save_steps(tmp_path, [3])
+  checkpointer = checkpointing.Checkpointer(str(tmp_path), read_only=True)
+  target = _target({"w": jnp.zeros((8, 2)), "b": jnp.zeros(4)}, _mesh(devices[:1]))
+
+  def no_reads(*args, **kwargs):
+    raise AssertionError("an array was read")
+  for handler in (checkpointing.ocp.PyTreeCheckpointHandler,
+                  checkpointing.ocp.StandardCheckpointHandler):
+    monkeypatch.setattr(handler, "restore", no_reads)
+  with pytest.raises(ValueError, match=r"^params/w is saved with shape \(8, 4\), and the "
+                                       r"model's is \(8, 2\)$"):
+    checkpointer.restore_subtree(3, "params", target)
+  with pytest.raises(checkpointing.CheckpointRestoreError, match=r"params/w is saved with shape"):
+    checkpointer.restore_latest({"step": _target(_tree(0), _mesh(devices[:1]))["step"],
+                                 "params": target})
+  assert checkpointer.all_steps() == [3]
+  checkpointer.close()
+
+
 def test_restore_subtree_reads_the_state_without_its_config(tmp_path, devices):
   """The config says how the transformer's blocks are laid out; without it (damaged) the state
   is read in the layout it was written in, as sampling read it before."""

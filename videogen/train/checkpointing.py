@@ -179,6 +179,33 @@ class CheckpointRestoreError(RuntimeError):
   """A stage has checkpoints, but none of them can be restored."""
 
 
+def _key(path: tuple[Any, ...]) -> tuple[str, ...]:
+  """A jax key path as names ("params", "w"), whichever kind of key each step is."""
+  return tuple(str(next((getattr(entry, attribute) for attribute in ("key", "name", "idx")
+                         if hasattr(entry, attribute)), entry)) for entry in path)
+
+
+def _check_shapes(directory: epath.Path, source: Any) -> None:
+  """Refuses a restore whose arrays do not fit those saved in `directory` before any is read.
+
+  Orbax would find the misfit while reading, cancel its other reads and close their event loop,
+  and a read finishing after that prints a stray traceback beside the one error the caller
+  reports. Arrays the checkpoint does not hold are left to orbax's own error.
+
+  Raises:
+    ValueError: the first array whose saved shape is not `source`'s.
+  """
+  saved = ocp.PyTreeCheckpointHandler().metadata(directory).tree
+  shapes = {_key(path): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(saved)
+            if getattr(leaf, "shape", None) is not None}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(source):
+    key = _key(path)
+    if key in shapes and shapes[key] != tuple(leaf.shape):
+      raise ValueError(f"{'/'.join(key)} is saved with shape {shapes[key]}, and the model's is "
+                       f"{tuple(leaf.shape)}")
+
+
 class Checkpointer:
   """One stage's `orbax.checkpoint.CheckpointManager`, with corrupt-checkpoint fallback."""
 
@@ -233,6 +260,7 @@ class Checkpointer:
     (`layer_layout`). `config`: the checkpoint's saved config, where it was read already."""
     config = self.read_config(step) if config is None else config
     source = layer_layout.source_tree(target, config)
+    _check_shapes(self.directory / str(step) / STATE, source)
     with _sigint_left_alone(), _failed_reads_unlogged():
       restored = self._manager.restore(step, args=ocp.args.Composite(**{
           STATE: ocp.args.StandardRestore(source),
@@ -253,6 +281,7 @@ class Checkpointer:
     except RESTORE_ERRORS:  # the state may still read back, in the layout it was written in
       config = {}
     source = layer_layout.source_tree(targets, config)
+    _check_shapes(self.directory / str(step) / STATE, source)
     handler = ocp.PyTreeCheckpointHandler()
     restore_args = ocp.checkpoint_utils.construct_restore_args(source)
     with (ocp.Checkpointer(handler) as checkpointer, _sigint_left_alone(),
