@@ -181,8 +181,7 @@ class CheckpointRestoreError(RuntimeError):
 
 def _key(path: tuple[Any, ...]) -> tuple[str, ...]:
   """A jax key path as names ("params", "w"), whichever kind of key each step is."""
-  return tuple(str(next((getattr(entry, attribute) for attribute in ("key", "name", "idx")
-                         if hasattr(entry, attribute)), entry)) for entry in path)
+  return tuple(str(layer_layout.key_name(entry)) for entry in path)
 
 
 def _check_shapes(directory: epath.Path, source: Any) -> None:

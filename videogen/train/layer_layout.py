@@ -33,7 +33,7 @@ TRANSFORMER, BLOCKS = "dit", "blocks"
 LAYOUT_SETTINGS = ("scan_layers", "scan_unroll")
 
 
-def _name(entry: Any) -> Any:
+def key_name(entry: Any) -> Any:
   """The name of one step of a jax key path: a dict key, a sequence index or an attribute."""
   for attribute in ("key", "idx", "name"):
     if hasattr(entry, attribute):
@@ -48,7 +48,7 @@ def _empty(node: Any) -> bool:
 
 
 def _flat(tree: Any) -> dict[Path, Any]:
-  return {tuple(_name(entry) for entry in path): leaf
+  return {tuple(key_name(entry) for entry in path): leaf
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_empty)[0]}
 
 
