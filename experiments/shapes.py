@@ -142,7 +142,8 @@ def _long(config: ml_collections.ConfigDict) -> DiTStageConfig:
   # Muon draws shapes at 12,000 steps that AdamW draws at 30,000; at 30,000 it draws them best.
   # Its last 3,000 steps give first frames at high noise: only then does the caption steer motion.
   # It keeps tiny's absolute positions: with them, more objects move as prompted after those steps
-  # (0.47 against 0.25; docs/learning_curve.md, "Absolute positions under the long recipe").
+  # (0.36 against 0.25 over four seeds; docs/learning_curve.md, "Absolute positions under the long
+  # recipe").
   # Its figures were measured with the text encoder at the transformer's rate.
   config.train.dit.update(num_steps=33_000, optimizer="muon", phase_steps=3000,
                           phase_learning_rate=5e-4, checkpoint_every=3000, keep_checkpoints=0,
