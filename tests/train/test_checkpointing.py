@@ -168,14 +168,33 @@ def test_a_target_of_other_shapes_is_refused_before_anything_is_read(tmp_path, d
   for handler in (checkpointing.ocp.PyTreeCheckpointHandler,
                   checkpointing.ocp.StandardCheckpointHandler):
     monkeypatch.setattr(handler, "restore", no_reads)
-  with pytest.raises(ValueError, match=r"^params/w is saved with shape \(8, 4\), and the "
-                                       r"model's is \(8, 2\)$"):
+  with pytest.raises(checkpointing.CheckpointMismatchError,
+                     match=r"^params/w is saved with shape \(8, 4\), and the model's is "
+                           r"\(8, 2\)$"):
     checkpointer.restore_subtree(3, "params", target)
   with pytest.raises(checkpointing.CheckpointRestoreError, match=r"params/w is saved with shape"):
     checkpointer.restore_latest({"step": _target(_tree(0), _mesh(devices[:1]))["step"],
                                  "params": target})
   assert checkpointer.all_steps() == [3]
   checkpointer.close()
+
+
+def test_a_newest_checkpoint_of_another_model_is_refused_not_set_aside(tmp_path, devices):
+  """Arrays of other shapes mean other model settings, not damage: the newest checkpoint is
+  named in the error and kept, even where an older one would fit the target."""
+  _save_steps(tmp_path, [3])
+  checkpointer = checkpointing.Checkpointer(str(tmp_path), keep=5, async_save=False)
+  wider = {"step": jnp.asarray(6, jnp.int32),
+           "params": {"w": jnp.zeros((8, 6)), "b": jnp.zeros(4)}}
+  checkpointer.save(6, wider, {"next_index": 60}, {"seed": 0, "lr": 0.1})
+  checkpointer.wait()
+  with pytest.raises(checkpointing.CheckpointRestoreError,
+                     match=rf"^the checkpoint {tmp_path}/6 does not fit this config's model "
+                           r"\(params/w is saved with shape \(8, 6\), and the model's is "
+                           r"\(8, 4\)\): .*nothing was renamed"):
+    checkpointer.restore_latest(_target(_tree(0), _mesh(devices[:1])))
+  checkpointer.close()
+  assert sorted(os.listdir(tmp_path)) == ["3", "6"]
 
 
 def test_restore_subtree_reads_the_state_without_its_config(tmp_path, devices):

@@ -68,6 +68,25 @@ def test_a_latent_cache_of_another_run_names_what_differs(tiny_workdir, tiny_wor
   assert "python -m videogen.main cache_latents" in error
 
 
+def test_a_transformer_of_other_settings_is_refused_and_its_checkpoint_kept(
+    tiny_workdir, tiny_workdir_config, tmp_path, capsys):
+  """Resumed under another width (--allow_config_change), the dit stage names the checkpoint
+  and the first array that does not fit, and renames nothing: other settings are not damage."""
+  workdir = tmp_path / "run"
+  shutil.copytree(tiny_workdir, workdir)  # the shared workdir is read-only
+  steps = sorted(path.name for path in (workdir / "checkpoints" / "dit").iterdir())
+  tiny_workdir_config.dit.width = 2 * tiny_workdir_config.dit.width
+  tiny_workdir_config.train.dit.num_steps = 3
+  tiny_workdir_config.dit_stage.latents = "encode"  # the cache holds the 2 steps it was built for
+  tiny_workdir_config.stages = ("dit",)
+  experiment = experiment_lib.validate(tiny_workdir_config)
+  assert command.command(experiment, str(workdir), allow_config_change=True) == 2
+  error = _one_line(capsys)
+  assert f"the checkpoint {workdir}/checkpoints/dit/2 does not fit this config's model (" in error
+  assert "is saved with shape" in error and "nothing was renamed" in error
+  assert sorted(path.name for path in (workdir / "checkpoints" / "dit").iterdir()) == steps
+
+
 @pytest.mark.parametrize("override, says", [
     (("autoencoder", "base_channels", 16),
      ["was trained with another architecture than config.autoencoder (base_channels: 8 -> 16)",

@@ -12,7 +12,8 @@ A checkpoint is a step directory with three named items:
 
 `restore_latest` walks back from the newest step: a checkpoint that fails to restore (truncated or
 corrupt files) is passed over for the one before, then renamed `<step>.corrupt` with a warning that
-names it. When no checkpoint restores at all, it renames nothing and raises.
+names it. When no checkpoint restores at all, it renames nothing and raises. A checkpoint whose
+arrays do not fit the target's shapes is no damage but another model: it raises at once.
 """
 
 from __future__ import annotations
@@ -179,6 +180,10 @@ class CheckpointRestoreError(RuntimeError):
   """A stage has checkpoints, but none of them can be restored."""
 
 
+class CheckpointMismatchError(ValueError):
+  """A restore target's arrays do not fit those saved: the checkpoint holds another model."""
+
+
 def _key(path: tuple[Any, ...]) -> tuple[str, ...]:
   """A jax key path as names ("params", "w"), whichever kind of key each step is."""
   return tuple(str(layer_layout.key_name(entry)) for entry in path)
@@ -189,20 +194,21 @@ def _check_shapes(directory: epath.Path, source: Any) -> None:
 
   Orbax would find the misfit while reading, cancel its other reads and close their event loop,
   and a read finishing after that prints a stray traceback beside the one error the caller
-  reports. Arrays the checkpoint does not hold are left to orbax's own error.
+  reports. Arrays the checkpoint does not hold, and target leaves without a shape, are left to
+  orbax's own error.
 
   Raises:
-    ValueError: the first array whose saved shape is not `source`'s.
+    CheckpointMismatchError: names the first array whose saved shape is not `source`'s.
   """
   saved = ocp.PyTreeCheckpointHandler().metadata(directory).tree
   shapes = {_key(path): tuple(leaf.shape)
             for path, leaf in jax.tree_util.tree_leaves_with_path(saved)
             if getattr(leaf, "shape", None) is not None}
   for path, leaf in jax.tree_util.tree_leaves_with_path(source):
-    key = _key(path)
-    if key in shapes and shapes[key] != tuple(leaf.shape):
-      raise ValueError(f"{'/'.join(key)} is saved with shape {shapes[key]}, and the model's is "
-                       f"{tuple(leaf.shape)}")
+    key, shape = _key(path), getattr(leaf, "shape", None)
+    if key in shapes and shape is not None and shapes[key] != tuple(shape):
+      raise CheckpointMismatchError(f"{'/'.join(key)} is saved with shape {shapes[key]}, and the "
+                                    f"model's is {tuple(shape)}")
 
 
 class Checkpointer:
@@ -300,7 +306,9 @@ class Checkpointer:
 
     Newer checkpoints that fail to read are set aside (renamed `<step>.corrupt`) with a warning
     once an older one has restored. If none restores, nothing is renamed and an error is raised:
-    every checkpoint failing at once means an incompatible format more likely than damage.
+    every checkpoint failing at once means an incompatible format more likely than damage. A
+    checkpoint whose arrays have other shapes than the target's is not damaged but made by another
+    model: that raises at once, and nothing is renamed.
 
     Args:
       target: the abstract state tree with the shardings to restore onto.
@@ -308,7 +316,8 @@ class Checkpointer:
         to refuse the workdir (that error is not treated as damage).
 
     Raises:
-      CheckpointRestoreError: there are checkpoints but none could be restored.
+      CheckpointRestoreError: there are checkpoints but none could be restored, or the newest
+        readable one holds arrays of other shapes than the target's.
     """
     failures: list[tuple[int, str]] = []
     for step in reversed(self.all_steps()):
@@ -322,6 +331,12 @@ class Checkpointer:
           check_config(config)
         try:
           restored = self.restore(step, target, config)
+        except CheckpointMismatchError as error:
+          raise CheckpointRestoreError(
+              f"the checkpoint {self.directory / str(step)} does not fit this config's model "
+              f"({error}): it was saved under other model settings or by another version of the "
+              f"code; nothing was renamed. Set the settings back, or use a new --workdir"
+          ) from error
         except RESTORE_ERRORS as error:
           problem = _describe(error)
       if multihost.all_true(restored is not None):
