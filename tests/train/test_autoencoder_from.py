@@ -77,6 +77,29 @@ def test_a_new_workdir_gets_the_autoencoder_the_tokenizer_and_the_latent_cache(
   assert autoencoder_from.take(experiment, workdir, tiny_workdir) == []
 
 
+def test_the_staging_of_a_copy_cut_short_is_removed_by_the_next(
+    tmp_path, tiny_workdir, tiny_workdir_config, caplog):
+  """A run killed while copying leaves a staging directory as large as the cache; taking the
+  autoencoder again removes it, and leaves other directories alone."""
+  experiment = experiment_of(tiny_workdir_config)
+  workdir = tmp_path / "run"
+  left = [workdir / "latent_cache.tmp-0123abcd", workdir / "checkpoints/autoencoder/2.tmp-0123abcd"]
+  for path in left:
+    path.mkdir(parents=True)
+    (path / "bucket0_latents.npy").write_bytes(bytes(4096))
+  (workdir / "samples.tmp-0123abcd").mkdir()  # not a copy's
+  with caplog.at_level("WARNING"):
+    copied = autoencoder_from.take(experiment, str(workdir), tiny_workdir)
+  assert sorted(os.path.relpath(path, workdir) for path in copied) == [
+      "checkpoints/autoencoder/2", "latent_cache", "tokenizer.model"]
+  assert not any(path.exists() for path in left)
+  assert (workdir / "samples.tmp-0123abcd").is_dir()
+  assert sorted(os.listdir(workdir / "checkpoints" / "autoencoder")) == ["2"]
+  assert same_tree(os.path.join(tiny_workdir, "latent_cache"), str(workdir / "latent_cache"))
+  assert sum(f"removing {path} (0.0 MiB), left by an --autoencoder_from copy" in record.getMessage()
+             for path in left for record in caplog.records) == 2
+
+
 @pytest.mark.parametrize("change, why", [
     ({"seed": 1}, "built for other data"),
     ({"train.autoencoder.num_steps": 4}, "the autoencoder trains on to step 4 first"),

@@ -14,8 +14,9 @@ WORKDIR what DIR holds of it:
   the same data and seed, autoencoder step and tokenizer) and the autoencoder will not train on;
   otherwise the dit stage encodes its own, as in any new run.
 
-Copies, not links: the workdir stays whole when DIR is deleted. The same command run again (to
-resume) finds them in place and copies nothing. An autoencoder of another architecture than
+Copies, not links: the workdir stays whole when DIR is deleted. Each is staged beside its place and
+moved in whole; the staging of a copy cut short is removed by the next. The same command run again
+(to resume) finds them in place and copies nothing. An autoencoder of another architecture than
 config.autoencoder, one whose config the run's autoencoder stage would refuse to resume (unless
 --allow_config_change), and a workdir that already holds another autoencoder or tokenizer, are
 refused before anything is copied.
@@ -57,9 +58,13 @@ def _same_files(first: str, second: str) -> bool:
 
 
 def _copy_tree(source: str, target: str) -> None:
-  """Copies a directory into place whole: a copy cut short leaves no `target`."""
-  os.makedirs(os.path.dirname(target), exist_ok=True)
-  staging = f"{target}.tmp-{uuid.uuid4().hex}"
+  """Copies a directory into place whole: a copy cut short leaves no `target`, and the next
+  copy removes its staging directory."""
+  parent = os.path.dirname(target)
+  os.makedirs(parent, exist_ok=True)
+  staging_prefix = f"{os.path.basename(target)}.tmp-"
+  latent_cache.remove_cut_short(parent, staging_prefix, "an --autoencoder_from copy")
+  staging = os.path.join(parent, staging_prefix + uuid.uuid4().hex)
   shutil.copytree(source, staging)
   os.replace(staging, target)
 

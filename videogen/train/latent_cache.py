@@ -185,7 +185,7 @@ def build(directory: str, *, autoencoder: autoencoder_lib.VideoAutoencoder,
 
   def stage() -> None:  # process 0: the step table and the empty arrays
     os.makedirs(parent, exist_ok=True)
-    _remove_interrupted_builds(parent, staging_prefix)
+    remove_cut_short(parent, staging_prefix, "a latent cache build")
     os.makedirs(staging)
     np.save(os.path.join(staging, STEPS_FILE), steps)
     for bucket_id, bucket_files in enumerate(files):
@@ -328,20 +328,22 @@ def _check_latent_scale(config: autoencoder_lib.AutoencoderConfig, mean: float,
         "scale_factor=%.4g", normalised_mean, normalised_std, mean, 1.0 / max(std, 1e-6))
 
 
-def _remove_interrupted_builds(parent: str, staging_prefix: str) -> None:
-  """Removes the staging directories that builds cut short (a run preempted or killed while
-  encoding) left in `parent`: nothing else would, and each is as large as the cache."""
+def remove_cut_short(parent: str, staging_prefix: str, what: str) -> None:
+  """Removes the staging directories named `staging_prefix`... that `what` (e.g. "a latent
+  cache build"), cut short by a preempted or killed run, left in `parent`: nothing else would,
+  and each can be as large as a cache."""
   for name in sorted(os.listdir(parent)):
     path = os.path.join(parent, name)
     if name.startswith(staging_prefix) and os.path.isdir(path):
-      logging.warning("removing %s (%.1f MiB), left by a latent cache build that was cut short",
-                      path, disk_bytes(path) / 2**20)
+      logging.warning("removing %s (%.1f MiB), left by %s that was cut short", path,
+                      disk_bytes(path) / 2**20, what)
       shutil.rmtree(path)
 
 
 def disk_bytes(directory: str) -> int:
-  """Bytes of the files in `directory`."""
-  return sum(os.path.getsize(os.path.join(directory, name)) for name in os.listdir(directory))
+  """Bytes of the files in `directory` and its subdirectories."""
+  return sum(os.path.getsize(os.path.join(folder, name))
+             for folder, _, names in os.walk(directory) for name in names)
 
 
 # ------------------------------------------------------------------------------------------------
