@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import pathlib
 import sys
 
+import numpy as np
 import pytest
 from absl import flags
 from ml_collections import config_flags
@@ -13,6 +15,7 @@ from ml_collections import config_flags
 from videogen import config as config_lib
 from videogen import experiment as experiment_lib
 from videogen.train import stages as stages_lib
+from videogen.train import train_state
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXPERIMENT_FILE = ROOT / "experiments" / "shapes.py"
@@ -66,7 +69,22 @@ def test_the_long_variant_is_tiny_with_a_longer_transformer_run(shapes):
   assert {key for key in tiny["sample"] if tiny["sample"][key] != long["sample"][key]} == {
       "frame_schedule"}
   dit = experiment_lib.validate(shapes.get_config("long")).train["dit"]
-  assert (dit.optimizer, dit.num_steps - dit.phase_steps) == ("muon", 30_000)
+  assert (dit.optimizer, dit.num_steps, dit.phase_steps) == ("muon", 33_000, 9000)
+
+
+def test_the_long_variant_begins_its_phase_within_the_decay_of_30000_steps(shapes):
+  """Its steps before the phase are those of the 30,000-step decay that a 3,000-step phase
+  followed (docs/learning_curve.md, "A longer given-frame phase"); then the phase's rate."""
+  dit = experiment_lib.validate(shapes.get_config("long")).train["dit"]
+  schedule = train_state.make_schedule(dit)
+  whole_decay = train_state.make_schedule(
+      dataclasses.replace(dit, num_steps=30_000, decay_steps=None, phase_steps=0))
+  before = [0, 25, 50, 1000, 12_000, 20_000, 23_999]
+  np.testing.assert_allclose([schedule(step) for step in before],
+                             [whole_decay(step) for step in before], rtol=1e-6)
+  assert float(whole_decay(23_999)) > 0.09 * dit.learning_rate  # cut mid-decay, not at its end
+  np.testing.assert_allclose([schedule(step) for step in (24_000, 30_000, 32_999)],
+                             dit.phase_learning_rate, rtol=1e-6)
 
 
 def test_an_unknown_variant_is_refused(shapes):
