@@ -141,9 +141,9 @@ def _long(config: ml_collections.ConfigDict) -> DiTStageConfig:
   stage_settings = _tiny(config)
   # Muon draws shapes at 12,000 steps that AdamW draws at 30,000.
   # Its last 9,000 steps give first frames at high noise: only then does the caption steer motion.
-  # They cut its 30,000-step decay at 24,000: the same steps as a 3,000-step phase after the whole
-  # decay, and more objects move as prompted (0.49 against 0.36 over four seeds; the weakest seeds
-  # gain most: docs/learning_curve.md, "A longer given-frame phase").
+  # They begin at step 24,000 of a 30,000-step decay: in the same 33,000 steps as a 3,000-step
+  # phase after the whole decay, more objects move as prompted (0.49 against 0.36 over four seeds,
+  # the weakest seeds gaining most: docs/learning_curve.md, "A longer given-frame phase").
   # It keeps tiny's absolute positions: with them, more objects move as prompted after the phase
   # ("Absolute positions under the long recipe").
   # Its figures were measured with the text encoder at the transformer's rate.
