@@ -21,6 +21,10 @@ from videogen.provenance import watermark_benchmark
 from tests.standin import experiment as standin_experiment
 from tests.standin import stage as standin_stage
 
+# The watermark parts' key: the command draws a fresh one, and the detector's false positives (1 in
+# 10,000 unmarked videos, watermark.P_THRESHOLD) would fail a test now and then.
+WATERMARK_KEY = bytes(range(32))
+
 
 @pytest.fixture(scope="module")
 def experiment():
@@ -243,7 +247,8 @@ def test_main_wires_the_benchmark_command_and_its_flags():
 
 def test_the_watermark_part_measures_world_clips_at_each_size(experiment, capsys):
   conditions = {name: watermark_benchmark.CONDITIONS[name] for name in ("mp4", "crop_10%")}
-  results = benchmark.watermark_figures(experiment, None, videos=1, conditions=conditions)
+  results = benchmark.watermark_figures(experiment, None, videos=1, key=WATERMARK_KEY,
+                                        conditions=conditions)
   assert list(results) == ["32x32", "64x64", "128x128"]
   for measured in results.values():
     assert measured["videos"] == 1
@@ -262,7 +267,7 @@ def test_the_watermark_part_measures_world_clips_at_each_size(experiment, capsys
 @pytest.mark.slow  # ~20-40 s: the tiny workdir's sampler compiled for one clip
 def test_the_watermark_part_adds_the_workdirs_generated_videos(experiment, tiny_workdir):
   conditions = {"mp4": watermark_benchmark.CONDITIONS["mp4"]}
-  results = benchmark.watermark_figures(experiment, tiny_workdir, videos=1,
+  results = benchmark.watermark_figures(experiment, tiny_workdir, videos=1, key=WATERMARK_KEY,
                                         conditions=conditions)
   generated = results["generated 9x32x32"]
   assert generated["videos"] == 1 and generated["psnr_min"] >= 40.0
