@@ -230,6 +230,24 @@ def copy_tokenizer(source: str, workdir: str, experiment: experiment_lib.Experim
   return True
 
 
+def remove_cut_short(parent: str, staging_prefix: str, what: str) -> None:
+  """Removes the staging directories named `staging_prefix`... that `what` (e.g. "a latent
+  cache build"), cut short by a preempted or killed run, left in `parent`: nothing else would,
+  and each can be as large as a cache."""
+  for name in sorted(os.listdir(parent)):
+    path = os.path.join(parent, name)
+    if name.startswith(staging_prefix) and os.path.isdir(path):
+      logging.warning("removing %s (%.1f MiB), left by %s that was cut short", path,
+                      disk_bytes(path) / 2**20, what)
+      shutil.rmtree(path)
+
+
+def disk_bytes(directory: str) -> int:
+  """Bytes of the files in `directory` and its subdirectories."""
+  return sum(os.path.getsize(os.path.join(folder, name))
+             for folder, _, names in os.walk(directory) for name in names)
+
+
 def latent_cache_dir(workdir: str, experiment: experiment_lib.Experiment) -> str:
   """The latent cache: config.dit_stage.cache_dir if set, else WORKDIR/latent_cache."""
   return experiment.dit_stage.cache_dir or os.path.join(workdir, LATENT_CACHE_DIR)

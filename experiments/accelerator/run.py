@@ -308,7 +308,7 @@ def _cache(experiment, workdir, mesh) -> dict[str, Any]:
   steps = latent_cache.cache_steps(experiment)
   samples = steps * mean_batch(experiment.data.parsed_buckets())
   return {"steps": steps, "seconds": seconds, "samples_per_s": samples / seconds,
-          "disk_bytes": latent_cache.disk_bytes(workdir_lib.latent_cache_dir(workdir, experiment))}
+          "disk_bytes": workdir_lib.disk_bytes(workdir_lib.latent_cache_dir(workdir, experiment))}
 
 
 def time_step(phases: _Phases, experiment: experiment_lib.Experiment, name: str, *,

@@ -63,7 +63,7 @@ def _copy_tree(source: str, target: str) -> None:
   parent = os.path.dirname(target)
   os.makedirs(parent, exist_ok=True)
   staging_prefix = f"{os.path.basename(target)}.tmp-"
-  latent_cache.remove_cut_short(parent, staging_prefix, "an --autoencoder_from copy")
+  workdir_lib.remove_cut_short(parent, staging_prefix, "an --autoencoder_from copy")
   staging = os.path.join(parent, staging_prefix + uuid.uuid4().hex)
   shutil.copytree(source, staging)
   os.replace(staging, target)

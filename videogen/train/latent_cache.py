@@ -185,7 +185,7 @@ def build(directory: str, *, autoencoder: autoencoder_lib.VideoAutoencoder,
 
   def stage() -> None:  # process 0: the step table and the empty arrays
     os.makedirs(parent, exist_ok=True)
-    remove_cut_short(parent, staging_prefix, "a latent cache build")
+    workdir_lib.remove_cut_short(parent, staging_prefix, "a latent cache build")
     os.makedirs(staging)
     np.save(os.path.join(staging, STEPS_FILE), steps)
     for bucket_id, bucket_files in enumerate(files):
@@ -226,7 +226,7 @@ def build(directory: str, *, autoencoder: autoencoder_lib.VideoAutoencoder,
       shutil.rmtree(staging)
   logging.info("latent cache: %d steps (%s) written to %s in %.1fs, %.1f MiB", num_steps,
                ", ".join(f"{b['spec']} x{b['steps']}" for b in meta["buckets"]), directory,
-               meta["seconds"], disk_bytes(directory) / 2**20)
+               meta["seconds"], workdir_lib.disk_bytes(directory) / 2**20)
   _check_latent_scale(autoencoder.config, meta["latent_mean"], meta["latent_std"])
   return meta
 
@@ -326,24 +326,6 @@ def _check_latent_scale(config: autoencoder_lib.AutoencoderConfig, mean: float,
         "the normalised latents have mean %.3g and standard deviation %.3g, far from the 0 and 1 "
         "the diffusion objective assumes: set config.autoencoder.shift_factor=%.4g and "
         "scale_factor=%.4g", normalised_mean, normalised_std, mean, 1.0 / max(std, 1e-6))
-
-
-def remove_cut_short(parent: str, staging_prefix: str, what: str) -> None:
-  """Removes the staging directories named `staging_prefix`... that `what` (e.g. "a latent
-  cache build"), cut short by a preempted or killed run, left in `parent`: nothing else would,
-  and each can be as large as a cache."""
-  for name in sorted(os.listdir(parent)):
-    path = os.path.join(parent, name)
-    if name.startswith(staging_prefix) and os.path.isdir(path):
-      logging.warning("removing %s (%.1f MiB), left by %s that was cut short", path,
-                      disk_bytes(path) / 2**20, what)
-      shutil.rmtree(path)
-
-
-def disk_bytes(directory: str) -> int:
-  """Bytes of the files in `directory` and its subdirectories."""
-  return sum(os.path.getsize(os.path.join(folder, name))
-             for folder, _, names in os.walk(directory) for name in names)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -607,5 +589,5 @@ def command(experiment: experiment_lib.Experiment, workdir: str | None, *,
   if multihost.is_primary():
     directory = workdir_lib.latent_cache_dir(workdir, experiment)
     print(f"latent cache: {meta['num_steps']} steps in {directory} "
-          f"({disk_bytes(directory) / 2**20:.1f} MiB, {meta['seconds']:.1f}s)")
+          f"({workdir_lib.disk_bytes(directory) / 2**20:.1f} MiB, {meta['seconds']:.1f}s)")
   return exit_codes.DONE
